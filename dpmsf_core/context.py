@@ -42,9 +42,9 @@ def current_tenant() -> str | None:
     return info.tenant if info else None
 
 
-def set_current(info: RequestInfo | None):  # noqa: ANN201 - returns a contextvars.Token
+def set_current(info: RequestInfo | None):
     return _current.set(info)
 
 
-def reset_current(token) -> None:  # noqa: ANN001
+def reset_current(token) -> None:
     _current.reset(token)

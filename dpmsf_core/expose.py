@@ -49,7 +49,9 @@ def parse_methods(method: str | Iterable[str] | None) -> tuple[str, ...]:
     elif isinstance(method, Iterable):
         parts = list(method)
     else:
-        raise PluginError(f"method={method!r} is not a string or a list of strings. Allowed: {'|'.join(ALLOWED_METHODS)}")
+        raise PluginError(
+            f"method={method!r} is not a string or a list of strings. Allowed: {'|'.join(ALLOWED_METHODS)}"
+        )
     out: list[str] = []
     for part in parts:
         if not isinstance(part, str):
@@ -58,7 +60,9 @@ def parse_methods(method: str | Iterable[str] | None) -> tuple[str, ...]:
         if not name:
             continue
         if name not in ALLOWED_METHODS:
-            raise PluginError(f"method={method!r} names {part!r}, not an HTTP method. Allowed: {'|'.join(ALLOWED_METHODS)}")
+            raise PluginError(
+                f"method={method!r} names {part!r}, not an HTTP method. Allowed: {'|'.join(ALLOWED_METHODS)}"
+            )
         if name not in out:
             out.append(name)
     if not out:
@@ -85,7 +89,7 @@ class Expose:
         func: F | None = None,
         *,
         method: str | Iterable[str] | None = None,
-        API: str | None = None,  # noqa: N803 - the original framework's spelling
+        API: str | None = None,
         auth: bool | None = None,
     ) -> Any:
         """Mark ``func`` as an HTTP endpoint; usable bare (``@expose.endpoint``) or called."""
@@ -96,8 +100,9 @@ class Expose:
         def mark(f: F) -> F:
             if not callable(f):
                 raise PluginError(f"@expose.endpoint applied to {f!r}, which is not a function")
-            spec = EndpointSpec(api=check_api_name(API or f.__name__), methods=methods, auth=auth,
-                                summary=_first_doc_line(f))
+            spec = EndpointSpec(
+                api=check_api_name(API or f.__name__), methods=methods, auth=auth, summary=_first_doc_line(f)
+            )
             setattr(f, ENDPOINT_ATTR, spec)
             return f
 
@@ -117,7 +122,7 @@ class Expose:
 
     def command(
         self,
-        API: str,  # noqa: N803
+        API: str,
         argv: Sequence[str] | str,
         *,
         method: str | Iterable[str] | None = None,
@@ -134,8 +139,15 @@ class Expose:
         module_name = sys._getframe(1).f_globals.get("__name__", "__main__")
         module_file = sys._getframe(1).f_globals.get("__file__")
         func = command_function(
-            api=check_api_name(API), argv=argv, timeout=timeout, cwd=cwd, env=env, shell=shell,
-            module_name=module_name, module_file=module_file, doc=doc,
+            api=check_api_name(API),
+            argv=argv,
+            timeout=timeout,
+            cwd=cwd,
+            env=env,
+            shell=shell,
+            module_name=module_name,
+            module_file=module_file,
+            doc=doc,
         )
         return self.endpoint(func, method=method, API=API, auth=auth)
 

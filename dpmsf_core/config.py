@@ -1,0 +1,212 @@
+"""Settings from the environment and ``.env``, validated once at start-up with one clear line per bad value."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+BUNDLED_PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def on_lambda(env: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if env is None else env
+    return "AWS_LAMBDA_FUNCTION_NAME" in env
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob in one frozen object; the README's configuration table documents each."""
+
+    num_url_parms: int = 10
+    url_parm_names: tuple[str, ...] = tuple(f"parm_{i}" for i in range(1, 11))
+    plugins: tuple[str, ...] = (".",)
+    admin_id: str | None = None
+    admin_key: str | None = None
+    require_tokens: bool = False
+    token_ttl: float = 60.0
+    token_skew: float = 5.0
+    max_body: int = 6 * 1024 * 1024
+    debug: bool = False
+    s3_refresh: float = 30.0
+    reload: bool = True
+    state_dir: str = ".dpmsf"
+    replay_store: str = "memory"
+    tenants: str = ""
+    store: str = ""
+    upload_dir: str = ""
+    upload_max: int = 256_000
+    sandbox_workers: int = 2
+    sandbox_timeout: float = 5.0
+    sandbox_memory_mb: int = 256
+    cors_origins: tuple[str, ...] = ("*",)
+    base_path: str = ""
+    sync_inline: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tenants_url(self) -> str:
+        return self.tenants or f"sqlite:///{Path(self.state_dir) / 'tenants.db'}"
+
+    @property
+    def store_url(self) -> str:
+        return self.store or f"sqlite:///{Path(self.state_dir) / 'store.db'}"
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, dotenv: str | Path | None = ".env") -> Settings:
+        """Read ``env`` (default ``os.environ`` over ``.env``); raise ConfigError naming the first bad variable."""
+        merged: dict[str, str] = {}
+        if dotenv and Path(dotenv).is_file():
+            from dotenv import dotenv_values  # only paid when a .env exists
+
+            merged.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+        merged.update(os.environ if env is None else env)
+        return _parse(merged)
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"Config '{name}' has value '{raw}'. Not a valid int.") from None
+    if value < minimum:
+        raise ConfigError(f"Config '{name}' has value '{raw}'. Must be at least {minimum}.")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"Config '{name}' has value '{raw}'. Not a valid number.") from None
+    if value < minimum:
+        raise ConfigError(f"Config '{name}' has value '{raw}'. Must be at least {minimum}.")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    low = raw.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ConfigError(f"Config '{name}' has value '{raw}'. Not a valid bool. Choices are: 1|0|true|false|yes|no|on|off")
+
+
+def _backend_url(env: Mapping[str, str], name: str, default: str, kinds: tuple[str, ...]) -> str:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    scheme, _, rest = raw.partition("://")
+    if scheme not in kinds or (scheme != "memory" and not rest):
+        choices = "|".join(k if k == "memory" else f"{k}://..." for k in kinds)
+        raise ConfigError(f"Config '{name}' has value '{raw}'. Choices are: {choices}")
+    return raw
+
+
+def _parse(env: Mapping[str, str]) -> Settings:
+    lam = on_lambda(env)
+    num = _int(env, "NUM_URL_PARMS", 10)
+    names: list[str] = []
+    for i in range(1, num + 1):
+        raw = env.get(f"URL_PARM{i}")
+        name = raw.strip() if raw and raw.strip() else f"parm_{i}"
+        if not _IDENT.match(name):
+            raise ConfigError(
+                f"Config 'URL_PARM{i}' has value '{raw}'. Not a valid parameter name: use letters, digits and '_' "
+                "(no dashes)."
+            )
+        names.append(name)
+    if len(set(names)) != len(names):
+        raise ConfigError(f"Config 'URL_PARM1..{num}' name the same parameter twice: {names}")
+
+    plugins_raw = env.get("DPMSF_PLUGINS") or env.get("plugins") or "."
+    plugins = tuple(_split_plugins(plugins_raw))
+    if not plugins:
+        raise ConfigError(
+            f"Config 'DPMSF_PLUGINS' has value '{plugins_raw}'. Name at least one folder ('.' = bundled)."
+        )
+
+    admin_id = (env.get("ADMIN_ID") or "").strip() or None
+    if admin_id:
+        try:
+            admin_id = str(uuid.UUID(admin_id))
+        except ValueError:
+            raise ConfigError(f"Config 'ADMIN_ID' has value '{admin_id}'. Not a valid UUID.") from None
+
+    state_default = "/tmp/dpmsf" if lam else ".dpmsf"
+    table = (env.get("DPMSF_TABLE") or "").strip()
+    replay_default = f"dynamodb://{table}" if (lam and table) else "memory"
+    dyn_default = f"dynamodb://{table}" if (lam and table) else ""
+    base_path = (env.get("DPMSF_BASE_PATH") or "").strip().rstrip("/")
+    if base_path and not base_path.startswith("/"):
+        raise ConfigError(f"Config 'DPMSF_BASE_PATH' has value '{base_path}'. Must start with '/'.")
+    cors = tuple(
+        o.strip()
+        for o in (env.get("DPMSF_CORS_ORIGINS") if env.get("DPMSF_CORS_ORIGINS") is not None else "*").split(",")
+        if o.strip()
+    )
+    return Settings(
+        num_url_parms=num,
+        url_parm_names=tuple(names),
+        plugins=plugins,
+        admin_id=admin_id,
+        admin_key=(env.get("DPMSF_ADMIN_KEY") or "").strip() or None,
+        require_tokens=_bool(env, "DPMSF_REQUIRE_TOKENS", False),
+        token_ttl=_float(env, "DPMSF_TOKEN_TTL", 60.0, minimum=1.0),
+        token_skew=_float(env, "DPMSF_TOKEN_SKEW", 5.0),
+        max_body=_int(env, "DPMSF_MAX_BODY", 6 * 1024 * 1024, minimum=1),
+        debug=_bool(env, "DPMSF_DEBUG", False),
+        s3_refresh=_float(env, "DPMSF_S3_REFRESH", 30.0),
+        reload=_bool(env, "DPMSF_RELOAD", True),
+        state_dir=(env.get("DPMSF_STATE_DIR") or "").strip() or state_default,
+        replay_store=_backend_url(env, "DPMSF_REPLAY_STORE", replay_default, ("memory", "sqlite", "dynamodb")),
+        tenants=_backend_url(env, "DPMSF_TENANTS", dyn_default, ("sqlite", "dynamodb")),
+        store=_backend_url(env, "DPMSF_STORE", dyn_default, ("sqlite", "dynamodb")),
+        upload_dir=(env.get("DPMSF_UPLOAD_DIR") or "").strip(),
+        upload_max=_int(env, "DPMSF_UPLOAD_MAX", 256_000, minimum=1),
+        sandbox_workers=_int(env, "DPMSF_SANDBOX_WORKERS", 2, minimum=1),
+        sandbox_timeout=_float(env, "DPMSF_SANDBOX_TIMEOUT", 5.0, minimum=0.1),
+        sandbox_memory_mb=_int(env, "DPMSF_SANDBOX_MEMORY_MB", 256, minimum=32),
+        cors_origins=cors,
+        base_path=base_path,
+        sync_inline=_bool(env, "DPMSF_SYNC_INLINE", lam),
+    )
+
+
+def _split_plugins(raw: str) -> list[str]:
+    """Split on ':' like PYTHONPATH, but keep ``s3://bucket/prefix`` entries whole."""
+    out: list[str] = []
+    parts = raw.split(":")
+    i = 0
+    while i < len(parts):
+        part = parts[i].strip()
+        if part == "s3" and i + 1 < len(parts) and parts[i + 1].startswith("//"):
+            out.append("s3:" + parts[i + 1].strip())
+            i += 2
+            continue
+        if part:
+            out.append(part)
+        i += 1
+    return out

@@ -1,0 +1,223 @@
+"""Find plugin modules in folders, read their metadata cheaply, and import trusted ones."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+import os
+import sys
+import types
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import PluginError
+from .expose import DEFAULT_METHODS, ENDPOINT_ATTR, EVENT_ATTR, EndpointSpec, EventSpec
+
+PLUGIN_PACKAGE = "dpmsf_plugins"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A module file found in a plugin folder, with what changes when it is edited."""
+
+    name: str  # real module name
+    path: str  # the .py file (``__init__.py`` for a package)
+    folder: str
+    folder_index: int
+    is_package: bool
+    signature: tuple[int, ...]  # (mtime_ns, size, inode) of every file that matters
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """Module-level ``__alias__``/``__tenant__`` read with ``ast``, before anything is imported."""
+
+    alias: str | None = None
+    tenant: str | None = None
+    source: str = ""
+
+
+@dataclass
+class LoadedModule:
+    """What one import of a trusted module yielded; immutable once built."""
+
+    module: types.ModuleType | None
+    endpoints: list[tuple[EndpointSpec, Callable[..., Any]]] = field(default_factory=list)
+    events: list[tuple[EventSpec, Callable[..., Any]]] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+
+
+def _is_identifier(name: str) -> bool:
+    return name.isidentifier() and not name.startswith("_")
+
+
+def _file_sig(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _package_signature(pkg: str) -> tuple[int, ...]:
+    sig: list[int] = []
+    for root, dirs, files in os.walk(pkg):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not d.startswith("."))
+        for f in sorted(files):
+            if f.endswith(".py"):
+                try:
+                    sig.extend(_file_sig(os.stat(os.path.join(root, f))))
+                except OSError:
+                    continue
+    return tuple(sig)
+
+
+def scan_folder(folder: str, index: int) -> Iterator[Candidate]:
+    """Every module (``name.py``) and package (``name/__init__.py``) directly in ``folder``, sorted by name."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        name = entry.name
+        try:
+            if entry.is_file() and name.endswith(".py"):
+                mod = name[:-3]
+                if _is_identifier(mod):
+                    yield Candidate(mod, entry.path, folder, index, False, _file_sig(entry.stat()))
+            elif entry.is_dir() and _is_identifier(name):
+                init = os.path.join(entry.path, "__init__.py")
+                if os.path.isfile(init):
+                    yield Candidate(name, init, folder, index, True, _package_signature(entry.path))
+        except OSError:
+            continue
+
+
+def read_metadata(path: str) -> Metadata:
+    """``__alias__`` and ``__tenant__`` as literals; the source is parsed only when it mentions them."""
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    if b"__alias__" not in raw and b"__tenant__" not in raw:
+        return Metadata()
+    source = raw.decode("utf-8", errors="replace")
+    try:
+        tree = ast.parse(source, filename=path)
+    except SyntaxError as exc:
+        raise PluginError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
+    found: dict[str, str | None] = {}
+    for node in tree.body:
+        targets: list[ast.expr] = []
+        value: ast.expr | None = None
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        for target in targets:
+            if isinstance(target, ast.Name) and target.id in ("__alias__", "__tenant__"):
+                if not (isinstance(value, ast.Constant) and isinstance(value.value, str | type(None))):
+                    raise PluginError(f"{path}:{node.lineno}: {target.id} must be a string literal")
+                found[target.id] = value.value
+    alias = found.get("__alias__")
+    if alias is not None and not (alias.replace("-", "_").isidentifier() or alias.replace(".", "_").isidentifier()):
+        raise PluginError(f"{path}: __alias__ = {alias!r} is not a valid URL segment name")
+    return Metadata(alias=alias or None, tenant=(found.get("__tenant__") or None), source=source)
+
+
+def module_name_for(candidate: Candidate) -> str:
+    suffix = "" if candidate.folder_index == 0 else f"_{candidate.folder_index}"
+    return f"{PLUGIN_PACKAGE}.{candidate.name}{suffix}"
+
+
+def _ensure_parent_package() -> None:
+    if PLUGIN_PACKAGE not in sys.modules:
+        pkg = types.ModuleType(PLUGIN_PACKAGE, "Namespace that holds every imported DPMSF plugin.")
+        pkg.__path__ = []
+        sys.modules[PLUGIN_PACKAGE] = pkg
+
+
+def import_module(candidate: Candidate) -> types.ModuleType:
+    """Import a fresh copy; ``sys.modules`` is restored if the import fails, so the old version keeps serving."""
+    _ensure_parent_package()
+    qualname = module_name_for(candidate)
+    spec = importlib.util.spec_from_file_location(
+        qualname,
+        candidate.path,
+        submodule_search_locations=[os.path.dirname(candidate.path)] if candidate.is_package else None,
+    )
+    if spec is None or spec.loader is None:
+        raise PluginError(f"{candidate.path}: cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    saved = {k: v for k, v in sys.modules.items() if k == qualname or k.startswith(qualname + ".")}
+    for key in saved:
+        del sys.modules[key]
+    sys.modules[qualname] = module
+    try:
+        spec.loader.exec_module(module)
+    except (Exception, SystemExit) as exc:  # a plugin calling sys.exit() at import must not stop the server
+        for key in [k for k in sys.modules if k == qualname or k.startswith(qualname + ".")]:
+            del sys.modules[key]
+        sys.modules.update(saved)
+        raise PluginError(_describe_import_error(candidate.path, exc)) from exc
+    return module
+
+
+def _describe_import_error(path: str, exc: BaseException) -> str:
+    if isinstance(exc, SyntaxError):
+        return f"{path}:{exc.lineno}: syntax error: {exc.msg}"
+    if isinstance(exc, PluginError):
+        return f"{path}: {exc}"
+    tb = exc.__traceback__
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == path:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    where = f"{path}:{line}" if line else path
+    return f"{where}: import raised {type(exc).__name__}: {exc}"
+
+
+def collect(module: types.ModuleType) -> LoadedModule:
+    """Marked functions defined in ``module``; with no marks at all, every public function (introspection mode)."""
+    own = module.__name__
+    marked: list[tuple[EndpointSpec, Callable[..., Any]]] = []
+    events: list[tuple[EventSpec, Callable[..., Any]]] = []
+    any_mark = False
+    for value in list(vars(module).values()):
+        if not callable(value) or isinstance(value, type):
+            continue
+        spec = getattr(value, ENDPOINT_ATTR, None)
+        ev = getattr(value, EVENT_ATTR, None)
+        if spec is None and ev is None:
+            continue
+        if getattr(value, "__module__", None) != own:
+            continue  # imported from elsewhere: never exposed here
+        any_mark = True
+        if isinstance(spec, EndpointSpec):
+            marked.append((spec, value))
+        if isinstance(ev, EventSpec):
+            events.append((ev, value))
+    if not any_mark:
+        for name, value in list(vars(module).items()):
+            if name.startswith("_") or not inspect.isfunction(value) or value.__module__ != own:
+                continue
+            doc = inspect.getdoc(value)
+            marked.append(
+                (EndpointSpec(api=name, methods=DEFAULT_METHODS, summary=doc.splitlines()[0] if doc else None), value)
+            )
+    seen: dict[str, str] = {}
+    unique: list[tuple[EndpointSpec, Callable[..., Any]]] = []
+    duplicates: list[str] = []
+    for spec, func in marked:
+        if spec.api in seen:
+            duplicates.append(
+                f"API {spec.api!r} is declared by both {seen[spec.api]}() and {func.__name__}(); "
+                f"{seen[spec.api]}() is kept"
+            )
+            continue
+        seen[spec.api] = func.__name__
+        unique.append((spec, func))
+    return LoadedModule(module=module, endpoints=unique, events=events, duplicates=duplicates)
+
+
+def resolve_folder(entry: str, bundled: Path) -> str:
+    """``.`` is the bundled ``plugins/`` folder; anything else is a path (relative to the working directory)."""
+    return str(bundled) if entry == "." else str(Path(entry).expanduser().resolve())

@@ -1,0 +1,413 @@
+"""The Registry owns every loaded plugin and swaps whole immutable snapshots, so a request never sees half a reload."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .discovery import (
+    Candidate,
+    LoadedModule,
+    Metadata,
+    _package_signature,
+    collect,
+    import_module,
+    module_name_for,
+    read_metadata,
+    scan_folder,
+)
+from .errors import PluginError
+from .expose import EndpointSpec, EventSpec
+
+log = logging.getLogger("dpmsf.registry")
+
+RECENT_CHANGE_WINDOW = 2.0  # seconds: file-system mtimes are coarse, so a just-changed folder is re-checked
+
+
+class Endpoint:
+    """One callable API of one module; ``plan`` (argument binding) is built on first call."""
+
+    __slots__ = ("api", "auth", "doc", "func", "is_async", "methods", "module", "plan", "summary", "tenant", "trusted")
+
+    def __init__(
+        self,
+        spec: EndpointSpec,
+        func: Callable[..., Any],
+        module: str,
+        tenant: str | None,
+        trusted: bool = True,
+        doc: str | None = None,
+    ) -> None:
+        self.api = spec.api
+        self.methods = spec.methods
+        self.auth = spec.auth
+        self.summary = spec.summary
+        self.func = func
+        self.module = module
+        self.tenant = tenant
+        self.trusted = trusted
+        self.is_async = inspect.iscoroutinefunction(func)
+        self.doc = doc if doc is not None else inspect.getdoc(func)
+        self.plan: Any = None
+
+    def allow(self) -> list[str]:
+        allowed = list(self.methods)
+        if "GET" in allowed and "HEAD" not in allowed:
+            allowed.append("HEAD")
+        if "OPTIONS" not in allowed:
+            allowed.append("OPTIONS")
+        return allowed
+
+    def __repr__(self) -> str:
+        return f"<Endpoint {self.module}/{self.api} {'|'.join(self.methods)}>"
+
+
+@dataclass
+class ModuleEntry:
+    """A module that serves: its public name (alias or real name) and its endpoints by API name."""
+
+    name: str
+    real_name: str
+    alias: str | None
+    path: str
+    folder: str
+    tenant: str | None
+    trusted: bool
+    endpoints: dict[str, Endpoint]
+    events: list[tuple[EventSpec, Callable[..., Any]]]
+    loaded_at: float
+
+
+@dataclass
+class ModuleReport:
+    """One line of ``__dir__``: every module found, whether it serves, and why not."""
+
+    name: str
+    real_name: str
+    alias: str | None
+    source: str
+    folder: str
+    tenant: str | None
+    trusted: bool
+    status: str  # loaded | error | stale (error, previous version serving) | conflict
+    error: str | None = None
+    endpoints: list[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "module": self.real_name,
+            "alias": self.alias,
+            "source": self.source,
+            "folder": self.folder,
+            "tenant": self.tenant,
+            "trusted": self.trusted,
+            "status": self.status,
+            "error": self.error,
+            "endpoints": self.endpoints,
+            "events": self.events,
+        }
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a request needs to resolve a URL, frozen at one moment."""
+
+    modules: dict[str, ModuleEntry]
+    by_api: dict[str, tuple[Endpoint, ...]]
+    reports: tuple[ModuleReport, ...]
+    version: int
+    problems: tuple[str, ...] = ()
+
+    def endpoints(self) -> Iterable[Endpoint]:
+        for entry in self.modules.values():
+            yield from entry.endpoints.values()
+
+    def events(self) -> list[tuple[EventSpec, Callable[..., Any]]]:
+        return [ev for entry in self.modules.values() for ev in entry.events]
+
+
+EMPTY = Snapshot(modules={}, by_api={}, reports=(), version=0)
+
+
+class UntrustedLoader(Protocol):
+    """Turns a tenant module's source into endpoints that run in the sandbox (never imported here)."""
+
+    def __call__(self, candidate: Candidate, meta: Metadata) -> LoadedModule: ...
+
+
+class PluginSource(Protocol):
+    """A source that mirrors plugins into a local folder (S3); ``sync`` is cheap until its refresh is due."""
+
+    cache_dir: Any
+
+    def sync(self, force: bool = False) -> Any: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class _Record:
+    candidate: Candidate
+    meta: Metadata
+    entry: ModuleEntry | None
+    error: str | None
+    stale: bool = False
+    duplicates: list[str] = field(default_factory=list)
+
+
+class Registry:
+    """Scans plugin folders, imports what changed, and publishes a new Snapshot atomically."""
+
+    def __init__(
+        self,
+        folders: Iterable[str],
+        *,
+        admin_id: str | None = None,
+        untrusted_loader: UntrustedLoader | None = None,
+        sources: Iterable[PluginSource] = (),
+        reload: bool = True,
+        sweep_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.folders = [str(f) for f in folders]
+        self.admin_id = admin_id
+        self.untrusted_loader = untrusted_loader
+        self.sources = list(sources)
+        self.reload = reload
+        self.sweep_interval = sweep_interval
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._records: dict[str, _Record] = {}
+        self._folder_mtimes: dict[str, int] = {}
+        self._last_sweep = 0.0
+        self.snapshot: Snapshot = EMPTY
+
+    # -- public -------------------------------------------------------------------------------------------------
+
+    def load(self) -> Snapshot:
+        """Full scan and import; called once at start-up and whenever a change is seen."""
+        with self._lock:
+            for source in self.sources:
+                self._sync_source(source, force=True)
+            return self._rebuild()
+
+    def refresh(self) -> Snapshot:
+        """The per-request check: a stat per folder, a full sweep at most every ``sweep_interval`` seconds."""
+        if not self.reload:
+            return self.snapshot
+        changed = False
+        for source in self.sources:
+            if self._sync_source(source):
+                changed = True
+        wall = time.time()
+        for folder in self.folders:
+            try:
+                mtime = os.stat(folder).st_mtime_ns
+            except OSError:
+                mtime = -1
+            if mtime != self._folder_mtimes.get(folder) or wall - mtime / 1e9 < RECENT_CHANGE_WINDOW:
+                changed = True
+                break
+        if not changed:
+            now = self._clock()
+            if now - self._last_sweep >= self.sweep_interval:
+                self._last_sweep = now
+                changed = self._files_changed()
+        if changed:
+            with self._lock:
+                return self._rebuild()
+        return self.snapshot
+
+    def reports(self) -> list[dict[str, Any]]:
+        return [r.as_dict() for r in self.snapshot.reports]
+
+    def source_status(self) -> list[dict[str, Any]]:
+        return [s.status() for s in self.sources]
+
+    # -- internals ----------------------------------------------------------------------------------------------
+
+    def _sync_source(self, source: PluginSource, force: bool = False) -> bool:
+        try:
+            result = source.sync(force=force)
+        except Exception as exc:  # a broken source must never take the others down
+            log.warning("plugin source %r failed: %s", source, exc)
+            return False
+        return bool(getattr(result, "changed", False))
+
+    def _files_changed(self) -> bool:
+        for record in self._records.values():
+            cand = record.candidate
+            try:
+                if cand.is_package:
+                    sig = _package_signature(os.path.dirname(cand.path))
+                else:
+                    st = os.stat(cand.path)
+                    sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+            except OSError:
+                return True
+            if sig != cand.signature:
+                return True
+        return False
+
+    def _is_trusted(self, meta: Metadata) -> bool:
+        return meta.tenant is None or (self.admin_id is not None and meta.tenant == self.admin_id)
+
+    def _rebuild(self) -> Snapshot:
+        for folder in self.folders:
+            try:
+                self._folder_mtimes[folder] = os.stat(folder).st_mtime_ns
+            except OSError:
+                self._folder_mtimes[folder] = -1
+        self._last_sweep = self._clock()
+        candidates: list[Candidate] = []
+        for index, folder in enumerate(self.folders):
+            candidates.extend(scan_folder(folder, index))
+
+        records: dict[str, _Record] = {}
+        modules: dict[str, ModuleEntry] = {}
+        reports: list[ModuleReport] = []
+        problems: list[str] = []
+        changed = False
+        for cand in candidates:
+            previous = self._records.get(cand.path)
+            if previous is not None and previous.candidate.signature == cand.signature:
+                record = previous
+            else:
+                try:
+                    meta = read_metadata(cand.path)
+                except PluginError as exc:
+                    meta, meta_error = (previous.meta if previous else Metadata()), str(exc)
+                else:
+                    meta_error = None
+                public = meta.alias or cand.name
+                if public in modules:
+                    record = _Record(cand, meta, None, None)  # conflict: reported below, never imported
+                elif meta_error is not None:
+                    log.error("plugin %s failed to load: %s", cand.path, meta_error)
+                    keep = previous.entry if previous else None
+                    record = _Record(cand, meta, keep, meta_error, stale=keep is not None)
+                else:
+                    record = self._load(cand, previous, meta)
+                changed = True
+            public = record.meta.alias or cand.name
+            trusted = self._is_trusted(record.meta)
+            owner = modules.get(public)
+            if owner is not None:
+                msg = f"module name {public!r} of {cand.path} is already taken by {owner.path}; this one is not loaded"
+                problems.append(msg)
+                log.warning("conflict: %s", msg)
+                reports.append(
+                    ModuleReport(
+                        public,
+                        cand.name,
+                        record.meta.alias,
+                        cand.path,
+                        cand.folder,
+                        record.meta.tenant,
+                        trusted,
+                        "conflict",
+                        msg,
+                    )
+                )
+                if record.entry is not None:
+                    self._forget_module(cand)
+                changed = True  # not kept: re-evaluated on the next rebuild, when the owner may be gone
+                continue
+            records[cand.path] = record
+            problems.extend(f"{cand.path}: {dup}" for dup in record.duplicates)
+            status = "loaded" if record.error is None else ("stale" if record.entry is not None else "error")
+            entry = record.entry
+            error = "; ".join([*filter(None, [record.error]), *record.duplicates]) or None
+            reports.append(
+                ModuleReport(
+                    public,
+                    cand.name,
+                    record.meta.alias,
+                    cand.path,
+                    cand.folder,
+                    record.meta.tenant,
+                    trusted,
+                    status,
+                    error,
+                    sorted(entry.endpoints) if entry else [],
+                    [ev.name for ev, _ in entry.events] if entry else [],
+                )
+            )
+            if entry is not None:
+                modules[public] = entry
+        for path, old in self._records.items():
+            if path not in records:
+                changed = True
+                self._forget_module(old.candidate)
+        self._records = records
+        if not changed and self.snapshot is not EMPTY:
+            return self.snapshot
+        by_api: dict[str, list[Endpoint]] = {}
+        for entry in modules.values():
+            for ep in entry.endpoints.values():
+                by_api.setdefault(ep.api, []).append(ep)
+        self.snapshot = Snapshot(
+            modules=modules,
+            by_api={k: tuple(v) for k, v in by_api.items()},
+            reports=tuple(reports),
+            version=self.snapshot.version + 1,
+            problems=tuple(problems),
+        )
+        log.info(
+            "plugins: %d modules serving, %d endpoints (version %d)",
+            len(modules),
+            sum(len(v) for v in by_api.values()),
+            self.snapshot.version,
+        )
+        return self.snapshot
+
+    def _load(self, cand: Candidate, previous: _Record | None, meta: Metadata) -> _Record:
+        """Import one module; on failure keep the previous version's entry serving and record the error."""
+        trusted = self._is_trusted(meta)
+        try:
+            if trusted:
+                loaded = collect(import_module(cand))
+            elif self.untrusted_loader is None:
+                raise PluginError(f"{cand.path}: belongs to tenant {meta.tenant}, and the sandbox is not enabled")
+            else:
+                loaded = self.untrusted_loader(cand, meta)
+        except PluginError as exc:
+            log.error("plugin %s failed to load: %s", cand.path, exc)
+            keep = previous.entry if previous else None
+            return _Record(cand, previous.meta if keep else meta, keep, str(exc), stale=keep is not None)
+        public = meta.alias or cand.name
+        endpoints = {
+            spec.api: Endpoint(
+                spec, func, public, meta.tenant, trusted=trusted, doc=getattr(func, "__dpmsf_doc__", None)
+            )
+            for spec, func in loaded.endpoints
+        }
+        entry = ModuleEntry(
+            public,
+            cand.name,
+            meta.alias,
+            cand.path,
+            cand.folder,
+            meta.tenant,
+            trusted,
+            endpoints,
+            loaded.events,
+            time.time(),
+        )
+        for dup in loaded.duplicates:
+            log.warning("plugin %s: %s", cand.path, dup)
+        return _Record(cand, Metadata(meta.alias, meta.tenant), entry, None, duplicates=loaded.duplicates)
+
+    def _forget_module(self, cand: Candidate) -> None:
+        qualname = module_name_for(cand)
+        for key in [k for k in sys.modules if k == qualname or k.startswith(qualname + ".")]:
+            del sys.modules[key]

@@ -1,0 +1,58 @@
+"""Return values -> ``{"results": ...}`` JSON; framework Responses pass through untouched."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as _dt
+import decimal
+import enum
+import json
+import uuid
+from pathlib import PurePath
+from typing import Any
+
+from .errors import FunctionFailed
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, _dt.datetime | _dt.date | _dt.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, uuid.UUID | PurePath):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, _dt.timedelta):
+        return value.total_seconds()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    dump = getattr(value, "model_dump", None)  # pydantic v2 models, without importing pydantic
+    if callable(dump):
+        return dump(mode="json")
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_encoder = json.JSONEncoder(default=_default, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def dumps(value: Any) -> bytes:
+    return _encoder.encode(value).encode("utf-8")
+
+
+def encode_results(value: Any, api: str) -> bytes:
+    """The 200 body; a value JSON cannot carry answers 500 naming the type instead of a half-written body."""
+    try:
+        return dumps({"results": value})
+    except (TypeError, ValueError) as exc:
+        raise FunctionFailed(f"API '{api}' returned a value that is not JSON-encodable: {exc}") from None
+
+
+def is_framework_response(value: Any) -> bool:
+    """A Starlette/FastAPI Response (or anything ASGI-callable with a status) is sent as the function built it."""
+    return hasattr(value, "status_code") and hasattr(value, "raw_headers") and callable(value)

@@ -1,0 +1,197 @@
+"""Replay stores remember which token ids were used, so a token works exactly once.
+
+``claim(jti, expires_at)`` is True only the first time a ``jti`` is seen; an entry may be forgotten
+after ``expires_at`` because the verifier rejects the token by then anyway. Backends:
+
+- ``memory``                 one process (a dict with a lock),
+- ``sqlite:///path.db``      one machine, several processes (``sqlite:////abs/path.db`` is absolute),
+- ``dynamodb://table-name``  Lambda: conditional PutItem on ``pk="token#<jti>"``, ``sk="token"``,
+                             TTL attribute ``expires_at``; add ``?endpoint_url=http://...`` for a local DynamoDB.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+from urllib.parse import parse_qs, urlsplit
+
+__all__ = [
+    "DynamoDBReplayStore",
+    "MemoryReplayStore",
+    "ReplayStore",
+    "SQLiteReplayStore",
+    "create_dynamodb_table",
+    "make_replay_store",
+]
+
+_PURGE_EVERY = 1024  # claims between purges of expired entries
+_PURGE_SECONDS = 60.0  # ... or seconds, whichever comes first
+
+
+class ReplayStore(Protocol):
+    """Where used token ids are remembered until they expire."""
+
+    def claim(self, jti: str, expires_at: float) -> bool:
+        """True the first time ``jti`` is claimed, False on every later claim."""
+        ...
+
+
+class MemoryReplayStore:
+    """Used token ids of one process; thread-safe; expired entries purged periodically."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._claims = 0
+        self._purged_at = clock()
+
+    def claim(self, jti: str, expires_at: float) -> bool:
+        with self._lock:
+            self._claims += 1
+            if self._claims >= _PURGE_EVERY:
+                self._purge()
+            if jti in self._seen:
+                return False
+            self._seen[jti] = expires_at
+            return True
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def _purge(self) -> None:
+        now = self._clock()
+        self._claims = 0
+        if now - self._purged_at < _PURGE_SECONDS and len(self._seen) < 100_000:
+            return
+        self._purged_at = now
+        self._seen = {jti: exp for jti, exp in self._seen.items() if exp >= now}
+
+
+class SQLiteReplayStore:
+    """Used token ids in a SQLite file shared by the processes of one machine (WAL, one connection per thread)."""
+
+    def __init__(self, path: str, *, clock: Callable[[], float] = time.time, busy_timeout_ms: int = 5000) -> None:
+        self.path = str(path)
+        self._clock = clock
+        self._busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._claims = 0
+        self._purged_at = clock()
+        self._conn()  # create the file and table now: a bad path fails at start-up, not on first request
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout_ms / 1000, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("CREATE TABLE IF NOT EXISTS used_tokens (jti TEXT PRIMARY KEY, expires_at REAL NOT NULL)")
+            self._local.conn = conn
+        return conn
+
+    def claim(self, jti: str, expires_at: float) -> bool:
+        conn = self._conn()
+        self._claims += 1
+        if self._claims >= _PURGE_EVERY or self._clock() - self._purged_at > _PURGE_SECONDS:
+            self.purge()
+        try:
+            conn.execute("INSERT INTO used_tokens (jti, expires_at) VALUES (?, ?)", (jti, float(expires_at)))
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def purge(self) -> int:
+        """Forget ids whose tokens have expired; returns how many."""
+        self._claims = 0
+        self._purged_at = now = self._clock()
+        return self._conn().execute("DELETE FROM used_tokens WHERE expires_at < ?", (now,)).rowcount
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+def _dynamodb_client(client: Any, endpoint_url: str | None) -> Any:
+    """The given client, or a new one; boto3 is imported here so cold starts without DynamoDB skip it."""
+    if client is not None:
+        return client
+    import boto3
+
+    return boto3.client("dynamodb", endpoint_url=endpoint_url)
+
+
+class DynamoDBReplayStore:
+    """Used token ids in DynamoDB (single-table design) with conditional writes; TTL deletes expired ones."""
+
+    def __init__(self, table_name: str, *, client: Any = None, endpoint_url: str | None = None) -> None:
+        self.table_name = table_name
+        self._client = _dynamodb_client(client, endpoint_url)
+
+    def claim(self, jti: str, expires_at: float) -> bool:
+        client = self._client
+        try:
+            client.put_item(
+                TableName=self.table_name,
+                Item={
+                    "pk": {"S": f"token#{jti}"},
+                    "sk": {"S": "token"},
+                    "expires_at": {"N": str(int(expires_at) + 1)},
+                },
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+
+def create_dynamodb_table(table_name: str, *, client: Any = None, endpoint_url: str | None = None) -> None:
+    """Create the single DPMSF table (pk/sk strings, on-demand, TTL on ``expires_at``) for local use and tests."""
+    client = _dynamodb_client(client, endpoint_url)
+    client.create_table(
+        TableName=table_name,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    client.get_waiter("table_exists").wait(TableName=table_name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+    client.update_time_to_live(
+        TableName=table_name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
+    )
+
+
+def parse_store_url(url: str, what: str) -> tuple[str, str, dict[str, str]]:
+    """Split ``memory`` / ``sqlite:///path`` / ``dynamodb://table?endpoint_url=...`` into (kind, target, options)."""
+    expected = "Expected 'memory', 'sqlite:///path/to/file.db' or 'dynamodb://table-name'."
+    raw = (url or "").strip()
+    if raw == "memory":
+        return "memory", "", {}
+    if raw.startswith("sqlite:///") and len(raw) > len("sqlite:///"):
+        return "sqlite", raw[len("sqlite:///") :], {}
+    if raw.startswith("dynamodb://"):
+        parts = urlsplit(raw)
+        options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        unknown = set(options) - {"endpoint_url"}
+        if parts.netloc and not parts.path and not unknown:
+            return "dynamodb", parts.netloc, options
+    raise ValueError(f"{what} URL {url!r} is not valid. {expected}")
+
+
+def make_replay_store(url: str) -> ReplayStore:
+    """The replay store named by ``url`` (see the module docstring)."""
+    kind, target, options = parse_store_url(url, "Replay store")
+    if kind == "memory":
+        return MemoryReplayStore()
+    if kind == "sqlite":
+        return SQLiteReplayStore(target)
+    return DynamoDBReplayStore(target, endpoint_url=options.get("endpoint_url"))

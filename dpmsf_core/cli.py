@@ -1,0 +1,186 @@
+"""``dpmsf``: serve, routes, new, openapi, token, tenant, invoke, package."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import Settings
+from .errors import ConfigError
+
+PLUGIN_TEMPLATE = '''"""{name}: what this plugin offers (this docstring is shown in /docs)."""
+
+from dpmsf_core import HTTPError, expose
+
+# __alias__ = "{name}_v1"  # optional public name of this module (API versioning)
+
+
+@expose.endpoint(method="GET|POST", API="{api}")
+def {name}(*args, **kwargs):
+    """Answer GET/POST /rest/services/{api}/?name=you"""
+    name = kwargs.get("name", "world")
+    if not isinstance(name, str):
+        raise HTTPError(422, "name must be a string")
+    return {{"hello": name, "args": list(args)}}
+
+
+@expose.endpoint(method="GET", API="{api}-typed")
+async def {name}_typed(count: int, label: str = "item") -> list[str]:
+    """Typed and async: /rest/services/{api}-typed/?count=3 (count=x answers 422)."""
+    return [f"{{label}} {{i}}" for i in range(count)]
+'''
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    if getattr(args, "plugins", None):
+        os.environ["DPMSF_PLUGINS"] = args.plugins
+    return Settings.from_env()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    if args.plugins:
+        os.environ["DPMSF_PLUGINS"] = args.plugins
+    if args.workers > 1 and not os.environ.get("DPMSF_REPLAY_STORE"):
+        os.environ["DPMSF_REPLAY_STORE"] = "sqlite:///" + str(
+            Path(os.environ.get("DPMSF_STATE_DIR", ".dpmsf")) / "replay.db"
+        )
+    settings = Settings.from_env()  # fail fast, with one line, before uvicorn starts
+    common: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": args.log_level,
+        "access_log": False,
+        "proxy_headers": True,
+    }
+    if args.workers > 1:
+        uvicorn.run("dpmsf_core.asgi:create", factory=True, workers=args.workers, **common)
+        return 0
+    from .app import create_app
+
+    app = create_app(settings)
+    _configure_local_logging(args.log_level, args.access_log)
+    count = sum(1 for _ in app.registry.snapshot.endpoints())
+    print(f"DPMSF: {count} endpoints from {', '.join(app.registry.folders)}", file=sys.stderr)
+    print(
+        f"DPMSF: http://{args.host}:{args.port}/rest/services/__dir__/  docs: http://{args.host}:{args.port}/docs",
+        file=sys.stderr,
+    )
+    uvicorn.run(app, **common)
+    return 0
+
+
+def _configure_local_logging(level: str, access: bool) -> None:
+    import logging
+
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("dpmsf.access").setLevel("INFO" if access else "WARNING")
+
+
+def cmd_routes(args: argparse.Namespace) -> int:
+    from .app import create_app
+
+    app = create_app(_settings(args))
+    directory = app.directory()
+    rows = [
+        (",".join(e["methods"]), e["url"], f"{e['module']}.{e['api']}", (e["doc"] or "").split("\n")[0])
+        for e in directory["endpoints"]
+    ]
+    widths = [max([len(r[i]) for r in rows] + [len(h)]) for i, h in enumerate(("METHODS", "URL", "ENDPOINT"))]
+    print(f"{'METHODS':<{widths[0]}}  {'URL':<{widths[1]}}  {'ENDPOINT':<{widths[2]}}  DOC")
+    for methods, url, name, doc in sorted(rows, key=lambda r: r[1]):
+        print(f"{methods:<{widths[0]}}  {url:<{widths[1]}}  {name:<{widths[2]}}  {doc}")
+    for module in directory["modules"]:
+        if module["status"] != "loaded":
+            print(f"! {module['source']}: {module['status']}: {module['error']}", file=sys.stderr)
+    return 0
+
+
+def cmd_openapi(args: argparse.Namespace) -> int:
+    from .app import create_app
+
+    print(json.dumps(create_app(_settings(args)).openapi(), indent=2, default=str))
+    return 0
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    name = args.name
+    if not name.isidentifier() or name.startswith("_"):
+        print(
+            f"dpmsf: '{name}' is not a valid module name (letters, digits, '_'; not starting with '_').",
+            file=sys.stderr,
+        )
+        return 2
+    folder = Path(args.dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{name}.py"
+    if target.exists():
+        print(f"dpmsf: {target} already exists; not overwritten.", file=sys.stderr)
+        return 1
+    target.write_text(PLUGIN_TEMPLATE.format(name=name, api=name.replace("_", "-")), encoding="utf-8")
+    print(f"wrote {target}: GET /rest/services/{name.replace('_', '-')}/")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dpmsf", description="Dynamic Pluggable Microservices Framework")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the local server (uvicorn)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
+    p.add_argument("--plugins", help="plugin folders, ':'-separated ('.' = bundled); default DPMSF_PLUGINS")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--no-access-log", dest="access_log", action="store_false", help="no line per request")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("routes", help="list every endpoint")
+    p.add_argument("--plugins")
+    p.set_defaults(func=cmd_routes)
+
+    p = sub.add_parser("openapi", help="print the OpenAPI document")
+    p.add_argument("--plugins")
+    p.set_defaults(func=cmd_openapi)
+
+    p = sub.add_parser("new", help="write a plugin skeleton")
+    p.add_argument("name")
+    p.add_argument("--dir", default="plugins")
+    p.set_defaults(func=cmd_new)
+
+    for extra in _extra_commands():
+        extra(sub)
+    return parser
+
+
+def _extra_commands() -> list[Any]:
+    """Commands that live beside the features they drive (tokens, tenants, Lambda tools)."""
+    out = []
+    for module in ("dpmsf_core.cli_security", "dpmsf_core.cli_lambda"):
+        try:
+            mod = __import__(module, fromlist=["register"])
+        except ImportError:
+            continue
+        out.append(mod.register)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"dpmsf: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

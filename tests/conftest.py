@@ -1,0 +1,128 @@
+"""Shared fixtures: fresh apps on temporary plugin folders, and real uvicorn servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # helpers such as eventdata.py, motoserver.py
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PluginDir:
+    """A temporary plugin folder that tests write modules into."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, name: str, source: str) -> Path:
+        target = self.path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(target.suffix + ".tmp")
+        tmp.write_text(textwrap.dedent(source), encoding="utf-8")
+        tmp.replace(target)
+        return target
+
+    def remove(self, name: str) -> None:
+        (self.path / name).unlink()
+
+
+@pytest.fixture
+def plugin_dir(tmp_path: Path) -> PluginDir:
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    return PluginDir(folder)
+
+
+@pytest.fixture
+def make_app(tmp_path: Path) -> Callable[..., Any]:
+    """``make_app(folder_or_folders, **env)``: an app built from an explicit environment, never os.environ."""
+    from dpmsf_core.app import create_app
+    from dpmsf_core.config import Settings
+
+    apps: list[Any] = []
+
+    def build(*folders: Path | str, env: dict[str, str] | None = None, **overrides: Any) -> Any:
+        environ = {"DPMSF_STATE_DIR": str(tmp_path / "state")}
+        if folders:
+            environ["DPMSF_PLUGINS"] = ":".join(str(f) for f in folders)
+        environ.update(env or {})
+        app = create_app(Settings.from_env(environ, dotenv=None), **overrides)
+        apps.append(app)
+        return app
+
+    yield build
+    for app in apps:
+        app.close()
+
+
+class LiveServer:
+    """uvicorn serving an app in a thread, on a free loopback port."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", access_log=False
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.time() + 10
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Any], httpx.Client]]:
+    """``client = serve(app)``: a real server for ``app`` and an httpx client pointed at it."""
+    stack: list[tuple[LiveServer, httpx.Client]] = []
+
+    def start(app: Any) -> httpx.Client:
+        server = LiveServer(app).__enter__()
+        client = httpx.Client(base_url=server.url, timeout=10)
+        stack.append((server, client))
+        return client
+
+    yield start
+    for server, client in stack:
+        client.close()
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def bundled_client() -> Iterator[httpx.Client]:
+    """One real server on the bundled plugins for the whole module (the README's examples)."""
+    from dpmsf_core.app import create_app
+    from dpmsf_core.config import Settings
+
+    app = create_app(Settings.from_env({"DPMSF_PLUGINS": "."}, dotenv=None))
+    with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+        yield client
+    app.close()

@@ -1,0 +1,180 @@
+"""Bad input over real HTTP: each gets a clear RFC 9457 answer with the right status, and nothing else breaks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+PROBLEM = "application/problem+json"
+
+FUNCS = """
+from dpmsf_core import expose
+
+@expose.endpoint(method="GET|POST", API="echo")
+def echo(*args, **kwargs):
+    return {"args": list(args), "kwargs": kwargs}
+
+@expose.endpoint(method="GET", API="boom")
+def boom():
+    raise ValueError("secret internals")
+
+@expose.endpoint(method="GET", API="unencodable")
+def unencodable():
+    return {"x": object()}
+
+@expose.endpoint(method="GET", API="get-only")
+def get_only():
+    return 1
+"""
+
+
+@pytest.fixture
+def client(plugin_dir: Any, make_app: Callable[..., Any], serve: Callable[[Any], httpx.Client]) -> httpx.Client:
+    plugin_dir.write("funcs.py", FUNCS)
+    return serve(make_app(plugin_dir.path, env={"DPMSF_MAX_BODY": "1000", "NUM_URL_PARMS": "3"}))
+
+
+def assert_problem(r: httpx.Response, status: int, *fragments: str) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == PROBLEM
+    body = r.json()
+    assert body["status"] == status
+    assert {"type", "title", "detail", "request_id"} <= body.keys()
+    assert body["request_id"] == r.headers["x-request-id"]
+    assert "Traceback" not in r.text
+    for fragment in fragments:
+        assert fragment in body["detail"], body["detail"]
+    return body
+
+
+def test_malformed_json(client: httpx.Client) -> None:
+    r = client.post("/rest/services/echo/", content=b'{"a": 1', headers={"content-type": "application/json"})
+    assert_problem(r, 400, "Malformed JSON")
+
+
+def test_json_body_not_an_object(client: httpx.Client) -> None:
+    assert_problem(client.post("/rest/services/echo/", json=[1, 2]), 400, "must be an object")
+
+
+def test_wrong_content_type(client: httpx.Client) -> None:
+    r = client.post("/rest/services/echo/", content=b"<x/>", headers={"content-type": "application/xml"})
+    assert_problem(r, 415, "application/xml")
+
+
+def test_form_body_is_accepted(client: httpx.Client) -> None:
+    r = client.post("/rest/services/echo/", data={"a": "1", "b": "2"})
+    assert r.json()["results"]["kwargs"] == {"a": "1", "b": "2"}
+
+
+def test_body_over_limit(client: httpx.Client) -> None:
+    assert_problem(client.post("/rest/services/echo/", json={"x": "y" * 2000}), 413, "1000")
+
+
+def test_body_over_limit_without_content_length(client: httpx.Client) -> None:
+    def chunks():
+        for _ in range(5):
+            yield b"x" * 400
+
+    r = client.post("/rest/services/echo/", content=chunks(), headers={"content-type": "application/json"})
+    assert_problem(r, 413)
+
+
+def test_unknown_api(client: httpx.Client) -> None:
+    body = assert_problem(client.get("/rest/services/nope/"), 404, "nope")
+    assert body["type"].endswith("not-found")
+
+
+def test_unknown_route_outside_services(client: httpx.Client) -> None:
+    assert_problem(client.get("/elsewhere"), 404)
+
+
+def test_did_you_mean(client: httpx.Client) -> None:
+    assert_problem(client.get("/rest/services/ech/"), 404, "Did you mean 'echo'")
+
+
+def test_undeclared_method_is_405_with_allow(client: httpx.Client) -> None:
+    r = client.delete("/rest/services/echo/")
+    body = assert_problem(r, 405)
+    assert r.headers["allow"] == "GET, POST, HEAD, OPTIONS"
+    assert body["allow"] == ["GET", "POST", "HEAD", "OPTIONS"]
+    assert client.post("/rest/services/get-only/").status_code == 405
+
+
+def test_too_many_url_params(client: httpx.Client) -> None:
+    assert client.get("/rest/services/echo/1/2/3/").status_code == 200
+    assert_problem(client.get("/rest/services/echo/1/2/3/4/"), 404, "at most 3")
+
+
+@pytest.mark.parametrize("mapping", [["parm_1"], {"parm_1": 5}, "p", {"parm_1": "has-dash"}])
+def test_bad_map(client: httpx.Client, mapping: Any) -> None:
+    assert_problem(client.post("/rest/services/echo/x/", json={"__map__": mapping}), 422, "__map__")
+
+
+def test_args_not_a_list(client: httpx.Client) -> None:
+    assert_problem(client.post("/rest/services/echo/", json={"args": 5}), 422, '"args"')
+
+
+def test_function_that_raises_hides_internals(client: httpx.Client) -> None:
+    body = assert_problem(client.get("/rest/services/boom/"), 500, "ValueError")
+    assert "secret internals" not in body["detail"]
+    assert client.get("/rest/services/echo/").status_code == 200  # the server lives on
+
+
+def test_debug_shows_the_traceback(
+    plugin_dir: Any, make_app: Callable[..., Any], serve: Callable[[Any], httpx.Client]
+) -> None:
+    plugin_dir.write("funcs.py", FUNCS)
+    client = serve(make_app(plugin_dir.path, env={"DPMSF_DEBUG": "1"}))
+    body = client.get("/rest/services/boom/").json()
+    assert "secret internals" in body["detail"]
+    assert any("ValueError" in line for line in body["traceback"])
+
+
+def test_result_not_json_encodable(client: httpx.Client) -> None:
+    assert_problem(client.get("/rest/services/unencodable/"), 500, "not JSON-encodable")
+
+
+def test_head_and_options(client: httpx.Client) -> None:
+    r = client.head("/rest/services/get-only/")
+    assert r.status_code == 200 and r.content == b""
+    assert int(r.headers["content-length"]) == len(b'{"results":1}')
+    r = client.options("/rest/services/echo/")
+    assert r.status_code == 204
+    assert r.headers["allow"] == "GET, POST, HEAD, OPTIONS"
+
+
+def test_cors_preflight_and_simple_request(client: httpx.Client) -> None:
+    r = client.options(
+        "/rest/services/echo/",
+        headers={
+            "origin": "https://app.example",
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "authorization",
+        },
+    )
+    assert r.status_code == 204
+    assert r.headers["access-control-allow-origin"] == "*"
+    assert r.headers["access-control-allow-methods"] == "GET, POST, HEAD, OPTIONS"
+    assert r.headers["access-control-allow-headers"] == "authorization"
+    r = client.get("/rest/services/echo/", headers={"origin": "https://app.example"})
+    assert r.headers["access-control-allow-origin"] == "*"
+    assert "X-DPMSF-Next-Token" in r.headers["access-control-expose-headers"]
+
+
+def test_request_id_is_echoed_or_made(client: httpx.Client) -> None:
+    assert client.get("/rest/services/echo/", headers={"x-request-id": "abc-123"}).headers["x-request-id"] == "abc-123"
+    made = client.get("/rest/services/echo/", headers={"x-request-id": "bad id\twith spaces"}).headers["x-request-id"]
+    assert made != "bad id\twith spaces" and len(made) == 24
+
+
+def test_repeated_query_key_becomes_a_list(client: httpx.Client) -> None:
+    r = client.get("/rest/services/echo/?tag=a&tag=b,c&x=1")
+    assert r.json()["results"]["kwargs"] == {"tag": ["a", "b,c"], "x": "1"}
+
+
+def test_precedence_query_then_url_then_body(client: httpx.Client) -> None:
+    r = client.post("/rest/services/echo/from-url/?parm_1=from-query&k=from-query", json={"k": "from-body"})
+    assert r.json()["results"]["kwargs"] == {"parm_1": "from-url", "k": "from-body"}

@@ -1,0 +1,264 @@
+"""Replay stores: a token id is accepted once, even when threads or processes race for it."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dpmsf_core.replay import (
+    DynamoDBReplayStore,
+    MemoryReplayStore,
+    ReplayStore,
+    SQLiteReplayStore,
+    create_dynamodb_table,
+    make_replay_store,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+LATER = time.time() + 3600
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    """A real moto server on 127.0.0.1, so DynamoDB calls go over HTTP like on AWS."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture
+def dynamodb(moto_url: str, aws_env: None) -> Any:
+    import boto3
+
+    return boto3.client("dynamodb", endpoint_url=moto_url)
+
+
+@pytest.fixture
+def table(dynamodb: Any) -> str:
+    name = f"dpmsf-{uuid.uuid4().hex[:8]}"
+    create_dynamodb_table(name, client=dynamodb)
+    return name
+
+
+@pytest.fixture(params=["memory", "sqlite", "dynamodb"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ReplayStore:
+    if request.param == "memory":
+        return MemoryReplayStore()
+    if request.param == "sqlite":
+        return SQLiteReplayStore(str(tmp_path / "replay.db"))
+    return DynamoDBReplayStore(request.getfixturevalue("table"), client=request.getfixturevalue("dynamodb"))
+
+
+def test_single_use(store: ReplayStore) -> None:
+    jti = uuid.uuid4().hex
+    assert store.claim(jti, LATER) is True
+    assert store.claim(jti, LATER) is False
+    assert store.claim(jti, LATER + 100) is False
+    assert store.claim(uuid.uuid4().hex, LATER) is True
+
+
+def _race(claim: Callable[[str, float], bool], jtis: list[str], workers: int) -> Counter[str]:
+    """Run ``workers`` threads claiming the same ids in the same order; count the wins per id."""
+    wins: Counter[str] = Counter()
+    lock = threading.Lock()
+    barrier = threading.Barrier(workers)
+
+    def work() -> None:
+        barrier.wait()
+        for jti in jtis:
+            if claim(jti, LATER):
+                with lock:
+                    wins[jti] += 1
+
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return wins
+
+
+def test_memory_threads_race_one_winner() -> None:
+    jtis = [uuid.uuid4().hex for _ in range(2000)]
+    wins = _race(MemoryReplayStore().claim, jtis, workers=8)
+    assert wins == Counter(dict.fromkeys(jtis, 1))
+
+
+def test_sqlite_threads_race_one_winner(tmp_path: Path) -> None:
+    store = SQLiteReplayStore(str(tmp_path / "replay.db"))
+    jtis = [uuid.uuid4().hex for _ in range(200)]
+    wins = _race(store.claim, jtis, workers=4)
+    assert wins == Counter(dict.fromkeys(jtis, 1))
+
+
+_CHILD = """
+import sys
+from dpmsf_core.replay import SQLiteReplayStore
+store = SQLiteReplayStore(sys.argv[1])
+jtis = sys.argv[2].split(",")
+print("ready", flush=True)
+sys.stdin.readline()
+print(",".join(j for j in jtis if store.claim(j, 4e9)), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_sqlite_processes_race_one_winner(tmp_path: Path) -> None:
+    path = str(tmp_path / "shared.db")
+    jtis = [uuid.uuid4().hex for _ in range(300)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CHILD, path, ",".join(jtis)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(4)
+    ]
+    try:
+        for child in children:
+            assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        outputs = [child.communicate(timeout=30)[0].strip() for child in children]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+    assert all(child.returncode == 0 for child in children)
+    wins = Counter(j for out in outputs for j in out.split(",") if j)
+    assert wins == Counter(dict.fromkeys(jtis, 1))
+    assert sum(1 for out in outputs if out) >= 1
+
+
+@pytest.mark.slow
+def test_dynamodb_threads_race_one_winner(table: str, dynamodb: Any) -> None:
+    store = DynamoDBReplayStore(table, client=dynamodb)
+    jtis = [uuid.uuid4().hex for _ in range(25)]
+    wins = _race(store.claim, jtis, workers=4)
+    assert wins == Counter(dict.fromkeys(jtis, 1))
+
+
+def test_dynamodb_item_shape_and_ttl(table: str, dynamodb: Any) -> None:
+    jti = uuid.uuid4().hex
+    assert DynamoDBReplayStore(table, client=dynamodb).claim(jti, 1_700_000_060.5)
+    item = dynamodb.get_item(TableName=table, Key={"pk": {"S": f"token#{jti}"}, "sk": {"S": "token"}})["Item"]
+    assert item == {"pk": {"S": f"token#{jti}"}, "sk": {"S": "token"}, "expires_at": {"N": "1700000061"}}
+    ttl = dynamodb.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
+    assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == ("ENABLED", "expires_at")
+
+
+def test_memory_forgets_expired_ids() -> None:
+    now = [1000.0]
+    store = MemoryReplayStore(clock=lambda: now[0])
+    assert store.claim("old", 1010.0)
+    assert store.claim("young", 5000.0)
+    now[0] = 2000.0
+    for i in range(1100):  # enough claims to trigger a purge
+        store.claim(f"filler-{i}", 1500.0 if i < 1000 else 9000.0)
+    assert store.claim("old", 3000.0) is True
+    assert store.claim("young", 5000.0) is False
+    assert len(store) < 200
+
+
+def test_sqlite_purge_forgets_only_expired(tmp_path: Path) -> None:
+    now = [1000.0]
+    store = SQLiteReplayStore(str(tmp_path / "replay.db"), clock=lambda: now[0])
+    store.claim("old", 1010.0)
+    store.claim("young", 5000.0)
+    now[0] = 2000.0
+    assert store.purge() == 1
+    assert store.claim("old", 3000.0) is True
+    assert store.claim("young", 5000.0) is False
+
+
+def test_sqlite_is_shared_between_instances(tmp_path: Path) -> None:
+    path = str(tmp_path / "replay.db")
+    assert SQLiteReplayStore(path).claim("a", LATER)
+    assert not SQLiteReplayStore(path).claim("a", LATER)
+
+
+def test_sqlite_bad_path_fails_at_construction(tmp_path: Path) -> None:
+    import sqlite3
+
+    with pytest.raises(sqlite3.OperationalError):
+        SQLiteReplayStore(str(tmp_path / "no-such-dir" / "replay.db"))
+
+
+def test_make_replay_store(tmp_path: Path, moto_url: str, aws_env: None, table: str) -> None:
+    assert isinstance(make_replay_store("memory"), MemoryReplayStore)
+    sqlite_store = make_replay_store(f"sqlite:///{tmp_path}/r.db")  # tmp_path is absolute: four slashes
+    assert isinstance(sqlite_store, SQLiteReplayStore) and sqlite_store.path == f"{tmp_path}/r.db"
+    dynamo = make_replay_store(f"dynamodb://{table}?endpoint_url={moto_url}")
+    assert isinstance(dynamo, DynamoDBReplayStore) and dynamo.table_name == table
+    assert dynamo.claim("x", LATER) and not dynamo.claim("x", LATER)
+
+
+def test_make_replay_store_relative_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = make_replay_store("sqlite:///replay.db")
+    assert isinstance(store, SQLiteReplayStore) and store.path == "replay.db"
+    assert (tmp_path / "replay.db").exists()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "",
+        "redis://x",
+        "sqlite:///",
+        "sqlite://relative.db",
+        "dynamodb://",
+        "dynamodb://t/x",
+        "dynamodb://t?region=x",
+        "Memory",
+    ],
+)
+def test_make_replay_store_rejects_bad_urls(url: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"Replay store URL {url!r} is not valid. Expected 'memory'")):
+        make_replay_store(url)
+
+
+def test_dynamodb_store_does_not_import_boto3_at_module_import() -> None:
+    code = "import sys, dpmsf_core.replay, dpmsf_core.tokens; print('boto3' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
+    assert out.stdout.strip() == "False", out.stderr

@@ -240,7 +240,11 @@ class S3PluginSource:
             data = json.loads((self.cache_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
             same_source = data.get("url") == self.url
             # Another source's manifest: its files are still ours to replace or remove, its ETags are not.
-            manifest = {str(k): str(v) if same_source else "" for k, v in data["objects"].items()}
+            manifest = {
+                str(k): str(v) if same_source else ""
+                for k, v in data["objects"].items()
+                if _safe_relative(str(k)) is not None  # a tampered manifest must not steer deletions
+            }
         except (OSError, ValueError, KeyError, AttributeError, TypeError):
             manifest = {}
         self._manifest = manifest

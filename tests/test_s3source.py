@@ -358,3 +358,18 @@ def test_import_does_not_pull_boto3() -> None:
     code = "import sys, dpmsf_core.s3source, dpmsf_core.plugin_store; print('boto3' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_tampered_manifest_cannot_delete_outside_the_cache(s3: Any, bucket: str, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    victim = tmp_path / "victim.py"
+    victim.write_text("precious")
+    url = f"s3://{bucket}/p"
+    (cache / MANIFEST_NAME).write_text(json.dumps({"url": url, "objects": {"../victim.py": "x", "/etc/x.py": "y"}}))
+    put(s3, bucket, "p/a.py", "")
+
+    result = S3PluginSource(url, cache, client=s3).sync()
+
+    assert result == SyncResult(changed=True, added=["a.py"])
+    assert victim.read_text() == "precious"

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Sourced by runserver.sh and run-tests.sh: make .venv (Python 3.11+) and install DPMSF into it once.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+extras="${1:-}"
+if [ ! -x "$root/.venv/bin/python" ]; then
+  py=""
+  for cand in python3 python3.13 python3.12 python3.11; do
+    if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      py="$cand"; break
+    fi
+  done
+  [ -n "$py" ] || { echo "DPMSF needs Python 3.11 or newer on PATH" >&2; exit 1; }
+  "$py" -m venv "$root/.venv"
+fi
+stamp="$root/.venv/.dpmsf-installed${extras:+-$extras}"
+if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
+  "$root/.venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+  "$root/.venv/bin/python" -m pip install -q --disable-pip-version-check -e "$root${extras:+[$extras]}"
+  touch "$stamp"
+fi

@@ -1,0 +1,256 @@
+"""Tenant registries (memory, SQLite, moto DynamoDB) and the cached key lookup the token verifier uses."""
+
+from __future__ import annotations
+
+import re
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dpmsf_core.errors import Forbidden, Unauthorized
+from dpmsf_core.replay import MemoryReplayStore, create_dynamodb_table
+from dpmsf_core.tenants import (
+    DynamoDBTenantRegistry,
+    MemoryTenantRegistry,
+    SQLiteTenantRegistry,
+    Tenant,
+    TenantNotFound,
+    TenantRegistry,
+    key_lookup,
+    make_tenant_registry,
+    tenant_id,
+)
+from dpmsf_core.tokens import TokenVerifier, decode_key, generate_key, mint
+
+TID = "6f1c1b1e-8a8e-4c57-9a53-0d5c6f3f4a10"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    """A real moto server on 127.0.0.1, so DynamoDB calls go over HTTP like on AWS."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture
+def table(moto_url: str, aws_env: None) -> str:
+    name = f"dpmsf-{uuid.uuid4().hex[:8]}"
+    create_dynamodb_table(name, endpoint_url=moto_url)
+    return name
+
+
+@pytest.fixture(params=["memory", "sqlite", "dynamodb"])
+def registry(request: pytest.FixtureRequest, tmp_path: Path) -> TenantRegistry:
+    if request.param == "memory":
+        return MemoryTenantRegistry()
+    if request.param == "sqlite":
+        return SQLiteTenantRegistry(str(tmp_path / "tenants.db"))
+    return DynamoDBTenantRegistry(request.getfixturevalue("table"), endpoint_url=request.getfixturevalue("moto_url"))
+
+
+def test_add_generates_id_and_key(registry: TenantRegistry) -> None:
+    tenant = registry.add(name="acme")
+    assert tenant == Tenant(id=tenant.id, key=tenant.key, enabled=True, name="acme", admin=False)
+    assert str(uuid.UUID(tenant.id)) == tenant.id
+    assert len(decode_key(tenant.key)) == 32
+    assert registry.get(tenant.id) == tenant
+
+
+def test_add_with_given_id_key_and_admin(registry: TenantRegistry) -> None:
+    key = generate_key()
+    tenant = registry.add(name="root", tenant_id=TID.upper(), key=key, admin=True)
+    assert tenant == Tenant(id=TID, key=key, enabled=True, name="root", admin=True)
+    assert registry.get(TID) == registry.get(uuid.UUID(TID).hex) == tenant
+
+
+def test_add_twice_is_refused(registry: TenantRegistry) -> None:
+    registry.add(tenant_id=TID)
+    with pytest.raises(ValueError, match=f"Tenant '{TID}' already exists."):
+        registry.add(tenant_id=TID, name="again")
+    assert registry.get(TID).name == ""  # type: ignore[union-attr]
+
+
+def test_list_in_creation_order(registry: TenantRegistry) -> None:
+    assert registry.list() == []
+    added = [registry.add(name=f"t{i}") for i in range(3)]
+    assert registry.list() == added
+
+
+def test_disable_enable_rotate(registry: TenantRegistry) -> None:
+    tenant = registry.add(name="acme")
+    assert registry.disable(tenant.id) == Tenant(tenant.id, tenant.key, False, "acme")
+    assert registry.get(tenant.id).enabled is False  # type: ignore[union-attr]
+    assert registry.enable(tenant.id) == tenant
+    rotated = registry.rotate_key(tenant.id)
+    assert rotated.key != tenant.key and len(decode_key(rotated.key)) == 32
+    assert registry.get(tenant.id) == rotated == Tenant(tenant.id, rotated.key, True, "acme")
+
+
+def test_unknown_tenant(registry: TenantRegistry) -> None:
+    stranger = str(uuid.uuid4())
+    assert registry.get(stranger) is None
+    for change in (registry.disable, registry.enable, registry.rotate_key):
+        with pytest.raises(TenantNotFound, match=f"No tenant with id '{stranger}'."):
+            change(stranger)
+    assert registry.list() == []
+
+
+@pytest.mark.parametrize("bad", ["", "acme", "6f1c1b1e-8a8e-4c57-9a53", "../etc/passwd"])
+def test_ids_must_be_uuids(registry: TenantRegistry, bad: str) -> None:
+    message = re.escape(f"Tenant id {bad!r} is not a UUID.")
+    with pytest.raises(ValueError, match=message):
+        registry.add(tenant_id=bad)
+    for call in (registry.get, registry.disable, registry.enable, registry.rotate_key):
+        with pytest.raises(ValueError, match=message):
+            call(bad)
+
+
+def test_bad_key_is_refused_before_storing(registry: TenantRegistry) -> None:
+    with pytest.raises(ValueError, match="Tenant key"):
+        registry.add(tenant_id=TID, key="too-short")
+    assert registry.get(TID) is None
+
+
+def test_key_is_not_in_repr() -> None:
+    tenant = Tenant(id=TID, key=generate_key(), enabled=True)
+    assert tenant.key not in repr(tenant) and TID in repr(tenant)
+
+
+def test_tenant_id_canonical_form() -> None:
+    assert tenant_id(TID.upper()) == tenant_id("{" + TID + "}") == TID
+
+
+def test_sqlite_registry_persists(tmp_path: Path) -> None:
+    path = str(tmp_path / "tenants.db")
+    tenant = SQLiteTenantRegistry(path).add(name="kept")
+    assert SQLiteTenantRegistry(path).get(tenant.id) == tenant
+
+
+def test_dynamodb_item_shape(table: str, moto_url: str) -> None:
+    import boto3
+
+    tenant = DynamoDBTenantRegistry(table, endpoint_url=moto_url).add(name="acme", tenant_id=TID)
+    item = boto3.client("dynamodb", endpoint_url=moto_url).get_item(
+        TableName=table, Key={"pk": {"S": f"tenant#{TID}"}, "sk": {"S": "tenant"}}
+    )["Item"]
+    assert {k: v for k, v in item.items() if k != "created_at"} == {
+        "pk": {"S": f"tenant#{TID}"},
+        "sk": {"S": "tenant"},
+        "id": {"S": TID},
+        "name": {"S": "acme"},
+        "key": {"S": tenant.key},
+        "enabled": {"BOOL": True},
+        "admin": {"BOOL": False},
+    }
+    assert float(item["created_at"]["N"]) > 1e9
+
+
+def test_dynamodb_list_ignores_other_items(table: str, moto_url: str) -> None:
+    from dpmsf_core.replay import DynamoDBReplayStore
+
+    registry = DynamoDBTenantRegistry(table, endpoint_url=moto_url)
+    DynamoDBReplayStore(table, endpoint_url=moto_url).claim(uuid.uuid4().hex, 4e9)
+    tenant = registry.add()
+    assert registry.list() == [tenant]
+
+
+def test_make_tenant_registry(tmp_path: Path, table: str, moto_url: str) -> None:
+    assert isinstance(make_tenant_registry("memory"), MemoryTenantRegistry)
+    sqlite_registry = make_tenant_registry(f"sqlite:///{tmp_path}/t.db")
+    assert isinstance(sqlite_registry, SQLiteTenantRegistry) and sqlite_registry.path == f"{tmp_path}/t.db"
+    dynamo = make_tenant_registry(f"dynamodb://{table}?endpoint_url={moto_url}")
+    assert isinstance(dynamo, DynamoDBTenantRegistry) and dynamo.table_name == table
+    assert dynamo.get(dynamo.add().id) is not None
+
+
+@pytest.mark.parametrize("url", ["", "postgres://x", "sqlite://", "dynamodb://"])
+def test_make_tenant_registry_rejects_bad_urls(url: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"Tenant registry URL {url!r} is not valid.")):
+        make_tenant_registry(url)
+
+
+class CountingRegistry(MemoryTenantRegistry):
+    """A real registry that also counts lookups, to see the cache work."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = 0
+
+    def get(self, tenant_id: str) -> Tenant | None:
+        self.gets += 1
+        return super().get(tenant_id)
+
+
+def test_key_lookup_answers_and_caches() -> None:
+    registry = CountingRegistry()
+    tenant = registry.add()
+    now = [100.0]
+    key_for = key_lookup(registry, cache_seconds=5, clock=lambda: now[0])
+    stranger = str(uuid.uuid4())
+
+    assert key_for(tenant.id) == decode_key(tenant.key)
+    assert key_for(stranger) is None
+    for _ in range(100):
+        key_for(tenant.id)
+        key_for(stranger)
+    assert registry.gets == 2
+
+    registry.disable(tenant.id)
+    assert key_for(tenant.id) == decode_key(tenant.key)  # still cached
+    now[0] += 5
+    with pytest.raises(Forbidden, match="tenant disabled"):
+        key_for(tenant.id)
+    with pytest.raises(Forbidden):
+        key_for(tenant.id)
+    assert registry.gets == 3
+
+    registry.enable(tenant.id)
+    rotated = registry.rotate_key(tenant.id)
+    now[0] += 5
+    assert key_for(tenant.id) == decode_key(rotated.key)
+
+
+def test_key_lookup_with_verifier(registry: TenantRegistry) -> None:
+    tenant = registry.add()
+    verifier = TokenVerifier(key_lookup(registry, cache_seconds=0), MemoryReplayStore())
+    assert verifier.verify("Bearer " + mint(tenant.id, tenant.key)).tenant == tenant.id
+
+    registry.disable(tenant.id)
+    with pytest.raises(Forbidden) as info:
+        verifier.verify(mint(tenant.id, tenant.key))
+    assert info.value.status == 403
+
+    registry.enable(tenant.id)
+    old_key = tenant.key
+    rotated = registry.rotate_key(tenant.id)
+    with pytest.raises(Unauthorized):
+        verifier.verify(mint(tenant.id, old_key))
+    assert verifier.verify(mint(tenant.id, rotated.key)).tenant == tenant.id
+
+    with pytest.raises(Unauthorized):
+        verifier.verify(mint(str(uuid.uuid4()), generate_key()))

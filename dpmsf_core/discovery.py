@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ast
+import importlib.machinery
 import importlib.util
 import inspect
 import os
 import sys
+import time
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -134,6 +136,24 @@ def _ensure_parent_package() -> None:
         sys.modules[PLUGIN_PACKAGE] = pkg
 
 
+class _FreshSourceLoader(importlib.machinery.SourceFileLoader):
+    """Bytecode caches are keyed by whole-second mtime and size, so a same-size edit within a second would reuse
+    stale bytecode: a file changed in the last few seconds is compiled from source, the rest use the cache."""
+
+    def get_code(self, fullname: str) -> types.CodeType | None:
+        path = self.get_filename(fullname)
+        try:
+            recent = time.time() - os.stat(path).st_mtime < _RECENT_SECONDS
+        except OSError:
+            recent = False
+        if recent:
+            return self.source_to_code(self.get_data(path), path)
+        return super().get_code(fullname)
+
+
+_RECENT_SECONDS = 3.0
+
+
 def import_module(candidate: Candidate) -> types.ModuleType:
     """Import a fresh copy; ``sys.modules`` is restored if the import fails, so the old version keeps serving."""
     _ensure_parent_package()
@@ -141,10 +161,13 @@ def import_module(candidate: Candidate) -> types.ModuleType:
     spec = importlib.util.spec_from_file_location(
         qualname,
         candidate.path,
+        loader=_FreshSourceLoader(qualname, candidate.path),
         submodule_search_locations=[os.path.dirname(candidate.path)] if candidate.is_package else None,
     )
     if spec is None or spec.loader is None:
         raise PluginError(f"{candidate.path}: cannot be imported")
+    if candidate.is_package:
+        _drop_recent_bytecode(os.path.dirname(candidate.path))
     module = importlib.util.module_from_spec(spec)
     saved = {k: v for k, v in sys.modules.items() if k == qualname or k.startswith(qualname + ".")}
     for key in saved:
@@ -158,6 +181,22 @@ def import_module(candidate: Candidate) -> types.ModuleType:
         sys.modules.update(saved)
         raise PluginError(_describe_import_error(candidate.path, exc)) from exc
     return module
+
+
+def _drop_recent_bytecode(package_dir: str) -> None:
+    """Submodules load through the standard finder, so remove cached bytecode of their recently edited sources."""
+    now = time.time()
+    for root, dirs, files in os.walk(package_dir):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(root, name)
+            try:
+                if now - os.stat(path).st_mtime < _RECENT_SECONDS:
+                    os.unlink(importlib.util.cache_from_source(path))
+            except (OSError, NotImplementedError, ValueError):
+                continue
 
 
 def _describe_import_error(path: str, exc: BaseException) -> str:

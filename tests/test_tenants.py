@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from motoserver import moto_server
 
 from dpmsf_core.errors import Forbidden, Unauthorized
 from dpmsf_core.replay import MemoryReplayStore, create_dynamodb_table
@@ -28,22 +28,11 @@ from dpmsf_core.tokens import TokenVerifier, decode_key, generate_key, mint
 TID = "6f1c1b1e-8a8e-4c57-9a53-0d5c6f3f4a10"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
     """A real moto server on 127.0.0.1, so DynamoDB calls go over HTTP like on AWS."""
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dpmsf_core.client import CallError, Client
-from dpmsf_core.errors import PROBLEM_CONTENT_TYPE, DPMSFError
+from dpmsf_core.errors import PROBLEM_CONTENT_TYPE, DPMSFError, Unauthorized
 from dpmsf_core.replay import MemoryReplayStore
 from dpmsf_core.tenants import MemoryTenantRegistry, Tenant, key_lookup
 from dpmsf_core.tokens import TokenVerifier, generate_key
@@ -170,3 +174,53 @@ def test_token_for_other_http_libraries(client: Client, server: Server) -> None:
 def test_bad_arguments_fail_at_construction(tenant_id: str, key: str, ttl: float, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Client("http://127.0.0.1:9", tenant_id, key, ttl=ttl)
+
+
+# The browser module, run by node (which has the same Web Crypto API), must mint tokens Python accepts.
+
+JS_MODULE = Path(__file__).resolve().parents[1] / "dpmsf_core" / "static" / "dpmsf-token.js"
+
+_NODE_SCRIPT = """
+import { mintToken, bearer } from "./dpmsf-token.mjs";
+const [tenant, key] = process.argv.slice(2);
+const out = { tokens: [], bearer: await bearer(tenant.toUpperCase(), key, 5), errors: [] };
+for (let i = 0; i < 5; i++) out.tokens.push(await mintToken(tenant, key));
+out.short = await mintToken(tenant, key + "=", 0.5);
+for (const args of [["not-a-uuid", key], [tenant, "short"], [tenant, "a$b"], [tenant, "abcdef"], [tenant, key, 0]]) {
+  try { await mintToken(...args); out.errors.push("no error"); } catch (e) { out.errors.push(e.message); }
+}
+console.log(JSON.stringify(out));
+"""
+
+
+@pytest.mark.slow
+def test_browser_module_mints_tokens_python_accepts(tmp_path: Path) -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed; cannot run the browser token module")
+    shutil.copy(JS_MODULE, tmp_path / "dpmsf-token.mjs")  # .mjs: node loads it as an ES module, like a browser
+    (tmp_path / "mint.mjs").write_text(_NODE_SCRIPT)
+    tenants = MemoryTenantRegistry()
+    tenant = tenants.add(name="browser")
+    run = subprocess.run(
+        [node, "mint.mjs", tenant.id, tenant.key], cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+
+    now = time.time()
+    verifier = TokenVerifier(key_lookup(tenants), MemoryReplayStore(), clock=lambda: now)
+    claims = [verifier.verify(token) for token in out["tokens"]]
+    assert {c.tenant for c in claims} == {tenant.id}
+    assert len({c.jti for c in claims}) == 5
+    assert all(c.exp - c.iat in (60, 61) and abs(c.iat - now) < 30 for c in claims)
+    assert verifier.verify(out["bearer"]).exp - int(now) in range(-30, 31)
+    with pytest.raises(Unauthorized):
+        verifier.verify(out["tokens"][0])  # single use, whoever minted it
+    short = verifier.verify(out["short"])
+    assert short.exp - short.iat in (0, 1)
+
+    assert out["errors"][0] == "DPMSF tenant id 'not-a-uuid' is not a UUID"
+    assert out["errors"][1] == out["errors"][2] == "DPMSF key is not base64url text"
+    assert out["errors"][3] == "DPMSF key is 4 bytes long, expected 32"
+    assert out["errors"][4] == "DPMSF token ttl 0 is not a positive number of seconds"

@@ -68,12 +68,19 @@ def test_function_code_and_handler(function: dict[str, Any]) -> None:
         assert (code_dir / needed).exists(), needed
 
 
-def test_proxy_routes_queue_and_schedule(function: dict[str, Any]) -> None:
+def test_proxy_routes_queue_and_schedule(template: dict[str, Any], function: dict[str, Any]) -> None:
     events = function["Events"]
     api = {(e["Properties"]["Path"], e["Properties"]["Method"]) for e in events.values() if e["Type"] == "Api"}
     assert api == {("/{proxy+}", "ANY"), ("/", "ANY")}
-    sqs = [e["Properties"] for e in events.values() if e["Type"] == "SQS"]
-    assert len(sqs) == 1 and sqs[0]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    mappings = [
+        r["Properties"] for r in template["Resources"].values() if r["Type"] == "AWS::Lambda::EventSourceMapping"
+    ]
+    assert len(mappings) == 1
+    assert mappings[0]["EventSourceArn"] == {"Fn::GetAtt": ["ExampleQueue", "Arn"]}
+    assert mappings[0]["FunctionName"] == {"Ref": "DpmsfFunction"}
+    assert mappings[0]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    redrive = template["Resources"]["ExampleQueue"]["Properties"]["RedrivePolicy"]
+    assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": ["ExampleDeadLetterQueue", "Arn"]}
     schedules = [e["Properties"] for e in events.values() if e["Type"] == "Schedule"]
     assert [s["Schedule"] for s in schedules] == ["rate(5 minutes)"]
 

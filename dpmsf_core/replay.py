@@ -11,6 +11,7 @@ after ``expires_at`` because the verifier rejects the token by then anyway. Back
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -85,13 +86,13 @@ class SQLiteReplayStore:
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
+        if conn is None or self._local.pid != os.getpid():  # never reuse a connection across fork()
             conn = sqlite3.connect(self.path, timeout=self._busy_timeout_ms / 1000, isolation_level=None)
             conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("CREATE TABLE IF NOT EXISTS used_tokens (jti TEXT PRIMARY KEY, expires_at REAL NOT NULL)")
-            self._local.conn = conn
+            self._local.conn, self._local.pid = conn, os.getpid()
         return conn
 
     def claim(self, jti: str, expires_at: float) -> bool:
@@ -119,7 +120,7 @@ class SQLiteReplayStore:
             self._local.conn = None
 
 
-def _dynamodb_client(client: Any, endpoint_url: str | None) -> Any:
+def dynamodb_client(client: Any, endpoint_url: str | None) -> Any:
     """The given client, or a new one; boto3 is imported here so cold starts without DynamoDB skip it."""
     if client is not None:
         return client
@@ -133,7 +134,7 @@ class DynamoDBReplayStore:
 
     def __init__(self, table_name: str, *, client: Any = None, endpoint_url: str | None = None) -> None:
         self.table_name = table_name
-        self._client = _dynamodb_client(client, endpoint_url)
+        self._client = dynamodb_client(client, endpoint_url)
 
     def claim(self, jti: str, expires_at: float) -> bool:
         client = self._client
@@ -154,7 +155,7 @@ class DynamoDBReplayStore:
 
 def create_dynamodb_table(table_name: str, *, client: Any = None, endpoint_url: str | None = None) -> None:
     """Create the single DPMSF table (pk/sk strings, on-demand, TTL on ``expires_at``) for local use and tests."""
-    client = _dynamodb_client(client, endpoint_url)
+    client = dynamodb_client(client, endpoint_url)
     client.create_table(
         TableName=table_name,
         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],

@@ -11,6 +11,7 @@ Backends, chosen with ``make_tenant_registry(url)``:
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from .errors import Forbidden
-from .replay import _dynamodb_client, parse_store_url
+from .replay import dynamodb_client, parse_store_url
 from .tokens import decode_key, generate_key
 
 __all__ = [
@@ -148,7 +149,7 @@ class SQLiteTenantRegistry:
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
+        if conn is None or self._local.pid != os.getpid():  # never reuse a connection across fork()
             conn = sqlite3.connect(self.path, timeout=self._busy_timeout_ms / 1000, isolation_level=None)
             conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
             conn.execute("PRAGMA journal_mode=WAL")
@@ -156,7 +157,7 @@ class SQLiteTenantRegistry:
                 "CREATE TABLE IF NOT EXISTS tenants (id TEXT PRIMARY KEY, name TEXT NOT NULL, key TEXT NOT NULL,"
                 " enabled INTEGER NOT NULL, admin INTEGER NOT NULL, created_at REAL NOT NULL)"
             )
-            self._local.conn = conn
+            self._local.conn, self._local.pid = conn, os.getpid()
         return conn
 
     @staticmethod
@@ -209,7 +210,7 @@ class DynamoDBTenantRegistry:
 
     def __init__(self, table_name: str, *, client: Any = None, endpoint_url: str | None = None) -> None:
         self.table_name = table_name
-        self._client = _dynamodb_client(client, endpoint_url)
+        self._client = dynamodb_client(client, endpoint_url)
 
     @staticmethod
     def _key(tid: str) -> dict[str, Any]:

@@ -245,8 +245,9 @@ def test_make_replay_store_rejects_bad_urls(url: str) -> None:
         make_replay_store(url)
 
 
-def test_dynamodb_store_does_not_import_boto3_at_module_import() -> None:
-    code = "import sys, dpmsf_core.replay, dpmsf_core.tokens; print('boto3' in sys.modules)"
+def test_importing_security_modules_leaves_boto3_out() -> None:
+    modules = "dpmsf_core.replay, dpmsf_core.tokens, dpmsf_core.tenants, dpmsf_core.client"
+    code = f"import sys, {modules}; print('boto3' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
     )

@@ -16,6 +16,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
@@ -80,6 +81,8 @@ class SQLiteReplayStore:
         self._clock = clock
         self._busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
+        if self.path != ":memory:" and not self.path.startswith("file:"):
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._claims = 0
         self._purged_at = clock()
         self._conn()  # create the file and table now: a bad path fails at start-up, not on first request

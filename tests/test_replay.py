@@ -204,11 +204,15 @@ def test_sqlite_is_shared_between_instances(tmp_path: Path) -> None:
     assert not SQLiteReplayStore(path).claim("a", LATER)
 
 
-def test_sqlite_bad_path_fails_at_construction(tmp_path: Path) -> None:
-    import sqlite3
+def test_sqlite_creates_missing_folders(tmp_path: Path) -> None:
+    SQLiteReplayStore(str(tmp_path / "state" / "deeper" / "replay.db")).claim("a", LATER)
+    assert (tmp_path / "state" / "deeper" / "replay.db").exists()
 
-    with pytest.raises(sqlite3.OperationalError):
-        SQLiteReplayStore(str(tmp_path / "no-such-dir" / "replay.db"))
+
+def test_sqlite_bad_path_fails_at_construction(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(OSError):
+        SQLiteReplayStore(str(tmp_path / "a-file" / "replay.db"))
 
 
 def test_make_replay_store(tmp_path: Path, moto_url: str, aws_env: None, table: str) -> None:

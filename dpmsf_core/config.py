@@ -119,8 +119,10 @@ def _backend_url(env: Mapping[str, str], name: str, default: str, kinds: tuple[s
     if not raw:
         return default
     scheme, _, rest = raw.partition("://")
-    if scheme not in kinds or (scheme != "memory" and not rest):
-        choices = "|".join(k if k == "memory" else f"{k}://..." for k in kinds)
+    if scheme not in kinds or (scheme != "memory" and not rest) or (scheme == "sqlite" and not rest.startswith("/")):
+        choices = "|".join(
+            {"memory": "memory", "sqlite": "sqlite:///path", "dynamodb": "dynamodb://table"}[k] for k in kinds
+        )
         raise ConfigError(f"Config '{name}' has value '{raw}'. Choices are: {choices}")
     return raw
 

@@ -183,7 +183,7 @@ class CallPlan:
 
             adapter = self._adapters[name] = TypeAdapter(self._hints[name])
         hint = self._hints[name]
-        if isinstance(value, str) and typing.get_origin(hint) in (list, set, tuple, frozenset):
+        if isinstance(value, str) and _is_collection_hint(hint):
             value = [value]  # one query value for a list parameter
         from pydantic import ValidationError
 
@@ -222,6 +222,15 @@ def _type_hints(func: Callable[..., Any]) -> dict[str, Any]:
             for n, p in sig.parameters.items()
             if not isinstance(p.annotation, str) and p.annotation is not inspect.Parameter.empty
         }
+
+
+def _is_collection_hint(hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (list, set, tuple, frozenset):
+        return True
+    if origin is typing.Union or type(hint).__name__ == "UnionType":
+        return any(_is_collection_hint(arg) for arg in typing.get_args(hint))
+    return False
 
 
 def _is_request_type(hint: Any) -> bool:

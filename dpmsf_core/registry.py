@@ -188,6 +188,7 @@ class Registry:
         self._lock = threading.RLock()
         self._records: dict[str, _Record] = {}
         self._folder_mtimes: dict[str, int] = {}
+        self._folder_names: dict[str, set[str]] = {}
         self._last_sweep = 0.0
         self.snapshot: Snapshot = EMPTY
 
@@ -209,19 +210,22 @@ class Registry:
             if self._sync_source(source):
                 changed = True
         wall = time.time()
+        suspicious = False
         for folder in self.folders:
             try:
                 mtime = os.stat(folder).st_mtime_ns
             except OSError:
                 mtime = -1
-            if mtime != self._folder_mtimes.get(folder) or wall - mtime / 1e9 < RECENT_CHANGE_WINDOW:
+            if mtime != self._folder_mtimes.get(folder):
                 changed = True
                 break
+            if wall - mtime / 1e9 < RECENT_CHANGE_WINDOW:
+                suspicious = True  # a second change within the mtime's granularity would not move it
         if not changed:
             now = self._clock()
-            if now - self._last_sweep >= self.sweep_interval:
+            if suspicious or now - self._last_sweep >= self.sweep_interval:
                 self._last_sweep = now
-                changed = self._files_changed()
+                changed = self._files_changed() or self._listing_changed()
         if changed:
             with self._lock:
                 return self._rebuild()
@@ -258,6 +262,16 @@ class Registry:
                 return True
         return False
 
+    def _listing_changed(self) -> bool:
+        for folder in self.folders:
+            try:
+                names = {n for n in os.listdir(folder) if n.endswith(".py") or "." not in n}
+            except OSError:
+                names = set()
+            if names != self._folder_names.get(folder, set()):
+                return True
+        return False
+
     def _is_trusted(self, meta: Metadata) -> bool:
         return meta.tenant is None or (self.admin_id is not None and meta.tenant == self.admin_id)
 
@@ -265,8 +279,10 @@ class Registry:
         for folder in self.folders:
             try:
                 self._folder_mtimes[folder] = os.stat(folder).st_mtime_ns
+                self._folder_names[folder] = {n for n in os.listdir(folder) if n.endswith(".py") or "." not in n}
             except OSError:
                 self._folder_mtimes[folder] = -1
+                self._folder_names[folder] = set()
         self._last_sweep = self._clock()
         candidates: list[Candidate] = []
         for index, folder in enumerate(self.folders):

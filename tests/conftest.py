@@ -15,7 +15,9 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # helpers such as eventdata.py, motoserver.py
+sys.path.insert(0, str(ROOT / "tests"))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # helpers such as eventdata.py, motoserver.py
 
 
 def free_port() -> int:

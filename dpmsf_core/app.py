@@ -18,7 +18,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import BUNDLED_PLUGINS, Settings
 from .context import RequestInfo, reset_current, set_current
@@ -31,11 +31,16 @@ from .errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    Unauthorized,
 )
 from .params import CallPlan, assemble, parse_body, parse_query
 from .registry import Endpoint, Registry
 from .resolve import SERVICES_PREFIX, resolve, visible_to
 from .responses import dumps, encode_results, is_framework_response
+from .security import bearer
+
+if TYPE_CHECKING:
+    from .security import Security
 
 log = logging.getLogger("dpmsf")
 access_log = logging.getLogger("dpmsf.access")
@@ -58,7 +63,7 @@ class DPMSFApp:
         self.registry = registry
         self.parm_names = settings.url_parm_names
         self.executor = ThreadPoolExecutor(max_workers=40, thread_name_prefix="dpmsf-sync")
-        self.security: Any = None  # set by security.install(); None: no tokens, no tenants
+        self.security: Security | None = None  # built by get_security() on first need
         self.admin: Any = None  # the plugin upload handler, when configured
         self._visible_anon = visible_to(None, settings.admin_id)
         self._openapi_cache: tuple[tuple[Any, ...], dict[str, Any]] | None = None
@@ -174,10 +179,8 @@ class DPMSFApp:
             await responder.json(200, self.directory(tenant))
             return
 
-        security = self.security
-        tenant: str | None = None
-        if security is not None and (security.may_need(headers)):
-            tenant = security.peek_tenant(headers)
+        token = bearer(headers)
+        tenant = self.get_security().verify(token) if token is not None else None
         visible = self._visible_anon if tenant is None else visible_to(tenant, self.settings.admin_id)
         endpoint, url_params = resolve(snapshot, segments, max_url_params=self.settings.num_url_parms, visible=visible)
         if method == "OPTIONS" and "OPTIONS" not in endpoint.methods:
@@ -186,8 +189,12 @@ class DPMSFApp:
         if method not in endpoint.methods and not (method == "HEAD" and "GET" in endpoint.methods):
             allow = endpoint.allow()
             raise MethodNotAllowed(f"API '{endpoint.api}' answers {', '.join(allow)}; not {method}.", allow)
-        if security is not None:
-            tenant = await security.authenticate(endpoint, headers, responder)
+        if tenant is not None:
+            next_token = self.get_security().next_token(tenant)
+            if next_token:
+                responder.add_header("X-DPMSF-Next-Token", next_token)
+        elif endpoint.auth or (endpoint.auth is None and self.settings.require_tokens):
+            raise Unauthorized("missing bearer token")
         body = await _read_body(scope, receive, headers, self.settings.max_body)
         plan: CallPlan = endpoint.plan or self._plan(endpoint)
         body_obj = parse_body(body, headers.get("content-type"), raw_ok=plan.accepts_raw_body)
@@ -250,9 +257,20 @@ class DPMSFApp:
             raise err from None
 
     async def _tenant_for_read(self, headers: dict[str, str]) -> str | None:
-        if self.security is None or not self.security.may_need(headers):
+        token = bearer(headers)
+        if token is None:
+            if self.settings.require_tokens:
+                raise Unauthorized("missing bearer token")
             return None
-        return await self.security.tenant_for_read(headers)
+        return self.get_security().verify(token)
+
+    def get_security(self) -> Security:
+        """Tokens and tenants are set up on first need (a token arrives, or an endpoint requires one)."""
+        if self.security is None:
+            from .security import Security
+
+            self.security = Security(self.settings)
+        return self.security
 
     # -- discovery documents ---------------------------------------------------------------------------------------
 
@@ -426,11 +444,13 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
             folders.append(str(source.cache_dir))
         else:
             folders.append(resolve_folder(entry, BUNDLED_PLUGINS))
+    upload = None
+    if settings.admin_id:
+        from .admin import plan_upload
+
+        upload = plan_upload(settings, folders, sources)
     registry = Registry(folders, admin_id=settings.admin_id, sources=sources, reload=settings.reload)
     app = DPMSFApp(settings, registry)
-    if settings.admin_id or settings.require_tokens:
-        from .security import install
-
-        install(app)
+    app.admin = upload
     registry.load()
     return app

@@ -100,7 +100,10 @@ def read_metadata(path: str) -> Metadata:
         raw = fh.read()
     if b"__alias__" not in raw and b"__tenant__" not in raw:
         return Metadata()
-    source = raw.decode("utf-8", errors="replace")
+    return metadata_from_source(raw.decode("utf-8", errors="replace"), path)
+
+
+def metadata_from_source(source: str, path: str = "<upload>") -> Metadata:
     try:
         tree = ast.parse(source, filename=path)
     except SyntaxError as exc:

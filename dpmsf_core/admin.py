@@ -1,0 +1,138 @@
+"""``/rest/admin/plugins/<name>``: upload, read, list and delete plugin modules over REST, with a token."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .config import Settings
+from .discovery import metadata_from_source
+from .errors import Conflict, Forbidden, MethodNotAllowed, NotFound, PluginError, UnprocessableArguments
+from .security import bearer, require
+
+
+class PluginUpload:
+    """The admin uploads trusted modules; a tenant's upload is always stamped with that tenant's id."""
+
+    def __init__(self, store: Any, settings: Settings, source: Any = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.source = source  # an S3PluginSource to refresh at once after a change
+
+    async def handle(
+        self, scope: dict[str, Any], receive: Any, responder: Any, headers: dict[str, str], rest: str, app: Any
+    ) -> None:
+        from .app import _read_body
+
+        security = app.get_security()
+        token = bearer(headers)
+        tenant = require(security.verify(token) if token else None)
+        next_token = security.next_token(tenant)
+        if next_token:
+            responder.add_header("X-DPMSF-Next-Token", next_token)
+        admin = security.is_admin(tenant)
+        parts = [p for p in rest.split("/") if p]
+        method = scope["method"]
+        if not parts or parts[0] != "plugins" or len(parts) > 2:
+            raise NotFound("Admin routes: /rest/admin/plugins/ and /rest/admin/plugins/<name>.")
+        if len(parts) == 1:
+            if method not in ("GET", "HEAD"):
+                raise MethodNotAllowed("The plugin list answers GET.", ["GET", "HEAD"])
+            await responder.json(200, {"results": self._list(tenant, admin)})
+            return
+        from .plugin_store import check_module_name, stamp_tenant, validate_upload
+
+        name = check_module_name(parts[1])
+        existing = self.store.get(name)
+        owner = _owner(existing)
+        mine = admin or (existing is not None and owner == tenant)
+        if method in ("GET", "HEAD"):
+            if existing is None or not mine:
+                raise NotFound(f"No uploaded plugin '{name}'.")
+            await responder.send(200, existing.encode("utf-8"), b"text/x-python; charset=utf-8")
+        elif method == "PUT":
+            if existing is not None and not mine:
+                raise Forbidden(f"Plugin '{name}' belongs to another tenant.")
+            served = app.registry.snapshot.modules.get(name)
+            if served is not None and not admin and served.tenant != tenant and existing is None:
+                raise Conflict(f"The module name '{name}' is taken; choose another name.")
+            body = await _read_body(scope, receive, headers, self.settings.upload_max)
+            source = validate_upload(name, body, max_bytes=self.settings.upload_max)
+            if not admin:
+                source = stamp_tenant(source, tenant)
+            try:
+                metadata_from_source(source, f"{name}.py")
+            except PluginError as exc:
+                raise UnprocessableArguments(str(exc)) from None
+            self.store.put(name, source)
+            status = self._reload(app, name)
+            await responder.json(
+                201 if existing is None else 200,
+                {
+                    "results": {
+                        "name": name,
+                        "tenant": None if admin else tenant,
+                        "url": f"/rest/services/{name}/",
+                        **status,
+                    }
+                },
+            )
+        elif method == "DELETE":
+            if existing is None or not mine:
+                raise NotFound(f"No uploaded plugin '{name}'.")
+            self.store.delete(name)
+            self._reload(app, name)
+            await responder.send(204, b"", b"text/plain")
+        else:
+            raise MethodNotAllowed(f"Plugin '{name}' answers GET, PUT and DELETE.", ["GET", "HEAD", "PUT", "DELETE"])
+
+    def _list(self, tenant: str, admin: bool) -> list[dict[str, Any]]:
+        out = []
+        for name in self.store.list():
+            owner = _owner(self.store.get(name))
+            if admin or owner == tenant:
+                out.append({"name": name, "tenant": owner})
+        return out
+
+    def _reload(self, app: Any, name: str) -> dict[str, Any]:
+        if self.source is not None:
+            self.source.sync(force=True)
+        snapshot = app.registry.refresh()
+        report = next((r for r in snapshot.reports if r.real_name == name and r.folder == self.folder), None)
+        if report is None:
+            return {"status": "removed"}
+        return {"status": report.status, "error": report.error, "endpoints": report.endpoints}
+
+    @property
+    def folder(self) -> str | None:
+        if self.source is not None:
+            return str(self.source.cache_dir)
+        return str(getattr(self.store, "folder", "")) or None
+
+
+def _owner(source: str | None) -> str | None:
+    if source is None:
+        return None
+    try:
+        return metadata_from_source(source).tenant
+    except PluginError:
+        return None
+
+
+def plan_upload(settings: Settings, folders: list[str], sources: list[Any]) -> PluginUpload | None:
+    """Where uploads go: ``DPMSF_UPLOAD_DIR``, else the first S3 source, else ``<state dir>/uploads``."""
+    if not settings.admin_id:
+        return None
+    from .plugin_store import FolderPluginStore, S3PluginStore
+
+    if settings.upload_dir:
+        folder = os.path.abspath(settings.upload_dir)
+    elif sources:
+        source = sources[0]
+        return PluginUpload(S3PluginStore(source.url), settings, source)
+    else:
+        folder = os.path.abspath(os.path.join(settings.state_dir, "uploads"))
+    os.makedirs(folder, exist_ok=True)
+    if folder not in folders:
+        folders.append(folder)
+    return PluginUpload(FolderPluginStore(folder), settings)

@@ -1,0 +1,80 @@
+"""``dpmsf token`` and ``dpmsf tenant add|list|disable|enable|rotate-key``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .config import Settings
+
+
+def _security() -> Any:
+    from .security import Security
+
+    return Security(Settings.from_env())
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from .tokens import mint
+
+    settings = Settings.from_env()
+    security = _security()
+    tenant_id = args.tenant or settings.admin_id
+    if not tenant_id:
+        print("dpmsf: name a tenant with --tenant, or set ADMIN_ID for the admin's token.", file=sys.stderr)
+        return 2
+    tenant = security.tenants.get(tenant_id)
+    if tenant is None:
+        print(f"dpmsf: no tenant '{tenant_id}' (see: dpmsf tenant list).", file=sys.stderr)
+        return 1
+    if not tenant.enabled:
+        print(f"dpmsf: tenant '{tenant_id}' is disabled.", file=sys.stderr)
+        return 1
+    print(mint(tenant.id, tenant.key, ttl=args.ttl or settings.token_ttl))
+    return 0
+
+
+def _show(tenant: Any, with_key: bool) -> dict[str, Any]:
+    out = {"id": tenant.id, "name": tenant.name, "enabled": tenant.enabled, "admin": tenant.admin}
+    if with_key:
+        out["key"] = tenant.key
+    return out
+
+
+def cmd_tenant(args: argparse.Namespace) -> int:
+    from .tenants import TenantNotFound
+
+    registry = _security().tenants
+    try:
+        if args.action == "add":
+            tenant = registry.add(name=args.name or "", tenant_id=args.id)
+            print(json.dumps(_show(tenant, True)))
+        elif args.action == "list":
+            for tenant in registry.list():
+                print(json.dumps(_show(tenant, False)))
+        elif args.action in ("disable", "enable", "rotate-key"):
+            if not args.id:
+                print(f"dpmsf: tenant {args.action} needs a tenant id", file=sys.stderr)
+                return 2
+            method = {"disable": registry.disable, "enable": registry.enable, "rotate-key": registry.rotate_key}
+            tenant = method[args.action](args.id)
+            print(json.dumps(_show(tenant, args.action == "rotate-key")))
+    except (TenantNotFound, ValueError) as exc:
+        print(f"dpmsf: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("token", help="mint a single-use token (default: the admin's)")
+    p.add_argument("--tenant", help="tenant UUID (default: ADMIN_ID)")
+    p.add_argument("--ttl", type=float, help="seconds the token lives (default DPMSF_TOKEN_TTL)")
+    p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("tenant", help="manage tenants: add | list | disable ID | enable ID | rotate-key ID")
+    p.add_argument("action", choices=["add", "list", "disable", "enable", "rotate-key"])
+    p.add_argument("id", nargs="?", help="tenant UUID (add: optional, default a new one)")
+    p.add_argument("--name", help="a label for the tenant (add)")
+    p.set_defaults(func=cmd_tenant)

@@ -1,0 +1,67 @@
+"""Tokens and tenants for the app: built on first need, so an app without them pays nothing."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .config import Settings
+from .errors import Unauthorized
+
+log = logging.getLogger("dpmsf.security")
+
+
+class Security:
+    """Verifies ``Authorization: Bearer`` tokens (single use) and mints the next one for the same tenant."""
+
+    def __init__(self, settings: Settings, tenants: Any = None, replay: Any = None) -> None:
+        from .replay import make_replay_store
+        from .tenants import key_lookup, make_tenant_registry
+        from .tokens import TokenVerifier
+
+        self.settings = settings
+        self.tenants = tenants if tenants is not None else make_tenant_registry(settings.tenants_url)
+        self.replay = replay if replay is not None else make_replay_store(settings.replay_store)
+        if settings.admin_id:
+            ensure_admin(self.tenants, settings.admin_id, settings.admin_key)
+        self._key_for = key_lookup(self.tenants)
+        self.verifier = TokenVerifier(self._key_for, self.replay, skew=settings.token_skew)
+
+    def verify(self, authorization: str) -> str:
+        """The tenant of a valid, unused token; 401 (or 403 for a disabled tenant) otherwise."""
+        return self.verifier.verify(authorization).tenant
+
+    def next_token(self, tenant: str) -> str | None:
+        from .tokens import mint
+
+        key = self._key_for(tenant)
+        return mint(tenant, key, ttl=self.settings.token_ttl) if key else None
+
+    def is_admin(self, tenant: str | None) -> bool:
+        return tenant is not None and tenant == self.settings.admin_id
+
+
+def ensure_admin(tenants: Any, admin_id: str, admin_key: str | None) -> None:
+    """The ``ADMIN_ID`` tenant exists in the registry (with ``DPMSF_ADMIN_KEY`` when given)."""
+    if tenants.get(admin_id) is not None:
+        return
+    try:
+        tenants.add(name="admin", tenant_id=admin_id, key=admin_key, admin=True)
+        log.info("created the admin tenant %s", admin_id)
+    except ValueError:  # another worker created it first
+        if tenants.get(admin_id) is None:
+            raise
+
+
+def bearer(headers: dict[str, str]) -> str | None:
+    """The Authorization header when it carries a Bearer token (other schemes are left to plugins)."""
+    value = headers.get("authorization")
+    if value is None or not value[:7].lower() == "bearer ":
+        return None
+    return value
+
+
+def require(tenant: str | None) -> str:
+    if tenant is None:
+        raise Unauthorized("missing bearer token")
+    return tenant

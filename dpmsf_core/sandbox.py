@@ -20,6 +20,8 @@ What the sandbox guarantees (each worker is a separate process running ``dpmsf_c
   answers 500; in every case the worker is replaced and other workers and calls are untouched.
 - Workers are bound to one owner (the tenant, or the module path when no tenant is given): a worker that ran one
   tenant's code never runs another's, so module-level state and monkeypatching cannot leak across tenants.
+- Threads cannot be started (``_thread.start_new_thread`` is replaced by a refusal, and a call that leaves a
+  thread running is reported as a violation).
 - Tenant builtins lack ``open``, ``eval``, ``exec``, ``compile``, ``input``, ``breakpoint``, ``globals``, ``vars``
   and ``locals`` (calling one is a violation) and ``__import__`` only serves the allow-list.
 
@@ -31,6 +33,8 @@ What it does NOT guarantee:
   (separate uid/container, gVisor, Firecracker); run the server as an unprivileged user at least.
 - Operations CPython does not audit stay possible: ``os.stat`` of any path (file existence leaks), ``os.write`` to
   fds the worker holds (a tenant can forge its own answers, nobody else's), CPU/memory use up to the limits.
+- ``signal.setitimer`` is not audited: code that escapes the restricted builtins can disarm the per-call CPU
+  timer; the server's wall-time SIGKILL and the worker's lifetime RLIMIT_CPU still apply.
 - When the server runs as root, RLIMIT_NPROC does not apply (fork is still refused by the hook).
 - Module state persists between calls of the same owner in the same worker (like a warm Lambda container).
 """

@@ -298,6 +298,7 @@ class _Worker:
     """The request loop: load (and cache) a module from source, call one function, answer one frame."""
 
     def __init__(self, config: dict, in_fd: int, out_fd: int, builtins_: dict, http_error: type) -> None:
+        import _thread
         import signal
         import types
 
@@ -308,6 +309,7 @@ class _Worker:
         self.modules: dict[tuple[str, str], object] = {}
         self.capture = _Capture()
         self.setitimer = signal.setitimer
+        self.thread_count = _thread._count
         self.itimer = signal.ITIMER_PROF
         self.coroutine = types.CoroutineType
         self.module_type = types.ModuleType
@@ -331,6 +333,8 @@ class _Worker:
             answer = self.run(req)
         finally:
             self.setitimer(self.itimer, 0)
+        if self.thread_count():  # no audit event covers _thread.start_new_thread; a thread must not outlive its call
+            answer = {"ok": False, "kind": "violation", "detail": "sandbox refused: starting a thread"}
         answer["stdout"] = self.capture.take()
         answer["cpu"] = _cpu_time()
         try:
@@ -450,6 +454,16 @@ def _apply_limits(config: dict) -> None:
         resource.setrlimit(which, (soft, hard))
 
 
+def _disable_threads() -> None:
+    """No audit event covers ``_thread.start_new_thread``: replace it where tenant code could find it."""
+    import _thread
+
+    def start_new_thread(*_args: Any, **_kw: Any) -> Any:
+        sys.audit(REFUSE_EVENT, "starting a thread")
+
+    _thread.start_new_thread = _thread.start_new = start_new_thread
+
+
 def main() -> None:
     config = json.loads(sys.argv[1])
     in_fd, out_fd = os.dup(0), os.dup(1)
@@ -475,6 +489,7 @@ def main() -> None:
         worker_file = os.path.realpath(__file__)
         package, http_error = _build_stubs()
         worker = _Worker(config, in_fd, out_fd, _make_builtins(package), http_error)
+        _disable_threads()
         _apply_limits(config)
         sys.modules.pop("__main__", None)  # tenant code reaching sys.modules finds no path to this worker's globals
         sys.addaudithook(_make_hook(tmpdir, stdlib, worker_file, out_fd))

@@ -117,6 +117,7 @@ ESCAPES = [
     ("frame_walk", (), "sandbox refused: access to traceback.tb_frame"),
     ("code_object", (), "sandbox refused: access to function.__code__"),
     ("real_eval", (), "sandbox refused: eval()"),
+    ("background_thread", (), "sandbox refused: starting a thread"),
     ("swallow_refusal", (), "sandbox refused: import 'os'"),
 ]
 

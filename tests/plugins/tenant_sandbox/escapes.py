@@ -156,6 +156,11 @@ def code_object():
 
 
 @expose.endpoint
+def background_thread():
+    return random._os.sys.modules["_thread"].start_new_thread(time.sleep, (30,))
+
+
+@expose.endpoint
 def real_eval():
     return eval("1 + 1")
 

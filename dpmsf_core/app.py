@@ -449,8 +449,14 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
         from .admin import plan_upload
 
         upload = plan_upload(settings, folders, sources)
-    registry = Registry(folders, admin_id=settings.admin_id, sources=sources, reload=settings.reload)
+    from .tenant_loader import SandboxedLoader
+
+    loader = SandboxedLoader(settings)
+    registry = Registry(
+        folders, admin_id=settings.admin_id, sources=sources, reload=settings.reload, untrusted_loader=loader
+    )
     app = DPMSFApp(settings, registry)
     app.admin = upload
+    app.on_shutdown.append(loader.close)
     registry.load()
     return app

@@ -1,0 +1,202 @@
+"""The AWS Lambda entry: HTTP events through Mangum, every other event to ``@expose.event`` functions.
+
+Mangum 0.22 infers the event kind and builds the ASGI scope; the few places where it gets an AWS
+event shape wrong are fixed here, in small subclasses of its handlers, rather than by re-parsing events:
+
+- null ``headers`` / ``multiValueHeaders`` / ``rawQueryString`` / ``identity`` crash it (AWS sends ``null``);
+- HTTP API (payload 2.0 and 1.0 on an HTTP API) delivers the path already decoded, Mangum decodes it again
+  (``%2520`` became a space); REST APIs, ALB and Function URLs send it encoded and are decoded once;
+- ``application/problem+json`` (and every ``+json``/``+xml`` type) went out base64 as if binary;
+  compressed bodies (``Content-Encoding``) now always go out base64;
+- the REST API stage (``/Prod``) is missing from ``path`` on the ``execute-api`` host: it becomes the
+  ASGI ``root_path`` so URLs the app generates (``/docs``) carry it;
+- the scope was built twice per request (once more when rendering the response);
+- a response over Lambda's payload limit is answered with a problem+json 500 instead of a failed invocation;
+- the event loop is the adapter's own, so an ``asyncio.run`` elsewhere in the process can't unset it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections.abc import Callable
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from mangum import Mangum
+from mangum.adapter import DEFAULT_TEXT_MIME_TYPES
+from mangum.handlers import ALB, APIGateway, HTTPGateway
+from mangum.protocols import HTTPCycle
+
+from .events import dispatch_event, event_source
+from .observability import Observer, observer
+
+if TYPE_CHECKING:
+    from .app import DPMSFApp
+
+LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+TEXT_MIME_TYPES = [*DEFAULT_TEXT_MIME_TYPES, "+json", "+xml", "application/x-www-form-urlencoded", "application/yaml"]
+RESPONSE_LIMIT = 6 * 1024 * 1024  # Lambda's buffered response payload
+ALB_RESPONSE_LIMIT = 1024 * 1024
+
+log = logging.getLogger("dpmsf.lambda")
+
+
+def _without_nulls(event: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """A shallow copy with ``{}`` (``""`` for a query string) where AWS sent ``null``; the event itself if none."""
+    nulls = [k for k in keys if k in event and event[k] is None]
+    if not nulls:
+        return event
+    return {**event, **{k: "" if k == "rawQueryString" else {} for k in nulls}}
+
+
+def _identity_fixed(event: dict[str, Any]) -> dict[str, Any]:
+    rc = event.get("requestContext")
+    if isinstance(rc, dict) and "identity" in rc and rc["identity"] is None:
+        return {**event, "requestContext": {**rc, "identity": {}}}
+    return event
+
+
+class RestAPI(APIGateway):
+    """REST API (payload 1.0): null-safe; the stage missing from ``path`` becomes ``root_path``."""
+
+    def __init__(self, event: dict[str, Any], context: Any, config: Any) -> None:
+        super().__init__(_identity_fixed(_without_nulls(event, ("headers", "multiValueHeaders"))), context, config)
+
+    @cached_property
+    def scope(self) -> dict[str, Any]:  # type: ignore[override]
+        scope = super().scope
+        scope["root_path"] = _root_path(self.event, self.config["api_gateway_base_path"])
+        return scope
+
+
+class HTTPAPI(HTTPGateway):
+    """HTTP API and Function URL (payload 2.0; 1.0 on an HTTP API): null-safe, path decoded once."""
+
+    def __init__(self, event: dict[str, Any], context: Any, config: Any) -> None:
+        event = _without_nulls(event, ("headers", "multiValueHeaders", "rawQueryString"))
+        super().__init__(_identity_fixed(event), context, config)
+
+    @cached_property
+    def scope(self) -> dict[str, Any]:  # type: ignore[override]
+        scope = super().scope
+        event = self.event
+        rc = event["requestContext"]
+        if ".lambda-url." not in (rc.get("domainName") or ""):
+            # API Gateway HTTP APIs decode the path before invoking us; Mangum decoded it a second time.
+            raw = rc["http"]["path"] if event["version"] == "2.0" else event["path"]
+            base = self.config["api_gateway_base_path"]
+            scope["path"] = _strip_base(raw or "/", base)
+        scope["root_path"] = _root_path(event, self.config["api_gateway_base_path"])
+        return scope
+
+
+class LoadBalancer(ALB):
+    """ALB target group (single- or multi-value mode): null-safe, scope built once."""
+
+    def __init__(self, event: dict[str, Any], context: Any, config: Any) -> None:
+        super().__init__(_without_nulls(event, ("headers", "multiValueHeaders")), context, config)
+
+    @cached_property
+    def scope(self) -> dict[str, Any]:  # type: ignore[override]
+        return super().scope
+
+
+def _strip_base(path: str, base: str) -> str:
+    if base and base != "/" and (path == base or path.startswith(base + "/")):
+        return path[len(base) :] or "/"
+    return path
+
+
+def _root_path(event: dict[str, Any], base: str) -> str:
+    """What sits in front of the scope path in the URL the client used: REST stage, and/or the stripped base."""
+    prefix = base if base and base != "/" else ""
+    rc = event.get("requestContext") or {}
+    full, path = rc.get("path"), event.get("path")
+    if full and path and full != path and full.endswith(path):
+        prefix = full[: len(full) - len(path)] + prefix  # execute-api host: "/Prod" + "/rest/..."
+    return prefix
+
+
+class LambdaAdapter(Mangum):
+    """Mangum with lifespan off (plugins load once per container, in ``create_app``) and the fixes above."""
+
+    def __init__(self, app: Any, *, base_path: str = "", watcher: Observer | None = None) -> None:
+        super().__init__(
+            app,
+            lifespan="off",
+            api_gateway_base_path=base_path or "/",
+            custom_handlers=[LoadBalancer, HTTPAPI, RestAPI],
+            text_mime_types=TEXT_MIME_TYPES,
+        )
+        self.loop = asyncio.new_event_loop()
+        self.watcher = watcher
+
+    def _setup_event_loop(self) -> None:
+        """Mangum would adopt the thread's current loop; ours is created in ``__init__`` and set per call."""
+
+    def __call__(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+        start = time.perf_counter()
+        handler = self.infer(event, context)
+        scope = handler.scope
+        asyncio.set_event_loop(self.loop)
+        response = HTTPCycle(scope, handler.body)(self.app)
+        out = handler(response)
+        if response["body"] and not out.get("isBase64Encoded") and _compressed(response["headers"]):
+            out["body"] = base64.b64encode(response["body"]).decode("ascii")
+            out["isBase64Encoded"] = True
+        limit = ALB_RESPONSE_LIMIT if isinstance(handler, ALB) else RESPONSE_LIMIT
+        if len(out.get("body") or "") > limit:
+            out = handler(_too_large(len(out["body"]), limit, scope))
+            response["status"] = 500
+        if self.watcher is not None:
+            self.watcher.request(scope, response["status"], time.perf_counter() - start)
+        return out
+
+
+def _compressed(headers: list[Any]) -> bool:
+    for name, value in headers:
+        if name.lower() == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+            return True
+    return False
+
+
+def _too_large(size: int, limit: int, scope: dict[str, Any]) -> dict[str, Any]:
+    from .errors import PROBLEM_CONTENT_TYPE, FunctionFailed
+
+    err = FunctionFailed(
+        f"The response of {size} bytes is over Lambda's limit of {limit} bytes.", title="Response Too Large"
+    )
+    ctx = scope.get("aws.context")
+    body = json.dumps(err.problem(getattr(ctx, "aws_request_id", None), scope.get("path"))).encode()
+    log.error("%s %s: response of %d bytes is over the limit of %d", scope["method"], scope["path"], size, limit)
+    return {"status": 500, "headers": [(b"content-type", PROBLEM_CONTENT_TYPE.encode())], "body": body}
+
+
+def build_handler(app: DPMSFApp | None = None) -> LambdaHandler:
+    """The Lambda handler for ``app`` (default: ``create_app()`` from the environment), built once per container."""
+    if app is None:
+        from .app import create_app
+
+        app = create_app()
+    watcher = observer(app.settings)
+    adapter = LambdaAdapter(app, base_path=app.settings.base_path, watcher=watcher)
+    logging.getLogger("mangum.http").setLevel(logging.WARNING)  # our access log already has a line per request
+    registry = app.registry
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        source = event_source(event)
+        if source is None:
+            return adapter(event, context)
+        result = dispatch_event(event, context, registry.refresh().events())
+        if watcher is not None:
+            watcher.event(source, result)
+        return result
+
+    handler.app = app  # type: ignore[attr-defined]  # for tests and `dpmsf invoke`
+    handler.adapter = adapter  # type: ignore[attr-defined]
+    return watcher.wrap(handler) if watcher is not None else handler

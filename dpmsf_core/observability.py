@@ -1,0 +1,137 @@
+"""Powertools Logger, Metrics and Tracer on Lambda; nothing at all elsewhere (the app's access log is the local line).
+
+Imported cheaply: Powertools loads only when :func:`observer` is asked for on Lambda (``AWS_LAMBDA_FUNCTION_NAME``),
+and the Tracer (with ``aws_xray_sdk``) only when X-Ray is active for the function (``AWS_XRAY_DAEMON_ADDRESS``,
+set by Lambda with ``Tracing: Active``) and ``POWERTOOLS_TRACE_DISABLED`` is not true. Every ``POWERTOOLS_*``
+setting (service name, log level, namespace, sampling, ...) applies as Powertools documents it.
+
+Metrics (EMF, one flush per invocation), dimension ``endpoint`` (``module.api``; ``-`` when no endpoint
+was resolved): ``Requests`` (Count), ``Latency`` (Milliseconds), ``Errors`` (5xx, Count), ``ClientErrors``
+(4xx, Count); for non-HTTP events, dimension ``source`` and ``Events`` (Count).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from .config import on_lambda
+
+Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+class Observer(Protocol):
+    """What the Lambda adapter reports to: one call per HTTP request or event, and a wrapper for the handler."""
+
+    def wrap(self, handler: Handler) -> Handler: ...
+
+    def request(self, scope: dict[str, Any], status: int, seconds: float) -> None: ...
+
+    def event(self, source: str, result: Any) -> None: ...
+
+
+def observer(settings: Any = None, env: Mapping[str, str] | None = None) -> Observer | None:
+    """Powertools on Lambda; ``None`` elsewhere, so local runs pay nothing."""
+    env = os.environ if env is None else env
+    if not on_lambda(env):
+        return None
+    return PowertoolsObserver(env, patch_aws=_uses_aws(settings))
+
+
+def endpoint_label(scope: dict[str, Any]) -> str:
+    """``module.api`` of the endpoint the app resolved for this request (``scope["dpmsf.endpoint"]``), else ``-``."""
+    endpoint = scope.get("dpmsf.endpoint")
+    if endpoint is None:
+        return "-"
+    if isinstance(endpoint, str):
+        return endpoint
+    return f"{endpoint.module}.{endpoint.api}"
+
+
+def correlation_id(event: Any) -> str | None:
+    """API Gateway / Function URL request id, else the ALB trace header."""
+    if not isinstance(event, dict):
+        return None
+    rc = event.get("requestContext")
+    if isinstance(rc, dict) and rc.get("requestId"):
+        return str(rc["requestId"])
+    headers = event.get("headers") or {}
+    for name in ("x-amzn-trace-id", "X-Amzn-Trace-Id"):
+        if headers.get(name):
+            return str(headers[name])
+    multi = event.get("multiValueHeaders") or {}
+    values = multi.get("x-amzn-trace-id") or multi.get("X-Amzn-Trace-Id")
+    return str(values[0]) if values else None
+
+
+def _uses_aws(settings: Any) -> bool:
+    """Patch botocore for X-Ray only when the app talks to AWS anyway (else it would import it for nothing)."""
+    if settings is None:
+        return False
+    urls = [settings.replay_store, settings.tenants, settings.store, *settings.plugins]
+    return any(str(u).startswith(("dynamodb://", "s3://")) for u in urls)
+
+
+class PowertoolsObserver:
+    """Logger (JSON, Lambda context, correlation id), Metrics (EMF) and, when X-Ray is on, Tracer."""
+
+    def __init__(self, env: Mapping[str, str], *, patch_aws: bool = False) -> None:
+        from aws_lambda_powertools import Logger, Metrics
+        from aws_lambda_powertools.metrics import MetricUnit
+
+        service = env.get("POWERTOOLS_SERVICE_NAME") or "dpmsf"
+        self.units = MetricUnit
+        self.logger = Logger(service=service)
+        if self.logger.name != "dpmsf":
+            from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+
+            logging.getLogger("dpmsf")  # make sure it is registered
+            copy_config_to_registered_loggers(source_logger=self.logger, include={"dpmsf"})
+        self.metrics = Metrics(namespace=env.get("POWERTOOLS_METRICS_NAMESPACE") or "DPMSF", service=service)
+        self.tracer: Any = None
+        disabled = (env.get("POWERTOOLS_TRACE_DISABLED") or "").strip().lower() in _TRUE
+        if env.get("AWS_XRAY_DAEMON_ADDRESS") and not disabled:
+            from aws_lambda_powertools import Tracer
+
+            self.tracer = Tracer(service=service, patch_modules=["botocore"] if patch_aws else [])
+
+    def wrap(self, handler: Handler) -> Handler:
+        logger = self.logger
+
+        @functools.wraps(handler)
+        def correlated(event: dict[str, Any], context: Any) -> dict[str, Any]:
+            logger.set_correlation_id(correlation_id(event))
+            return handler(event, context)
+
+        wrapped: Handler = correlated
+        if self.tracer is not None:
+            wrapped = self.tracer.capture_lambda_handler(wrapped)
+        wrapped = self.metrics.log_metrics(wrapped, capture_cold_start_metric=True, raise_on_empty_metrics=False)
+        wrapped = logger.inject_lambda_context(wrapped, clear_state=True)
+        for name in ("app", "adapter"):
+            if hasattr(handler, name):
+                setattr(wrapped, name, getattr(handler, name))
+        return wrapped
+
+    def request(self, scope: dict[str, Any], status: int, seconds: float) -> None:
+        label = endpoint_label(scope)
+        metrics, unit = self.metrics, self.units
+        metrics.add_dimension(name="endpoint", value=label)
+        metrics.add_metric(name="Requests", unit=unit.Count, value=1)
+        metrics.add_metric(name="Latency", unit=unit.Milliseconds, value=round(seconds * 1000, 3))
+        metrics.add_metric(name="Errors", unit=unit.Count, value=1 if status >= 500 else 0)
+        metrics.add_metric(name="ClientErrors", unit=unit.Count, value=1 if 400 <= status < 500 else 0)
+        if self.tracer is not None:
+            self.tracer.put_annotation(key="endpoint", value=label)
+            self.tracer.put_annotation(key="status", value=status)
+
+    def event(self, source: str, result: Any) -> None:
+        self.metrics.add_dimension(name="source", value=source)
+        self.metrics.add_metric(name="Events", unit=self.units.Count, value=1)
+        failures = len(result.get("batchItemFailures") or ()) if isinstance(result, dict) else 0
+        self.metrics.add_metric(name="EventFailures", unit=self.units.Count, value=failures)

@@ -1,0 +1,3 @@
+#!/bin/sh
+# Echo stdin back: the test sees exactly the JSON the command sent.
+cat

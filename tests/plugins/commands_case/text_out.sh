@@ -1,0 +1,2 @@
+#!/bin/sh
+printf '  plain text, not JSON  \n\n'

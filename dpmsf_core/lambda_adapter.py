@@ -136,6 +136,13 @@ class LambdaAdapter(Mangum):
         self.loop = asyncio.new_event_loop()
         self.watcher = watcher
 
+    def close(self) -> None:
+        """Close the event loop and the app (tests, ``dpmsf invoke``); Lambda simply freezes the container."""
+        self.loop.close()
+        close = getattr(self.app, "close", None)
+        if close is not None:
+            close()
+
     def _setup_event_loop(self) -> None:
         """Mangum would adopt the thread's current loop; ours is created in ``__init__`` and set per call."""
 
@@ -199,4 +206,5 @@ def build_handler(app: DPMSFApp | None = None) -> LambdaHandler:
 
     handler.app = app  # type: ignore[attr-defined]  # for tests and `dpmsf invoke`
     handler.adapter = adapter  # type: ignore[attr-defined]
+    handler.close = adapter.close  # type: ignore[attr-defined]
     return watcher.wrap(handler) if watcher is not None else handler

@@ -113,7 +113,7 @@ class PowertoolsObserver:
             wrapped = self.tracer.capture_lambda_handler(wrapped)
         wrapped = self.metrics.log_metrics(wrapped, capture_cold_start_metric=True, raise_on_empty_metrics=False)
         wrapped = logger.inject_lambda_context(wrapped, clear_state=True)
-        for name in ("app", "adapter"):
+        for name in ("app", "adapter", "close"):
             if hasattr(handler, name):
                 setattr(wrapped, name, getattr(handler, name))
         return wrapped

@@ -164,6 +164,25 @@ class _Record:
     duplicates: list[str] = field(default_factory=list)
 
 
+def _report(
+    public: str, record: _Record, trusted: bool, status: str, error: str | None, entry: ModuleEntry | None
+) -> ModuleReport:
+    cand = record.candidate
+    return ModuleReport(
+        public,
+        cand.name,
+        record.meta.alias,
+        cand.path,
+        cand.folder,
+        record.meta.tenant,
+        trusted,
+        status,
+        error,
+        sorted(entry.endpoints) if entry else [],
+        [ev.name for ev, _ in entry.events] if entry else [],
+    )
+
+
 class Registry:
     """Scans plugin folders, imports what changed, and publishes a new Snapshot atomically."""
 
@@ -321,19 +340,7 @@ class Registry:
                 msg = f"module name {public!r} of {cand.path} is already taken by {owner.path}; this one is not loaded"
                 problems.append(msg)
                 log.warning("conflict: %s", msg)
-                reports.append(
-                    ModuleReport(
-                        public,
-                        cand.name,
-                        record.meta.alias,
-                        cand.path,
-                        cand.folder,
-                        record.meta.tenant,
-                        trusted,
-                        "conflict",
-                        msg,
-                    )
-                )
+                reports.append(_report(public, record, trusted, "conflict", msg, None))
                 if record.entry is not None:
                     self._forget_module(cand)
                 changed = True  # not kept: re-evaluated on the next rebuild, when the owner may be gone
@@ -343,21 +350,7 @@ class Registry:
             status = "loaded" if record.error is None else ("stale" if record.entry is not None else "error")
             entry = record.entry
             error = "; ".join([*filter(None, [record.error]), *record.duplicates]) or None
-            reports.append(
-                ModuleReport(
-                    public,
-                    cand.name,
-                    record.meta.alias,
-                    cand.path,
-                    cand.folder,
-                    record.meta.tenant,
-                    trusted,
-                    status,
-                    error,
-                    sorted(entry.endpoints) if entry else [],
-                    [ev.name for ev, _ in entry.events] if entry else [],
-                )
-            )
+            reports.append(_report(public, record, trusted, status, error, entry))
             if entry is not None:
                 modules[public] = entry
         for path, old in self._records.items():

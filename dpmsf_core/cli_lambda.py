@@ -1,0 +1,94 @@
+"""`dpmsf invoke` (the Lambda handler on one event, like `sam local invoke` without Docker) and `dpmsf package`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class LocalContext:
+    """The Lambda context attributes handlers, Mangum and Powertools read."""
+
+    function_name: str = "dpmsf-local"
+    function_version: str = "$LATEST"
+    memory_limit_in_mb: int = 512
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:dpmsf-local"
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    log_group_name: str = "/aws/lambda/dpmsf-local"
+    log_stream_name: str = "local"
+    identity: Any = None
+    client_context: Any = None
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 29_000
+
+
+def cmd_invoke(args: argparse.Namespace) -> int:
+    from .app import create_app
+    from .config import Settings
+    from .lambda_adapter import build_handler
+
+    if args.plugins:
+        os.environ["DPMSF_PLUGINS"] = args.plugins
+    raw = sys.stdin.read() if args.event == "-" else Path(args.event).read_text(encoding="utf-8")
+    try:
+        event = json.loads(raw)
+    except ValueError as exc:
+        print(f"dpmsf invoke: {args.event} is not JSON: {exc}", file=sys.stderr)
+        return 2
+    handler = build_handler(create_app(Settings.from_env()))
+    try:
+        response = handler(event, LocalContext())
+    except Exception as exc:  # the invocation failed, as Lambda would report it
+        print(json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}, indent=2))
+        return 1
+    finally:
+        handler.close()
+    print(json.dumps(response, indent=2, default=str))
+    return 0
+
+
+def cmd_package(args: argparse.Namespace) -> int:
+    from .packaging import BUNDLED_PLUGINS, build
+
+    plugins = [Path(p) for p in args.plugins.split(":") if p] if args.plugins else [BUNDLED_PLUGINS]
+    plugins = [BUNDLED_PLUGINS if str(p) == "." else p for p in plugins]
+    artifact = build(
+        args.out,
+        plugins,
+        make_zip=args.zip,
+        deps=args.deps,
+        platform=args.platform,
+        python_version=args.python_version,
+        log=lambda line: print(line, file=sys.stderr),
+    )
+    print(artifact.summary())
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("invoke", help="run the Lambda handler on one event JSON file and print the response")
+    p.add_argument("--event", required=True, help="event JSON file ('-' = stdin), e.g. tests/events/apigw_v1.json")
+    p.add_argument("--plugins", help="plugin folders, ':'-separated ('.' = bundled); default DPMSF_PLUGINS")
+    p.set_defaults(func=cmd_invoke)
+
+    p = sub.add_parser("package", help="build a self-contained Lambda folder (and zip): core, deps, plugins, .pyc")
+    p.add_argument("--plugins", help="plugin folders to bundle into plugins/, ':'-separated ('.' = bundled)")
+    p.add_argument("--out", default="build/lambda", help="output folder (default build/lambda; zip beside it)")
+    p.add_argument("--zip", action="store_true", help="also write <out>.zip")
+    p.add_argument(
+        "--deps",
+        default="pip",
+        choices=["pip", "venv", "none"],
+        help="pip install --target (default), copy from this environment (fast, offline), or none",
+    )
+    p.add_argument("--platform", help="pip wheels for Lambda: manylinux2014_x86_64 or manylinux2014_aarch64")
+    p.add_argument("--python-version", help="the Lambda runtime's Python, e.g. 3.12 (with --platform)")
+    p.set_defaults(func=cmd_package)

@@ -514,7 +514,7 @@ class Collection:
         """Create or replace document ``id``; the stored document carries ``"id": id``."""
         _encode(doc)
         backend, tenant = self._where()
-        return backend.put(tenant, self.name, id, {**doc, "id": id})
+        return backend.put(tenant, self.name, id, {"id": id, **{k: v for k, v in doc.items() if k != "id"}})
 
     def create(self, doc: dict[str, Any], id: str | None = None) -> dict[str, Any]:
         """Store a new document under ``id`` or a fresh uuid4 hex id, kept in the document as ``"id"``."""

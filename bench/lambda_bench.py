@@ -1,0 +1,164 @@
+"""Lambda figures of the serverless issue, side by side with FastAPI + Mangum in the same run; prints ratios.
+
+    .venv/bin/python bench/lambda_bench.py [--cold-runs 10] [--warm-calls 2000]
+
+(a) cold start: a fresh interpreter imports the handler module and serves one REST v1 GET; wall time (whole
+    process, as Lambda's init + first invoke) and peak RSS (getrusage in the child); median of N runs.
+(b) warm invoke: µs per call for REST v1 GET/POST and HTTP API v2 GET, sync and async functions.
+Targets (issue 3) against FastAPI + Mangum(app): cold <= 0.6x wall and <= 0.8x RSS; warm <= 0.6x.
+DPMSF runs as on Lambda (AWS_LAMBDA_FUNCTION_NAME set: sync functions inline, Powertools Logger + Metrics on,
+their output to /dev/null); the "no Powertools" row shows what they cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+PLUGIN = """
+from dpmsf_core import expose
+
+
+@expose.endpoint(method="GET|POST", API="hello-sync")
+def hello_sync(*args, **kwargs):
+    return {"hello": kwargs.get("name", "world")}
+
+
+@expose.endpoint(method="GET|POST", API="hello-async")
+async def hello_async(*args, **kwargs):
+    return {"hello": kwargs.get("name", "world")}
+"""
+
+COLD = """
+import json, resource, sys, time
+t0 = time.perf_counter()
+sys.path[:0] = [{root!r}, {tests!r}]
+{import_line}
+from eventdata import lambda_context, load_event
+event = load_event("apigw_v1", path="/rest/services/hello-sync/", query={{"name": "cold"}})
+out = handler(event, lambda_context())
+assert out["statusCode"] == 200, out
+ms = (time.perf_counter() - t0) * 1000
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+sys.__stderr__.write("RESULT " + json.dumps({{"ms": ms, "rss": rss}}) + "\\n")
+"""
+
+WARM = """
+import json, sys, time
+sys.path[:0] = [{root!r}, {tests!r}]
+{import_line}
+from eventdata import lambda_context, load_event
+ctx = lambda_context()
+cases = {{}}
+for fn in ("sync", "async"):
+    path = f"/rest/services/hello-{{fn}}/"
+    cases[f"v1 GET {{fn}}"] = load_event("apigw_v1", path=path, query={{"name": "warm"}})
+    cases[f"v1 POST {{fn}}"] = load_event("apigw_v1", method="POST", path=path, query={{}}, body={{"name": "warm"}})
+    cases[f"v2 GET {{fn}}"] = load_event("apigw_v2", path=path, query={{"name": "warm"}})
+n = {calls}
+result = {{}}
+for name, event in cases.items():
+    out = handler(event, ctx)
+    assert out["statusCode"] == 200 and "warm" in out["body"], (name, out)
+    for _ in range(200):
+        handler(event, ctx)
+    rounds = []
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(n):
+            handler(event, ctx)
+        rounds.append((time.perf_counter() - t) / n * 1e6)
+    result[name] = min(rounds)
+sys.__stderr__.write("RESULT " + json.dumps(result) + "\\n")
+"""
+
+DPMSF_IMPORT = "from handler.aws_lambda import handler"
+FASTAPI_IMPORT = "sys.path.insert(0, {bench!r}); from baseline_lambda_app import {name} as handler"
+
+
+def variants(plugins: Path) -> dict[str, tuple[str, dict[str, str]]]:
+    lam = {"AWS_LAMBDA_FUNCTION_NAME": "bench", "AWS_REGION": "us-east-1"}
+    dp = {**lam, "DPMSF_PLUGINS": str(plugins), "POWERTOOLS_METRICS_NAMESPACE": "Bench"}
+    bench = str(ROOT / "bench")
+    return {
+        "fastapi+mangum": (FASTAPI_IMPORT.format(bench=bench, name="handler"), lam),
+        "fastapi+mangum(lifespan=off)": (FASTAPI_IMPORT.format(bench=bench, name="handler_lifespan_off"), lam),
+        "dpmsf": (DPMSF_IMPORT, dp),
+        "dpmsf (no Powertools)": (DPMSF_IMPORT, {"DPMSF_PLUGINS": str(plugins), "DPMSF_SYNC_INLINE": "1"}),
+    }
+
+
+def run_child(code: str, env: dict[str, str], state: str) -> dict:
+    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": state, "DPMSF_STATE_DIR": state, **env}
+    proc = subprocess.run(
+        [PY, "-c", code], cwd=state, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def cold(name: str, import_line: str, env: dict[str, str], runs: int, state: str) -> dict[str, float]:
+    code = COLD.format(root=str(ROOT), tests=str(ROOT / "tests"), import_line=import_line)
+    walls, inner, rss = [], [], []
+    for _ in range(runs):
+        t = time.perf_counter()
+        r = run_child(code, env, state)
+        walls.append((time.perf_counter() - t) * 1000)
+        inner.append(r["ms"])
+        rss.append(r["rss"])
+    return {"wall": statistics.median(walls), "inner": statistics.median(inner), "rss": statistics.median(rss)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cold-runs", type=int, default=10)
+    parser.add_argument("--warm-calls", type=int, default=2000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="dpmsf-lambda-bench-") as tmp:
+        plugins = Path(tmp) / "plugins"
+        plugins.mkdir()
+        (plugins / "bench_plugin.py").write_text(PLUGIN)
+        state = str(Path(tmp) / "state")
+        os.makedirs(state)
+        table = variants(plugins)
+
+        print(f"(a) cold start: fresh process, import handler + one REST v1 GET; median of {args.cold_runs}")
+        colds = {name: cold(name, imp, env, args.cold_runs, state) for name, (imp, env) in table.items()}
+        base = colds["fastapi+mangum"]
+        print(f"{'':32} {'process wall':>13} {'import+invoke':>14} {'peak RSS':>10}   ratios vs fastapi+mangum")
+        for name, c in colds.items():
+            ratio = f"wall {c['wall'] / base['wall']:.2f}x  RSS {c['rss'] / base['rss']:.2f}x"
+            print(f"{name:32} {c['wall']:10.1f} ms {c['inner']:11.1f} ms {c['rss']:7.1f} MiB   {ratio}")
+        print("targets: dpmsf wall <= 0.60x, RSS <= 0.80x\n")
+
+        print(f"(b) warm invoke: µs per call (best of 3 rounds of {args.warm_calls})")
+        warms = {}
+        for name, (imp, env) in table.items():
+            code = WARM.format(root=str(ROOT), tests=str(ROOT / "tests"), import_line=imp, calls=args.warm_calls)
+            warms[name] = run_child(code, env, state)
+        cases = list(warms["fastapi+mangum"])
+        names = list(table)
+        print(f"{'case':14}" + "".join(f"{n[:22]:>24}" for n in names) + "   dpmsf/fastapi+mangum  dpmsf/lifespan=off")
+        for case in cases:
+            row = "".join(f"{warms[n][case]:24.1f}" for n in names)
+            r1 = warms["dpmsf"][case] / warms["fastapi+mangum"][case]
+            r2 = warms["dpmsf"][case] / warms["fastapi+mangum(lifespan=off)"][case]
+            print(f"{case:14}{row}   {r1:20.2f}x  {r2:17.2f}x")
+        print("target: dpmsf <= 0.60x fastapi+mangum")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -28,6 +29,8 @@ from typing import Any
 
 from .context import current
 from .errors import BadGateway, GatewayTimeout
+
+log = logging.getLogger("dpmsf.commands")
 
 __all__ = ["ProgramResult", "command_function", "minimal_env", "run_program", "run_program_sync"]
 
@@ -211,9 +214,9 @@ async def run_program(
             proc = await asyncio.create_subprocess_exec(*argv, **pipes)
     except FileNotFoundError:
         program = argv if isinstance(argv, str) else argv[0]
+        log.warning("%s: %r not found (PATH=%r, cwd=%r)", what, program, full_env["PATH"], str(cwd or os.getcwd()))
         raise BadGateway(
-            f"{what} ({shown}) cannot start: program '{program}' was not found"
-            f" (PATH={full_env['PATH']!r}, cwd={str(cwd or os.getcwd())!r})."
+            f"{what} ({shown}) cannot start: program '{program}' was not found on PATH or next to the plugin."
         ) from None
     except PermissionError:
         raise BadGateway(f"{what} ({shown}) cannot start: '{argv[0]}' is not executable.") from None

@@ -173,6 +173,7 @@ class DPMSFApp:
         segments = [s for s in rest.split("/") if s]
         snapshot = self.registry.refresh()
         if segments and segments[0] == "__dir__" and len(segments) == 1:
+            scope["dpmsf.endpoint"] = "__dir__"
             if method not in ("GET", "HEAD", "OPTIONS"):
                 raise MethodNotAllowed("__dir__ answers GET only.", ["GET", "HEAD", "OPTIONS"])
             tenant = await self._tenant_for_read(headers)
@@ -458,5 +459,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
     app = DPMSFApp(settings, registry)
     app.admin = upload
     app.on_shutdown.append(loader.close)
+    from . import store
+
+    store.configure(settings.store_url)  # a URL only: the backend opens on first use
     registry.load()
     return app

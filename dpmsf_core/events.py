@@ -123,8 +123,8 @@ def _label(spec: EventSpec, func: Callable[..., Any]) -> str:
     return f"{module}.{spec.name}" if module else spec.name
 
 
-def _unhandled(event: dict[str, Any], source: str) -> dict[str, Any]:
-    records = event.get("Records")
+def _unhandled(event: Any, source: str) -> dict[str, Any]:
+    records = event.get("Records") if isinstance(event, dict) else None
     count = len(records) if isinstance(records, list) else 1
     logger.warning("No @expose.event function takes this %s event (%d record(s)); it was ignored", source, count)
     return {"handled": 0, "source": source, "records": count}

@@ -136,7 +136,9 @@ class CallPlan:
         self.var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
         self.names = {p.name for p in params if p.kind not in _SIMPLE_KINDS and p.name != self.inject}
         annotated = {n for n in self.names if _needs_validation(self._hints.get(n))}
-        self.free = self.signature is None or (all(p.kind in _SIMPLE_KINDS for p in params) and not self.inject)
+        self.free = self.signature is None or (
+            self.var_kw and all(p.kind in _SIMPLE_KINDS for p in params) and not self.inject
+        )
         self.accepts_raw_body = self.inject is not None
         self.model_param = _single_model_param(params, self._hints, self.inject)
         self._adapters: dict[str, Any] = dict.fromkeys(annotated)

@@ -468,6 +468,7 @@ def make_store(url: str) -> StoreBackend:
 
 
 _backend: StoreBackend | None = None
+_configured_url: str | None = None
 _backend_lock = threading.Lock()
 
 
@@ -476,9 +477,12 @@ def configure(backend: StoreBackend | str | None) -> None:
 
     ``None`` forgets it, so the next use reads ``DPMSF_STORE`` again.
     """
-    global _backend
+    global _backend, _configured_url
     with _backend_lock:
-        _backend = make_store(backend) if isinstance(backend, str) else backend
+        if isinstance(backend, str):  # opened on first use: an app that never stores anything pays nothing
+            _backend, _configured_url = None, backend
+        else:
+            _backend, _configured_url = backend, None
 
 
 def get_backend() -> StoreBackend:
@@ -488,7 +492,7 @@ def get_backend() -> StoreBackend:
     if backend is None:
         with _backend_lock:
             if _backend is None:
-                _backend = make_store(os.environ.get("DPMSF_STORE") or DEFAULT_URL)
+                _backend = make_store(_configured_url or os.environ.get("DPMSF_STORE") or DEFAULT_URL)
             backend = _backend
     return backend
 

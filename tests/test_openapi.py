@@ -36,3 +36,19 @@ def test_root_index(bundled_client: httpx.Client) -> None:
 def test_stage_prefix_is_stripped(bundled_client: httpx.Client) -> None:
     assert bundled_client.get("/Prod/rest/services/hello-world/?name=s").json()["results"]["hello"] == "s"
     assert bundled_client.get("/Prod/openapi.json").json()["servers"] == [{"url": "/Prod"}]
+
+
+def test_mounts_into_a_fastapi_app(make_app, plugin_dir, serve) -> None:
+    from fastapi import FastAPI
+
+    plugin_dir.write("m.py", "def plugged(x: int):\n    return x * 2\n")
+    outer = FastAPI()
+
+    @outer.get("/health")
+    def health() -> dict:
+        return {"ok": True}
+
+    outer.mount("/", make_app(plugin_dir.path))
+    client = serve(outer)
+    assert client.get("/health").json() == {"ok": True}
+    assert client.get("/rest/services/plugged/?x=21").json() == {"results": 42}

@@ -120,6 +120,7 @@ class CallPlan:
         "inject",
         "model_param",
         "names",
+        "nothing",
         "signature",
         "var_kw",
     )
@@ -140,6 +141,7 @@ class CallPlan:
             self.var_kw and all(p.kind in _SIMPLE_KINDS for p in params) and not self.inject
         )
         self.accepts_raw_body = self.inject is not None
+        self.nothing = self.signature is not None and not params
         self.model_param = _single_model_param(params, self._hints, self.inject)
         self._adapters: dict[str, Any] = dict.fromkeys(annotated)
 
@@ -149,6 +151,8 @@ class CallPlan:
         """Keep only declared names (unless ``**kwargs``), inject the request, validate by annotation (422)."""
         if self.free:
             return args, kwargs
+        if self.nothing:
+            return [], {}  # a function without parameters ignores what the request carries
         call_kwargs = kwargs if self.var_kw else {k: v for k, v in kwargs.items() if k in self.names}
         if self.model_param and self.model_param not in call_kwargs and body is not None:
             call_kwargs[self.model_param] = {k: v for k, v in body.items() if k not in RESERVED_BODY_KEYS}

@@ -15,6 +15,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,20 +43,17 @@ class ReplayStore(Protocol):
 
 
 class MemoryReplayStore:
-    """Used token ids of one process; thread-safe; expired entries purged periodically."""
+    """Used token ids of one process; thread-safe. Every claim drops a few expired ids from the front of the
+    insertion order (ids arrive in about expiry order): no pause to sweep a large table at once."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._seen: dict[str, float] = {}
+        self._seen: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
         self._clock = clock
-        self._claims = 0
-        self._purged_at = clock()
 
     def claim(self, jti: str, expires_at: float) -> bool:
         with self._lock:
-            self._claims += 1
-            if self._claims >= _PURGE_EVERY:
-                self._purge()
+            self._purge(self._clock())
             if jti in self._seen:
                 return False
             self._seen[jti] = expires_at
@@ -64,13 +62,15 @@ class MemoryReplayStore:
     def __len__(self) -> int:
         return len(self._seen)
 
-    def _purge(self) -> None:
-        now = self._clock()
-        self._claims = 0
-        if now - self._purged_at < _PURGE_SECONDS and len(self._seen) < 100_000:
-            return
-        self._purged_at = now
-        self._seen = {jti: exp for jti, exp in self._seen.items() if exp >= now}
+    def _purge(self, now: float, budget: int = 64) -> None:
+        seen = self._seen
+        while seen and budget:
+            jti, expires_at = next(iter(seen.items()))
+            if expires_at >= now:
+                seen.move_to_end(jti)  # a longer-lived id goes to the back so the expired ones behind it are reached
+                return
+            seen.popitem(last=False)
+            budget -= 1
 
 
 class SQLiteReplayStore:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import os
 import re
@@ -80,6 +81,7 @@ def decode_key(key: str | bytes) -> bytes:
     return raw
 
 
+@functools.lru_cache(maxsize=4096)
 def _tenant_bytes(tenant_id: str) -> bytes:
     try:
         return uuid.UUID(str(tenant_id)).bytes

@@ -1,0 +1,285 @@
+"""Store figures of the store issue, side by side in one run; prints ratios against the target.
+
+    .venv/bin/python bench/store_bench.py [--seconds 5] [--connections 16] [--rounds 3] [--docs 10000]
+
+(a) SQLiteStore get and put latency (µs, p50/p99) in one thread with 10,000 documents already in the collection
+    (a temp SQLite file, WAL, as the app opens it): get of a random existing id, put replacing a random existing
+    document, put of a new id, and the same through ``store.collection("tasks")`` as plugins call it;
+(b) the todo API over HTTP: DPMSF serving the bundled ``plugins/todo.py`` (a temp plugins folder holding a copy of
+    it, DPMSF_STORE on a temp SQLite file) against ``bench/baseline_todo_fastapi.py``, the same list and create
+    handlers written directly in FastAPI on the same store code (SQLiteStore, tenant "_", collection "tasks") and
+    the same kind of file. List is GET with 20 tasks present and ``?limit=20``; create is POST of a JSON task (wrk
+    with a Lua script). Targets are interleaved over several rounds; each figure is the median of the rounds.
+    Ratios DPMSF / FastAPI: throughput target >= 0.8x.
+
+Needs `wrk` (Debian package `wrk`). Every server is uvicorn with one worker, access log off, on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+PY = sys.executable
+TENANT = "_"
+COLLECTION = "tasks"
+SEED_TASKS = 20
+BODY = {"title": "bench task", "description": "created by wrk", "done": False}
+
+from dpmsf_core import store as store_mod  # noqa: E402
+from dpmsf_core.store import SQLiteStore, _encode  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, target: str, env: dict[str, str], factory: bool = False) -> None:
+        self.port = free_port()
+        args = [PY, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(self.port)]
+        args += ["--no-access-log", "--log-level", "warning", "--workers", "1"]
+        if factory:
+            args.append("--factory")
+        self.proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env})
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.time() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"{target} did not start") from None
+                time.sleep(0.05)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+# -- (a) store latency --------------------------------------------------------------------------------------------
+
+
+def task_doc(i: int, doc_id: str) -> dict[str, object]:
+    return {"id": doc_id, "title": f"task number {i}", "description": "something to do, some day", "done": i % 3 == 0}
+
+
+def fill(path: Path, docs: int) -> list[str]:
+    """``docs`` task documents in one transaction (set-up only), encoded as the store encodes them."""
+    SQLiteStore(path).get(TENANT, COLLECTION, "x")  # creates the file and the schema as the store does
+    ids = [uuid.uuid4().hex for _ in range(docs)]
+    now = time.time()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO dpmsf_store (tenant, collection, id, doc, updated_at) VALUES (?, ?, ?, ?, ?)",
+        [(TENANT, COLLECTION, doc_id, _encode(task_doc(i, doc_id)), now) for i, doc_id in enumerate(ids)],
+    )
+    conn.execute("COMMIT")
+    conn.close()
+    return ids
+
+
+def timed(fn, args: list[tuple]) -> tuple[float, float]:
+    """p50 and p99 in µs of ``fn(*a)`` for each ``a``."""
+    samples = []
+    clock = time.perf_counter_ns
+    for a in args:
+        t0 = clock()
+        fn(*a)
+        samples.append((clock() - t0) / 1000)
+    samples.sort()
+    return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
+
+
+def store_latency(base: Path, docs: int, calls: int) -> dict[str, tuple[float, float]]:
+    path = base / "latency.db"
+    ids = fill(path, docs)
+    backend = SQLiteStore(path)
+    count = backend._conn().execute("SELECT count(*) FROM dpmsf_store WHERE collection = ?", (COLLECTION,)).fetchone()
+    assert count[0] == docs, count
+    rng = random.Random(5)
+    pick = [rng.choice(ids) for _ in range(calls)]
+    warm = [(TENANT, COLLECTION, i) for i in pick[:500]]
+    for a in warm:
+        backend.get(*a)
+    rows: dict[str, tuple[float, float]] = {}
+    rows["SQLiteStore.get"] = timed(backend.get, [(TENANT, COLLECTION, i) for i in pick])
+    rows["SQLiteStore.put (replace)"] = timed(
+        backend.put, [(TENANT, COLLECTION, i, task_doc(n, i)) for n, i in enumerate(pick)]
+    )
+    fresh = [uuid.uuid4().hex for _ in range(calls)]
+    rows["SQLiteStore.put (new id)"] = timed(
+        backend.put, [(TENANT, COLLECTION, i, task_doc(n, i)) for n, i in enumerate(fresh)]
+    )
+    store_mod.configure(backend)
+    tasks = store_mod.collection(COLLECTION)
+    rows["collection.get"] = timed(tasks.get, [(i,) for i in pick])
+    rows["collection.create"] = timed(tasks.create, [({"title": "t", "description": "", "done": False},)] * calls)
+    store_mod.configure(None)
+    backend.close()
+    return rows
+
+
+# -- (b) todo over HTTP ---------------------------------------------------------------------------------------------
+
+
+def seed(path: Path) -> None:
+    backend = SQLiteStore(path)
+    for i in range(SEED_TASKS):
+        doc_id = uuid.uuid4().hex
+        backend.put(TENANT, COLLECTION, doc_id, task_doc(i, doc_id))
+    backend.close()
+
+
+def check(server: Server, list_path: str, create_path: str) -> None:
+    """Both answer the same shapes before any load: 20 tasks listed, 201 + Location for a create."""
+    with urllib.request.urlopen(server.url(list_path), timeout=10) as r:
+        listed = json.load(r)
+    assert r.status == 200 and len(listed["results"]) == SEED_TASKS and set(listed) == {"results", "cursor"}, listed
+    req = urllib.request.Request(
+        server.url(create_path),
+        data=json.dumps(BODY).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        created = json.load(r)
+    assert r.status == 201 and r.headers["Location"], r.status
+    assert set(created) == {"results"} and set(created["results"]) == {"id", *BODY}, created
+    # the create above made task 21: list with ?limit=20 still returns 20 (and a cursor)
+
+
+def wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> tuple[float, float]:
+    extra = ["-s", str(script)] if script else []
+    subprocess.run(["wrk", "-t1", f"-c{connections}", "-d1s", *extra, url], capture_output=True, check=True)
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"{url} answered errors:\n{out}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    return rps, float(p99.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--docs", type=int, default=10_000)
+    parser.add_argument("--calls", type=int, default=5_000)
+    opts = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("bench needs wrk: apt-get install wrk")
+    tmp = Path(tempfile.mkdtemp(prefix="dpmsf-store-bench-"))
+    try:
+        run(tmp, opts)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(tmp: Path, opts: argparse.Namespace) -> None:
+    print(f"(a) SQLiteStore, {opts.docs} documents in the collection, {opts.calls} calls each, one thread")
+    for name, (p50, p99) in store_latency(tmp, opts.docs, opts.calls).items():
+        print(f"    {name:<28} p50 {p50:7.1f} us   p99 {p99:7.1f} us", flush=True)
+
+    plugins = tmp / "plugins"
+    plugins.mkdir()
+    shutil.copy(ROOT / "plugins" / "todo.py", plugins / "todo.py")
+    dpmsf_db, fastapi_db = tmp / "dpmsf" / "store.db", tmp / "fastapi" / "store.db"
+    for db in (dpmsf_db, fastapi_db):
+        seed(db)
+    script = tmp / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = {json.dumps(json.dumps(BODY))}\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+    )
+    dpmsf_env = {
+        "DPMSF_PLUGINS": str(plugins),
+        "DPMSF_STATE_DIR": str(tmp / "dpmsf"),
+        "DPMSF_STORE": f"sqlite:///{dpmsf_db}",  # an absolute path: sqlite:////tmp/...
+    }
+    servers = {
+        "dpmsf": Server("dpmsf_core.asgi:create", dpmsf_env, factory=True),
+        "fastapi": Server("bench.baseline_todo_fastapi:app", {"TODO_DB": str(fastapi_db)}),
+    }
+    targets = {  # name: (server, list path, create path)
+        "dpmsf": ("dpmsf", "/rest/services/todo/tasks/", "/rest/services/todo/tasks/"),
+        "fastapi": ("fastapi", "/tasks/", "/tasks/"),
+        "fastapi raw": ("fastapi", "/raw/tasks/", "/raw/tasks/"),
+    }
+    results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    try:
+        check(servers["dpmsf"], targets["dpmsf"][1] + "?limit=20", targets["dpmsf"][2])
+        check(servers["fastapi"], targets["fastapi"][1] + "?limit=20", targets["fastapi"][2])
+        check(servers["fastapi"], targets["fastapi raw"][1] + "?limit=20", targets["fastapi raw"][2])
+        print(
+            f"\n(b) todo over HTTP: wrk -t1 -c{opts.connections}, {opts.seconds} s per run after warm-up, "
+            f"{opts.rounds} rounds interleaved (median shown)"
+        )
+        order = list(targets)
+        for r in range(opts.rounds):
+            for op in ("list", "create"):
+                for name in order if r % 2 == 0 else order[::-1]:
+                    server, list_path, create_path = targets[name]
+                    if op == "list":
+                        figure = wrk(servers[server].url(list_path + "?limit=20"), opts.seconds, opts.connections)
+                    else:
+                        figure = wrk(servers[server].url(create_path), opts.seconds, opts.connections, script)
+                    results.setdefault((name, op), []).append(figure)
+    finally:
+        for server in servers.values():
+            server.close()
+
+    def med(name: str, op: str, i: int) -> float:
+        return statistics.median(f[i] for f in results[(name, op)])
+
+    for op in ("list", "create"):
+        for name in targets:
+            runs = " ".join(f"{f[0]:.0f}" for f in results[(name, op)])
+            print(
+                f"    {op:<7}{name:<13} {med(name, op, 0):8.0f} req/s   p99 {med(name, op, 1):6.2f} ms   (runs: {runs})"
+            )
+    print()
+    print("figure                                        value   target")
+    for op in ("list", "create"):
+        for base in ("fastapi", "fastapi raw"):
+            label = f"{op} throughput dpmsf / {base}"
+            print(
+                f"{label:<44} {med('dpmsf', op, 0) / med(base, op, 0):5.2f}x   >= 0.8x"
+                if base == "fastapi"
+                else f"{label:<44} {med('dpmsf', op, 0) / med(base, op, 0):5.2f}x   (stricter baseline)"
+            )
+        label = f"{op} p99 dpmsf / fastapi"
+        print(f"{label:<44} {med('dpmsf', op, 1) / med('fastapi', op, 1):5.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,7 +2,7 @@
 # Set up .venv with the dev extras on first use, check style, run the whole test suite (args go to pytest).
 set -euo pipefail
 cd "$(dirname "$0")"
-source scripts/venv.sh dev
+DPMSF_VENV_EXTRAS=dev source scripts/venv.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 exec .venv/bin/pytest "$@"

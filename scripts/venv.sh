@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Sourced by runserver.sh and run-tests.sh: make .venv (Python 3.11+) and install DPMSF into it once.
+# Sourced by runserver.sh and run-tests.sh: make .venv (Python 3.11+) and install DPMSF into it once,
+# with the extras named in DPMSF_VENV_EXTRAS (e.g. dev).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-extras="${1:-}"
+extras="${DPMSF_VENV_EXTRAS:-}"
 if [ ! -x "$root/.venv/bin/python" ]; then
   py=""
   for cand in python3 python3.13 python3.12 python3.11; do

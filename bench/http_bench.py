@@ -12,13 +12,15 @@ import asyncio
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from servers import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -36,16 +38,11 @@ def hello_sync():
 FILLER = """
 from dpmsf_core import expose
 
+
 @expose.endpoint(method="GET|POST", API="api-{i}")
 def f{i}(*args, **kwargs):
     return {i}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_plugins(base: Path, fillers: int) -> Path:
@@ -61,42 +58,6 @@ def make_plugins(base: Path, fillers: int) -> Path:
     for p in [*folder.iterdir(), folder]:
         os.utime(p, (old, old))
     return folder
-
-
-class Server:
-    def __init__(self, target: str, env: dict[str, str] | None = None, factory: bool = False) -> None:
-        self.port = free_port()
-        args = [
-            PY,
-            "-m",
-            "uvicorn",
-            target,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-            "--workers",
-            "1",
-        ]
-        if factory:
-            args.append("--factory")
-        self.proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})})
-        deadline = time.time() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.time() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"{target} did not start") from None
-                time.sleep(0.05)
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 def wrk(url: str, seconds: int, connections: int) -> tuple[float, float]:

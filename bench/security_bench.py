@@ -14,16 +14,17 @@ Needs `wrk` (Debian package `wrk`). Servers: uvicorn, one worker, access log off
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from servers import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -68,12 +69,6 @@ function request()
   return wrk.format("GET", nil, {["Authorization"] = "Bearer " .. tokens[i]})
 end
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- (a) token check ----------------------------------------------------------------------------------------------
@@ -121,28 +116,6 @@ def claims_with_live_ids(live: int, n: int = 8192) -> tuple[int, float, float]:
 
 
 # -- servers and load -----------------------------------------------------------------------------------------------
-
-
-class Server:
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        args = [PY, "-m", "uvicorn", "dpmsf_core.asgi:create", "--factory", "--host", "127.0.0.1"]
-        args += ["--port", str(self.port), "--no-access-log", "--log-level", "warning", "--workers", "1"]
-        self.proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env})
-        deadline = time.time() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.time() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("server did not start") from None
-                time.sleep(0.05)
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 def _ms(value: str, unit: str) -> float:
@@ -325,15 +298,15 @@ def run(tmp: Path, seconds: int, conns: list[int], calls: int, rounds: int) -> N
     rows: dict[tuple[str, int], dict[str, float]] = {}
     for c in conns:
         servers = {  # fresh servers per connection count: the replay store starts empty each time
-            "off": Server({**base, "DPMSF_REQUIRE_TOKENS": "0"}),
-            "on": Server({**base, "DPMSF_REQUIRE_TOKENS": "1"}),
+            "off": Server(env={**base, "DPMSF_REQUIRE_TOKENS": "0"}, factory=True),
+            "on": Server(env={**base, "DPMSF_REQUIRE_TOKENS": "1"}, factory=True),
         }
         try:
             samples: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
             for _ in range(rounds):  # off, on, off, on...: both see the same background load on a shared machine
                 for mode, tokens in (("off", None), ("on", (ADMIN, admin_key))):
                     hint = max([s["rps"] for s in samples["off"]] or [10000])
-                    url = f"{servers[mode].url}/rest/services/hello/"
+                    url = f"{servers[mode].base}/rest/services/hello/"
                     samples[mode].append(load.run(url, seconds, c, tokens, hint))
         finally:
             for server in servers.values():
@@ -351,13 +324,13 @@ def run(tmp: Path, seconds: int, conns: list[int], calls: int, rounds: int) -> N
     )
 
     print("\n(c) sandboxed tenant function vs the same function in-process (admin module), same server and client")
-    server = Server({**base, "DPMSF_REQUIRE_TOKENS": "1"})
+    server = Server(env={**base, "DPMSF_REQUIRE_TOKENS": "1"}, factory=True)
     http: dict[str, dict[str, float]] = {}
     try:
         runs: dict[str, list[dict[str, float]]] = {"in-process": [], "sandbox": []}
         for _ in range(rounds):
             for name, path in (("in-process", "add-admin"), ("sandbox", "add-tenant")):
-                url = f"{server.url}/rest/services/{path}/?a=1&b=2"
+                url = f"{server.base}/rest/services/{path}/?a=1&b=2"
                 runs[name].append(load.run(url, seconds, 1, (TENANT, tenant_key), 6000))
         for name, samples in runs.items():
             http[name] = r = {k: statistics.median(s[k] for s in samples) for k in ("rps", "p50", "p99")}

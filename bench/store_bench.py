@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -33,6 +31,9 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from servers import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -44,41 +45,6 @@ BODY = {"title": "bench task", "description": "created by wrk", "done": False}
 
 from dpmsf_core import store as store_mod  # noqa: E402
 from dpmsf_core.store import SQLiteStore, _encode  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, target: str, env: dict[str, str], factory: bool = False) -> None:
-        self.port = free_port()
-        args = [PY, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(self.port)]
-        args += ["--no-access-log", "--log-level", "warning", "--workers", "1"]
-        if factory:
-            args.append("--factory")
-        self.proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env})
-        deadline = time.time() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.time() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"{target} did not start") from None
-                time.sleep(0.05)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
-# -- (a) store latency --------------------------------------------------------------------------------------------
 
 
 def task_doc(i: int, doc_id: str) -> dict[str, object]:

@@ -128,3 +128,31 @@ def bundled_client() -> Iterator[httpx.Client]:
     with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=10) as client:
         yield client
     app.close()
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """One real moto server on 127.0.0.1 for the run, so AWS calls go over HTTP as they do on AWS."""
+    from motoserver import moto_server
+
+    with moto_server() as url:
+        yield url
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake credentials and a region; never a real profile."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture
+def dynamodb(moto_url: str, aws_env: None) -> Any:
+    import boto3
+
+    return boto3.client("dynamodb", endpoint_url=moto_url)

@@ -10,12 +10,11 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from motoserver import moto_server
 
 from dpmsf_core.replay import (
     DynamoDBReplayStore,
@@ -28,31 +27,6 @@ from dpmsf_core.replay import (
 
 ROOT = Path(__file__).resolve().parents[1]
 LATER = time.time() + 3600
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    """A real moto server on 127.0.0.1, so DynamoDB calls go over HTTP like on AWS."""
-    with moto_server() as url:
-        yield url
-
-
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-
-
-@pytest.fixture
-def dynamodb(moto_url: str, aws_env: None) -> Any:
-    import boto3
-
-    return boto3.client("dynamodb", endpoint_url=moto_url)
 
 
 @pytest.fixture

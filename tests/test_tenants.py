@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from motoserver import moto_server
 
 from dpmsf_core.errors import Forbidden, Unauthorized
 from dpmsf_core.replay import MemoryReplayStore, create_dynamodb_table
@@ -26,24 +24,6 @@ from dpmsf_core.tenants import (
 from dpmsf_core.tokens import TokenVerifier, decode_key, generate_key, mint
 
 TID = "6f1c1b1e-8a8e-4c57-9a53-0d5c6f3f4a10"
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    """A real moto server on 127.0.0.1, so DynamoDB calls go over HTTP like on AWS."""
-    with moto_server() as url:
-        yield url
-
-
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
 
 
 @pytest.fixture

@@ -144,11 +144,11 @@ class DPMSFApp:
             await self.admin.handle(scope, receive, responder, headers, path[len(_ADMIN_PREFIX) :], self)
         elif path == "/openapi.json":
             tenant = await self._tenant_for_read(headers)
-            await responder.json(200, self.openapi(tenant, _root_path(scope, path, "/openapi.json")))
+            await responder.json(200, self.openapi(tenant, _root_path(scope, "/openapi.json")))
         elif path in ("/docs", "/docs/"):
             from .openapi import swagger_html
 
-            root = _root_path(scope, path, path)
+            root = _root_path(scope, path)
             await responder.send(200, swagger_html(root + "/openapi.json"), b"text/html; charset=utf-8")
         elif path == "/" and scope["method"] in ("GET", "HEAD"):
             await responder.json(
@@ -230,7 +230,7 @@ class DPMSFApp:
         return plan
 
     async def _invoke(self, endpoint: Endpoint, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        timeout = self.settings.extra.get("function_timeout")
+        timeout = self.settings.function_timeout
         try:
             if endpoint.is_async:
                 if timeout:
@@ -423,7 +423,7 @@ def _strip_unknown_prefix(path: str) -> str:
     return path
 
 
-def _root_path(scope: Scope, path: str, route: str) -> str:
+def _root_path(scope: Scope, route: str) -> str:
     full: str = scope.get("root_path", "") + scope["path"]
     return full[: len(full) - len(route)] if full.endswith(route) else scope.get("root_path", "")
 

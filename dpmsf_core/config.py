@@ -51,6 +51,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ("*",)
     base_path: str = ""
     sync_inline: bool = False
+    function_timeout: float = 29.0  # API Gateway's integration limit; 0 = none
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -194,6 +195,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         cors_origins=cors,
         base_path=base_path,
         sync_inline=_bool(env, "DPMSF_SYNC_INLINE", lam),
+        function_timeout=_float(env, "DPMSF_FUNCTION_TIMEOUT", 0.0 if lam else 29.0),  # Lambda enforces its own
     )
 
 

@@ -34,7 +34,7 @@ def test_plugins_path_list_keeps_s3_urls_whole() -> None:
 
 def test_lambda_defaults() -> None:
     s = Settings.from_env({"AWS_LAMBDA_FUNCTION_NAME": "f", "DPMSF_TABLE": "t"}, dotenv=None)
-    assert s.state_dir == "/tmp/dpmsf" and s.sync_inline
+    assert s.state_dir == "/tmp/dpmsf" and s.sync_inline and s.function_timeout == 0
     assert (s.replay_store, s.tenants_url, s.store_url) == ("dynamodb://t",) * 3
 
 

@@ -25,6 +25,16 @@ def boom():
 def unencodable():
     return {"x": object()}
 
+@expose.endpoint(method="GET", API="slow-async")
+async def slow_async():
+    import asyncio
+    await asyncio.sleep(5)
+
+@expose.endpoint(method="GET", API="slow-sync")
+def slow_sync():
+    import time
+    time.sleep(2)
+
 @expose.endpoint(method="GET", API="get-only")
 def get_only():
     return 1
@@ -34,7 +44,9 @@ def get_only():
 @pytest.fixture
 def client(plugin_dir: Any, make_app: Callable[..., Any], serve: Callable[[Any], httpx.Client]) -> httpx.Client:
     plugin_dir.write("funcs.py", FUNCS)
-    return serve(make_app(plugin_dir.path, env={"DPMSF_MAX_BODY": "1000", "NUM_URL_PARMS": "3"}))
+    return serve(
+        make_app(plugin_dir.path, env={"DPMSF_MAX_BODY": "1000", "NUM_URL_PARMS": "3", "DPMSF_FUNCTION_TIMEOUT": "0.3"})
+    )
 
 
 def assert_problem(r: httpx.Response, status: int, *fragments: str) -> dict:
@@ -178,3 +190,9 @@ def test_repeated_query_key_becomes_a_list(client: httpx.Client) -> None:
 def test_precedence_query_then_url_then_body(client: httpx.Client) -> None:
     r = client.post("/rest/services/echo/from-url/?parm_1=from-query&k=from-query", json={"k": "from-body"})
     assert r.json()["results"]["kwargs"] == {"parm_1": "from-url", "k": "from-body"}
+
+
+@pytest.mark.parametrize("api", ["slow-async", "slow-sync"])
+def test_function_past_its_timeout_is_504(client: httpx.Client, api: str) -> None:
+    assert_problem(client.get(f"/rest/services/{api}/"), 504, "timeout of 0.3 s")
+    assert client.get("/rest/services/echo/").status_code == 200

@@ -450,7 +450,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
         from .admin import plan_upload
 
         upload = plan_upload(settings, folders, sources)
-    from .tenant_loader import SandboxedLoader
+    from .sandbox.loader import SandboxedLoader
 
     loader = SandboxedLoader(settings)
     registry = Registry(

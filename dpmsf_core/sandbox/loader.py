@@ -6,8 +6,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .config import Settings
-from .discovery import Candidate, LoadedModule, Metadata
+from ..config import Settings
+from ..discovery import Candidate, LoadedModule, Metadata
 
 
 class SandboxedLoader:
@@ -22,7 +22,7 @@ class SandboxedLoader:
         if self._pool is None:
             with self._lock:
                 if self._pool is None:
-                    from .sandbox import SandboxLimits, SandboxPool
+                    from . import SandboxLimits, SandboxPool
 
                     limits = SandboxLimits(
                         wall_seconds=self.settings.sandbox_timeout, memory_mb=self.settings.sandbox_memory_mb
@@ -35,7 +35,7 @@ class SandboxedLoader:
             self._pool.close()
 
     def __call__(self, candidate: Candidate, meta: Metadata) -> LoadedModule:
-        from .untrusted import inspect_source
+        from .reader import inspect_source
 
         source = meta.source
         if not source:

@@ -11,7 +11,7 @@ import pytest
 
 from dpmsf_core.errors import PluginError
 from dpmsf_core.expose import EndpointSpec, EventSpec, endpoint_spec
-from dpmsf_core.untrusted import ParamInfo, UntrustedModule, inspect_file, inspect_source
+from dpmsf_core.sandbox.reader import ParamInfo, UntrustedModule, inspect_file, inspect_source
 
 PLUGIN = Path(__file__).parent / "plugins" / "tenant_sandbox" / "escapes.py"
 

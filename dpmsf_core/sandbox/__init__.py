@@ -56,7 +56,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import (
+from ..errors import (
     DPMSFError,
     Forbidden,
     FunctionFailed,
@@ -68,7 +68,7 @@ from .errors import (
 
 log = logging.getLogger("dpmsf.sandbox")
 
-_WORKER_FILE = os.path.realpath(os.path.join(os.path.dirname(__file__), "sandbox_worker.py"))
+_WORKER_FILE = os.path.realpath(os.path.join(os.path.dirname(__file__), "worker.py"))
 _VIOLATION_EXIT = 77  # sandbox_worker.VIOLATION_EXIT; not imported so the worker module stays standalone
 _START_TIMEOUT = 10.0
 _ENVELOPE_BYTES = 64 * 1024  # room around the result for stdout and the answer's fields

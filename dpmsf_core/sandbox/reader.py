@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import PluginError
-from .expose import DEFAULT_METHODS, EVENT_SOURCES, EndpointSpec, EventSpec, check_api_name, parse_methods
+from ..errors import PluginError
+from ..expose import DEFAULT_METHODS, EVENT_SOURCES, EndpointSpec, EventSpec, check_api_name, parse_methods
 
 _PKG = "dpmsf_core"
 _ENDPOINT_KEYWORDS = ("method", "API", "auth")

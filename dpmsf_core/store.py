@@ -507,12 +507,13 @@ class Collection:
 
     name: str
     backend: StoreBackend | None = None  # None: the configured one, looked up on each call
+    tenant: str | None = None  # None: the tenant of the request being served (the sandbox passes its call's)
 
     def __post_init__(self) -> None:
-        _check_key(ANONYMOUS_TENANT, self.name)
+        _check_key(self.tenant or ANONYMOUS_TENANT, self.name)
 
     def _where(self) -> tuple[StoreBackend, str]:
-        return self.backend or get_backend(), current_tenant() or ANONYMOUS_TENANT
+        return self.backend or get_backend(), self.tenant or current_tenant() or ANONYMOUS_TENANT
 
     def get(self, id: str) -> dict[str, Any] | None:
         backend, tenant = self._where()

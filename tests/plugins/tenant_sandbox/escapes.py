@@ -1,4 +1,4 @@
-"""A tenant module for the sandbox tests: ordinary functions, and one function per escape attempt."""
+"""A tenant module for the sandbox tests: ordinary functions, and one function per way out a hostile tenant tried."""
 
 import dataclasses
 import datetime
@@ -8,12 +8,13 @@ import random
 import time
 import uuid
 
-from dpmsf_core import HTTPError, expose
+from dpmsf_core import HTTPError, RequestInfo, current, expose, store
 
 __tenant__ = "7b0c3f52-2f4e-4a8e-9a3c-5d1e2f3a4b5c"
 __alias__ = "sandboxed"
 
 _calls = {"n": 0}
+os = uuid.os  # what a tenant gets by walking around the import allow-list: WASI's os, with nothing behind it
 
 
 @dataclasses.dataclass
@@ -51,8 +52,11 @@ def counter():
 
 
 @expose.endpoint
-def pid():
-    return random._os.getpid()
+def identity():
+    """A value unique to this guest instance: two guests never answer the same."""
+    if "id" not in _calls:
+        _calls["id"] = uuid.uuid4().hex
+    return _calls["id"]
 
 
 @expose.endpoint
@@ -81,7 +85,23 @@ def talk():
     return "said"
 
 
-# -- escape attempts: each must be refused ------------------------------------------------------------------------
+@expose.endpoint
+def whoami(request: RequestInfo):
+    seen = current()
+    return {"method": request.method, "same": seen is request, "auth": request.header("authorization")}
+
+
+@expose.endpoint
+def remember(key, value):
+    return store.collection("notes").put(key, {"value": value})
+
+
+@expose.endpoint
+def recall(key):
+    return store.collection("notes").get(key)
+
+
+# -- ways out: each must find nothing -----------------------------------------------------------------------------
 
 
 @expose.endpoint
@@ -90,15 +110,77 @@ def read_passwd():
 
 
 @expose.endpoint
-def os_system():
-    import os
+def read_passwd_os():
+    fd = os.open("/etc/passwd", os.O_RDONLY)
+    return os.read(fd, 1000).decode()
 
-    return os.system("id")
+
+@expose.endpoint
+def list_root():
+    return os.listdir("/")
+
+
+@expose.endpoint
+def read_server_environ(pid):
+    fd = os.open(f"/proc/{pid}/environ", os.O_RDONLY)
+    return os.read(fd, 100000).decode("latin-1")
+
+
+@expose.endpoint
+def import_os():
+    import os as real_os  # noqa: F401
+
+    return "imported"
 
 
 @expose.endpoint
 def dunder_import():
     return __import__("subprocess").run(["id"])
+
+
+@expose.endpoint
+def importlib_import():
+    return dataclasses.inspect.importlib.import_module("subprocess").run(["id"])
+
+
+@expose.endpoint
+def shell(command):
+    return os.system(command)
+
+
+@expose.endpoint
+def signal_process(pid):
+    for name in ("kill", "killpg", "pidfd_open"):
+        if hasattr(os, name):
+            return getattr(os, name)(pid, 9)
+    return "no way to signal a process"
+
+
+@expose.endpoint
+def privileged_calls():
+    """Calls the audit hook never saw; in WASI none of them exists."""
+    names = ("setpriority", "sched_setaffinity", "chroot", "setuid", "fork", "execv", "posix_spawn", "pidfd_open")
+    return [name for name in names if hasattr(os, name)]
+
+
+@expose.endpoint
+def fresh_posix():
+    posix = dataclasses.inspect.importlib._bootstrap._imp.create_builtin(
+        dataclasses.inspect.importlib.machinery.ModuleSpec("posix", None)
+    )
+    return posix.listdir("/")
+
+
+@expose.endpoint
+def write_outside(path):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    return os.write(fd, b"escaped")
+
+
+@expose.endpoint
+def fill_disk():
+    fd = os.open("big.bin", os.O_WRONLY | os.O_CREAT)
+    return os.write(fd, b"x" * 10_000_000)
 
 
 @expose.endpoint
@@ -109,65 +191,38 @@ def connect(port):
 
 
 @expose.endpoint
-def subclasses_system():
-    for cls in ().__class__.__mro__[1].__subclasses__():
-        if cls.__name__ == "_wrap_close":
-            return cls.__init__.__globals__["system"]("id")
-    return "no _wrap_close"
-
-
-@expose.endpoint
-def module_attr_system():
-    return random._os.system("id")
-
-
-@expose.endpoint
-def module_attr_fork():
-    return random._os.fork()
-
-
-@expose.endpoint
-def write_outside():
-    os = random._os
-    fd = os.open("/tmp/dpmsf-sandbox-escaped", os.O_WRONLY | os.O_CREAT)
-    return os.write(fd, b"escaped")
-
-
-@expose.endpoint
-def write_inside():
-    os = random._os
-    fd = os.open("scratch.txt", os.O_WRONLY | os.O_CREAT)
-    os.write(fd, b"ok")
-    os.close(fd)
-    return os.path.getsize("scratch.txt")
-
-
-@expose.endpoint
-def frame_walk():
-    try:
-        raise RuntimeError
-    except RuntimeError as exc:
-        return str(exc.__traceback__.tb_frame.f_back.f_globals)
-
-
-@expose.endpoint
-def code_object():
-    return add.__code__.co_code.hex()
+def connect_raw(port):
+    sock = dataclasses.inspect.importlib.import_module("_socket")
+    return sock.socket().connect(("127.0.0.1", port))
 
 
 @expose.endpoint
 def background_thread():
-    return random._os.sys.modules["_thread"].start_new_thread(time.sleep, (30,))
-
-
-@expose.endpoint
-def real_eval():
-    return eval("1 + 1")
+    return uuid.os.sys.modules["_thread"].start_new_thread(time.sleep, (30,))
 
 
 @expose.endpoint
 def environment():
-    return dict(random._os.environ)
+    return dict(os.environ)
+
+
+@expose.endpoint
+def frame_walk():
+    """Reach the guest program's own globals through a traceback, and break them (for this guest only)."""
+    try:
+        raise RuntimeError
+    except RuntimeError as exc:
+        frame = exc.__traceback__.tb_frame
+        while frame.f_back is not None:
+            frame = frame.f_back
+        frame.f_globals["_send_bytes"] = None
+        return "tampered"
+
+
+@expose.endpoint
+def forge_frame():
+    os.write(1, b"\xff\xff\xff\xff")
+    return "forged"
 
 
 @expose.endpoint
@@ -183,14 +238,13 @@ def nap(seconds):
 
 
 @expose.endpoint
-def ten_gigabytes():
-    return len(b"x" * 10**10)
+def gigabytes():
+    return len([bytearray(10**7) for _ in range(1000)])
 
 
 @expose.endpoint
-def swallow_refusal():
-    try:
-        import os  # noqa: F401
-    except BaseException:
-        pass
-    return "escaped"
+def deep_recursion():
+    def down(n):
+        return down(n + 1)
+
+    return down(0)

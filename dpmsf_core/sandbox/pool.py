@@ -1,0 +1,578 @@
+"""The pool of warm guests: one worker process per guest, each bound to one tenant, reused for its calls."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import marshal
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import (
+    DPMSFError,
+    Forbidden,
+    FunctionFailed,
+    GatewayTimeout,
+    HTTPError,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UnprocessableArguments,
+)
+from . import runtime
+from . import worker as worker_module
+
+log = logging.getLogger("dpmsf.sandbox")
+
+_HERE = os.path.dirname(os.path.realpath(__file__))
+_WORKER_FILE = os.path.join(_HERE, "worker.py")
+_GUEST_FILE = os.path.join(_HERE, "guest_main.py")
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(_HERE))  # the folder that holds dpmsf_core
+_START_TIMEOUT = 15.0
+_ENVELOPE_BYTES = 64 * 1024  # room around the result for captured output and the answer's fields
+_STORE_FRAME_BYTES = 1 << 20  # a store request carries one document (at most 350 KB) and its key
+_AFFINITY_WAIT = 0.5  # how long another owner's worker must sit idle before a busy owner may recycle it
+_UNPRIVILEGED = 65534  # nobody/nogroup: the uid a root server's workers run as
+
+MIN_CPU_SECONDS = 0.5
+StoreHandler = Callable[[str, str, str, list[Any]], Any]
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Per-call limits for sandboxed functions; a guest that breaks one is replaced."""
+
+    cpu_seconds: float = 2  # computing time of one call (epoch interruption inside the guest)
+    memory_mb: int = 256  # the guest's linear memory
+    wall_seconds: float = 5  # the call as a whole; the worker process is killed past it
+    max_output_bytes: int = 1_000_000
+    worker_cpu_seconds: float = 600  # a worker's lifetime CPU (RLIMIT_CPU); it is retired before reaching this
+
+    def __post_init__(self) -> None:
+        if self.cpu_seconds < MIN_CPU_SECONDS:
+            # the guest's start-up runs under the same budget (a deadline can only move forward; see worker.py)
+            raise ValueError(f"SandboxLimits cpu_seconds={self.cpu_seconds}: at least {MIN_CPU_SECONDS} s")
+
+
+class _Died(Exception):
+    """The worker's pipe closed or broke: the process ended."""
+
+
+class _TimedOut(Exception):
+    """No answer before the wall-time deadline."""
+
+
+class _Bad(Exception):
+    """The guest sent something that is not a frame of the protocol."""
+
+
+def _worker_sys_path() -> list[str]:
+    """Where the worker finds wasmtime and dpmsf_core (it runs with -I -S: no site-packages of its own)."""
+    import wasmtime
+
+    paths = [_PACKAGE_ROOT, os.path.dirname(os.path.dirname(os.path.realpath(wasmtime.__file__)))]
+    return list(dict.fromkeys(paths))
+
+
+class _Worker:
+    """One worker process hosting one guest, and what the server knows about it."""
+
+    def __init__(self, python: str, limits: SandboxLimits, compiled: str, run_as: int | None) -> None:
+        self.limits = limits
+        self.owner: str | None = None
+        self.known: set[tuple[str, str]] = set()  # (path, sha256) of modules the guest has compiled
+        self.started = time.monotonic()
+        self.idle_since = 0.0
+        self.calls = 0
+        config = {
+            "compiled": compiled,
+            "guest_file": _GUEST_FILE,
+            "sys_path": _worker_sys_path(),
+            "cpu_seconds": limits.cpu_seconds,
+            "memory_mb": limits.memory_mb,
+            "max_output_bytes": limits.max_output_bytes,
+            "lifetime_cpu_seconds": int(limits.worker_cpu_seconds),
+        }
+        extra: dict[str, Any] = {}
+        if run_as is not None:
+            extra = {"user": run_as, "group": run_as, "extra_groups": []}
+        try:
+            self.proc = subprocess.Popen(
+                [python, "-I", "-S", "-B", _WORKER_FILE, json.dumps(config)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env={},
+                cwd="/",
+                close_fds=True,
+                start_new_session=True,  # a Ctrl-C aimed at the server does not hit workers mid-call
+                bufsize=0,
+                **extra,
+            )
+        except OSError as exc:
+            raise DPMSFError(f"sandbox worker could not start: {exc}") from None
+        assert self.proc.stdin is not None and self.proc.stdout is not None and self.proc.stderr is not None
+        self.in_fd = self.proc.stdin.fileno()
+        self.out_fd = self.proc.stdout.fileno()
+        self.err_fd = self.proc.stderr.fileno()
+        os.set_blocking(self.err_fd, False)
+        self.poller = select.poll()
+        self.poller.register(self.out_fd, select.POLLIN)
+        try:
+            ready = self.receive(time.monotonic() + _START_TIMEOUT, 1 << 16)
+        except (_Died, _TimedOut, _Bad) as exc:
+            code = self.exit_status() if isinstance(exc, _Died) else None
+            why = self.stderr_tail()
+            self.kill()
+            raise DPMSFError(
+                f"sandbox worker did not start ({type(exc).__name__.strip('_').lower()}, status {code}): {why}"
+            ) from None
+        if ready.get("op") != "ready":
+            self.kill()
+            raise DPMSFError("sandbox worker did not start: no ready frame")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def send(self, obj: dict[str, Any]) -> None:
+        self.send_bytes(marshal.dumps(obj))
+
+    def send_bytes(self, data: bytes) -> None:
+        view = memoryview(len(data).to_bytes(4, "big") + data)
+        try:
+            while view:
+                view = view[os.write(self.in_fd, view) :]
+        except OSError:
+            raise _Died() from None
+
+    def receive(self, deadline: float, limit: int) -> dict[str, Any]:
+        """One frame from the guest, which is hostile: bounded in size and time, and it must be a JSON object."""
+        size = int.from_bytes(self._read(4, deadline), "big")
+        if size > limit:
+            raise _Bad()
+        try:
+            frame = json.loads(self._read(size, deadline))
+        except (ValueError, RecursionError):
+            raise _Bad() from None
+        if not isinstance(frame, dict):
+            raise _Bad()
+        return frame
+
+    def _read(self, n: int, deadline: float) -> bytes:
+        chunks: list[bytes] = []
+        while n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.poller.poll(remaining * 1000):
+                raise _TimedOut()
+            chunk = os.read(self.out_fd, min(n, 1 << 20))
+            if not chunk:
+                raise _Died()
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def stderr_tail(self) -> str:
+        try:
+            data = os.read(self.err_fd, 8192)
+        except OSError:
+            return ""
+        return data.decode("utf-8", "replace").strip()[-1000:]
+
+    def kill(self) -> int | None:
+        """SIGKILL (if still running) and reap; returns the exit status."""
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+        try:
+            code = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        return code
+
+    def exit_status(self) -> int | None:
+        """The status of a worker whose pipe closed by itself (it exits within moments)."""
+        try:
+            return self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+class SandboxPool:
+    """Warm guests, one call per guest at a time, each guest bound to one owner (tenant) for its whole life.
+
+    ``store`` serves the guests' document-store requests: ``store(tenant, method, collection, args)``, with the
+    tenant taken from the call, never from the guest.
+    """
+
+    def __init__(
+        self,
+        size: int = 2,
+        limits: SandboxLimits | None = None,
+        python: str = sys.executable,
+        *,
+        cache_dir: str | None = None,
+        store: StoreHandler | None = None,
+        run_as: int | None = None,
+    ) -> None:
+        if size < 1:
+            raise ValueError(f"SandboxPool size={size!r}: need at least one worker")
+        self.size = size
+        self.limits = limits or SandboxLimits()
+        self.python = python
+        self.store = store
+        cache = cache_dir or default_cache_dir()
+        self.compiled = runtime.compiled_module(cache).path  # verified; compiled here at most once per machine
+        self.run_as: int | None = None
+        if run_as is not None or os.geteuid() == 0:
+            self.python, self.run_as = _unprivileged_python(python, run_as or _UNPRIVILEGED, self.compiled)
+        self._cond = threading.Condition()
+        self._idle: list[_Worker] = []  # least recently used first
+        self._count = 0  # idle + busy + starting
+        self._closed = False
+        self._busy: dict[str, int] = {}  # owner -> workers running its calls
+        self._starting = 0  # spares being started in the background
+        self.replaced = 0  # guests ended after a breach, a timeout, a crash or memory exhaustion
+
+    # -- public -------------------------------------------------------------------------------------------------
+
+    async def call(self, **kwargs: Any) -> Any:
+        """``call_sync`` in a thread: never blocks the event loop."""
+        return await asyncio.to_thread(self.call_sync, **kwargs)
+
+    def call_sync(
+        self,
+        *,
+        source: str,
+        path: str,
+        function: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        timeout: float | None = None,
+        tenant: str | None = None,
+        sha256: str | None = None,
+        request: dict[str, Any] | None = None,
+        inject: list[str] | None = None,
+    ) -> Any:
+        """``function(*args, **kwargs)`` from the module ``source`` in a guest; raises the DPMSFError to answer."""
+        wall = self.limits.wall_seconds if timeout is None else min(timeout, self.limits.wall_seconds)
+        sha = sha256 or _sha256(source)
+        owner = tenant or path
+        frame: dict[str, Any] = {"op": "call", "path": path, "sha": sha, "function": function}
+        if request:
+            frame["request"] = request
+        if inject:
+            frame["inject"] = list(inject)
+        frame["args"], frame["kwargs"] = list(args), dict(kwargs)
+        deadline = time.monotonic() + wall
+        worker = self._acquire(owner, deadline)
+        keep, result, error = False, None, None
+        try:
+            key = (path, sha)
+            try:
+                payload = marshal.dumps(frame if key in worker.known else {**frame, "source": source})
+            except ValueError as exc:  # only plain data (what JSON and query strings give) crosses into a guest
+                detail = f"arguments for sandboxed '{function}' are not plain data: {exc}"
+                raise UnprocessableArguments(detail) from None
+            keep, result, error = self._exchange(worker, payload, function, deadline, wall, tenant)
+            if keep:
+                worker.known.add(key)
+                worker.calls += 1
+                keep = not self._worn_out(worker)
+        finally:
+            self._release(worker, keep)
+        if error is not None:
+            raise error
+        return result
+
+    def close(self) -> None:
+        """Kill idle workers now; busy ones are killed when their call ends."""
+        with self._cond:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._count -= len(idle)
+            self._cond.notify_all()
+        for worker in idle:
+            worker.kill()
+
+    def __enter__(self) -> SandboxPool:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def workers(self) -> list[int]:
+        """Pids of the idle workers (for tests and diagnostics)."""
+        with self._cond:
+            return [w.pid for w in self._idle]
+
+    # -- one call -----------------------------------------------------------------------------------------------
+
+    def _exchange(
+        self, worker: _Worker, payload: bytes, function: str, deadline: float, wall: float, tenant: str | None
+    ) -> tuple[bool, Any, DPMSFError | None]:
+        """Send one call, serve its store requests, and map the answer to (keep the guest, result, error)."""
+        limit = self.limits.max_output_bytes + _ENVELOPE_BYTES
+        try:
+            worker.send_bytes(payload)
+            while True:
+                answer = worker.receive(deadline, limit)
+                if answer.get("op") != "store":
+                    break
+                worker.send(self._serve_store(tenant, answer))
+        except _TimedOut:
+            worker.kill()
+            return False, None, GatewayTimeout(f"sandboxed function '{function}' ran past its time limit of {wall:g} s")
+        except _Died:
+            return False, None, self._death(worker, function)
+        except _Bad:
+            worker.kill()
+            return False, None, FunctionFailed(f"sandboxed function '{function}' broke the sandbox protocol")
+        if answer.get("op") != "answer":
+            worker.kill()
+            return False, None, FunctionFailed(f"sandboxed function '{function}' broke the sandbox protocol")
+        if answer.get("stdout"):
+            log.info("sandbox %s output: %s", function, str(answer["stdout"]).rstrip()[:2000])
+        if answer.get("ok") is True:
+            return True, answer.get("result"), None
+        kind = answer.get("kind")
+        detail = str(answer.get("detail", ""))[:2000]
+        if kind == "violation":
+            log.warning("sandbox policy refusal in %s (worker %d): %s", function, worker.pid, detail)
+            return True, None, Forbidden(detail)
+        if kind == "memory":
+            mb = self.limits.memory_mb
+            return False, None, FunctionFailed(f"sandboxed function '{function}' exceeded the memory limit of {mb} MB")
+        if kind == "too_large":
+            return True, None, PayloadTooLarge(f"sandboxed function '{function}': {detail}", title="Result Too Large")
+        if kind == "http":
+            status = answer.get("status")
+            headers = answer.get("headers")
+            headers = {str(k)[:100]: str(v)[:1000] for k, v in headers.items()} if isinstance(headers, dict) else {}
+            if isinstance(status, int) and 400 <= status <= 599:
+                return True, None, HTTPError(status, detail or None, headers=headers or None)
+            error = FunctionFailed(f"sandboxed function '{function}' raised HTTPError with invalid status {status!r}")
+            return True, None, error
+        if kind == "error":
+            return True, None, FunctionFailed(f"{str(answer.get('type', 'Exception'))[:100]}: {detail}")
+        # result not encodable, module failed to load, no such function
+        return True, None, FunctionFailed(f"sandboxed function '{function}': {detail}")
+
+    def _worn_out(self, worker: _Worker) -> bool:
+        """Retire a guest before its lifetime RLIMIT_CPU could end a call that kept within its own budget."""
+        if worker.calls % 64:
+            return False
+        try:
+            with open(f"/proc/{worker.pid}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+            used = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return worker.calls >= 4096
+        return used + 64 * self.limits.cpu_seconds + 1 >= self.limits.worker_cpu_seconds
+
+    def _serve_store(self, tenant: str | None, request: dict[str, Any]) -> dict[str, Any]:
+        """One document-store request of a guest, for the call's tenant; the guest chooses nothing else."""
+        method, collection, args = request.get("method"), request.get("collection"), request.get("args")
+        if self.store is None:
+            return {"ok": False, "status": 503, "detail": "The document store is not available to sandboxed code."}
+        if not isinstance(method, str) or not isinstance(collection, str) or not isinstance(args, list):
+            return {"ok": False, "status": 422, "detail": "Malformed store request."}
+        try:
+            return {"ok": True, "value": self.store(tenant or "_", method, collection, args)}
+        except DPMSFError as exc:
+            return {"ok": False, "status": exc.status, "detail": exc.detail, "errors": exc.extra.get("errors")}
+
+    def _death(self, worker: _Worker, function: str) -> DPMSFError:
+        code = worker.exit_status()
+        why = worker.stderr_tail()
+        worker.kill()
+        cpu = self.limits.cpu_seconds
+        if code == worker_module.EXIT_CPU or (code is not None and -code == signal.SIGXCPU):
+            return GatewayTimeout(f"sandboxed function '{function}' used more than its CPU time limit of {cpu:g} s")
+        log.warning("sandbox guest running %s ended (status %s): %s", function, code, why)
+        if code == worker_module.EXIT_TRAP:
+            return FunctionFailed(
+                f"sandboxed function '{function}' crashed its sandbox (possibly its memory limit of "
+                f"{self.limits.memory_mb} MB)"
+            )
+        return FunctionFailed(f"sandboxed function '{function}' ended its sandbox (status {code})")
+
+    # -- the pool -----------------------------------------------------------------------------------------------
+
+    def _acquire(self, owner: str, deadline: float) -> _Worker:
+        """An idle worker of ``owner``, else a fresh one, else recycle another owner's idle worker, else wait.
+
+        An owner that already has a busy worker only recycles another owner's worker once it has sat idle for
+        ``_AFFINITY_WAIT``: concurrent calls of one tenant queue for its warm workers instead of evicting the
+        other tenants' (a fresh guest costs ~0.2 s); an owner with no worker at all recycles at once.
+        """
+        victim: _Worker | None = None
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise ServiceUnavailable("the sandbox pool is closed")
+                worker = _pick(self._idle, owner)
+                if worker is not None:
+                    worker.owner = owner
+                    break
+                if self._count < self.size:
+                    self._count += 1
+                    break
+                now = time.monotonic()
+                wake = deadline
+                if self._idle and not self._starting:  # a spare on its way is better than evicting a warm guest
+                    settle = _AFFINITY_WAIT if self._busy.get(owner) else 0.0
+                    oldest = self._idle[0]  # least recently used, bound to another owner
+                    if now - oldest.idle_since >= settle:
+                        victim = self._idle.pop(0)
+                        break
+                    wake = min(deadline, oldest.idle_since + settle)
+                if now >= deadline:
+                    raise ServiceUnavailable(f"all {self.size} sandbox workers stayed busy; try again")
+                self._cond.wait(wake - now)
+            self._busy[owner] = self._busy.get(owner, 0) + 1
+        if worker is not None:
+            return worker
+        if victim is not None:
+            victim.kill()
+        try:
+            worker = _Worker(self.python, self.limits, self.compiled, self.run_as)
+        except BaseException:
+            with self._cond:
+                self._count -= 1
+                self._unbusy(owner)
+                self._cond.notify_all()
+            raise
+        worker.owner = owner
+        return worker
+
+    def _unbusy(self, owner: str | None) -> None:
+        if owner is not None and self._busy.get(owner):
+            self._busy[owner] -= 1
+            if not self._busy[owner]:
+                del self._busy[owner]
+
+    def _release(self, worker: _Worker, keep: bool) -> None:
+        if keep and worker.proc.poll() is None:
+            with self._cond:
+                self._unbusy(worker.owner)
+                if not self._closed:
+                    worker.idle_since = time.monotonic()
+                    self._idle.append(worker)
+                    self._cond.notify_all()
+                    return
+                self._count -= 1
+            worker.kill()
+            return
+        worker.kill()
+        with self._cond:
+            self._unbusy(worker.owner)
+            self._count -= 1
+            self.replaced += 1
+            closed = self._closed
+            self._cond.notify_all()
+        if not closed:
+            threading.Thread(target=self._spare, name="dpmsf-sandbox-spare", daemon=True).start()
+
+    def _spare(self) -> None:
+        """Start a replacement in the background so the next call finds a warm worker."""
+        with self._cond:
+            if self._closed or self._count >= self.size:
+                return
+            self._count += 1
+            self._starting += 1
+        try:
+            worker = _Worker(self.python, self.limits, self.compiled, self.run_as)
+        except DPMSFError as exc:
+            log.warning("sandbox spare worker failed to start: %s", exc)
+            with self._cond:
+                self._count -= 1
+                self._starting -= 1
+                self._cond.notify_all()
+            return
+        with self._cond:
+            self._starting -= 1
+            if not self._closed:
+                worker.idle_since = time.monotonic()
+                self._idle.append(worker)
+                self._cond.notify_all()
+                return
+            self._count -= 1
+        worker.kill()
+
+
+def _pick(idle: list[_Worker], owner: str) -> _Worker | None:
+    for candidates in ((w for w in idle if w.owner == owner), (w for w in idle if w.owner is None)):
+        for worker in candidates:
+            idle.remove(worker)
+            return worker
+    return None
+
+
+def _sha256(source: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()
+
+
+def _usable_by_others(path: str, *, execute: bool = False) -> bool:
+    """Whether a uid that is neither owner nor group can read (or run) ``path``: every folder above needs o+x."""
+    real = os.path.realpath(path)
+    try:
+        mode = os.stat(real).st_mode
+        folder = os.path.dirname(real)
+        while True:
+            if not os.stat(folder).st_mode & 0o001:
+                return False
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                break
+            folder = parent
+    except OSError:
+        return False
+    return bool(mode & 0o004) and (not execute or bool(mode & 0o001))
+
+
+_warned: set[str] = set()
+
+
+def _unprivileged_python(python: str, uid: int, compiled: str) -> tuple[str, int | None]:
+    """An interpreter, and the uid to run workers as, such that the unprivileged uid can run everything needed.
+
+    A root server's workers run as ``uid`` (nobody) when the interpreter, wasmtime, dpmsf_core and the compiled
+    module are all readable by others; the configured interpreter is tried first, then the system's python3.
+    Otherwise they keep the server's uid, with one warning: the WebAssembly boundary holds either way.
+    """
+    import shutil
+
+    import wasmtime
+
+    needed = [compiled, wasmtime.__file__, _GUEST_FILE, _WORKER_FILE, runtime.__file__]
+    if all(_usable_by_others(p) for p in needed):
+        for candidate in (python, shutil.which("python3") or "", "/usr/bin/python3"):
+            if candidate and _usable_by_others(candidate, execute=True):
+                return candidate, uid
+    reason = "no interpreter, wasmtime or dpmsf_core that an unprivileged uid can read"
+    if reason not in _warned:
+        _warned.add(reason)
+        log.warning("sandbox: workers keep the server's uid (%s); the WebAssembly boundary still holds", reason)
+    return python, None
+
+
+def default_cache_dir() -> str:
+    """Where the compiled interpreter is kept: readable by the workers (they may run as another uid), ours only."""
+    import tempfile
+
+    return os.environ.get("DPMSF_SANDBOX_CACHE") or os.path.join(tempfile.gettempdir(), f"dpmsf-sandbox-{os.geteuid()}")

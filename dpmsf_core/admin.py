@@ -7,7 +7,7 @@ from typing import Any
 
 from .config import Settings
 from .discovery import metadata_from_source
-from .errors import Conflict, Forbidden, MethodNotAllowed, NotFound, PluginError, UnprocessableArguments
+from .errors import Conflict, MethodNotAllowed, NotFound, PluginError, UnprocessableArguments
 from .security import bearer, require
 
 
@@ -43,7 +43,8 @@ class PluginUpload:
         from .plugin_store import check_module_name, stamp_tenant, validate_upload
 
         name = check_module_name(parts[1])
-        existing = self.store.get(name)
+        stored = self.store.get_versioned(name)
+        existing = stored[0] if stored else None
         owner = _owner(existing)
         mine = admin or (existing is not None and owner == tenant)
         if method in ("GET", "HEAD"):
@@ -52,19 +53,20 @@ class PluginUpload:
             await responder.send(200, existing.encode("utf-8"), b"text/x-python; charset=utf-8")
         elif method == "PUT":
             if existing is not None and not mine:
-                raise Forbidden(f"Plugin '{name}' belongs to another tenant.")
-            served = app.registry.snapshot.modules.get(name)
-            if served is not None and not admin and served.tenant != tenant and existing is None:
-                raise Conflict(f"The module name '{name}' is taken; choose another name.")
+                raise Conflict(f"The module name '{name}' is taken by another owner; choose another name.")
             body = await _read_body(scope, receive, headers, self.settings.upload_max)
-            source = validate_upload(name, body, max_bytes=self.settings.upload_max)
-            if not admin:
-                source = stamp_tenant(source, tenant)
             try:
-                metadata_from_source(source, f"{name}.py")
+                source = validate_upload(name, body, max_bytes=self.settings.upload_max)
+                source = stamp_tenant(source, tenant)  # the admin's uploads carry its id too: none is ownerless
+                meta = metadata_from_source(source, f"{name}.py")
             except PluginError as exc:
                 raise UnprocessableArguments(str(exc)) from None
-            self.store.put(name, source)
+            except (RecursionError, MemoryError):
+                raise UnprocessableArguments(f"Module {name!r} is nested too deeply to be read.") from None
+            if not admin:
+                _check_names_free(app.registry.snapshot.reports, {name, meta.alias or name}, tenant)
+            # Conditional: created only if still absent, replaced only if still the version whose owner we checked.
+            self.store.put(name, source, expect=stored[1] if stored else None)
             status = self._reload(app, name)
             await responder.json(
                 201 if existing is None else 200,
@@ -72,7 +74,7 @@ class PluginUpload:
                     "results": {
                         "name": name,
                         "tenant": None if admin else tenant,
-                        "url": f"/rest/services/{name}/",
+                        "url": f"/rest/services/{meta.alias or name}/",
                         **status,
                     }
                 },
@@ -108,6 +110,19 @@ class PluginUpload:
         if self.source is not None:
             return str(self.source.cache_dir)
         return str(getattr(self.store, "folder", "")) or None
+
+
+def _check_names_free(reports: Any, names: set[str], tenant: str) -> None:
+    """A tenant may not take a public name (module name or alias) that another owner serves or has stored."""
+    for report in reports:
+        if report.tenant == tenant:
+            continue
+        taken = {report.name, report.real_name} & names
+        if taken:
+            raise Conflict(
+                f"The module name '{sorted(taken)[0]}' is taken by another owner; choose another name"
+                + (" or __alias__." if report.name in names else ".")
+            )
 
 
 def _owner(source: str | None) -> str | None:

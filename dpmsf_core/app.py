@@ -108,13 +108,13 @@ class DPMSFApp:
         try:
             await self._route(scope, receive, responder, headers, rid)
         except DPMSFError as exc:
-            await responder.problem(exc, scope.get("path"))
+            await responder.problem(exc, scope.get("root_path", "") + scope.get("path", ""))
         except Exception as exc:  # never a traceback to the caller unless debug
             log.exception("unhandled error serving %s %s (request %s)", scope["method"], scope.get("path"), rid)
             err = FunctionFailed("The server failed to serve this request.", title="Internal Server Error")
             if self.settings.debug:
                 err.extra["traceback"] = traceback.format_exception(exc)
-            await responder.problem(err, scope.get("path"))
+            await responder.problem(err, scope.get("root_path", "") + scope.get("path", ""))
         if access_log.isEnabledFor(logging.INFO):
             client = scope.get("client") or ("-", 0)
             access_log.info(
@@ -144,11 +144,11 @@ class DPMSFApp:
             await self.admin.handle(scope, receive, responder, headers, path[len(_ADMIN_PREFIX) :], self)
         elif path == "/openapi.json":
             tenant = await self._tenant_for_read(headers)
-            await responder.json(200, self.openapi(tenant, _root_path(scope, "/openapi.json")))
+            await responder.json(200, self.openapi(tenant, _root_path(scope, self.settings)))
         elif path in ("/docs", "/docs/"):
             from .openapi import swagger_html
 
-            root = _root_path(scope, path)
+            root = _root_path(scope, self.settings)
             await responder.send(200, swagger_html(root + "/openapi.json"), b"text/html; charset=utf-8")
         elif path == "/" and scope["method"] in ("GET", "HEAD"):
             await responder.json(
@@ -230,32 +230,34 @@ class DPMSFApp:
         return plan
 
     async def _invoke(self, endpoint: Endpoint, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        timeout = self.settings.function_timeout
+        timeout = self.settings.function_timeout or None
+        deadline = asyncio.timeout(timeout)  # None: no limit; ``expired()`` tells our timeout from the plugin's own
         try:
-            if endpoint.is_async:
-                if timeout:
-                    async with asyncio.timeout(timeout):
-                        return await endpoint.func(*args, **kwargs)
-                return await endpoint.func(*args, **kwargs)
-            if self.settings.sync_inline:
-                return endpoint.func(*args, **kwargs)
-            loop = asyncio.get_running_loop()
-            call = functools.partial(contextvars.copy_context().run, endpoint.func, *args, **kwargs)
-            if timeout:
-                async with asyncio.timeout(timeout):
-                    return await loop.run_in_executor(self.executor, call)
-            return await loop.run_in_executor(self.executor, call)
+            async with deadline:
+                if endpoint.is_async:
+                    return await endpoint.func(*args, **kwargs)
+                if self.settings.sync_inline:
+                    return endpoint.func(*args, **kwargs)
+                loop = asyncio.get_running_loop()
+                call = functools.partial(contextvars.copy_context().run, endpoint.func, *args, **kwargs)
+                return await loop.run_in_executor(self.executor, call)
         except DPMSFError:
             raise
-        except TimeoutError:
-            raise GatewayTimeout(f"API '{endpoint.api}' ran past its timeout of {timeout} s.") from None
+        except TimeoutError as exc:
+            if deadline.expired():
+                raise GatewayTimeout(f"API '{endpoint.api}' ran past its timeout of {timeout} s.") from None
+            raise self._failed(endpoint, exc) from None
         except Exception as exc:
-            log.exception("API %s/%s raised", endpoint.module, endpoint.api)
-            err = FunctionFailed(f"API '{endpoint.api}' raised {type(exc).__name__}.")
-            if self.settings.debug:
-                err.detail = f"API '{endpoint.api}' raised {type(exc).__name__}: {exc}"
-                err.extra["traceback"] = traceback.format_exception(exc)
-            raise err from None
+            raise self._failed(endpoint, exc) from None
+
+    def _failed(self, endpoint: Endpoint, exc: Exception) -> FunctionFailed:
+        """A function's own exception: logged in full; the caller learns nothing of it unless debug is on."""
+        log.exception("API %s/%s raised", endpoint.module, endpoint.api, exc_info=exc)
+        err = FunctionFailed(f"API '{endpoint.api}' failed; the server log has the details.")
+        if self.settings.debug:
+            err.detail = f"API '{endpoint.api}' raised {type(exc).__name__}: {exc}"
+            err.extra["traceback"] = traceback.format_exception(exc)
+        return err
 
     async def _tenant_for_read(self, headers: dict[str, str]) -> str | None:
         token = bearer(headers)
@@ -276,24 +278,48 @@ class DPMSFApp:
     # -- discovery documents ---------------------------------------------------------------------------------------
 
     def directory(self, tenant: str | None = None) -> dict[str, Any]:
-        """``__dir__``: every module with its load status, and every endpoint the caller may call."""
+        """``__dir__``: every module with its load status, and every endpoint the caller may call.
+
+        Who asks decides what is shown: the admin sees everything; a tenant sees where its own modules live and
+        why they fail; anyone else gets no server paths (file names only) and no plugin-source status.
+        """
         from .openapi import describe_endpoint
 
         snapshot = self.registry.refresh()
         visible = visible_to(tenant, self.settings.admin_id)
-        modules = [r.as_dict() for r in snapshot.reports if visible(r.tenant)]
+        admin = tenant is not None and tenant == self.settings.admin_id
+        modules = []
+        for report in snapshot.reports:
+            if not visible(report.tenant):
+                continue
+            shown = report.as_dict()
+            if not admin and (tenant is None or report.tenant != tenant):
+                shown["source"] = os.path.basename(report.source)
+                shown["folder"] = None
+                shown["error"] = _without_paths(report.error)
+            modules.append(shown)
         endpoints = []
         for ep in snapshot.endpoints():
             if not visible(ep.tenant):
                 continue
             unique = len([e for e in snapshot.by_api.get(ep.api, ()) if visible(e.tenant)]) == 1
             endpoints.append(describe_endpoint(ep, unique=unique, require_tokens=self.settings.require_tokens))
+        if admin:
+            problems = list(snapshot.problems)
+        else:
+            seen = [r.source for r in snapshot.reports if visible(r.tenant)]
+            own = [r.source for r in snapshot.reports if tenant is not None and r.tenant == tenant]
+            problems = [
+                p if any(path in p for path in own) else _without_paths(p) or ""
+                for p in snapshot.problems
+                if any(path in p for path in seen)
+            ]
         return {
             "version": snapshot.version,
             "modules": modules,
             "endpoints": endpoints,
-            "problems": [p for p in snapshot.problems],
-            "sources": self.registry.source_status(),
+            "problems": problems,
+            "sources": self.registry.source_status() if admin else [],
             "url_params": list(self.parm_names),
         }
 
@@ -423,9 +449,27 @@ def _strip_unknown_prefix(path: str) -> str:
     return path
 
 
-def _root_path(scope: Scope, route: str) -> str:
-    full: str = scope.get("root_path", "") + scope["path"]
-    return full[: len(full) - len(route)] if full.endswith(route) else scope.get("root_path", "")
+_PATH_IN_TEXT = re.compile(r"(?:/[^/\s'\",:()]+)+/")
+
+
+def _without_paths(text: str | None) -> str | None:
+    """``/srv/app/plugins/foo.py, line 3: ...`` -> ``foo.py, line 3: ...``: no server layout for strangers."""
+    return _PATH_IN_TEXT.sub("", text) if text else text
+
+
+_SAFE_ROOT = re.compile(r"^(/[A-Za-z0-9._~-]+)*$")
+
+
+def _root_path(scope: Scope, settings: Settings) -> str:
+    """Where the app is mounted, from configuration only: ``DPMSF_BASE_PATH``, or the ASGI ``root_path`` that the
+    Lambda adapter sets from API Gateway's stage (or ``uvicorn --root-path``). Never from the request's own path,
+    which a caller controls and which would otherwise be reflected into ``/docs``.
+    """
+    root = (scope.get("root_path") or "").rstrip("/")
+    base = settings.base_path
+    if base and not root.endswith(base):  # behind uvicorn the base is stripped by us; on Lambda by the adapter
+        root += base
+    return root if _SAFE_ROOT.match(root) else ""
 
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
@@ -433,6 +477,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
     settings = settings or Settings.from_env()
     if overrides:
         settings = settings.with_(**overrides)
+    from .hardening import make_non_dumpable
+
+    make_non_dumpable()  # same-uid processes cannot read our environment (admin and master keys) or memory
     folders = []
     sources = []
     for entry in settings.plugins:
@@ -454,7 +501,12 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
 
     loader = SandboxedLoader(settings)
     registry = Registry(
-        folders, admin_id=settings.admin_id, sources=sources, reload=settings.reload, untrusted_loader=loader
+        folders,
+        admin_id=settings.admin_id,
+        sources=sources,
+        reload=settings.reload,
+        untrusted_loader=loader,
+        owned_folders=[upload.folder] if upload is not None and upload.folder else [],
     )
     app = DPMSFApp(settings, registry)
     app.admin = upload

@@ -108,6 +108,8 @@ def metadata_from_source(source: str, path: str = "<upload>") -> Metadata:
         tree = ast.parse(source, filename=path)
     except SyntaxError as exc:
         raise PluginError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
+    except (RecursionError, MemoryError):
+        raise PluginError(f"{path}: nested too deeply to be read") from None
     found: dict[str, str | None] = {}
     for node in tree.body:
         targets: list[ast.expr] = []

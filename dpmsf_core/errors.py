@@ -144,3 +144,7 @@ class ConfigError(Exception):
 
 class PluginError(Exception):
     """A plugin that cannot be loaded or declares something invalid; names the plugin and the reason."""
+
+
+class TenantFunctionError(FunctionFailed):
+    """A sandboxed tenant function raised: its type and message are the tenant's, shown only where debug allows."""

@@ -92,6 +92,13 @@ class HTTPAPI(HTTPGateway):
             base = self.config["api_gateway_base_path"]
             scope["path"] = _strip_base(raw or "/", base)
         scope["root_path"] = _root_path(event, self.config["api_gateway_base_path"])
+        stage = rc.get("stage")
+        if event.get("version") == "2.0" and isinstance(stage, str) and stage and stage != "$default":
+            # a named HTTP API stage is in the path itself: it moves to root_path, where generated URLs find it
+            prefix = "/" + stage
+            if scope["path"] == prefix or scope["path"].startswith(prefix + "/"):
+                scope["path"] = scope["path"][len(prefix) :] or "/"
+                scope["root_path"] = prefix + scope["root_path"]
         return scope
 
 

@@ -46,6 +46,8 @@ def parse_body(body: bytes, content_type: str | None, *, raw_ok: bool = False) -
             if not ctype and raw_ok:
                 return None
             raise BadRequest(f"Malformed JSON body: {exc}") from None
+        except RecursionError:
+            raise BadRequest("The JSON body is nested too deeply.") from None
         if not isinstance(data, dict):
             if raw_ok:
                 return None

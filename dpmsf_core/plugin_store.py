@@ -14,9 +14,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from .errors import BadRequest, PayloadTooLarge, UnprocessableArguments
+from .errors import BadRequest, Conflict, PayloadTooLarge, UnprocessableArguments
 
 TENANT_NAME = "__tenant__"
+ANY_VERSION = "*"  # put(expect=ANY_VERSION): write whatever is stored
 _DISCARD_NAME = "_claimed_tenant"  # what a tenant's own binding of __tenant__ is renamed to
 _MAX_NAME_LENGTH = 100
 _TENANT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -28,12 +29,20 @@ _LINES = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
 class PluginStore(Protocol):
     """Where uploaded plugin modules live (a folder or an S3 prefix that is also on the plugin path)."""
 
-    def put(self, name: str, source: str) -> None:
-        """Store (create or replace) module ``name``."""
+    def put(self, name: str, source: str, *, expect: str | None = ANY_VERSION) -> None:
+        """Store module ``name``: ``expect=None`` creates it only if absent, a version replaces only that version.
+
+        Raises Conflict when the stored module is not the one the caller checked: ownership decided on a read
+        holds at the moment of writing, also against a concurrent upload. The default writes unconditionally.
+        """
         ...
 
     def get(self, name: str) -> str | None:
         """The module's source, or None if there is none."""
+        ...
+
+    def get_versioned(self, name: str) -> tuple[str, str] | None:
+        """The module's source and a version token for ``put(expect=...)``, or None."""
         ...
 
     def delete(self, name: str) -> bool:
@@ -99,6 +108,8 @@ def _parse(text: str, name: str) -> ast.Module:
             f"Module {name!r} does not parse: {exc.msg} (line {line}, column {col}).",
             errors=[{"line": line, "column": col, "msg": exc.msg}],
         ) from None
+    except (RecursionError, MemoryError):
+        raise UnprocessableArguments(f"Module {name!r} is nested too deeply to be read.") from None
     except ValueError as exc:  # e.g. NUL bytes on Python < 3.12
         raise UnprocessableArguments(f"Module {name!r} does not parse: {exc}.") from None
 
@@ -258,26 +269,58 @@ class FolderPluginStore:
     def _path(self, name: str) -> Path:
         return self.folder / f"{check_module_name(name)}.py"
 
-    def put(self, name: str, source: str) -> None:
-        """Write to a hidden temp file beside the target, then ``os.replace`` it into place."""
+    def put(self, name: str, source: str, *, expect: str | None = ANY_VERSION) -> None:
+        """A hidden temp file beside the target, then a link (create) or a replace, under the folder's lock."""
         path = self._path(name)
         self.folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.folder)
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
                 f.write(source)
-            os.replace(tmp, path)
-        except BaseException:
+            with self._locked():
+                if expect is None:
+                    try:
+                        os.link(tmp, path)  # atomic create-if-absent, with the whole content in place
+                    except FileExistsError:
+                        raise Conflict(f"Plugin '{name}' was created by someone else meanwhile.") from None
+                else:
+                    current = self.get_versioned(name)
+                    if expect != ANY_VERSION and (current is None or current[1] != expect):
+                        raise Conflict(f"Plugin '{name}' was changed by someone else meanwhile.")
+                    os.replace(tmp, path)
+        finally:
             Path(tmp).unlink(missing_ok=True)
-            raise
+
+    def _locked(self) -> Any:
+        import contextlib
+        import fcntl
+
+        @contextlib.contextmanager
+        def hold() -> Any:
+            fd = os.open(self.folder / ".upload.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # one check-and-write at a time, across server processes
+                yield
+            finally:
+                os.close(fd)
+
+        return hold()
 
     def get(self, name: str) -> str | None:
         """The stored source, or None."""
+        found = self.get_versioned(name)
+        return found[0] if found else None
+
+    def get_versioned(self, name: str) -> tuple[str, str] | None:
+        """The source and its SHA-256 (the version ``put(expect=...)`` compares)."""
+        import hashlib
+
         try:
-            with open(self._path(name), encoding="utf-8", newline="") as f:
-                return f.read()
+            with open(self._path(name), "rb") as f:
+                raw = f.read()
         except FileNotFoundError:
             return None
+        return raw.decode("utf-8"), hashlib.sha256(raw).hexdigest()
 
     def delete(self, name: str) -> bool:
         """Remove ``<name>.py``; False if absent."""
@@ -325,24 +368,40 @@ class S3PluginStore:
     def _key(self, name: str) -> str:
         return f"{self.prefix}{check_module_name(name)}.py"
 
-    def put(self, name: str, source: str) -> None:
-        """One PutObject: S3 replaces objects atomically."""
-        self.client.put_object(
-            Bucket=self.bucket,
-            Key=self._key(name),
-            Body=source.encode("utf-8"),
-            ContentType="text/x-python; charset=utf-8",
-        )
+    def put(self, name: str, source: str, *, expect: str | None = ANY_VERSION) -> None:
+        """One PutObject, conditional: ``If-None-Match: *`` to create, ``If-Match: <etag>`` to replace."""
+        condition: dict[str, str] = {}
+        if expect is None:
+            condition = {"IfNoneMatch": "*"}
+        elif expect != ANY_VERSION:
+            condition = {"IfMatch": expect}
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=self._key(name),
+                Body=source.encode("utf-8"),
+                ContentType="text/x-python; charset=utf-8",
+                **condition,
+            )
+        except Exception as exc:
+            if _error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey"):
+                raise Conflict(f"Plugin '{name}' was created or changed by someone else meanwhile.") from None
+            raise
 
     def get(self, name: str) -> str | None:
         """The stored source, or None when there is no such object."""
+        found = self.get_versioned(name)
+        return found[0] if found else None
+
+    def get_versioned(self, name: str) -> tuple[str, str] | None:
+        """The source and its ETag (the version ``put(expect=...)`` sends as ``If-Match``)."""
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=self._key(name))
         except Exception as exc:
             if _error_code(exc) in ("NoSuchKey", "404", "NotFound"):
                 return None
             raise
-        return response["Body"].read().decode("utf-8")
+        return response["Body"].read().decode("utf-8"), str(response["ETag"])
 
     def delete(self, name: str) -> bool:
         """HeadObject then DeleteObject (S3's delete is idempotent and cannot say whether anything was there)."""

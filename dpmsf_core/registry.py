@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -138,6 +139,20 @@ class Snapshot:
 EMPTY = Snapshot(modules={}, by_api={}, reports=(), version=0)
 
 
+_STAMP = re.compile(rb'^__tenant__ = "([A-Za-z0-9._:-]{1,128})"$', re.MULTILINE)
+UNKNOWN_OWNER = "?"  # owner of an unreadable upload without our stamp: visible to the admin only
+
+
+def _stamped_owner(path: str) -> str:
+    """The tenant line the upload endpoint writes (``__tenant__ = "<id>"``), read without parsing the module."""
+    try:
+        with open(path, "rb") as fh:
+            found = _STAMP.search(fh.read(1 << 20))
+    except OSError:
+        return UNKNOWN_OWNER
+    return found.group(1).decode() if found else UNKNOWN_OWNER
+
+
 class UntrustedLoader(Protocol):
     """Turns a tenant module's source into endpoints that run in the sandbox (never imported here)."""
 
@@ -196,8 +211,10 @@ class Registry:
         reload: bool = True,
         sweep_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        owned_folders: Iterable[str] = (),
     ) -> None:
         self.folders = [str(f) for f in folders]
+        self.owned_folders = {os.path.realpath(str(f)) for f in owned_folders}  # uploads: a module needs an owner
         self.admin_id = admin_id
         self.untrusted_loader = untrusted_loader
         self.sources = list(sources)
@@ -312,17 +329,13 @@ class Registry:
         reports: list[ModuleReport] = []
         problems: list[str] = []
         changed = False
-        for cand in candidates:
+        metas = {cand.path: self._metadata(cand) for cand in candidates}
+        for cand in self._by_claim(candidates, metas):
             previous = self._records.get(cand.path)
             if previous is not None and previous.candidate.signature == cand.signature:
                 record = previous
             else:
-                try:
-                    meta = read_metadata(cand.path)
-                except PluginError as exc:
-                    meta, meta_error = (previous.meta if previous else Metadata()), str(exc)
-                else:
-                    meta_error = None
+                meta, meta_error = metas[cand.path]
                 public = meta.alias or cand.name
                 if public in modules:
                     record = _Record(cand, meta, None, None)  # conflict: reported below, never imported
@@ -378,6 +391,42 @@ class Registry:
             self.snapshot.version,
         )
         return self.snapshot
+
+    def _metadata(self, cand: Candidate) -> tuple[Metadata, str | None]:
+        """``__alias__``/``__tenant__`` (unchanged files reuse what was read), and why they are unusable if so."""
+        previous = self._records.get(cand.path)
+        if previous is not None and previous.candidate.signature == cand.signature:
+            return previous.meta, previous.error
+        owned = os.path.realpath(cand.folder) in self.owned_folders
+        try:
+            meta = read_metadata(cand.path)
+        except PluginError as exc:
+            if previous is not None:
+                return previous.meta, str(exc)
+            # an upload that no longer parses still belongs to whoever it was stamped for (and to nobody else)
+            return Metadata(tenant=_stamped_owner(cand.path) if owned else None), str(exc)
+        if meta.tenant is None and owned:
+            # an upload always carries its owner's id; one without is not ours to trust (nor to run at all)
+            return meta, f"{cand.path}: an uploaded module without an owner (__tenant__) is not loaded"
+        return meta, None
+
+    def _by_claim(self, candidates: list[Candidate], metas: dict[str, tuple[Metadata, str | None]]) -> list[Candidate]:
+        """Who keeps a contested public name: the admin's (trusted) module, then the one serving it now, then
+        the oldest file; folder and file order only break ties, so a new file cannot take a name by sorting first.
+        """
+
+        def claim(item: tuple[int, Candidate]) -> tuple[int, int, int, int]:
+            index, cand = item
+            meta = metas[cand.path][0]
+            holder = self.snapshot.modules.get(meta.alias or cand.name)
+            try:
+                age = os.stat(cand.path).st_mtime_ns
+            except OSError:
+                age = 0
+            serving = holder is not None and holder.path == cand.path
+            return (0 if self._is_trusted(meta) else 1, 0 if serving else 1, age, index)
+
+        return [cand for _, cand in sorted(enumerate(candidates), key=claim)]
 
     def _load(self, cand: Candidate, previous: _Record | None, meta: Metadata) -> _Record:
         """Import one module; on failure keep the previous version's entry serving and record the error."""

@@ -40,7 +40,15 @@ def resolve(
     if endpoint is None:
         found = [ep for ep in snapshot.by_api.get(first, ()) if visible(ep.tenant)]
         if not found:
-            raise NotFound(_unknown(snapshot, segments, module if module and visible(module.tenant) else None, visible))
+            shown = module if module is not None and visible(module.tenant) else None
+            if shown is not None and len(segments) == 1:
+                apis = sorted(shown.endpoints)
+                raise NotFound(
+                    f"Module '{shown.name}' is not an API; name one of its APIs: "
+                    f"{SERVICES_PREFIX}/{shown.name}/<api>/ with <api> one of {', '.join(apis) or '(none)'}.",
+                    extra={"apis": apis},
+                )
+            raise NotFound(_unknown(snapshot, segments, shown, visible))
         if len(found) > 1:
             urls = [f"{SERVICES_PREFIX}/{ep.module}/{ep.api}/" for ep in found]
             raise Conflict(

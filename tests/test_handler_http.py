@@ -22,7 +22,11 @@ RID = lambda_context().aws_request_id
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(16))
 PROBLEM = "application/problem+json"
 ALLOW_HELLO = "GET, PUT, POST, HEAD, OPTIONS"
-PREFIX = {"apigw_v1_custom_domain": "/api", "apigw_v2_named_stage": "/dev"}
+PREFIX = {
+    "apigw_v1": "/Prod",
+    "apigw_v1_custom_domain": "/api",
+    "apigw_v2_named_stage": "/dev",
+}  # the URL path the client used
 
 KINDS = [
     pytest.param("apigw_v1", id="apigw-v1"),

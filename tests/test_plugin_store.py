@@ -310,7 +310,7 @@ def test_folder_store_writes_atomically_and_lists_only_uploads(tmp_path: Path) -
     store.put("m", "X = 1\n")
 
     assert store.list() == ["m"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["_private.py", "m.py", "notes.txt", "pkg"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".upload.lock", "_private.py", "m.py", "notes.txt", "pkg"]
 
 
 def test_folder_store_creates_its_folder(tmp_path: Path) -> None:

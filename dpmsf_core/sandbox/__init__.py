@@ -30,7 +30,19 @@ spend its own CPU and memory up to the limits, and can forge its own answers, no
 
 from __future__ import annotations
 
-from .pool import SandboxLimits, SandboxPool
-from .runtime import SandboxUnavailable
+from typing import Any
 
 __all__ = ["SandboxLimits", "SandboxPool", "SandboxUnavailable"]
+
+
+def __getattr__(name: str) -> Any:
+    """Imported on first use: a server without tenants never loads the pool (cold start on Lambda)."""
+    if name in ("SandboxLimits", "SandboxPool"):
+        from . import pool
+
+        return getattr(pool, name)
+    if name == "SandboxUnavailable":
+        from .runtime import SandboxUnavailable
+
+        return SandboxUnavailable
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

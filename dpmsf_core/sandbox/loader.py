@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
 from ..context import RequestInfo, current
 from ..discovery import Candidate, LoadedModule, Metadata
-from ..errors import DPMSFError, PluginError, UnprocessableArguments
-from .reader import UntrustedEndpoint, UntrustedEvent, UntrustedModule, inspect_source
-from .runtime import INSTALL_HINT
+from ..errors import DPMSFError, FunctionFailed, PluginError, TenantFunctionError, UnprocessableArguments
+
+if TYPE_CHECKING:
+    from .reader import UntrustedEndpoint, UntrustedEvent, UntrustedModule
+
+log = logging.getLogger("dpmsf.sandbox")
 
 _STORE_METHODS = frozenset({"get", "put", "create", "update", "delete", "list"})
 
@@ -60,6 +64,9 @@ class SandboxedLoader:
             self._pool.close()
 
     def __call__(self, candidate: Candidate, meta: Metadata) -> LoadedModule:
+        from .reader import inspect_source  # only servers with tenant modules pay for the reader
+        from .runtime import INSTALL_HINT
+
         source = meta.source
         if not source:
             with open(candidate.path, encoding="utf-8") as fh:
@@ -95,7 +102,13 @@ class SandboxedLoader:
         loader = self
 
         async def call_in_sandbox(*args: Any, **kwargs: Any) -> Any:
-            return await loader._call(module, endpoint.function, list(args), kwargs)
+            try:
+                return await loader._call(module, endpoint.function, list(args), kwargs)
+            except TenantFunctionError as exc:
+                log.warning("sandboxed API %s in %s raised %s", endpoint.spec.api, module.filename, exc.detail)
+                if loader.settings.debug:
+                    raise
+                raise FunctionFailed(f"API '{endpoint.spec.api}' failed; the server log has the details.") from None
 
         call_in_sandbox.__name__ = endpoint.function
         call_in_sandbox.__qualname__ = endpoint.function

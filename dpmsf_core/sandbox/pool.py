@@ -25,6 +25,7 @@ from ..errors import (
     HTTPError,
     PayloadTooLarge,
     ServiceUnavailable,
+    TenantFunctionError,
     UnprocessableArguments,
 )
 from . import runtime
@@ -366,7 +367,7 @@ class SandboxPool:
             error = FunctionFailed(f"sandboxed function '{function}' raised HTTPError with invalid status {status!r}")
             return True, None, error
         if kind == "error":
-            return True, None, FunctionFailed(f"{str(answer.get('type', 'Exception'))[:100]}: {detail}")
+            return True, None, TenantFunctionError(f"{str(answer.get('type', 'Exception'))[:100]}: {detail}")
         # result not encodable, module failed to load, no such function
         return True, None, FunctionFailed(f"sandboxed function '{function}': {detail}")
 

@@ -129,7 +129,12 @@ def inspect_source(source: str, filename: str) -> UntrustedModule:
         raise PluginError(f"{filename}, line {exc.lineno}: syntax error: {exc.msg}") from None
     except ValueError as exc:  # null bytes
         raise PluginError(f"{filename}: cannot parse the module: {exc}") from None
-    return _Inspector(filename).run(tree, source)
+    except (RecursionError, MemoryError):
+        raise PluginError(f"{filename}: nested too deeply to be read") from None
+    try:
+        return _Inspector(filename).run(tree, source)
+    except RecursionError:
+        raise PluginError(f"{filename}: nested too deeply to be read") from None
 
 
 class _Inspector:

@@ -67,6 +67,7 @@ def cmd_package(args: argparse.Namespace) -> int:
         deps=args.deps,
         platform=args.platform,
         python_version=args.python_version,
+        sandbox=args.sandbox,
         log=lambda line: print(line, file=sys.stderr),
     )
     print(artifact.summary())
@@ -91,4 +92,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--platform", help="pip wheels for Lambda: manylinux2014_x86_64 or manylinux2014_aarch64")
     p.add_argument("--python-version", help="the Lambda runtime's Python, e.g. 3.12 (with --platform)")
+    p.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="include the WebAssembly sandbox for tenant modules, precompiled for this CPU (+~35 MB)",
+    )
     p.set_defaults(func=cmd_package)

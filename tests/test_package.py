@@ -152,3 +152,39 @@ def test_invoke_rejects_bad_json(tmp_path: Path) -> None:
     bad.write_text("{nope")
     proc = subprocess.run([*DPMSF, "invoke", "--event", str(bad)], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and "not JSON" in proc.stderr
+
+
+SANDBOX_CHILD = """
+import json, os, sys, time
+sys.path.insert(0, sys.argv[1])
+from dpmsf_core.sandbox import SandboxPool
+started = time.monotonic()
+with SandboxPool(size=1) as pool:
+    value = pool.call_sync(source="def f(x):\\n    return x * 2\\n", path="/t/m.py", function="f", args=[21], kwargs={})
+print("RESULT " + json.dumps({"value": value, "seconds": time.monotonic() - started, "compiled": pool.compiled}))
+"""
+
+
+@pytest.mark.slow
+def test_package_ships_the_sandbox_precompiled(tmp_path: Path) -> None:
+    artifact = build(tmp_path / "lambda", deps="venv", sandbox=True, log=lambda _line: None)
+    folder = artifact.folder
+    shipped = list((folder / "dpmsf_core" / "sandbox").glob("python-3.12.0.*.cwasm"))
+    assert len(shipped) == 1
+    assert not list(folder.rglob("python-3.12.0.wasm"))  # only the verified compiled form is shipped
+    cache = tmp_path / "cache"
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", SANDBOX_CHILD, str(folder)],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DPMSF_SANDBOX_CACHE": str(cache)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[len("RESULT ") :])
+    assert result["value"] == 42
+    assert result["compiled"] == str(shipped[0])
+    assert not cache.exists()  # nothing was compiled at this "cold start"
+    assert result["seconds"] < 2

@@ -108,10 +108,13 @@ def compile_to(target: Path, target_arch: str | None = None) -> Compiled:
     """Compile the verified interpreter into ``target`` (atomically), with its record beside it."""
     import wasmtime
 
-    config = engine_config()
     if target_arch and target_arch != arch():
-        config.target = f"{target_arch}-unknown-linux-gnu"
-    engine = wasmtime.Engine(config)
+        # the wasmtime wheels carry one code generator; asking for another target aborts the process
+        raise SandboxUnavailable(
+            f"The sandbox interpreter can only be precompiled for this machine's CPU ({arch()}), not {target_arch}: "
+            f"build the artefact on an {target_arch} machine (or in an {target_arch} container)."
+        )
+    engine = wasmtime.Engine(engine_config())
     log.info("sandbox: compiling the CPython-for-WASI interpreter (once per machine and version)")
     module = wasmtime.Module(engine, read_verified_wasm())
     data = bytes(module.serialize())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 import uuid
@@ -34,7 +36,9 @@ class Settings:
     admin_key: str | None = None
     require_tokens: bool = False
     token_ttl: float = 60.0
+    token_max_ttl: int = 300  # the server refuses tokens whose exp - iat is longer (tokens.DEFAULT_MAX_TTL)
     token_skew: float = 5.0
+    master_key: str | None = field(default=None, repr=False)  # wraps tenant keys at rest; never printed
     max_body: int = 6 * 1024 * 1024
     debug: bool = False
     s3_refresh: float = 30.0
@@ -48,6 +52,7 @@ class Settings:
     sandbox_workers: int = 2
     sandbox_timeout: float = 5.0
     sandbox_memory_mb: int = 256
+    sandbox_cpu: float = 2.0
     cors_origins: tuple[str, ...] = ("*",)
     base_path: str = ""
     sync_inline: bool = False
@@ -128,6 +133,27 @@ def _backend_url(env: Mapping[str, str], name: str, default: str, kinds: tuple[s
     return raw
 
 
+def _master_key(env: Mapping[str, str]) -> str | None:
+    """``DPMSF_MASTER_KEY``: 32 bytes as base64url. The error never quotes the value: it is a secret."""
+    raw = (env.get("DPMSF_MASTER_KEY") or "").strip()
+    if not raw:
+        return None
+    text = raw.rstrip("=")
+    try:
+        ok = (
+            re.fullmatch(r"[A-Za-z0-9_-]+", text) is not None
+            and len(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))) == 32
+        )
+    except (ValueError, binascii.Error):
+        ok = False
+    if not ok:
+        raise ConfigError(
+            "Config 'DPMSF_MASTER_KEY' is not valid (the value is a secret: not shown). Expected 32 bytes as"
+            " base64url (43 characters), e.g. from dpmsf_core.tokens.generate_key()."
+        )
+    return text
+
+
 def _parse(env: Mapping[str, str]) -> Settings:
     lam = on_lambda(env)
     num = _int(env, "NUM_URL_PARMS", 10)
@@ -170,6 +196,13 @@ def _parse(env: Mapping[str, str]) -> Settings:
         for o in (env.get("DPMSF_CORS_ORIGINS") if env.get("DPMSF_CORS_ORIGINS") is not None else "*").split(",")
         if o.strip()
     )
+    token_max_ttl = _int(env, "DPMSF_TOKEN_MAX_TTL", 300, minimum=1)
+    token_ttl = _float(env, "DPMSF_TOKEN_TTL", 60.0, minimum=1.0)
+    if token_ttl > token_max_ttl:  # the server would refuse the next tokens it hands out
+        raise ConfigError(
+            f"Config 'DPMSF_TOKEN_TTL' has value '{env.get('DPMSF_TOKEN_TTL')}'. Must be at most"
+            f" DPMSF_TOKEN_MAX_TTL ({token_max_ttl})."
+        )
     return Settings(
         num_url_parms=num,
         url_parm_names=tuple(names),
@@ -177,8 +210,10 @@ def _parse(env: Mapping[str, str]) -> Settings:
         admin_id=admin_id,
         admin_key=(env.get("DPMSF_ADMIN_KEY") or "").strip() or None,
         require_tokens=_bool(env, "DPMSF_REQUIRE_TOKENS", False),
-        token_ttl=_float(env, "DPMSF_TOKEN_TTL", 60.0, minimum=1.0),
+        token_ttl=token_ttl,
+        token_max_ttl=token_max_ttl,
         token_skew=_float(env, "DPMSF_TOKEN_SKEW", 5.0),
+        master_key=_master_key(env),
         max_body=_int(env, "DPMSF_MAX_BODY", 6 * 1024 * 1024, minimum=1),
         debug=_bool(env, "DPMSF_DEBUG", False),
         s3_refresh=_float(env, "DPMSF_S3_REFRESH", 30.0),
@@ -192,6 +227,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         sandbox_workers=_int(env, "DPMSF_SANDBOX_WORKERS", 2, minimum=1),
         sandbox_timeout=_float(env, "DPMSF_SANDBOX_TIMEOUT", 5.0, minimum=0.1),
         sandbox_memory_mb=_int(env, "DPMSF_SANDBOX_MEMORY_MB", 256, minimum=32),
+        sandbox_cpu=_float(env, "DPMSF_SANDBOX_CPU", 2.0, minimum=0.5),
         cors_origins=cors,
         base_path=base_path,
         sync_inline=_bool(env, "DPMSF_SYNC_INLINE", lam),

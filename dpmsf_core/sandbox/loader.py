@@ -54,7 +54,9 @@ class SandboxedLoader:
                     from .pool import SandboxLimits, SandboxPool
 
                     limits = SandboxLimits(
-                        wall_seconds=self.settings.sandbox_timeout, memory_mb=self.settings.sandbox_memory_mb
+                        cpu_seconds=self.settings.sandbox_cpu,
+                        wall_seconds=self.settings.sandbox_timeout,
+                        memory_mb=self.settings.sandbox_memory_mb,
                     )
                     self._pool = SandboxPool(size=self.settings.sandbox_workers, limits=limits, store=serve_store)
         return self._pool

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -315,6 +316,7 @@ def test_workers_are_hardened() -> None:
         (pid,) = fresh.workers()
         status = Path(f"/proc/{pid}/status").read_text()
         assert "NoNewPrivs:\t1" in status
+        assert "Seccomp:\t2" in status  # a filter is installed
         assert Path(f"/proc/{pid}/environ").read_bytes() == b""
         if fresh.run_as is not None:
             assert f"Uid:\t{fresh.run_as}" in status
@@ -362,3 +364,49 @@ def test_a_tampered_compiled_module_is_not_loaded(tmp_path: Path) -> None:
     copy.write_bytes(Path(compiled.path).read_bytes())
     copy.chmod(0o666)
     assert runtime._verified(copy, check_owner=True) is None  # others could have written it
+
+
+SECCOMP_CHILD = """
+import os, socket, subprocess, sys, threading
+sys.path.insert(0, sys.argv[1])
+from dpmsf_core.sandbox import seccomp
+assert seccomp.install()
+outcome = {}
+for name, attempt in [
+    ("socket", lambda: socket.socket()),
+    ("fork", os.fork),
+    ("exec", lambda: subprocess.run(["touch", sys.argv[2]])),
+    ("kill", lambda: os.kill(int(sys.argv[3]), 9)),
+]:
+    try:
+        attempt()
+        outcome[name] = "allowed"
+    except PermissionError:
+        outcome[name] = "refused"
+thread = threading.Thread(target=lambda: outcome.update(thread="ran"))
+thread.start()
+thread.join()
+print(sorted(outcome.items()))
+"""
+
+
+def test_the_worker_seccomp_filter_refuses_what_a_guest_host_never_needs(tmp_path: Path) -> None:
+    marker = tmp_path / "exec-ran"
+    victim = subprocess.Popen(["sleep", "30"])
+    try:
+        root = str(Path(__file__).resolve().parent.parent)
+        out = subprocess.run(
+            [sys.executable, "-I", "-c", SECCOMP_CHILD, root, str(marker), str(victim.pid)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        assert out.strip() == str(
+            [("exec", "refused"), ("fork", "refused"), ("kill", "refused"), ("socket", "refused"), ("thread", "ran")]
+        )
+        assert not marker.exists()
+        assert victim.poll() is None
+    finally:
+        victim.kill()
+        victim.wait()

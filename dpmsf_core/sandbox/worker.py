@@ -2,8 +2,8 @@
 
 Started by ``pool.py`` as ``python -I -S -B worker.py <config JSON>`` with an empty environment. The process is
 a second wall around the guest, not the boundary: it makes itself non-dumpable, sets ``no_new_privs``, closes
-every fd but its pipes, drops to an unprivileged uid when the server runs as root (``pool.py`` decides), and
-caps its CPU time, file sizes, open files and core dumps with rlimits.
+every fd but its pipes, drops to an unprivileged uid when the server runs as root (``pool.py`` decides), caps
+its CPU time, file sizes, open files and core dumps with rlimits, and installs a seccomp filter (``seccomp.py``).
 
 The guest's stdin and stdout are this process's own fds 0 and 1, the server's pipes, so requests go from the
 server straight into the guest with no copy in between. Its stderr is kept (a few KB) and logged by nobody: it
@@ -72,6 +72,9 @@ def main() -> None:
         with open(config["guest_file"], encoding="utf-8") as fh:
             guest_source = fh.read()
         _limit(config)
+        from dpmsf_core.sandbox import seccomp
+
+        seccomp.install()  # no exec, sockets, signals, ptrace or identity changes from here on
     except Exception as exc:  # report why to the server, in the exit status and on stderr
         os.write(2, f"dpmsf sandbox worker: {type(exc).__name__}: {exc}\n".encode())
         os._exit(EXIT_START)

@@ -374,8 +374,16 @@ class _Responder:
         await self.send(status, dumps(value), _JSON)
 
     async def problem(self, exc: DPMSFError, instance: str | None) -> None:
-        if self.status:
-            return  # the response already started; nothing sensible can be sent
+        if self.status:  # the response already started: nothing sensible can be sent, but it must not vanish
+            log.error(
+                "error after the response started (status %d sent) for %s, request %s: %d %s",
+                self.status,
+                instance,
+                self.rid.decode("latin-1"),
+                exc.status,
+                exc.detail,
+            )
+            return
         headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
         rid = self.rid.decode("latin-1")
         await self.send(exc.status, dumps(exc.problem(rid, instance)), PROBLEM_CONTENT_TYPE.encode(), headers)

@@ -8,31 +8,60 @@ import sys
 from typing import Any
 
 from .config import Settings
+from .errors import ConfigError
 
 
 def _security() -> Any:
+    """The app's Security (same registry, master key and state directory as the server would use).
+
+    A registry that cannot be opened (DynamoDB without DPMSF_MASTER_KEY, an unreadable master key file, a bad
+    path) is a ConfigError: ``dpmsf`` prints one line and exits 2, never a traceback.
+    """
     from .security import Security
 
-    return Security(Settings.from_env())
+    try:
+        return Security(Settings.from_env())
+    except (ValueError, OSError) as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def cmd_token(args: argparse.Namespace) -> int:
+    """Print a token; ``--ttl`` may not exceed DPMSF_TOKEN_MAX_TTL, since the server would refuse the token."""
     from .tokens import mint
 
     settings = Settings.from_env()
+    ttl = args.ttl if args.ttl is not None else settings.token_ttl
+    if not 0 < ttl <= settings.token_max_ttl:
+        print(
+            f"dpmsf: --ttl {ttl:g} is not valid. Expected more than 0 and at most DPMSF_TOKEN_MAX_TTL"
+            f" ({settings.token_max_ttl} s): the server refuses longer-lived tokens.",
+            file=sys.stderr,
+        )
+        return 2
     security = _security()
     tenant_id = args.tenant or settings.admin_id
     if not tenant_id:
         print("dpmsf: name a tenant with --tenant, or set ADMIN_ID for the admin's token.", file=sys.stderr)
         return 2
-    tenant = security.tenants.get(tenant_id)
+    try:
+        tenant = security.tenants.get(tenant_id)
+    except ValueError as exc:
+        print(f"dpmsf: {exc}", file=sys.stderr)
+        return 2
     if tenant is None:
         print(f"dpmsf: no tenant '{tenant_id}' (see: dpmsf tenant list).", file=sys.stderr)
         return 1
     if not tenant.enabled:
         print(f"dpmsf: tenant '{tenant_id}' is disabled.", file=sys.stderr)
         return 1
-    print(mint(tenant.id, tenant.key, ttl=args.ttl or settings.token_ttl))
+    if not tenant.key:
+        print(
+            f"dpmsf: tenant '{tenant_id}' has no usable key: it does not unwrap with this master key"
+            " (DPMSF_MASTER_KEY). Set the right one, or: dpmsf tenant rotate-key ID.",
+            file=sys.stderr,
+        )
+        return 1
+    print(mint(tenant.id, tenant.key, ttl=ttl, max_ttl=settings.token_max_ttl))
     return 0
 
 
@@ -70,7 +99,9 @@ def cmd_tenant(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser("token", help="mint a single-use token (default: the admin's)")
     p.add_argument("--tenant", help="tenant UUID (default: ADMIN_ID)")
-    p.add_argument("--ttl", type=float, help="seconds the token lives (default DPMSF_TOKEN_TTL)")
+    p.add_argument(
+        "--ttl", type=float, help="seconds the token lives (default DPMSF_TOKEN_TTL, at most DPMSF_TOKEN_MAX_TTL)"
+    )
     p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("tenant", help="manage tenants: add | list | disable ID | enable ID | rotate-key ID")

@@ -7,6 +7,9 @@ after ``expires_at`` because the verifier rejects the token by then anyway. Back
 - ``sqlite:///path.db``      one machine, several processes (``sqlite:////abs/path.db`` is absolute),
 - ``dynamodb://table-name``  Lambda: conditional PutItem on ``pk="token#<jti>"``, ``sk="token"``,
                              TTL attribute ``expires_at``; add ``?endpoint_url=http://...`` for a local DynamoDB.
+
+The SQLite file (and its ``-wal``/``-shm``) is created 0600 in a 0700 folder (``state_files``): the ids of used
+tokens are not secrets, but nobody else should be able to fill or empty the store.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
+
+from .state_files import private_sqlite
 
 __all__ = [
     "DynamoDBReplayStore",
@@ -74,15 +78,24 @@ class MemoryReplayStore:
 
 
 class SQLiteReplayStore:
-    """Used token ids in a SQLite file shared by the processes of one machine (WAL, one connection per thread)."""
+    """Used token ids in a SQLite file shared by the processes of one machine (WAL, one connection per thread).
 
-    def __init__(self, path: str, *, clock: Callable[[], float] = time.time, busy_timeout_ms: int = 5000) -> None:
+    ``state_dir`` is the configured state directory: when the file lies in it, that folder is tightened to 0700.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        busy_timeout_ms: int = 5000,
+        state_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.path = str(path)
         self._clock = clock
         self._busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
-        if self.path != ":memory:" and not self.path.startswith("file:"):
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        private_sqlite(self.path, state_dir=state_dir)  # 0600 file in 0700 folders; a bad path fails here
         self._claims = 0
         self._purged_at = clock()
         self._conn()  # create the file and table now: a bad path fails at start-up, not on first request
@@ -191,11 +204,11 @@ def parse_store_url(url: str, what: str) -> tuple[str, str, dict[str, str]]:
     raise ValueError(f"{what} URL {url!r} is not valid. {expected}")
 
 
-def make_replay_store(url: str) -> ReplayStore:
-    """The replay store named by ``url`` (see the module docstring)."""
+def make_replay_store(url: str, *, state_dir: str | os.PathLike[str] | None = None) -> ReplayStore:
+    """The replay store named by ``url`` (see the module docstring); ``state_dir`` as for SQLiteReplayStore."""
     kind, target, options = parse_store_url(url, "Replay store")
     if kind == "memory":
         return MemoryReplayStore()
     if kind == "sqlite":
-        return SQLiteReplayStore(target)
+        return SQLiteReplayStore(target, state_dir=state_dir)
     return DynamoDBReplayStore(target, endpoint_url=options.get("endpoint_url"))

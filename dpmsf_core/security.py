@@ -12,7 +12,11 @@ log = logging.getLogger("dpmsf.security")
 
 
 class Security:
-    """Verifies ``Authorization: Bearer`` tokens (single use) and mints the next one for the same tenant."""
+    """Verifies ``Authorization: Bearer`` tokens (single use) and mints the next one for the same tenant.
+
+    The registry gets ``DPMSF_MASTER_KEY`` (tenant keys are stored wrapped) and the state directory (its SQLite
+    files are private there); the verifier refuses tokens that live longer than ``DPMSF_TOKEN_MAX_TTL``.
+    """
 
     def __init__(self, settings: Settings, tenants: Any = None, replay: Any = None) -> None:
         from .replay import make_replay_store
@@ -20,22 +24,39 @@ class Security:
         from .tokens import TokenVerifier
 
         self.settings = settings
-        self.tenants = tenants if tenants is not None else make_tenant_registry(settings.tenants_url)
-        self.replay = replay if replay is not None else make_replay_store(settings.replay_store)
+        self.tenants = (
+            tenants
+            if tenants is not None
+            else make_tenant_registry(
+                settings.tenants_url, master_key=settings.master_key, state_dir=settings.state_dir
+            )
+        )
+        self.replay = (
+            replay if replay is not None else make_replay_store(settings.replay_store, state_dir=settings.state_dir)
+        )
         if settings.admin_id:
             ensure_admin(self.tenants, settings.admin_id, settings.admin_key)
         self._key_for = key_lookup(self.tenants)
-        self.verifier = TokenVerifier(self._key_for, self.replay, skew=settings.token_skew)
+        self.verifier = TokenVerifier(
+            self._key_for, self.replay, skew=settings.token_skew, max_ttl=settings.token_max_ttl
+        )
 
     def verify(self, authorization: str) -> str:
-        """The tenant of a valid, unused token; 401 (or 403 for a disabled tenant) otherwise."""
+        """The tenant of a valid, unused token; 401, or 403 for an authentic token of a disabled tenant."""
         return self.verifier.verify(authorization).tenant
 
     def next_token(self, tenant: str) -> str | None:
-        from .tokens import mint
+        """A fresh token for an enabled tenant with a usable key (the ``X-DPMSF-Next-Token`` header), else None."""
+        from .tokens import TenantKey, mint
 
-        key = self._key_for(tenant)
-        return mint(tenant, key, ttl=self.settings.token_ttl) if key else None
+        found = self._key_for(tenant)
+        if isinstance(found, TenantKey):
+            if not found.enabled:
+                return None
+            found = found.key
+        if not found:
+            return None
+        return mint(tenant, found, ttl=self.settings.token_ttl, max_ttl=self.settings.token_max_ttl)
 
     def is_admin(self, tenant: str | None) -> bool:
         return tenant is not None and tenant == self.settings.admin_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,21 @@ def slow_sync():
 @expose.endpoint(method="GET", API="get-only")
 def get_only():
     return 1
+
+@expose.endpoint(method="GET", API="own-timeout")
+async def own_timeout():
+    raise TimeoutError("the plugin's own, not ours")
+
+@expose.endpoint(method="GET", API="breaks-mid-stream")
+def breaks_mid_stream():
+    from starlette.responses import StreamingResponse
+    from dpmsf_core import HTTPError
+
+    def chunks():
+        yield b"first part"
+        raise HTTPError(409, "changed while streaming")
+
+    return StreamingResponse(chunks())
 """
 
 
@@ -130,8 +146,8 @@ def test_args_not_a_list(client: httpx.Client) -> None:
 
 
 def test_function_that_raises_hides_internals(client: httpx.Client) -> None:
-    body = assert_problem(client.get("/rest/services/boom/"), 500, "ValueError")
-    assert "secret internals" not in body["detail"]
+    body = assert_problem(client.get("/rest/services/boom/"), 500, "API 'boom' failed; the server log has the details.")
+    assert "ValueError" not in json.dumps(body) and "secret internals" not in json.dumps(body)
     assert client.get("/rest/services/echo/").status_code == 200  # the server lives on
 
 
@@ -196,3 +212,22 @@ def test_precedence_query_then_url_then_body(client: httpx.Client) -> None:
 def test_function_past_its_timeout_is_504(client: httpx.Client, api: str) -> None:
     assert_problem(client.get(f"/rest/services/{api}/"), 504, "timeout of 0.3 s")
     assert client.get("/rest/services/echo/").status_code == 200
+
+
+def test_a_plugins_own_timeout_error_is_its_error_not_ours(client: httpx.Client) -> None:
+    r = client.get("/rest/services/own-timeout/")
+    assert r.status_code == 500
+    assert r.json()["detail"] == "API 'own-timeout' failed; the server log has the details."
+
+
+def test_an_error_after_the_response_started_is_logged(client: httpx.Client, caplog: pytest.LogCaptureFixture) -> None:
+    received = b""
+    with caplog.at_level("ERROR", logger="dpmsf"):
+        with client.stream("GET", "/rest/services/breaks-mid-stream/", headers={"x-request-id": "mid-stream-1"}) as r:
+            assert r.status_code == 200
+            with pytest.raises(httpx.RemoteProtocolError):  # the body is cut short: the only honest signal left
+                for chunk in r.iter_bytes():
+                    received += chunk
+    assert received.startswith(b"first part")
+    (line,) = [rec.getMessage() for rec in caplog.records if "after the response started" in rec.getMessage()]
+    assert "request mid-stream-1: 409 changed while streaming" in line

@@ -117,16 +117,92 @@ def test_unknown_tenant_and_wrong_key(env: Env) -> None:
     )
 
 
+def _no_key_cache(env: Env) -> None:
+    """See registry changes at once instead of after the 5 s key cache."""
+    import dpmsf_core.tenants as tenants_mod
+
+    env.security._key_for = env.security.verifier._key_for = tenants_mod.key_lookup(
+        env.security.tenants, cache_seconds=0
+    )
+
+
+def _seen(r: httpx.Response) -> tuple[int, str, str | None, str | None, dict[str, Any]]:
+    """All a caller learns from an answer: status, content type, WWW-Authenticate, next token, body (no request id)."""
+    body = {k: v for k, v in r.json().items() if k not in ("request_id", "instance")}
+    headers = r.headers
+    return (
+        r.status_code,
+        headers["content-type"],
+        headers.get("www-authenticate"),
+        headers.get("x-dpmsf-next-token"),
+        body,
+    )
+
+
 def test_disabled_tenant_is_403(env: Env) -> None:
     tenant = env.security.tenants.add(name="t")
     token = mint(tenant.id, tenant.key)
     env.security.tenants.disable(tenant.id)
-    import dpmsf_core.tenants as tenants_mod
-
-    env.security._key_for = tenants_mod.key_lookup(env.security.tenants)  # skip the 5 s cache in this test
-    env.security.verifier._key_for = env.security._key_for
+    _no_key_cache(env)
     r = env.client.get("/rest/services/public/", headers={"authorization": f"Bearer {token}"})
     assert r.status_code == 403 and r.json()["detail"] == "tenant disabled"
+    assert "x-dpmsf-next-token" not in r.headers  # no fresh token for a disabled tenant
+
+
+def test_forged_token_for_disabled_tenant_is_401_like_an_unknown_tenant(env: Env) -> None:
+    """Without the key, a disabled tenant id and an id nobody has answer byte for byte the same."""
+    from dpmsf_core.tokens import generate_key
+
+    tenant = env.security.tenants.add(name="soon-disabled")
+    env.security.tenants.disable(tenant.id)
+    _no_key_cache(env)
+    for path in ("/rest/services/public/", "/rest/services/secret/"):
+        forged_disabled = env.client.get(path, headers={"authorization": f"Bearer {mint(tenant.id, generate_key())}"})
+        forged_unknown = env.client.get(path, headers={"authorization": f"Bearer {mint(UNKNOWN, generate_key())}"})
+        unauthorized(forged_disabled)
+        assert forged_disabled.json()["detail"] == "invalid or expired token"
+        assert _seen(forged_disabled) == _seen(forged_unknown)
+    # the tenant really is disabled: its own key gets 403
+    r = env.client.get("/rest/services/public/", headers={"authorization": f"Bearer {mint(tenant.id, tenant.key)}"})
+    assert (r.status_code, r.json()["detail"]) == (403, "tenant disabled")
+
+
+def test_token_living_longer_than_max_ttl_is_refused(env: Env) -> None:
+    assert env.security.settings.token_max_ttl == 300  # the default of DPMSF_TOKEN_MAX_TTL
+    long_lived = env.auth(ttl=301, max_ttl=None)  # a client that ignores the limit
+    r = env.client.get("/rest/services/secret/", headers=long_lived)
+    unauthorized(r)
+    garbage = env.client.get("/rest/services/secret/", headers={"authorization": "Bearer x"})
+    assert _seen(r) == _seen(garbage)  # says nothing a bad token would not
+    day_long = env.client.get("/rest/services/public/", headers=env.auth(ttl=86_400, max_ttl=None))
+    unauthorized(day_long)  # an open endpoint still checks a token it is sent
+    r = env.client.get("/rest/services/secret/", headers=env.auth(ttl=300))
+    assert r.json() == {"results": {"tenant": ADMIN}}  # at the limit is fine
+
+
+def test_next_token_lives_token_ttl(env: Env) -> None:
+    import base64
+    import json
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from dpmsf_core.tokens import decode_key
+
+    nxt = env.client.get("/rest/services/secret/", headers=env.auth()).headers["x-dpmsf-next-token"]
+    raw = base64.urlsafe_b64decode(nxt + "=" * (-len(nxt) % 4))
+    claims = json.loads(AESGCM(decode_key(env.key(ADMIN))).decrypt(raw[17:29], raw[29:], raw[:17]))
+    assert claims["exp"] - claims["iat"] == env.security.settings.token_ttl == 60
+
+
+def test_configured_max_ttl_is_enforced(plugin_dir: Any, make_app: Callable[..., Any], serve: Any) -> None:
+    plugin_dir.write("guarded.py", PLUGIN)
+    app = make_app(
+        plugin_dir.path,
+        env={"ADMIN_ID": ADMIN, "DPMSF_TOKEN_MAX_TTL": "30", "DPMSF_TOKEN_TTL": "20"},
+    )
+    env = Env(app, serve(app))
+    unauthorized(env.client.get("/rest/services/secret/", headers=env.auth(ttl=31, max_ttl=None)))
+    assert env.client.get("/rest/services/secret/", headers=env.auth(ttl=30)).status_code == 200
 
 
 def test_racing_requests_with_one_token_exactly_one_wins(env: Env) -> None:
@@ -178,8 +254,10 @@ def test_admin_uploads_lists_reads_deletes(env: Env) -> None:
         "endpoints": ["uploaded"],
     }
     assert c.get("/rest/services/uploaded/").json() == {"results": "fresh"}
-    assert c.get("/rest/admin/plugins/", headers=env.auth()).json() == {"results": [{"name": "fresh", "tenant": None}]}
-    assert c.get("/rest/admin/plugins/fresh", headers=env.auth()).text == UPLOADED
+    # every upload is stamped with its owner, the admin's too (commit 767cd34: no module is ownerless)
+    assert c.get("/rest/admin/plugins/", headers=env.auth()).json() == {"results": [{"name": "fresh", "tenant": ADMIN}]}
+    stored = c.get("/rest/admin/plugins/fresh", headers=env.auth()).text
+    assert f'__tenant__ = "{ADMIN}"' in stored and UPLOADED.strip() in stored
     assert c.delete("/rest/admin/plugins/fresh", headers=env.auth()).status_code == 204
     assert c.get("/rest/services/uploaded/").status_code == 404
     assert c.delete("/rest/admin/plugins/fresh", headers=env.auth()).status_code == 404
@@ -202,7 +280,9 @@ def test_tenant_upload_is_stamped_with_its_id(env: Env) -> None:
     other_auth = {"authorization": f"Bearer {mint(other.id, other.key)}"}
     assert env.client.get("/rest/admin/plugins/mine", headers=other_auth).status_code == 404
     other_auth = {"authorization": f"Bearer {mint(other.id, other.key)}"}
-    assert env.client.put("/rest/admin/plugins/mine", content=UPLOADED, headers=other_auth).status_code == 403
+    r = env.client.put("/rest/admin/plugins/mine", content=UPLOADED, headers=other_auth)
+    assert r.status_code == 409  # another owner's name is taken (commit 767cd34)
+    assert f'__tenant__ = "{tenant.id}"' in env.app.admin.store.get("mine")  # and was not overwritten
 
 
 @pytest.mark.parametrize(

@@ -21,9 +21,10 @@ from dpmsf_core.tenants import (
     make_tenant_registry,
     tenant_id,
 )
-from dpmsf_core.tokens import TokenVerifier, decode_key, generate_key, mint
+from dpmsf_core.tokens import TenantKey, TokenVerifier, decode_key, generate_key, mint
 
 TID = "6f1c1b1e-8a8e-4c57-9a53-0d5c6f3f4a10"
+MASTER = generate_key()  # DPMSF_MASTER_KEY of the DynamoDB registries in these tests
 
 
 @pytest.fixture
@@ -39,7 +40,9 @@ def registry(request: pytest.FixtureRequest, tmp_path: Path) -> TenantRegistry:
         return MemoryTenantRegistry()
     if request.param == "sqlite":
         return SQLiteTenantRegistry(str(tmp_path / "tenants.db"))
-    return DynamoDBTenantRegistry(request.getfixturevalue("table"), endpoint_url=request.getfixturevalue("moto_url"))
+    return DynamoDBTenantRegistry(
+        request.getfixturevalue("table"), endpoint_url=request.getfixturevalue("moto_url"), master_key=MASTER
+    )
 
 
 def test_add_generates_id_and_key(registry: TenantRegistry) -> None:
@@ -123,16 +126,17 @@ def test_sqlite_registry_persists(tmp_path: Path) -> None:
 def test_dynamodb_item_shape(table: str, moto_url: str) -> None:
     import boto3
 
-    tenant = DynamoDBTenantRegistry(table, endpoint_url=moto_url).add(name="acme", tenant_id=TID)
+    tenant = DynamoDBTenantRegistry(table, endpoint_url=moto_url, master_key=MASTER).add(name="acme", tenant_id=TID)
     item = boto3.client("dynamodb", endpoint_url=moto_url).get_item(
         TableName=table, Key={"pk": {"S": f"tenant#{TID}"}, "sk": {"S": "tenant"}}
     )["Item"]
-    assert {k: v for k, v in item.items() if k != "created_at"} == {
+    wrapped = item["key"]["S"]
+    assert wrapped.startswith("wrap1:") and tenant.key not in wrapped  # the key is stored wrapped, never in clear
+    assert {k: v for k, v in item.items() if k not in ("created_at", "key")} == {
         "pk": {"S": f"tenant#{TID}"},
         "sk": {"S": "tenant"},
         "id": {"S": TID},
         "name": {"S": "acme"},
-        "key": {"S": tenant.key},
         "enabled": {"BOOL": True},
         "admin": {"BOOL": False},
     }
@@ -142,7 +146,7 @@ def test_dynamodb_item_shape(table: str, moto_url: str) -> None:
 def test_dynamodb_list_ignores_other_items(table: str, moto_url: str) -> None:
     from dpmsf_core.replay import DynamoDBReplayStore
 
-    registry = DynamoDBTenantRegistry(table, endpoint_url=moto_url)
+    registry = DynamoDBTenantRegistry(table, endpoint_url=moto_url, master_key=MASTER)
     DynamoDBReplayStore(table, endpoint_url=moto_url).claim(uuid.uuid4().hex, 4e9)
     tenant = registry.add()
     assert registry.list() == [tenant]
@@ -152,7 +156,7 @@ def test_make_tenant_registry(tmp_path: Path, table: str, moto_url: str) -> None
     assert isinstance(make_tenant_registry("memory"), MemoryTenantRegistry)
     sqlite_registry = make_tenant_registry(f"sqlite:///{tmp_path}/t.db")
     assert isinstance(sqlite_registry, SQLiteTenantRegistry) and sqlite_registry.path == f"{tmp_path}/t.db"
-    dynamo = make_tenant_registry(f"dynamodb://{table}?endpoint_url={moto_url}")
+    dynamo = make_tenant_registry(f"dynamodb://{table}?endpoint_url={moto_url}", master_key=MASTER)
     assert isinstance(dynamo, DynamoDBTenantRegistry) and dynamo.table_name == table
     assert dynamo.get(dynamo.add().id) is not None
 
@@ -182,7 +186,7 @@ def test_key_lookup_answers_and_caches() -> None:
     key_for = key_lookup(registry, cache_seconds=5, clock=lambda: now[0])
     stranger = str(uuid.uuid4())
 
-    assert key_for(tenant.id) == decode_key(tenant.key)
+    assert key_for(tenant.id) == TenantKey(decode_key(tenant.key), enabled=True)
     assert key_for(stranger) is None
     for _ in range(100):
         key_for(tenant.id)
@@ -190,18 +194,17 @@ def test_key_lookup_answers_and_caches() -> None:
     assert registry.gets == 2
 
     registry.disable(tenant.id)
-    assert key_for(tenant.id) == decode_key(tenant.key)  # still cached
+    assert key_for(tenant.id) == TenantKey(decode_key(tenant.key), enabled=True)  # still cached
     now[0] += 5
-    with pytest.raises(Forbidden, match="tenant disabled"):
-        key_for(tenant.id)
-    with pytest.raises(Forbidden):
-        key_for(tenant.id)
+    # disabled: the key is still given (the verifier checks the token with it before saying "disabled")
+    assert key_for(tenant.id) == TenantKey(decode_key(tenant.key), enabled=False)
+    assert key_for(tenant.id) == TenantKey(decode_key(tenant.key), enabled=False)
     assert registry.gets == 3
 
     registry.enable(tenant.id)
     rotated = registry.rotate_key(tenant.id)
     now[0] += 5
-    assert key_for(tenant.id) == decode_key(rotated.key)
+    assert key_for(tenant.id) == TenantKey(decode_key(rotated.key), enabled=True)
 
 
 def test_key_lookup_with_verifier(registry: TenantRegistry) -> None:
@@ -212,7 +215,10 @@ def test_key_lookup_with_verifier(registry: TenantRegistry) -> None:
     registry.disable(tenant.id)
     with pytest.raises(Forbidden) as info:
         verifier.verify(mint(tenant.id, tenant.key))
-    assert info.value.status == 403
+    assert (info.value.status, info.value.detail) == (403, "tenant disabled")
+    with pytest.raises(Unauthorized) as forged:  # without the key: the same answer as for an unknown tenant
+        verifier.verify(mint(tenant.id, generate_key()))
+    assert (forged.value.status, forged.value.detail) == (401, "invalid or expired token")
 
     registry.enable(tenant.id)
     old_key = tenant.key

@@ -12,11 +12,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from dpmsf_core.errors import Forbidden, Unauthorized
 from dpmsf_core.replay import MemoryReplayStore
-from dpmsf_core.tokens import Claims, TokenVerifier, decode_key, generate_key, mint
+from dpmsf_core.tokens import DEFAULT_MAX_TTL, Claims, TenantKey, TokenVerifier, decode_key, generate_key, mint
 
 TENANT = "6f1c1b1e-8a8e-4c57-9a53-0d5c6f3f4a10"
 OTHER = "0b7f5e0a-3c1d-4e2f-8a9b-1c2d3e4f5a6b"
 DISABLED = "9d2a4c3b-1e0f-4a5b-8c7d-6e5f4a3b2c1d"
+LEGACY_DISABLED = "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f"  # a key_for of the old kind: raises Forbidden, no key
 NOW = 1_700_000_000.0
 
 
@@ -30,7 +31,7 @@ def b64e(raw: bytes) -> str:
 
 @pytest.fixture
 def keys() -> dict[str, bytes]:
-    return {TENANT: decode_key(generate_key()), OTHER: decode_key(generate_key())}
+    return {TENANT: decode_key(generate_key()), OTHER: decode_key(generate_key()), DISABLED: decode_key(generate_key())}
 
 
 @pytest.fixture
@@ -40,9 +41,11 @@ def clock() -> list[float]:
 
 @pytest.fixture
 def verifier(keys: dict[str, bytes], clock: list[float]) -> TokenVerifier:
-    def key_for(tenant: str) -> bytes | None:
-        if tenant == DISABLED:
+    def key_for(tenant: str) -> bytes | TenantKey | None:
+        if tenant == LEGACY_DISABLED:
             raise Forbidden("tenant disabled")
+        if tenant == DISABLED:
+            return TenantKey(keys[DISABLED], enabled=False)
         return keys.get(tenant)
 
     return TokenVerifier(key_for, MemoryReplayStore(clock=lambda: clock[0]), skew=5.0, clock=lambda: clock[0])
@@ -152,10 +155,117 @@ def test_unknown_tenant_is_401(verifier: TokenVerifier) -> None:
     assert refused(verifier, mint(stranger, generate_key(), now=NOW)).detail == "invalid or expired token"
 
 
-def test_disabled_tenant_is_403(verifier: TokenVerifier) -> None:
+def test_disabled_tenant_is_403_only_for_an_authentic_token(verifier: TokenVerifier, keys: dict[str, bytes]) -> None:
     with pytest.raises(Forbidden) as info:
-        verifier.verify(mint(DISABLED, generate_key(), now=NOW))
-    assert info.value.status == 403
+        verifier.verify(mint(DISABLED, keys[DISABLED], now=NOW))
+    assert (info.value.status, info.value.detail) == (403, "tenant disabled")
+
+
+def _answer(verifier: TokenVerifier, token: str) -> tuple[type, int, str, dict[str, str]]:
+    """Everything a caller sees of a refusal: kind, status, detail and headers."""
+    with pytest.raises((Unauthorized, Forbidden)) as info:
+        verifier.verify(token)
+    error = info.value
+    return type(error), error.status, error.detail, dict(error.headers)
+
+
+def test_forged_token_for_disabled_tenant_answers_like_unknown_tenant(
+    verifier: TokenVerifier, keys: dict[str, bytes]
+) -> None:
+    """A caller without the key cannot tell a disabled tenant id from one that does not exist."""
+    unknown = _answer(verifier, mint(str(uuid.uuid4()), generate_key(), now=NOW))
+    assert unknown[:3] == (Unauthorized, 401, "invalid or expired token")
+    assert _answer(verifier, mint(DISABLED, generate_key(), now=NOW)) == unknown
+    assert _answer(verifier, mint(LEGACY_DISABLED, generate_key(), now=NOW)) == unknown  # old key_for: no leak
+    # a tampered copy of a real token of the disabled tenant says no more than that either
+    real = mint(DISABLED, keys[DISABLED], now=NOW)
+    for index in (17, 29, -1):  # nonce, ciphertext, tag
+        assert _answer(verifier, _with_byte_flipped(real, index)) == unknown
+    assert _answer(verifier, real)[:3] == (Forbidden, 403, "tenant disabled")  # the intact one is authentic
+
+
+def test_disabled_tenant_token_is_not_used_up(verifier: TokenVerifier, keys: dict[str, bytes]) -> None:
+    """A refused token of a disabled tenant is not claimed: it proves nothing was served."""
+    claimed: list[str] = []
+
+    class Recording:
+        def claim(self, jti: str, expires_at: float) -> bool:
+            claimed.append(jti)
+            return True
+
+    verifier._replay = Recording()
+    with pytest.raises(Forbidden):
+        verifier.verify(mint(DISABLED, keys[DISABLED], now=NOW))
+    assert claimed == []
+
+
+def test_expired_token_of_disabled_tenant_is_401(
+    verifier: TokenVerifier, keys: dict[str, bytes], clock: list[float]
+) -> None:
+    token = mint(DISABLED, keys[DISABLED], ttl=10, now=NOW)
+    clock[0] = NOW + 60
+    assert refused(verifier, token).detail == "invalid or expired token"
+
+
+def test_key_for_may_answer_tenant_key_objects(verifier: TokenVerifier, keys: dict[str, bytes]) -> None:
+    verifier._key_for = lambda tenant: TenantKey(keys[TENANT]) if tenant == TENANT else None
+    assert verifier.verify(mint(TENANT, keys[TENANT], now=NOW)).tenant == TENANT
+    verifier._key_for = lambda tenant: TenantKey(b"", enabled=True)  # no usable key: as unknown
+    assert refused(verifier, mint(TENANT, keys[TENANT], now=NOW)).detail == "invalid or expired token"
+
+
+# -- lifetime bound (DPMSF_TOKEN_MAX_TTL) ---------------------------------------------------------------------
+
+
+def test_default_max_ttl_is_300() -> None:
+    assert DEFAULT_MAX_TTL == 300
+
+
+@pytest.mark.parametrize(("lifetime", "ok"), [(299, True), (300, True), (301, False), (86_400, False)])
+def test_token_lifetime_is_bounded(verifier: TokenVerifier, keys: dict[str, bytes], lifetime: int, ok: bool) -> None:
+    token = mint(TENANT, keys[TENANT], ttl=lifetime, now=NOW, max_ttl=None)
+    if ok:
+        claims = verifier.verify(token)
+        assert claims.exp - claims.iat == lifetime
+    else:
+        assert _answer(verifier, token) == _answer(verifier, mint(str(uuid.uuid4()), generate_key(), now=NOW))
+
+
+def test_too_long_lived_forged_payload_is_refused_and_not_used_up(
+    verifier: TokenVerifier, keys: dict[str, bytes]
+) -> None:
+    """Hand-made with the real key (not through mint): the server's own check refuses it, and keeps no trace."""
+    jti = "0123456789abcdef0123456789abcdef"
+    long_lived = b'{"iat":1700000000,"exp":1700003600,"jti":"%s"}' % jti.encode()
+    assert refused(verifier, _forge(keys[TENANT], long_lived)).detail == "invalid or expired token"
+    ok = b'{"iat":1700000000,"exp":1700000300,"jti":"%s"}' % jti.encode()
+    assert verifier.verify(_forge(keys[TENANT], ok)).jti == jti  # the same id was not claimed by the refusal
+
+
+def test_max_ttl_is_configurable(keys: dict[str, bytes]) -> None:
+    strict = TokenVerifier(lambda t: keys.get(t), MemoryReplayStore(), clock=lambda: NOW, max_ttl=30)
+    assert strict.verify(mint(TENANT, keys[TENANT], ttl=30, now=NOW)).tenant == TENANT
+    assert refused(strict, mint(TENANT, keys[TENANT], ttl=31, now=NOW)).detail == "invalid or expired token"
+    lenient = TokenVerifier(lambda t: keys.get(t), MemoryReplayStore(), clock=lambda: NOW, max_ttl=3600)
+    assert lenient.verify(mint(TENANT, keys[TENANT], ttl=3600, now=NOW, max_ttl=3600)).tenant == TENANT
+
+
+def test_mint_refuses_lifetimes_the_server_would_refuse() -> None:
+    key = generate_key()
+    with pytest.raises(ValueError, match=r"Token ttl 301 is longer than 300 s.*DPMSF_TOKEN_MAX_TTL"):
+        mint(TENANT, key, ttl=301)
+    with pytest.raises(ValueError, match="longer than 60 s"):
+        mint(TENANT, key, ttl=61, max_ttl=60)
+    assert mint(TENANT, key, ttl=300)  # the limit itself is fine
+    assert mint(TENANT, key, ttl=301, max_ttl=None)  # explicitly unbounded, for tests of the refusal
+
+
+@pytest.mark.parametrize("ttl", [0.5, 1.5, 299.1, 299.9, 300])
+def test_minted_lifetime_never_exceeds_max_ttl(verifier: TokenVerifier, keys: dict[str, bytes], ttl: float) -> None:
+    """Fractional ttls are truncated to whole seconds on the wire; what mint allows the verifier accepts."""
+    for frac in (0.0, 0.3, 0.99):
+        claims = verifier.verify(mint(TENANT, keys[TENANT], ttl=ttl, now=NOW + frac))
+        assert claims.exp - claims.iat <= DEFAULT_MAX_TTL
 
 
 @pytest.mark.parametrize("cut", [1, 16, 40], ids=["one-char", "tag", "most"])

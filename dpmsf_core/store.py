@@ -185,8 +185,10 @@ class SQLiteStore:
         self._local = threading.local()
         self._write_lock = threading.Lock()
         if self.path != ":memory:" and not self.path.startswith("file:"):
+            from .state_files import private_sqlite
+
             with contextlib.suppress(OSError):  # an unusable folder answers 503 on use, like a lost database
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                private_sqlite(self.path)  # tenants' documents: 0600 files (and -wal/-shm) in 0700 folders
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

@@ -464,3 +464,14 @@ def test_todo_paging_and_tenants(todo: Any) -> None:
     assert [t["title"] for t in body(todo("GET", tenant="tenant-b"))["results"]] == ["theirs"]
     with pytest.raises(HTTPError):
         todo("GET", parm_1=first["results"][0]["id"], tenant="tenant-b")
+
+
+def test_sqlite_store_files_are_private(tmp_path: Path) -> None:
+    import stat
+
+    store = SQLiteStore(tmp_path / "state" / "store.db")
+    store.put("_", "notes", "a", {"id": "a"})
+    folder = tmp_path / "state"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
+    assert modes and set(modes.values()) == {0o600}, modes

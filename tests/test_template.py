@@ -58,6 +58,7 @@ def test_globals(template: dict[str, Any]) -> None:
         "EnableHttpApi",
     }
     assert template["Parameters"]["PluginSource"]["Default"] == "."
+    assert template["Parameters"]["MasterKey"]["NoEcho"] is True
 
 
 def test_function_code_and_handler(function: dict[str, Any]) -> None:
@@ -91,6 +92,7 @@ def test_environment_points_at_the_table(function: dict[str, Any]) -> None:
     for name in ("DPMSF_REPLAY_STORE", "DPMSF_TENANTS", "DPMSF_STORE"):
         assert env[name] == {"Fn::Sub": "dynamodb://${DpmsfTable}"}
     assert env["ADMIN_ID"] == {"Ref": "AdminId"}
+    assert env["DPMSF_MASTER_KEY"] == {"Ref": "MasterKey"}  # the DynamoDB tenant registry needs it to start
     assert "DPMSF_REQUIRE_TOKENS" in env
     plugins = str(env["DPMSF_PLUGINS"])
     assert "s3://${PluginBucket}/plugins/" in plugins and "'.'" in plugins

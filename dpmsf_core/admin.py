@@ -3,28 +3,43 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from .config import Settings
 from .discovery import metadata_from_source
 from .errors import Conflict, MethodNotAllowed, NotFound, PluginError, UnprocessableArguments
-from .security import bearer, require
+from .exchange import Receive, Responder, Scope, read_body
+from .plugin_store import PluginStore
+from .registry import Registry
+from .security import LazySecurity, bearer, require
+
+
+@dataclass(frozen=True)
+class UploadTarget:
+    """Where uploads are written (``store``), the folder the registry reads them from, and the S3 source to
+    refresh at once after a change (None for a folder)."""
+
+    store: PluginStore
+    folder: str
+    source: Any = None
 
 
 class PluginUpload:
     """The admin uploads trusted modules; a tenant's upload is always stamped with that tenant's id."""
 
-    def __init__(self, store: Any, settings: Settings, source: Any = None) -> None:
-        self.store = store
+    def __init__(self, target: UploadTarget, settings: Settings, registry: Registry, security: LazySecurity) -> None:
+        self.store = target.store
+        self.folder = target.folder
+        self.source = target.source
         self.settings = settings
-        self.source = source  # an S3PluginSource to refresh at once after a change
+        self.registry = registry
+        self.security = security
 
     async def handle(
-        self, scope: dict[str, Any], receive: Any, responder: Any, headers: dict[str, str], rest: str, app: Any
+        self, scope: Scope, receive: Receive, responder: Responder, headers: dict[str, str], rest: str
     ) -> None:
-        from .app import _read_body
-
-        security = app.get_security()
+        security = self.security()
         token = bearer(headers)
         tenant = require(security.verify(token) if token else None)
         next_token = security.next_token(tenant)
@@ -54,7 +69,7 @@ class PluginUpload:
         elif method == "PUT":
             if existing is not None and not mine:
                 raise Conflict(f"The module name '{name}' is taken by another owner; choose another name.")
-            body = await _read_body(scope, receive, headers, self.settings.upload_max)
+            body = await read_body(scope, receive, headers, self.settings.upload_max)
             try:
                 source = validate_upload(name, body, max_bytes=self.settings.upload_max)
                 source = stamp_tenant(source, tenant)  # the admin's uploads carry its id too: none is ownerless
@@ -64,10 +79,10 @@ class PluginUpload:
             except (RecursionError, MemoryError):
                 raise UnprocessableArguments(f"Module {name!r} is nested too deeply to be read.") from None
             if not admin:
-                _check_names_free(app.registry.snapshot.reports, {name, meta.alias or name}, tenant)
+                _check_names_free(self.registry.snapshot.reports, {name, meta.alias or name}, tenant)
             # Conditional: created only if still absent, replaced only if still the version whose owner we checked.
             self.store.put(name, source, expect=stored[1] if stored else None)
-            status = self._reload(app, name)
+            status = self._reload(name)
             await responder.json(
                 201 if existing is None else 200,
                 {
@@ -83,7 +98,7 @@ class PluginUpload:
             if existing is None or not mine:
                 raise NotFound(f"No uploaded plugin '{name}'.")
             self.store.delete(name)
-            self._reload(app, name)
+            self._reload(name)
             await responder.send(204, b"", b"text/plain")
         else:
             raise MethodNotAllowed(f"Plugin '{name}' answers GET, PUT and DELETE.", ["GET", "HEAD", "PUT", "DELETE"])
@@ -96,20 +111,14 @@ class PluginUpload:
                 out.append({"name": name, "tenant": owner})
         return out
 
-    def _reload(self, app: Any, name: str) -> dict[str, Any]:
+    def _reload(self, name: str) -> dict[str, Any]:
         if self.source is not None:
             self.source.sync(force=True)
-        snapshot = app.registry.refresh()
+        snapshot = self.registry.refresh()
         report = next((r for r in snapshot.reports if r.real_name == name and r.folder == self.folder), None)
         if report is None:
             return {"status": "removed"}
         return {"status": report.status, "error": report.error, "endpoints": report.endpoints}
-
-    @property
-    def folder(self) -> str | None:
-        if self.source is not None:
-            return str(self.source.cache_dir)
-        return str(getattr(self.store, "folder", "")) or None
 
 
 def _check_names_free(reports: Any, names: set[str], tenant: str) -> None:
@@ -134,8 +143,11 @@ def _owner(source: str | None) -> str | None:
         return None
 
 
-def plan_upload(settings: Settings, folders: list[str], sources: list[Any]) -> PluginUpload | None:
-    """Where uploads go: ``DPMSF_UPLOAD_DIR``, else the first S3 source, else ``<state dir>/uploads``."""
+def plan_upload(settings: Settings, folders: list[str], sources: list[Any]) -> UploadTarget | None:
+    """Where uploads go: ``DPMSF_UPLOAD_DIR``, else the first S3 source, else ``<state dir>/uploads``.
+
+    A new folder is added to ``folders`` (the plugin path) so that uploads are live on the next request.
+    """
     if not settings.admin_id:
         return None
     from .plugin_store import FolderPluginStore, S3PluginStore
@@ -144,10 +156,10 @@ def plan_upload(settings: Settings, folders: list[str], sources: list[Any]) -> P
         folder = os.path.abspath(settings.upload_dir)
     elif sources:
         source = sources[0]
-        return PluginUpload(S3PluginStore(source.url), settings, source)
+        return UploadTarget(S3PluginStore(source.url), str(source.cache_dir), source)
     else:
         folder = os.path.abspath(os.path.join(settings.state_dir, "uploads"))
     os.makedirs(folder, exist_ok=True)
     if folder not in folders:
         folders.append(folder)
-    return PluginUpload(FolderPluginStore(folder), settings)
+    return UploadTarget(FolderPluginStore(folder), folder)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from .config import Settings
@@ -86,3 +87,31 @@ def require(tenant: str | None) -> str:
     if tenant is None:
         raise Unauthorized("missing bearer token")
     return tenant
+
+
+class LazySecurity:
+    """The app's Security, built on first need (a token arrives, or an endpoint requires one): an app that never
+    sees a token never opens the tenant registry or the replay store."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._security: Security | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Security:
+        security = self._security
+        if security is None:
+            with self._lock:
+                if self._security is None:
+                    self._security = Security(self.settings)
+                security = self._security
+        return security
+
+    def tenant_for_read(self, headers: dict[str, str]) -> str | None:
+        """The caller of a read-only document (``__dir__``, ``/openapi.json``): None when anonymous is allowed."""
+        token = bearer(headers)
+        if token is None:
+            if self.settings.require_tokens:
+                raise Unauthorized("missing bearer token")
+            return None
+        return self().verify(token)

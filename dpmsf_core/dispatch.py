@@ -1,0 +1,140 @@
+"""``/rest/services/...``: resolve the endpoint, check the caller, bind the arguments, call, answer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .config import Settings
+from .context import RequestInfo, reset_current, set_current
+from .errors import DPMSFError, FunctionFailed, GatewayTimeout, MethodNotAllowed, Unauthorized
+from .exchange import JSON, Receive, Responder, Scope, read_body
+from .params import CallPlan, assemble, parse_body, parse_query
+from .registry import Endpoint, Registry
+from .resolve import resolve, visible_to
+from .responses import encode_results, is_framework_response
+from .security import LazySecurity, bearer
+
+log = logging.getLogger("dpmsf")
+
+
+class ServiceDispatcher:
+    """Calls plugin functions; holds what that needs: the registry, the settings, the security layer, a pool."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        security: LazySecurity,
+        directory: Callable[[str | None], dict[str, Any]],
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.security = security
+        self.directory = directory
+        self.parm_names = settings.url_parm_names
+        self.executor = ThreadPoolExecutor(max_workers=40, thread_name_prefix="dpmsf-sync")
+        self._visible_anon = visible_to(None, settings.admin_id)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def serve(
+        self, scope: Scope, receive: Receive, responder: Responder, headers: dict[str, str], rid: str, rest: str
+    ) -> None:
+        method: str = scope["method"]
+        segments = [s for s in rest.split("/") if s]
+        snapshot = self.registry.refresh()
+        if segments and segments[0] == "__dir__" and len(segments) == 1:
+            scope["dpmsf.endpoint"] = "__dir__"
+            if method not in ("GET", "HEAD", "OPTIONS"):
+                raise MethodNotAllowed("__dir__ answers GET only.", ["GET", "HEAD", "OPTIONS"])
+            tenant = self.security.tenant_for_read(headers)
+            await responder.json(200, self.directory(tenant))
+            return
+
+        token = bearer(headers)
+        tenant = self.security().verify(token) if token is not None else None
+        visible = self._visible_anon if tenant is None else visible_to(tenant, self.settings.admin_id)
+        endpoint, url_params = resolve(snapshot, segments, max_url_params=self.settings.num_url_parms, visible=visible)
+        scope["dpmsf.endpoint"] = f"{endpoint.module}.{endpoint.api}"  # the per-endpoint metrics dimension
+        if method == "OPTIONS" and "OPTIONS" not in endpoint.methods:
+            await responder.preflight(endpoint.allow(), headers)
+            return
+        if method not in endpoint.methods and not (method == "HEAD" and "GET" in endpoint.methods):
+            allow = endpoint.allow()
+            raise MethodNotAllowed(f"API '{endpoint.api}' answers {', '.join(allow)}; not {method}.", allow)
+        if tenant is not None:
+            next_token = self.security().next_token(tenant)
+            if next_token:
+                responder.add_header("X-DPMSF-Next-Token", next_token)
+        elif endpoint.auth or (endpoint.auth is None and self.settings.require_tokens):
+            raise Unauthorized("missing bearer token")
+        body = await read_body(scope, receive, headers, self.settings.max_body)
+        plan: CallPlan = endpoint.plan or self._plan(endpoint)
+        body_obj = parse_body(body, headers.get("content-type"), raw_ok=plan.accepts_raw_body)
+        args, kwargs = assemble(parse_query(scope["query_string"]), url_params, body_obj, self.parm_names)
+        info = RequestInfo(
+            method=method,
+            path=scope["path"],
+            headers=headers,
+            query=kwargs,
+            body=body,
+            tenant=tenant,
+            request_id=rid,
+            api=endpoint.api,
+            module=endpoint.module,
+            event=scope.get("aws.event"),
+            context=scope.get("aws.context"),
+        )
+        token = set_current(info)
+        try:
+            args, kwargs = plan.bind(args, kwargs, info, body_obj)
+            result = await self._invoke(endpoint, args, kwargs)
+        finally:
+            reset_current(token)
+        if is_framework_response(result):
+            await responder.passthrough(result, scope, receive)
+        else:
+            await responder.send(200, encode_results(result, endpoint.api), JSON)
+
+    def _plan(self, endpoint: Endpoint) -> CallPlan:
+        plan = CallPlan(endpoint.func)
+        endpoint.plan = plan
+        return plan
+
+    async def _invoke(self, endpoint: Endpoint, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        timeout = self.settings.function_timeout or None
+        deadline = asyncio.timeout(timeout)  # None: no limit; ``expired()`` tells our timeout from the plugin's own
+        try:
+            async with deadline:
+                if endpoint.is_async:
+                    return await endpoint.func(*args, **kwargs)
+                if self.settings.sync_inline:
+                    return endpoint.func(*args, **kwargs)
+                loop = asyncio.get_running_loop()
+                call = functools.partial(contextvars.copy_context().run, endpoint.func, *args, **kwargs)
+                return await loop.run_in_executor(self.executor, call)
+        except DPMSFError:
+            raise
+        except TimeoutError as exc:
+            if deadline.expired():
+                raise GatewayTimeout(f"API '{endpoint.api}' ran past its timeout of {timeout} s.") from None
+            raise self._failed(endpoint, exc) from None
+        except Exception as exc:
+            raise self._failed(endpoint, exc) from None
+
+    def _failed(self, endpoint: Endpoint, exc: Exception) -> FunctionFailed:
+        """A function's own exception: logged in full; the caller learns nothing of it unless debug is on."""
+        log.exception("API %s/%s raised", endpoint.module, endpoint.api, exc_info=exc)
+        err = FunctionFailed(f"API '{endpoint.api}' failed; the server log has the details.")
+        if self.settings.debug:
+            err.detail = f"API '{endpoint.api}' raised {type(exc).__name__}: {exc}"
+            err.extra["traceback"] = traceback.format_exception(exc)
+        return err

@@ -1,0 +1,131 @@
+"""HTTP in and out for the ASGI app: request headers, the body (bounded), and the one response each request gets."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .errors import PROBLEM_CONTENT_TYPE, DPMSFError, PayloadTooLarge
+from .responses import dumps
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+JSON = b"application/json"
+_EXPOSE = b"X-Request-Id, X-DPMSF-Next-Token"
+
+log = logging.getLogger("dpmsf")
+
+
+class Responder:
+    """Sends one response with the headers every answer carries (request id, CORS, next token)."""
+
+    __slots__ = ("_send", "cors", "extra", "method", "origin", "rid", "status")
+
+    def __init__(self, send: Send, rid: str, method: str, origin: str | None, cors: tuple[str, ...]) -> None:
+        self._send = send
+        self.rid = rid.encode("latin-1")
+        self.method = method
+        self.origin = origin
+        self.cors = cors
+        self.status = 0
+        self.extra: list[tuple[bytes, bytes]] = []
+
+    def add_header(self, name: str, value: str) -> None:
+        self.extra.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+
+    def _common(self) -> list[tuple[bytes, bytes]]:
+        headers = [(b"x-request-id", self.rid), *self.extra]
+        if self.origin and ("*" in self.cors or self.origin in self.cors):
+            headers.append((b"access-control-allow-origin", b"*" if "*" in self.cors else self.origin.encode()))
+            headers.append((b"access-control-expose-headers", _EXPOSE))
+            if "*" not in self.cors:
+                headers.append((b"vary", b"Origin"))
+        return headers
+
+    async def send(
+        self, status: int, body: bytes, content_type: bytes, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        self.status = status
+        raw = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *self._common()]
+        if headers:
+            raw.extend(headers)
+        await self._send({"type": "http.response.start", "status": status, "headers": raw})
+        await self._send({"type": "http.response.body", "body": b"" if self.method == "HEAD" else body})
+
+    async def json(self, status: int, value: Any) -> None:
+        await self.send(status, dumps(value), JSON)
+
+    async def problem(self, exc: DPMSFError, instance: str | None) -> None:
+        if self.status:  # the response already started: nothing sensible can be sent, but it must not vanish
+            log.error(
+                "error after the response started (status %d sent) for %s, request %s: %d %s",
+                self.status,
+                instance,
+                self.rid.decode("latin-1"),
+                exc.status,
+                exc.detail,
+            )
+            return
+        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
+        rid = self.rid.decode("latin-1")
+        await self.send(exc.status, dumps(exc.problem(rid, instance)), PROBLEM_CONTENT_TYPE.encode(), headers)
+
+    async def preflight(self, allow: list[str], headers: dict[str, str]) -> None:
+        extra = [(b"allow", ", ".join(allow).encode())]
+        if self.origin and headers.get("access-control-request-method"):
+            extra += [
+                (b"access-control-allow-methods", ", ".join(allow).encode()),
+                (
+                    b"access-control-allow-headers",
+                    headers.get("access-control-request-headers", "authorization, content-type").encode(),
+                ),
+                (b"access-control-max-age", b"600"),
+            ]
+        await self.send(204, b"", b"text/plain", extra)
+
+    async def passthrough(self, response: Any, scope: Scope, receive: Receive) -> None:
+        """A Response the function built goes out as built, plus our request id (and CORS/next-token headers)."""
+        present = {k for k, _ in response.raw_headers}
+        for name, value in self._common():
+            if name not in present:
+                response.raw_headers.append((name, value))
+        self.status = response.status_code
+        await response(scope, receive, self._send)
+
+
+def request_headers(scope: Scope) -> dict[str, str]:
+    """Lower-cased names (ASGI already lower-cases; comparing case-insensitively costs nothing more)."""
+    out: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        key = name.decode("latin-1").lower()
+        val = value.decode("latin-1")
+        out[key] = f"{out[key]}, {val}" if key in out else val
+    return out
+
+
+async def read_body(scope: Scope, receive: Receive, headers: dict[str, str], limit: int) -> bytes:
+    declared = headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise PayloadTooLarge(f"Body of {declared} bytes is over the limit of {limit} bytes (DPMSF_MAX_BODY).")
+        except ValueError:
+            pass
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"Body is over the limit of {limit} bytes (DPMSF_MAX_BODY).")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks) if len(chunks) != 1 else chunks[0]

@@ -60,7 +60,7 @@ def _file_sig(st: os.stat_result) -> tuple[int, int, int]:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-def _package_signature(pkg: str) -> tuple[int, ...]:
+def package_signature(pkg: str) -> tuple[int, ...]:
     sig: list[int] = []
     for root, dirs, files in os.walk(pkg):
         dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not d.startswith("."))
@@ -89,7 +89,7 @@ def scan_folder(folder: str, index: int) -> Iterator[Candidate]:
             elif entry.is_dir() and _is_identifier(name):
                 init = os.path.join(entry.path, "__init__.py")
                 if os.path.isfile(init):
-                    yield Candidate(name, init, folder, index, True, _package_signature(entry.path))
+                    yield Candidate(name, init, folder, index, True, package_signature(entry.path))
         except OSError:
             continue
 

@@ -73,9 +73,9 @@ def _schemas_for(ep: Endpoint) -> tuple[dict[str, dict[str, Any]], set[str], boo
         return {}, set(), True
     hints: dict[str, Any] = {}
     if any(p.annotation is not inspect.Parameter.empty for p in sig.parameters.values()):
-        from .params import _type_hints
+        from .params import type_hints
 
-        hints = _type_hints(ep.func)
+        hints = type_hints(ep.func)
     props: dict[str, dict[str, Any]] = {}
     required: set[str] = set()
     var_kw = False

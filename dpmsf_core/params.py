@@ -134,7 +134,7 @@ class CallPlan:
         except (TypeError, ValueError):
             self.signature = None
         params = list(self.signature.parameters.values()) if self.signature else []
-        self._hints = _type_hints(func) if any(p.annotation is not inspect.Parameter.empty for p in params) else {}
+        self._hints = type_hints(func) if any(p.annotation is not inspect.Parameter.empty for p in params) else {}
         self.inject = next((p.name for p in params if _is_request_type(self._hints.get(p.name))), None)
         self.var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
         self.names = {p.name for p in params if p.kind not in _SIMPLE_KINDS and p.name != self.inject}
@@ -220,7 +220,7 @@ def _missing_name(message: str) -> str | None:
     return None
 
 
-def _type_hints(func: Callable[..., Any]) -> dict[str, Any]:
+def type_hints(func: Callable[..., Any]) -> dict[str, Any]:
     try:
         return typing.get_type_hints(func)
     except Exception:  # unresolvable string annotations: treat as untyped rather than refuse to serve

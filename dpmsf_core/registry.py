@@ -17,10 +17,10 @@ from .discovery import (
     Candidate,
     LoadedModule,
     Metadata,
-    _package_signature,
     collect,
     import_module,
     module_name_for,
+    package_signature,
     read_metadata,
     scan_folder,
 )
@@ -288,7 +288,7 @@ class Registry:
             cand = record.candidate
             try:
                 if cand.is_package:
-                    sig = _package_signature(os.path.dirname(cand.path))
+                    sig = package_signature(os.path.dirname(cand.path))
                 else:
                     st = os.stat(cand.path)
                     sig = (st.st_mtime_ns, st.st_size, st.st_ino)

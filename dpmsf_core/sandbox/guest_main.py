@@ -15,7 +15,8 @@ writes JSON, which is all the host ever parses from a guest.
 - guest -> host, last, ``{"op": "answer", "ok": true, "result": ...}`` or
   ``{"op": "answer", "ok": false, "kind": "error|http|violation|memory|too_large|result|load|missing", ...}``.
 
-Nothing here is a security boundary: the boundary is the WebAssembly instance, which has no files, sockets,
+It is one file, over 400 lines, because the guest runs it as one program text (``python -c``) with no files of
+ours beside it. Nothing here is a security boundary: the boundary is the WebAssembly instance, which has no files, sockets,
 processes, threads or environment. The import allow-list and the hidden builtins are policy, so that tenant code
 looks like what the README promises; a tenant that works around them (``uuid.os``) finds a WASI ``os`` with
 nothing to reach.

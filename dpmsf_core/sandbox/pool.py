@@ -1,15 +1,17 @@
-"""The pool of warm guests: one worker process per guest, each bound to one tenant, reused for its calls."""
+"""The pool of warm guests: one worker process per guest, each bound to one tenant, reused for its calls.
+
+A call is planned (``_Call``), given a guest of its tenant (warm if one is idle, else a fresh one, else another
+tenant's least recently used one is recycled), exchanged (store requests served on the way) and mapped to a
+result or the DPMSFError to answer with. ``process.py`` is one worker process as the server sees it.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import marshal
 import os
-import select
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -30,21 +32,21 @@ from ..errors import (
 )
 from . import runtime
 from . import worker as worker_module
+from .process import (
+    UNPRIVILEGED,
+    BadFrame,
+    SandboxLimits,
+    WorkerDied,
+    WorkerProcess,
+    WorkerTimedOut,
+    unprivileged_python,
+)
 
 log = logging.getLogger("dpmsf.sandbox")
 
-_HERE = os.path.dirname(os.path.realpath(__file__))
-_WORKER_FILE = os.path.join(_HERE, "worker.py")
-_GUEST_FILE = os.path.join(_HERE, "guest_main.py")
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(_HERE))  # the folder that holds dpmsf_core
-_START_TIMEOUT = 15.0
 _ENVELOPE_BYTES = 64 * 1024  # room around the result for captured output and the answer's fields
-_STORE_FRAME_BYTES = 1 << 20  # a store request carries one document (at most 350 KB) and its key
 _INLINE_BYTES = 16 * 1024  # a request this small goes into the pipe at once, even from the event loop
 _AFFINITY_WAIT = 0.5  # how long another owner's worker must sit idle before a busy owner may recycle it
-_UNPRIVILEGED = 65534  # nobody/nogroup: the uid a root server's workers run as
-
-MIN_CPU_SECONDS = 0.5
 StoreHandler = Callable[[str, str, str, list[Any]], Any]
 
 
@@ -66,212 +68,6 @@ class _Call:
     @property
     def key(self) -> tuple[str, str]:
         return (self.frame["path"], self.frame["sha"])
-
-
-@dataclass(frozen=True)
-class SandboxLimits:
-    """Per-call limits for sandboxed functions; a guest that breaks one is replaced."""
-
-    cpu_seconds: float = 2  # computing time of one call (epoch interruption inside the guest)
-    memory_mb: int = 256  # the guest's linear memory
-    wall_seconds: float = 5  # the call as a whole; the worker process is killed past it
-    max_output_bytes: int = 1_000_000
-    worker_cpu_seconds: float = 600  # a worker's lifetime CPU (RLIMIT_CPU); it is retired before reaching this
-
-    def __post_init__(self) -> None:
-        if self.cpu_seconds < MIN_CPU_SECONDS:
-            # the guest's start-up runs under the same budget (a deadline can only move forward; see worker.py)
-            raise ValueError(f"SandboxLimits cpu_seconds={self.cpu_seconds}: at least {MIN_CPU_SECONDS} s")
-
-
-class _Died(Exception):
-    """The worker's pipe closed or broke: the process ended."""
-
-
-class _TimedOut(Exception):
-    """No answer before the wall-time deadline."""
-
-
-class _Bad(Exception):
-    """The guest sent something that is not a frame of the protocol."""
-
-
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-def _worker_sys_path() -> list[str]:
-    """Where the worker finds wasmtime and dpmsf_core (it runs with -I -S: no site-packages of its own)."""
-    import wasmtime
-
-    paths = [_PACKAGE_ROOT, os.path.dirname(os.path.dirname(os.path.realpath(wasmtime.__file__)))]
-    return list(dict.fromkeys(paths))
-
-
-class _Worker:
-    """One worker process hosting one guest, and what the server knows about it."""
-
-    def __init__(self, python: str, limits: SandboxLimits, compiled: str, run_as: int | None) -> None:
-        self.limits = limits
-        self.owner: str | None = None
-        self.known: set[tuple[str, str]] = set()  # (path, sha256) of modules the guest has compiled
-        self.started = time.monotonic()
-        self.idle_since = 0.0
-        self.calls = 0
-        config = {
-            "compiled": compiled,
-            "guest_file": _GUEST_FILE,
-            "sys_path": _worker_sys_path(),
-            "cpu_seconds": limits.cpu_seconds,
-            "memory_mb": limits.memory_mb,
-            "max_output_bytes": limits.max_output_bytes,
-            "lifetime_cpu_seconds": int(limits.worker_cpu_seconds),
-        }
-        extra: dict[str, Any] = {}
-        if run_as is not None:
-            extra = {"user": run_as, "group": run_as, "extra_groups": []}
-        try:
-            self.proc = subprocess.Popen(
-                [python, "-I", "-S", "-B", _WORKER_FILE, json.dumps(config)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env={},
-                cwd="/",
-                close_fds=True,
-                start_new_session=True,  # a Ctrl-C aimed at the server does not hit workers mid-call
-                bufsize=0,
-                **extra,
-            )
-        except OSError as exc:
-            raise DPMSFError(f"sandbox worker could not start: {exc}") from None
-        assert self.proc.stdin is not None and self.proc.stdout is not None and self.proc.stderr is not None
-        self.in_fd = self.proc.stdin.fileno()
-        self.out_fd = self.proc.stdout.fileno()
-        self.err_fd = self.proc.stderr.fileno()
-        os.set_blocking(self.err_fd, False)
-        self.poller = select.poll()
-        self.poller.register(self.out_fd, select.POLLIN)
-        try:
-            ready = self.receive(time.monotonic() + _START_TIMEOUT, 1 << 16)
-        except (_Died, _TimedOut, _Bad) as exc:
-            code = self.exit_status() if isinstance(exc, _Died) else None
-            why = self.stderr_tail()
-            self.kill()
-            raise DPMSFError(
-                f"sandbox worker did not start ({type(exc).__name__.strip('_').lower()}, status {code}): {why}"
-            ) from None
-        if ready.get("op") != "ready":
-            self.kill()
-            raise DPMSFError("sandbox worker did not start: no ready frame")
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def send(self, obj: dict[str, Any]) -> None:
-        self.send_bytes(marshal.dumps(obj))
-
-    def send_bytes(self, data: bytes) -> None:
-        view = memoryview(len(data).to_bytes(4, "big") + data)
-        try:
-            while view:
-                view = view[os.write(self.in_fd, view) :]
-        except OSError:
-            raise _Died() from None
-
-    def receive(self, deadline: float, limit: int) -> dict[str, Any]:
-        """One frame from the guest, which is hostile: bounded in size and time, and it must be a JSON object."""
-        size = int.from_bytes(self._read(4, deadline), "big")
-        if size > limit:
-            raise _Bad()
-        try:
-            frame = json.loads(self._read(size, deadline))
-        except (ValueError, RecursionError):
-            raise _Bad() from None
-        if not isinstance(frame, dict):
-            raise _Bad()
-        return frame
-
-    async def receive_async(self, deadline: float, limit: int) -> dict[str, Any]:
-        size = int.from_bytes(await self._read_async(4, deadline), "big")
-        if size > limit:
-            raise _Bad()
-        try:
-            frame = json.loads(await self._read_async(size, deadline))
-        except (ValueError, RecursionError):
-            raise _Bad() from None
-        if not isinstance(frame, dict):
-            raise _Bad()
-        return frame
-
-    async def _read_async(self, n: int, deadline: float) -> bytes:
-        loop = asyncio.get_running_loop()
-        chunks: list[bytes] = []
-        while n:
-            if not self.poller.poll(0):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise _TimedOut()
-                ready = loop.create_future()
-                loop.add_reader(self.out_fd, _wake, ready)
-                timer = loop.call_later(remaining, _wake, ready)
-                try:
-                    await ready
-                finally:
-                    loop.remove_reader(self.out_fd)
-                    timer.cancel()
-                if not self.poller.poll(0):
-                    raise _TimedOut()
-            chunk = os.read(self.out_fd, min(n, 1 << 20))
-            if not chunk:
-                raise _Died()
-            chunks.append(chunk)
-            n -= len(chunk)
-        return b"".join(chunks)
-
-    def _read(self, n: int, deadline: float) -> bytes:
-        chunks: list[bytes] = []
-        while n:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.poller.poll(remaining * 1000):
-                raise _TimedOut()
-            chunk = os.read(self.out_fd, min(n, 1 << 20))
-            if not chunk:
-                raise _Died()
-            chunks.append(chunk)
-            n -= len(chunk)
-        return b"".join(chunks)
-
-    def stderr_tail(self) -> str:
-        try:
-            data = os.read(self.err_fd, 8192)
-        except OSError:
-            return ""
-        return data.decode("utf-8", "replace").strip()[-1000:]
-
-    def kill(self) -> int | None:
-        """SIGKILL (if still running) and reap; returns the exit status."""
-        try:
-            self.proc.kill()
-        except OSError:
-            pass
-        try:
-            code = self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            code = None
-        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
-        return code
-
-    def exit_status(self) -> int | None:
-        """The status of a worker whose pipe closed by itself (it exits within moments)."""
-        try:
-            return self.proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            return None
 
 
 class SandboxPool:
@@ -301,9 +97,9 @@ class SandboxPool:
         self.compiled = runtime.compiled_module(cache).path  # verified; compiled here at most once per machine
         self.run_as: int | None = None
         if run_as is not None or os.geteuid() == 0:
-            self.python, self.run_as = _unprivileged_python(python, run_as or _UNPRIVILEGED, self.compiled)
+            self.python, self.run_as = unprivileged_python(python, run_as or UNPRIVILEGED, self.compiled)
         self._cond = threading.Condition()
-        self._idle: list[_Worker] = []  # least recently used first
+        self._idle: list[WorkerProcess] = []  # least recently used first
         self._count = 0  # idle + busy + starting
         self._closed = False
         self._busy: dict[str, int] = {}  # owner -> workers running its calls
@@ -381,7 +177,7 @@ class SandboxPool:
             raise error
         return result
 
-    def _payload(self, worker: _Worker, plan: _Call) -> bytes:
+    def _payload(self, worker: WorkerProcess, plan: _Call) -> bytes:
         frame = plan.frame
         try:
             return marshal.dumps(frame if plan.key in worker.known else {**frame, "source": plan.source})
@@ -390,7 +186,7 @@ class SandboxPool:
                 f"arguments for sandboxed '{plan.function}' are not plain data: {exc}"
             ) from None
 
-    def _finished(self, worker: _Worker, plan: _Call) -> bool:
+    def _finished(self, worker: WorkerProcess, plan: _Call) -> bool:
         """After a good answer: the guest knows the module now; keep it unless it is worn out."""
         worker.known.add(plan.key)
         worker.calls += 1
@@ -419,7 +215,7 @@ class SandboxPool:
 
     # -- one call -----------------------------------------------------------------------------------------------
 
-    def _exchange(self, worker: _Worker, payload: bytes, plan: _Call) -> tuple[bool, Any, DPMSFError | None]:
+    def _exchange(self, worker: WorkerProcess, payload: bytes, plan: _Call) -> tuple[bool, Any, DPMSFError | None]:
         """Send one call, serve its store requests, and map the answer to (keep the guest, result, error)."""
         limit = self.limits.max_output_bytes + _ENVELOPE_BYTES
         try:
@@ -429,12 +225,12 @@ class SandboxPool:
                 if answer.get("op") != "store":
                     break
                 worker.send(self._serve_store(plan.tenant, answer))
-        except (_TimedOut, _Died, _Bad) as exc:
+        except (WorkerTimedOut, WorkerDied, BadFrame) as exc:
             return False, None, self._broken(worker, plan, exc)
         return self._outcome(worker, answer, plan.function)
 
     async def _exchange_async(
-        self, worker: _Worker, payload: bytes, plan: _Call
+        self, worker: WorkerProcess, payload: bytes, plan: _Call
     ) -> tuple[bool, Any, DPMSFError | None]:
         """``_exchange`` on the event loop: small writes, the answer's pipe watched by the loop."""
         limit = self.limits.max_output_bytes + _ENVELOPE_BYTES
@@ -446,20 +242,22 @@ class SandboxPool:
                     break
                 reply = await asyncio.to_thread(self._serve_store, plan.tenant, answer)  # a backend may block
                 await asyncio.to_thread(worker.send, reply)  # a document can fill the pipe
-        except (_TimedOut, _Died, _Bad) as exc:
+        except (WorkerTimedOut, WorkerDied, BadFrame) as exc:
             return False, None, self._broken(worker, plan, exc)
         return self._outcome(worker, answer, plan.function)
 
-    def _broken(self, worker: _Worker, plan: _Call, exc: Exception) -> DPMSFError:
+    def _broken(self, worker: WorkerProcess, plan: _Call, exc: Exception) -> DPMSFError:
         function = plan.function
-        if isinstance(exc, _Died):
+        if isinstance(exc, WorkerDied):
             return self._death(worker, function)
         worker.kill()
-        if isinstance(exc, _TimedOut):
+        if isinstance(exc, WorkerTimedOut):
             return GatewayTimeout(f"sandboxed function '{function}' ran past its time limit of {plan.wall:g} s")
         return FunctionFailed(f"sandboxed function '{function}' broke the sandbox protocol")
 
-    def _outcome(self, worker: _Worker, answer: dict[str, Any], function: str) -> tuple[bool, Any, DPMSFError | None]:
+    def _outcome(
+        self, worker: WorkerProcess, answer: dict[str, Any], function: str
+    ) -> tuple[bool, Any, DPMSFError | None]:
         """The guest's last frame as (keep the guest, result, error to raise)."""
         if answer.get("op") != "answer":
             worker.kill()
@@ -491,7 +289,7 @@ class SandboxPool:
         # result not encodable, module failed to load, no such function
         return True, None, FunctionFailed(f"sandboxed function '{function}': {detail}")
 
-    def _worn_out(self, worker: _Worker) -> bool:
+    def _worn_out(self, worker: WorkerProcess) -> bool:
         """Retire a guest before its lifetime RLIMIT_CPU could end a call that kept within its own budget."""
         if worker.calls % 64:
             return False
@@ -515,7 +313,7 @@ class SandboxPool:
         except DPMSFError as exc:
             return {"ok": False, "status": exc.status, "detail": exc.detail, "errors": exc.extra.get("errors")}
 
-    def _death(self, worker: _Worker, function: str) -> DPMSFError:
+    def _death(self, worker: WorkerProcess, function: str) -> DPMSFError:
         code = worker.exit_status()
         why = worker.stderr_tail()
         worker.kill()
@@ -532,14 +330,14 @@ class SandboxPool:
 
     # -- the pool -----------------------------------------------------------------------------------------------
 
-    def _acquire(self, owner: str, deadline: float) -> _Worker:
+    def _acquire(self, owner: str, deadline: float) -> WorkerProcess:
         """An idle worker of ``owner``, else a fresh one, else recycle another owner's idle worker, else wait.
 
         An owner that already has a busy worker only recycles another owner's worker once it has sat idle for
         ``_AFFINITY_WAIT``: concurrent calls of one tenant queue for its warm workers instead of evicting the
         other tenants' (a fresh guest costs ~0.2 s); an owner with no worker at all recycles at once.
         """
-        victim: _Worker | None = None
+        victim: WorkerProcess | None = None
         with self._cond:
             while True:
                 if self._closed:
@@ -569,7 +367,7 @@ class SandboxPool:
         if victim is not None:
             victim.kill()
         try:
-            worker = _Worker(self.python, self.limits, self.compiled, self.run_as)
+            worker = WorkerProcess(self.python, self.limits, self.compiled, self.run_as)
         except BaseException:
             with self._cond:
                 self._count -= 1
@@ -579,7 +377,7 @@ class SandboxPool:
         worker.owner = owner
         return worker
 
-    def _take_warm(self, owner: str) -> _Worker | None:
+    def _take_warm(self, owner: str) -> WorkerProcess | None:
         """An idle guest already bound to ``owner``, without waiting; None if there is none right now."""
         with self._cond:
             if self._closed:
@@ -597,7 +395,7 @@ class SandboxPool:
             if not self._busy[owner]:
                 del self._busy[owner]
 
-    def _release(self, worker: _Worker, keep: bool) -> None:
+    def _release(self, worker: WorkerProcess, keep: bool) -> None:
         if keep and worker.proc.poll() is None:
             with self._cond:
                 self._unbusy(worker.owner)
@@ -627,7 +425,7 @@ class SandboxPool:
             self._count += 1
             self._starting += 1
         try:
-            worker = _Worker(self.python, self.limits, self.compiled, self.run_as)
+            worker = WorkerProcess(self.python, self.limits, self.compiled, self.run_as)
         except DPMSFError as exc:
             log.warning("sandbox spare worker failed to start: %s", exc)
             with self._cond:
@@ -646,7 +444,7 @@ class SandboxPool:
         worker.kill()
 
 
-def _pick(idle: list[_Worker], owner: str) -> _Worker | None:
+def _pick(idle: list[WorkerProcess], owner: str) -> WorkerProcess | None:
     for candidates in ((w for w in idle if w.owner == owner), (w for w in idle if w.owner is None)):
         for worker in candidates:
             idle.remove(worker)
@@ -658,50 +456,6 @@ def _sha256(source: str) -> str:
     import hashlib
 
     return hashlib.sha256(source.encode("utf-8")).hexdigest()
-
-
-def _usable_by_others(path: str, *, execute: bool = False) -> bool:
-    """Whether a uid that is neither owner nor group can read (or run) ``path``: every folder above needs o+x."""
-    real = os.path.realpath(path)
-    try:
-        mode = os.stat(real).st_mode
-        folder = os.path.dirname(real)
-        while True:
-            if not os.stat(folder).st_mode & 0o001:
-                return False
-            parent = os.path.dirname(folder)
-            if parent == folder:
-                break
-            folder = parent
-    except OSError:
-        return False
-    return bool(mode & 0o004) and (not execute or bool(mode & 0o001))
-
-
-_warned: set[str] = set()
-
-
-def _unprivileged_python(python: str, uid: int, compiled: str) -> tuple[str, int | None]:
-    """An interpreter, and the uid to run workers as, such that the unprivileged uid can run everything needed.
-
-    A root server's workers run as ``uid`` (nobody) when the interpreter, wasmtime, dpmsf_core and the compiled
-    module are all readable by others; the configured interpreter is tried first, then the system's python3.
-    Otherwise they keep the server's uid, with one warning: the WebAssembly boundary holds either way.
-    """
-    import shutil
-
-    import wasmtime
-
-    needed = [compiled, wasmtime.__file__, _GUEST_FILE, _WORKER_FILE, runtime.__file__]
-    if all(_usable_by_others(p) for p in needed):
-        for candidate in (python, shutil.which("python3") or "", "/usr/bin/python3"):
-            if candidate and _usable_by_others(candidate, execute=True):
-                return candidate, uid
-    reason = "no interpreter, wasmtime or dpmsf_core that an unprivileged uid can read"
-    if reason not in _warned:
-        _warned.add(reason)
-        log.warning("sandbox: workers keep the server's uid (%s); the WebAssembly boundary still holds", reason)
-    return python, None
 
 
 def default_cache_dir() -> str:

@@ -5,40 +5,17 @@ from __future__ import annotations
 import ast
 import hashlib
 import inspect
-import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..context import RequestInfo
 from ..errors import PluginError
 from ..expose import DEFAULT_METHODS, EVENT_SOURCES, EndpointSpec, EventSpec, check_api_name, parse_methods
+from .annotations import resolve_annotation
 
 _PKG = "dpmsf_core"
 _ENDPOINT_KEYWORDS = ("method", "API", "auth")
 _EVENT_KEYWORDS = ("source", "match", "name")
-
-# Annotations the server can turn into real types for argument conversion; anything else stays a string.
-_SAFE_TYPES: dict[str, Any] = {
-    "int": int,
-    "float": float,
-    "bool": bool,
-    "str": str,
-    "bytes": bytes,
-    "list": list,
-    "dict": dict,
-    "tuple": tuple,
-    "set": set,
-    "None": None,
-    "Any": typing.Any,
-    "Optional": typing.Optional,
-    "Union": typing.Union,
-    "List": list,
-    "Dict": dict,
-    "Tuple": tuple,
-    "Set": set,
-    "RequestInfo": RequestInfo,  # injected by the host's call plan, rebuilt inside the guest
-}
 
 
 class _Unparsed:
@@ -393,44 +370,9 @@ def _signature(params: tuple[ParamInfo, ...]) -> inspect.Signature:
     for p in params:
         ann: Any = inspect.Parameter.empty
         if p.annotation is not None:
-            ann = _resolve_annotation(p.annotation)
+            ann = resolve_annotation(p.annotation)
         out.append(inspect.Parameter(p.name, p.kind, default=p.default, annotation=ann))
     return inspect.Signature(out)
-
-
-def _resolve_annotation(text: str) -> Any:
-    """``'list[int]'`` -> ``list[int]`` without ``eval``: only builtin scalars and containers; others stay text."""
-    try:
-        node = ast.parse(text, mode="eval").body
-        return _build_type(node)
-    except (SyntaxError, ValueError, TypeError, KeyError):
-        return text
-
-
-def _build_type(node: ast.expr) -> Any:
-    if isinstance(node, ast.Constant) and node.value is None:
-        return None
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        return _build_type(ast.parse(node.value, mode="eval").body)
-    if isinstance(node, ast.Name):
-        return _SAFE_TYPES[node.id]
-    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "dpmsf_core":
-        return {"RequestInfo": RequestInfo}[node.attr]
-    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in ("typing", "t"):
-        return _SAFE_TYPES[node.attr]
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-        return typing.Union[_build_type(node.left), _build_type(node.right)]  # noqa: UP007 - built at runtime
-    if isinstance(node, ast.Subscript):
-        base = _build_type(node.value)
-        inner = node.slice
-        args = tuple(_build_type(e) for e in inner.elts) if isinstance(inner, ast.Tuple) else (_build_type(inner),)
-        if base is typing.Optional:
-            return typing.Optional[args[0]]  # noqa: UP045 - built at runtime from a parsed annotation
-        if base is typing.Union:
-            return typing.Union[args]  # noqa: UP007 - built at runtime
-        if base in (list, set, tuple, dict):
-            return base[args if len(args) > 1 else args[0]]
-    raise ValueError(f"unsupported annotation {ast.unparse(node)}")
 
 
 def _is_async(func: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:

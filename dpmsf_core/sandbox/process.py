@@ -1,0 +1,282 @@
+"""One sandbox worker process, seen from the server: start it, talk to it in frames, end it.
+
+Every frame from a worker is hostile: bounded in size and in time, and it must be a JSON object. A worker that
+breaks the protocol is killed. When the server runs as root, workers run as ``nobody`` if everything they must
+read is readable by others (``unprivileged_python``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import marshal
+import os
+import select
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import DPMSFError
+from . import runtime
+
+log = logging.getLogger("dpmsf.sandbox")
+
+_HERE = os.path.dirname(os.path.realpath(__file__))
+WORKER_FILE = os.path.join(_HERE, "worker.py")
+GUEST_FILE = os.path.join(_HERE, "guest_main.py")
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(_HERE))  # the folder that holds dpmsf_core
+_START_TIMEOUT = 15.0
+UNPRIVILEGED = 65534  # nobody/nogroup: the uid a root server's workers run as
+MIN_CPU_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Per-call limits for sandboxed functions; a guest that breaks one is replaced."""
+
+    cpu_seconds: float = 2  # computing time of one call (epoch interruption inside the guest)
+    memory_mb: int = 256  # the guest's linear memory
+    wall_seconds: float = 5  # the call as a whole; the worker process is killed past it
+    max_output_bytes: int = 1_000_000
+    worker_cpu_seconds: float = 600  # a worker's lifetime CPU (RLIMIT_CPU); it is retired before reaching this
+
+    def __post_init__(self) -> None:
+        if self.cpu_seconds < MIN_CPU_SECONDS:
+            # the guest's start-up runs under the same budget (a deadline can only move forward; see worker.py)
+            raise ValueError(f"SandboxLimits cpu_seconds={self.cpu_seconds}: at least {MIN_CPU_SECONDS} s")
+
+
+class WorkerDied(Exception):
+    """The worker's pipe closed or broke: the process ended."""
+
+
+class WorkerTimedOut(Exception):
+    """No answer before the wall-time deadline."""
+
+
+class BadFrame(Exception):
+    """The guest sent something that is not a frame of the protocol."""
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _worker_sys_path() -> list[str]:
+    """Where the worker finds wasmtime and dpmsf_core (it runs with -I -S: no site-packages of its own)."""
+    import wasmtime
+
+    paths = [_PACKAGE_ROOT, os.path.dirname(os.path.dirname(os.path.realpath(wasmtime.__file__)))]
+    return list(dict.fromkeys(paths))
+
+
+class WorkerProcess:
+    """One worker process hosting one guest, and what the server knows about it."""
+
+    def __init__(self, python: str, limits: SandboxLimits, compiled: str, run_as: int | None) -> None:
+        self.limits = limits
+        self.owner: str | None = None
+        self.known: set[tuple[str, str]] = set()  # (path, sha256) of modules the guest has compiled
+        self.started = time.monotonic()
+        self.idle_since = 0.0
+        self.calls = 0
+        config = {
+            "compiled": compiled,
+            "guest_file": GUEST_FILE,
+            "sys_path": _worker_sys_path(),
+            "cpu_seconds": limits.cpu_seconds,
+            "memory_mb": limits.memory_mb,
+            "max_output_bytes": limits.max_output_bytes,
+            "lifetime_cpu_seconds": int(limits.worker_cpu_seconds),
+        }
+        extra: dict[str, Any] = {}
+        if run_as is not None:
+            extra = {"user": run_as, "group": run_as, "extra_groups": []}
+        try:
+            self.proc = subprocess.Popen(
+                [python, "-I", "-S", "-B", WORKER_FILE, json.dumps(config)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env={},
+                cwd="/",
+                close_fds=True,
+                start_new_session=True,  # a Ctrl-C aimed at the server does not hit workers mid-call
+                bufsize=0,
+                **extra,
+            )
+        except OSError as exc:
+            raise DPMSFError(f"sandbox worker could not start: {exc}") from None
+        assert self.proc.stdin is not None and self.proc.stdout is not None and self.proc.stderr is not None
+        self.in_fd = self.proc.stdin.fileno()
+        self.out_fd = self.proc.stdout.fileno()
+        self.err_fd = self.proc.stderr.fileno()
+        os.set_blocking(self.err_fd, False)
+        self.poller = select.poll()
+        self.poller.register(self.out_fd, select.POLLIN)
+        try:
+            ready = self.receive(time.monotonic() + _START_TIMEOUT, 1 << 16)
+        except (WorkerDied, WorkerTimedOut, BadFrame) as exc:
+            code = self.exit_status() if isinstance(exc, WorkerDied) else None
+            why = self.stderr_tail()
+            self.kill()
+            raise DPMSFError(
+                f"sandbox worker did not start ({type(exc).__name__.strip('_').lower()}, status {code}): {why}"
+            ) from None
+        if ready.get("op") != "ready":
+            self.kill()
+            raise DPMSFError("sandbox worker did not start: no ready frame")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def send(self, obj: dict[str, Any]) -> None:
+        self.send_bytes(marshal.dumps(obj))
+
+    def send_bytes(self, data: bytes) -> None:
+        view = memoryview(len(data).to_bytes(4, "big") + data)
+        try:
+            while view:
+                view = view[os.write(self.in_fd, view) :]
+        except OSError:
+            raise WorkerDied() from None
+
+    def receive(self, deadline: float, limit: int) -> dict[str, Any]:
+        """One frame from the guest, which is hostile: bounded in size and time, and it must be a JSON object."""
+        size = int.from_bytes(self._read(4, deadline), "big")
+        if size > limit:
+            raise BadFrame()
+        try:
+            frame = json.loads(self._read(size, deadline))
+        except (ValueError, RecursionError):
+            raise BadFrame() from None
+        if not isinstance(frame, dict):
+            raise BadFrame()
+        return frame
+
+    async def receive_async(self, deadline: float, limit: int) -> dict[str, Any]:
+        size = int.from_bytes(await self._read_async(4, deadline), "big")
+        if size > limit:
+            raise BadFrame()
+        try:
+            frame = json.loads(await self._read_async(size, deadline))
+        except (ValueError, RecursionError):
+            raise BadFrame() from None
+        if not isinstance(frame, dict):
+            raise BadFrame()
+        return frame
+
+    async def _read_async(self, n: int, deadline: float) -> bytes:
+        loop = asyncio.get_running_loop()
+        chunks: list[bytes] = []
+        while n:
+            if not self.poller.poll(0):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise WorkerTimedOut()
+                ready = loop.create_future()
+                loop.add_reader(self.out_fd, _wake, ready)
+                timer = loop.call_later(remaining, _wake, ready)
+                try:
+                    await ready
+                finally:
+                    loop.remove_reader(self.out_fd)
+                    timer.cancel()
+                if not self.poller.poll(0):
+                    raise WorkerTimedOut()
+            chunk = os.read(self.out_fd, min(n, 1 << 20))
+            if not chunk:
+                raise WorkerDied()
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def _read(self, n: int, deadline: float) -> bytes:
+        chunks: list[bytes] = []
+        while n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.poller.poll(remaining * 1000):
+                raise WorkerTimedOut()
+            chunk = os.read(self.out_fd, min(n, 1 << 20))
+            if not chunk:
+                raise WorkerDied()
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def stderr_tail(self) -> str:
+        try:
+            data = os.read(self.err_fd, 8192)
+        except OSError:
+            return ""
+        return data.decode("utf-8", "replace").strip()[-1000:]
+
+    def kill(self) -> int | None:
+        """SIGKILL (if still running) and reap; returns the exit status."""
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+        try:
+            code = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        return code
+
+    def exit_status(self) -> int | None:
+        """The status of a worker whose pipe closed by itself (it exits within moments)."""
+        try:
+            return self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+def usable_by_others(path: str, *, execute: bool = False) -> bool:
+    """Whether a uid that is neither owner nor group can read (or run) ``path``: every folder above needs o+x."""
+    real = os.path.realpath(path)
+    try:
+        mode = os.stat(real).st_mode
+        folder = os.path.dirname(real)
+        while True:
+            if not os.stat(folder).st_mode & 0o001:
+                return False
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                break
+            folder = parent
+    except OSError:
+        return False
+    return bool(mode & 0o004) and (not execute or bool(mode & 0o001))
+
+
+_warned: set[str] = set()
+
+
+def unprivileged_python(python: str, uid: int, compiled: str) -> tuple[str, int | None]:
+    """An interpreter, and the uid to run workers as, such that the unprivileged uid can run everything needed.
+
+    A root server's workers run as ``uid`` (nobody) when the interpreter, wasmtime, dpmsf_core and the compiled
+    module are all readable by others; the configured interpreter is tried first, then the system's python3.
+    Otherwise they keep the server's uid, with one warning: the WebAssembly boundary holds either way.
+    """
+    import shutil
+
+    import wasmtime
+
+    needed = [compiled, wasmtime.__file__, GUEST_FILE, WORKER_FILE, runtime.__file__]
+    if all(usable_by_others(p) for p in needed):
+        for candidate in (python, shutil.which("python3") or "", "/usr/bin/python3"):
+            if candidate and usable_by_others(candidate, execute=True):
+                return candidate, uid
+    reason = "no interpreter, wasmtime or dpmsf_core that an unprivileged uid can read"
+    if reason not in _warned:
+        _warned.add(reason)
+        log.warning("sandbox: workers keep the server's uid (%s); the WebAssembly boundary still holds", reason)
+    return python, None

@@ -7,21 +7,31 @@
   resolve against the plugin file's folder;
 - the program sees only ``PATH``, ``LANG`` and ``HOME`` of the server's environment (plus ``env=``),
   so the server's secrets do not leak into it;
-- it runs in its own process group; when it exits, times out or floods stdout, the whole group is
-  killed with SIGKILL and reaped, so no background child outlives the call;
+- no process it starts outlives the call, not even one that left its process group or session (``setsid``,
+  double fork): on Linux each program runs under its own supervisor (``subreaper.py``), a child subreaper that,
+  when the program exits, times out or floods stdout, SIGKILLs and reaps every process still below it before
+  the call returns. Without ``/proc`` and ``prctl`` (macOS), only the program's process group is killed;
 - non-zero exit -> 502 with the exit code and the end of stderr; timeout -> 504; program not found -> 502.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
+import atexit
 import contextlib
+import errno
+import io
 import json
 import logging
 import os
 import shlex
 import shutil
 import signal
+import socket
+import subprocess
+import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +50,9 @@ STDERR_KEEP = 64 * 1024  # the tail of stderr kept in ProgramResult
 STDERR_DETAIL = 2048  # the tail of stderr quoted in a 502's detail
 _DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 _READ_CHUNK = 65536
-_POLL = 0.05  # how often to look whether the program exited while its children still hold its pipes
-_GRACE = 1.0  # after killing the group, how long to wait for the pipes to close
+_GRACE = 1.0  # once the tree is dead, how long to wait for pipes that a process outside it might still hold
+_KILL_WAIT = 5.0  # how long a call waits for its supervisor to confirm that the tree is dead
+_SUPERVISOR = Path(__file__).with_name("subreaper.py")
 
 
 @dataclass(frozen=True)
@@ -98,21 +109,219 @@ def _resolve_argv(argv: Sequence[str], base: Path | None, path_env: str) -> list
     return out
 
 
-def _kill_group(pid: int) -> None:
-    """SIGKILL the process group led by ``pid`` (the program and anything it started); fine if already gone."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+class _Launcher:
+    """This process's fork server of supervisors (``subreaper.py``): started on first use, restarted if it died.
+
+    One warm launcher forks a supervisor per call in well under a millisecond, where starting an interpreter
+    per call would cost several. It is per process: after a fork (gunicorn, multiprocessing) the child starts
+    its own, and the server's end of the socket is non-blocking, so a launcher that stopped reading (stopped,
+    hung) is replaced instead of blocking the event loop.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._owner = 0
+        self._inherited: list[object] = []  # a fork child's copy of its parent's launcher: neither waited nor warned
+        self._atexit = False
+
+    def after_fork_in_child(self) -> None:
+        """A forked child must not talk to (or wait for) its parent's launcher, nor inherit a held lock."""
+        self._lock = threading.Lock()
+        if self._proc is not None or self._sock is not None:
+            if self._sock is not None:
+                self._sock.close()
+            self._inherited.append(self._proc)
+            self._proc = self._sock = None
+
+    def send(self, fds: Sequence[int]) -> None:
+        """Hand one call's fds to the launcher, which forks its supervisor; OSError if no launcher can run."""
+        message = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+        with self._lock:
+            for attempt in (1, 2):
+                sock = self._ensure()
+                try:
+                    sock.sendmsg([b"R"], message)
+                    return
+                except OSError:  # it died, or stopped reading: a fresh one gets the retry
+                    self._discard()
+                    if attempt == 2:
+                        raise
+
+    def _ensure(self) -> socket.socket:
+        if self._sock is not None and self._proc is not None and self._owner == os.getpid():
+            if self._proc.poll() is None:
+                return self._sock
+            log.warning(
+                "the command launcher (pid %s) died with status %s; starting another",
+                self._proc.pid,
+                self._proc.returncode,
+            )
+            self._discard()
+        ours, theirs = socket.socketpair()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-B", str(_SUPERVISOR), str(theirs.fileno())],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+                env={},  # no server secrets; each program's environment comes with its request
+                cwd="/",
+                start_new_session=True,  # a Ctrl-C in the server's terminal is not for it
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._sock, self._owner = ours, os.getpid()
+        if not self._atexit:
+            atexit.register(self.close)
+            self._atexit = True
+        return ours
+
+    def _discard(self) -> None:
+        """Forget the launcher: supervisors it forked live on (each watches its own call), so killing it is safe."""
+        sock, proc, self._sock, self._proc = self._sock, self._proc, None, None
+        if sock is not None:
+            sock.close()
+        if proc is not None:
+            with contextlib.suppress(OSError):
+                proc.kill()
+            proc.wait()
+
+    def close(self) -> None:
+        """At exit: the launcher ends when its socket does (running calls' supervisors end with their sockets)."""
+        if self._owner != os.getpid():
+            return
+        sock, proc, self._sock, self._proc = self._sock, self._proc, None, None
+        if sock is not None:
+            sock.close()
+        if proc is not None:
+            try:
+                proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+_LAUNCHER = _Launcher()
+os.register_at_fork(after_in_child=_LAUNCHER.after_fork_in_child)
+_warned_no_subreaper = False
 
 
 class _OutputTooLarge(Exception):
     pass
 
 
-async def _read_capped(stream: asyncio.StreamReader, buf: bytearray, cap: int, pid: int) -> None:
+class _Supervised:
+    """One program under its supervisor, as the server sees it: the pipes, and the control socket.
+
+    The control socket carries the supervisor's reports (``S``/``E``/``X`` lines, see ``subreaper.py``) and is
+    the call's lifeline: ending our side of it (``kill``), or our process dying, makes the supervisor SIGKILL
+    the whole tree. The program is not our child, so nothing here waits for a pid.
+    """
+
+    def __init__(self, ctl: socket.socket) -> None:
+        self.ctl = ctl
+        self.stdin: asyncio.StreamWriter | None = None
+        self.stdout = asyncio.StreamReader()
+        self.stderr = asyncio.StreamReader()
+        self._transports: list[asyncio.BaseTransport] = []
+        self._killed = False
+
+    @classmethod
+    async def start(cls, argv: list[str], env: dict[str, str], cwd: str, data: bytes | None) -> _Supervised:
+        """Have the launcher fork a supervisor for ``argv`` and connect its pipes to this event loop."""
+        loop = asyncio.get_running_loop()
+        ctl, peer = socket.socketpair()
+        ctl.setblocking(False)
+        self = cls(ctl)
+        request = json.dumps({"argv": argv, "env": env, "cwd": cwd}).encode() + b"\n"
+        unattached: list[io.FileIO] = []  # our pipe ends not yet owned by a transport
+        theirs = [peer.fileno()]
+        try:
+            try:
+                sent = ctl.send(request)  # queued before the fork, so the supervisor need not wait for it
+                for _ in (self.stdout, self.stderr):
+                    r, w = os.pipe()
+                    unattached.append(io.FileIO(r, "rb"))
+                    theirs.append(w)
+                if data is not None:
+                    r, w = os.pipe()
+                    unattached.append(io.FileIO(w, "wb"))
+                    theirs.append(r)
+                _LAUNCHER.send(theirs)
+            finally:  # the supervisor has its copies now, or never will
+                for fd in theirs[1:]:
+                    os.close(fd)
+                peer.close()
+            for reader in (self.stdout, self.stderr):
+                transport, _ = await loop.connect_read_pipe(
+                    lambda r=reader: asyncio.StreamReaderProtocol(r), unattached[0]
+                )
+                self._transports.append(transport)
+                unattached.pop(0)
+            if unattached:
+                transport, protocol = await loop.connect_write_pipe(
+                    lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), unattached[0]
+                )
+                self._transports.append(transport)
+                unattached.pop(0)
+                self.stdin = asyncio.StreamWriter(transport, protocol, None, loop)
+            if sent < len(request):  # larger than the socket buffer: the rest once the supervisor reads
+                await loop.sock_sendall(ctl, request[sent:])
+        except BaseException:
+            for pipe in unattached:
+                pipe.close()
+            self.close()  # the supervisor, if it was forked, sees the end of the control stream and stops
+            raise
+        return self
+
+    def kill(self) -> None:
+        """Ask the supervisor to SIGKILL the program and everything below it (idempotent, never blocks)."""
+        if not self._killed:
+            self._killed = True
+            with contextlib.suppress(OSError):
+                self.ctl.shutdown(socket.SHUT_WR)
+
+    async def report(self) -> dict[str, str]:
+        """The supervisor's reports up to its last (``X``, ``E`` or ``F``), or up to its end: ``{"S": "9 1", ...}``.
+
+        ``X`` comes once the tree is dead and reaped; the supervisor's own exit after it is not waited for.
+        """
+        loop = asyncio.get_running_loop()
+        reports: dict[str, str] = {}
+        pending = b""
+        while True:
+            try:
+                chunk = await loop.sock_recv(self.ctl, 4096)
+            except ConnectionError:  # a supervisor that died with data unread: same as the end of the stream
+                break
+            if not chunk:
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                text = line.decode(errors="replace")
+                reports[text[:1]] = text[2:]
+            if reports.keys() & {"X", "E", "F"}:
+                break
+        return reports
+
+    def close(self) -> None:
+        """Release the pipes and the control socket (closing it also tells a live supervisor to kill the tree)."""
+        for transport in self._transports:
+            transport.close()
+        self.ctl.close()
+
+
+async def _read_capped(stream: asyncio.StreamReader, buf: bytearray, cap: int, kill: Callable[[], None]) -> None:
     while chunk := await stream.read(_READ_CHUNK):
         buf += chunk
         if len(buf) > cap:
-            _kill_group(pid)  # stop the flood now rather than at the timeout
+            kill()  # stop the flood now rather than at the timeout
             raise _OutputTooLarge
 
 
@@ -123,27 +332,13 @@ async def _read_tail(stream: asyncio.StreamReader, buf: bytearray, keep: int) ->
             del buf[:-keep]
 
 
-async def _wait_for_pipes(proc: asyncio.subprocess.Process, readers: set[asyncio.Task[Any]]) -> None:
-    """Until stdout and stderr reach EOF; once the program itself has exited, its leftover children are killed.
-
-    ``proc.wait()`` alone would not do: asyncio reports the exit only after every pipe is closed, and a
-    background child holding stdout would keep it open until the timeout.
-    """
-    killed_at: float | None = None
-    loop = asyncio.get_running_loop()
-    while True:
-        _, pending = await asyncio.wait(readers, timeout=_POLL)
-        if not pending:
-            return
-        if proc.returncode is not None:
-            if killed_at is None:
-                _kill_group(proc.pid)
-                killed_at = loop.time()
-            elif loop.time() - killed_at > _GRACE:  # a grandchild escaped the group with setsid: stop listening
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
-                return
+async def _drain_pipes(readers: set[asyncio.Task[Any]]) -> None:
+    """Once the supervisor has reported, the tree is dead and its pipes are at EOF at once; only a process
+    outside the tree that was handed a pipe (over a unix socket, say) could hold one open: stop listening then."""
+    _, pending = await asyncio.wait(readers, timeout=_GRACE)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 async def _feed(stream: asyncio.StreamWriter | None, data: bytes | None) -> None:
@@ -186,7 +381,8 @@ async def run_program(
 ) -> ProgramResult:
     """Run a program under the command rules: ``input`` (JSON-encoded unless str/bytes) goes to its stdin.
 
-    ``check=True`` raises BadGateway (502) on a non-zero exit; a timeout raises GatewayTimeout (504).
+    ``check=True`` raises BadGateway (502) on a non-zero exit; a timeout raises GatewayTimeout (504). When it
+    returns or raises, the program and every process it started are dead and reaped (see ``subreaper.py``).
     """
     what = f"Command '{name}'" if name else "Program"
     shown = _display(argv)
@@ -198,54 +394,43 @@ async def run_program(
     if cwd is not None and not os.path.isdir(cwd):
         raise BadGateway(f"{what} ({shown}) cannot start: working directory '{cwd}' does not exist.")
     data = _encode_input(input)
-    pipes: dict[str, Any] = {
-        "stdin": asyncio.subprocess.PIPE if data is not None else asyncio.subprocess.DEVNULL,
-        "stdout": asyncio.subprocess.PIPE,
-        "stderr": asyncio.subprocess.PIPE,
-        "cwd": None if cwd is None else str(cwd),
-        "env": full_env,
-        "start_new_session": True,  # its own process group, so a kill reaches its children too
-    }
+    if shell:
+        program = ["/bin/sh", "-c", argv if isinstance(argv, str) else shlex.join(argv)]
+    else:
+        program = [str(a) for a in argv]
+    workdir = os.path.abspath(cwd) if cwd is not None else os.getcwd()
     try:
-        if shell:
-            cmd = argv if isinstance(argv, str) else shlex.join(argv)
-            proc = await asyncio.create_subprocess_shell(cmd, **pipes)
-        else:
-            proc = await asyncio.create_subprocess_exec(*argv, **pipes)
-    except FileNotFoundError:
-        program = argv if isinstance(argv, str) else argv[0]
-        log.warning("%s: %r not found (PATH=%r, cwd=%r)", what, program, full_env["PATH"], str(cwd or os.getcwd()))
-        raise BadGateway(
-            f"{what} ({shown}) cannot start: program '{program}' was not found on PATH or next to the plugin."
-        ) from None
-    except PermissionError:
-        raise BadGateway(f"{what} ({shown}) cannot start: '{argv[0]}' is not executable.") from None
+        call = await _Supervised.start(program, full_env, workdir, data)
     except OSError as exc:
-        raise BadGateway(f"{what} ({shown}) cannot start: {exc.strerror or exc}.") from None
+        log.error("%s: no supervisor process could be started: %s", what, exc)
+        raise BadGateway(f"{what} ({shown}) cannot start: no supervisor process ({exc.strerror or exc}).") from None
 
     out, err = bytearray(), bytearray()
     tasks: list[asyncio.Task[Any]] = []
+    report = asyncio.ensure_future(call.report())
     try:
-        assert proc.stdout is not None and proc.stderr is not None
-        feeder = asyncio.ensure_future(_feed(proc.stdin, data))
-        reader = asyncio.ensure_future(_read_capped(proc.stdout, out, max_output, proc.pid))
-        err_reader = asyncio.ensure_future(_read_tail(proc.stderr, err, STDERR_KEEP))
+        feeder = asyncio.ensure_future(_feed(call.stdin, data))
+        reader = asyncio.ensure_future(_read_capped(call.stdout, out, max_output, call.kill))
+        err_reader = asyncio.ensure_future(_read_tail(call.stderr, err, STDERR_KEEP))
         tasks = [feeder, reader, err_reader]
         try:
             async with asyncio.timeout(timeout):
-                await _wait_for_pipes(proc, {reader, err_reader})
+                # The program has exited and its whole tree is dead and reaped. Shielded: a timeout or a
+                # cancellation must not cancel the report too, since _finish waits on it for the kill's end.
+                reports = await asyncio.shield(report)
+                await _drain_pipes({reader, err_reader})
                 if not reader.cancelled() and isinstance(reader.exception(), _OutputTooLarge):
                     raise _OutputTooLarge
-                returncode = proc.returncode if proc.returncode is not None else await proc.wait()
                 await feeder
         except TimeoutError:
             raise GatewayTimeout(f"{what} ({shown}) ran past its timeout of {timeout:g} s and was killed.") from None
         except _OutputTooLarge:
             raise BadGateway(f"{what} ({shown}) wrote more than {max_output} bytes to stdout and was killed.") from None
     finally:
-        _kill_group(proc.pid)
-        await asyncio.shield(_reap(proc, tasks))
+        call.kill()  # a no-op for the supervisor when it has already reported
+        await asyncio.shield(_finish(call, report, tasks, what))
 
+    returncode = _returncode(reports, what, shown, program[0], full_env["PATH"], workdir)
     stdout = out.decode("utf-8", errors="replace")
     stderr = err[-STDERR_KEEP:].decode("utf-8", errors="replace")
     if check and returncode != 0:
@@ -253,16 +438,43 @@ async def run_program(
     return ProgramResult(returncode=returncode, stdout=stdout, stderr=stderr, parsed=parse_output(stdout))
 
 
-async def _reap(proc: asyncio.subprocess.Process, tasks: list[asyncio.Task[Any]]) -> None:
-    """Wait for the killed program and our pipe tasks, so nothing (process or transport) is left behind."""
-    for task in tasks:
+async def _finish(
+    call: _Supervised, report: asyncio.Future[dict[str, str]], tasks: list[asyncio.Task[Any]], what: str
+) -> None:
+    """Wait (bounded) for the supervisor to confirm the tree is dead, then release our tasks, pipes and socket."""
+    if not report.done():
+        await asyncio.wait({report}, timeout=_KILL_WAIT)
+        if not report.done():
+            log.error("%s: its supervisor did not confirm the kill within %g s", what, _KILL_WAIT)
+    for task in [*tasks, report]:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    while proc.returncode is None:  # it was sent SIGKILL: this takes milliseconds
-        await asyncio.sleep(0.005)
-    transport = getattr(proc, "_transport", None)  # no public close(); frees pipes an escaped grandchild holds
-    if transport is not None:
-        transport.close()
+    await asyncio.gather(*tasks, report, return_exceptions=True)
+    call.close()
+
+
+def _returncode(reports: dict[str, str], what: str, shown: str, program: str, path: str, cwd: str) -> int:
+    """The program's exit code (negative: killed by that signal) from the supervisor's reports, or the 502 why not."""
+    global _warned_no_subreaper
+    if "E" in reports:
+        number, _, step = reports["E"].partition(" ")
+        code = int(number or 0)
+        if step == "cwd":
+            raise BadGateway(f"{what} ({shown}) cannot start: working directory '{cwd}': {os.strerror(code)}.")
+        if code == errno.ENOENT:
+            log.warning("%s: %r not found (PATH=%r, cwd=%r)", what, program, path, cwd)
+            raise BadGateway(
+                f"{what} ({shown}) cannot start: program '{program}' was not found on PATH or next to the plugin."
+            )
+        if code == errno.EACCES:
+            raise BadGateway(f"{what} ({shown}) cannot start: '{program}' is not executable.")
+        raise BadGateway(f"{what} ({shown}) cannot start: {os.strerror(code)}.")
+    if reports.get("S", "").endswith(" 0") and not _warned_no_subreaper:
+        _warned_no_subreaper = True
+        log.warning("no PR_SET_CHILD_SUBREAPER here: a program's children that leave its process group can outlive it")
+    if "X" not in reports:
+        log.error("%s: its supervisor ended without a report (%s)", what, reports.get("F", "killed?"))
+        raise BadGateway(f"{what} ({shown}) lost its supervisor process before it ended (was it killed?).")
+    return os.waitstatus_to_exitcode(int(reports["X"]))
 
 
 def _failure_detail(what: str, shown: str, returncode: int, stderr: str) -> str:

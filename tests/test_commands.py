@@ -6,6 +6,8 @@ import asyncio
 import importlib.util
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from dpmsf_core import commands
 from dpmsf_core.commands import command_function, run_program, run_program_sync
 from dpmsf_core.context import RequestInfo, reset_current, set_current
 from dpmsf_core.errors import BadGateway, GatewayTimeout
@@ -38,25 +41,75 @@ def cmd(argv: Any, **kw: Any) -> Any:
     return command_function(api=kw.pop("api", "t-cmd"), argv=argv, module_name="cmds", module_file=PLUGIN_FILE, **kw)
 
 
-def gone(pid: int) -> bool:
-    """True when ``pid`` no longer runs (a zombie left to a PID 1 that does not reap counts as gone)."""
+def reaped(pid: int) -> bool:
+    """True when ``pid`` is gone for good: neither running nor a zombie (``kill(pid, 0)`` succeeds on a zombie)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (FileNotFoundError, IndexError):
-        return True
+        return not Path(f"/proc/{pid}").exists()
+    return False
 
 
 def wait_gone(pid: int, within: float = 2.0) -> bool:
+    """``reaped(pid)`` within a short bounded wait (for the cases where the kill is not awaited by the call)."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        if gone(pid):
+        if reaped(pid):
             return True
         time.sleep(0.02)
-    return gone(pid)
+    return reaped(pid)
+
+
+def proc_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, state) for every process, from /proc."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            table[int(entry.name)] = (int(fields[1]), fields[0])
+    return table
+
+
+def zombies_below(root: int) -> list[int]:
+    """Zombies anywhere in the process tree below ``root``."""
+    table = proc_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, stack = [], [root]
+    while stack:
+        for pid in children.get(stack.pop(), []):
+            stack.append(pid)
+            if table[pid][1] == "Z":
+                found.append(pid)
+    return found
+
+
+def no_zombies_left(within: float = 2.0) -> bool:
+    """No zombie under this test process (launcher, supervisors and programs included), allowing for the
+    launcher to reap a supervisor a moment after its call returned."""
+    deadline = time.monotonic() + within
+    while zombies_below(os.getpid()):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def read_escape(pidfile: Path) -> tuple[int, int, int]:
+    """``(escaped pid, its session, the program's session)`` as escape.sh wrote them."""
+    bg, bg_sid, program_sid = map(int, pidfile.read_text().split())
+    return bg, bg_sid, program_sid
+
+
+async def wait_for_file(path: Path, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} was never written"
+        await asyncio.sleep(0.01)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +166,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
         asyncio.run(func())
     assert time.monotonic() - started < 5
     shell_pid, child_pid = map(int, pidfile.read_text().split())
-    assert wait_gone(shell_pid) and wait_gone(child_pid), "a process of the command outlived its timeout"
+    assert reaped(shell_pid) and reaped(child_pid), "a process of the command outlived its timeout"
 
 
 def test_background_child_neither_delays_nor_outlives_the_call(tmp_path: Path) -> None:
@@ -123,7 +176,131 @@ def test_background_child_neither_delays_nor_outlives_the_call(tmp_path: Path) -
     assert asyncio.run(func()) == {"ok": True}
     assert time.monotonic() - started < 5
     _, child_pid = map(int, pidfile.read_text().split())
-    assert wait_gone(child_pid)
+    assert reaped(child_pid)
+
+
+@pytest.mark.parametrize("how", ["setsid", "double"])
+@pytest.mark.parametrize("then", ["return", "hang"])
+def test_no_process_outlives_its_call_even_after_setsid(tmp_path: Path, how: str, then: str) -> None:
+    """``setsid sleep 60 &`` (a new session) and ``setsid sh -c 'sleep 60 &'`` (a double fork: the sleep is
+    orphaned) both leave the program's process group, so killing the group misses them. When the call ends,
+    by a normal return or by its timeout, they are dead and reaped anyway: no process, no zombie."""
+    pidfile = tmp_path / "pids"
+    env = {"PIDFILE": str(pidfile), "HOW": how, "THEN": then}
+    func = cmd(["sh", "escape.sh"], timeout=1.5 if then == "hang" else 20, env=env)
+    started = time.monotonic()
+    if then == "hang":
+        with pytest.raises(GatewayTimeout, match="ran past its timeout of 1.5 s"):
+            asyncio.run(func())
+    else:
+        assert asyncio.run(func()) == {"ok": True}
+    assert time.monotonic() - started < 10
+    bg, bg_sid, program_sid = read_escape(pidfile)
+    assert bg_sid != program_sid, "the background process did not leave the program's session"
+    assert reaped(bg), f"{how} process {bg} outlived its call"  # no wait: the call returns after the kill
+    assert no_zombies_left()
+
+
+def test_orphans_are_reaped_while_the_program_runs(tmp_path: Path) -> None:
+    """An orphan reparented to the supervisor leaves no zombie behind, even during a long call."""
+    func = cmd(["sh", "reap_orphan.sh"], timeout=20, env={"PIDFILE": str(tmp_path / "orphan")})
+    assert asyncio.run(func()) == {"reaped": True}
+
+
+def test_concurrent_calls_do_not_kill_each_others_processes(tmp_path: Path) -> None:
+    """Each call's supervisor kills only its own tree: while one call waits, another returns and a third
+    times out; the first one's escaped process is still alive when it checks, and dies with its own call."""
+    go = tmp_path / "go"
+    waiting_pids, returning_pids, timing_out_pids = (tmp_path / name for name in ("a", "b", "c"))
+    waiting = cmd(
+        ["sh", "escape.sh"],
+        timeout=30,
+        env={"PIDFILE": str(waiting_pids), "HOW": "setsid", "THEN": "wait", "GO": str(go)},
+    )
+    returning = cmd(["sh", "escape.sh"], timeout=30, env={"PIDFILE": str(returning_pids), "HOW": "double"})
+    timing_out = cmd(
+        ["sh", "escape.sh"], timeout=1, env={"PIDFILE": str(timing_out_pids), "HOW": "setsid", "THEN": "hang"}
+    )
+
+    async def scenario() -> Any:
+        first = asyncio.ensure_future(waiting())
+        await wait_for_file(waiting_pids)
+        others = await asyncio.gather(returning(), timing_out(), return_exceptions=True)
+        assert others[0] == {"ok": True}
+        assert isinstance(others[1], GatewayTimeout)
+        for pidfile in (returning_pids, timing_out_pids):
+            assert reaped(read_escape(pidfile)[0])
+        assert not first.done(), "the waiting call ended with another one"
+        os.kill(read_escape(waiting_pids)[0], 0)  # still running
+        go.touch()
+        return await first
+
+    assert asyncio.run(scenario()) == {"alive": True}
+    assert reaped(read_escape(waiting_pids)[0])
+    assert no_zombies_left()
+
+
+def test_a_program_that_kills_its_supervisor_is_still_cleaned_up(tmp_path: Path) -> None:
+    """Second line: the launcher is a subreaper too, so what a killed supervisor leaves goes to it, and it
+    kills it. The call itself answers 502, since nobody can vouch for its result."""
+    pidfile = tmp_path / "pids"
+    func = cmd(["sh", "kill_supervisor.sh"], timeout=20, env={"PIDFILE": str(pidfile)})
+    with pytest.raises(BadGateway, match="lost its supervisor process"):
+        asyncio.run(func())
+    program, escaped = map(int, pidfile.read_text().split())
+    assert wait_gone(program) and wait_gone(escaped)
+    assert no_zombies_left()
+
+
+def test_server_death_kills_the_program_tree(tmp_path: Path) -> None:
+    """A server that dies (SIGKILL: no cleanup code runs) closes its end of each call's control socket, and
+    each supervisor then kills its tree."""
+    pidfile = tmp_path / "pids"
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "from dpmsf_core.commands import run_program_sync;"
+        "run_program_sync(['sh', sys.argv[2]], env={'PIDFILE': sys.argv[3], 'HOW': 'double', 'THEN': 'hang'})"
+    )
+    server = subprocess.Popen([sys.executable, "-c", code, str(ROOT), str(CASE / "escape.sh"), str(pidfile)])
+    try:
+        asyncio.run(wait_for_file(pidfile))
+    finally:
+        server.kill()
+        server.wait()
+    assert wait_gone(read_escape(pidfile)[0])
+
+
+def test_program_gets_only_its_three_fds() -> None:
+    """The control socket, the launcher's pipes and the server's fds never reach the program."""
+    assert asyncio.run(run_program(["sh", "-c", "ls /proc/$$/fd"])).stdout.split() == ["0", "1", "2"]
+
+
+def test_signal_and_permission_failures_are_502(tmp_path: Path) -> None:
+    with pytest.raises(BadGateway, match="was killed by signal SIGTERM") as info:
+        asyncio.run(run_program(["sh", "-c", "kill -TERM $$"]))
+    assert info.value.extra["exit_code"] == -15
+    script = tmp_path / "not-executable.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)  # no x bit at all: not even root may execute it
+    with pytest.raises(BadGateway, match="is not executable"):
+        asyncio.run(run_program([str(script)]))
+
+
+def test_a_dead_launcher_is_replaced() -> None:
+    """The fork server is restarted when it died (killed, say): the next call simply works."""
+    assert asyncio.run(run_program(["echo", "one"])).parsed == "one"
+    launcher = commands._LAUNCHER._proc
+    assert launcher is not None
+    launcher.kill()
+    launcher.wait()
+    assert asyncio.run(run_program(["echo", "two"])).parsed == "two"
+
+
+def test_no_supervisor_is_502(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(commands, "_LAUNCHER", commands._Launcher())
+    monkeypatch.setattr(sys, "executable", "/no/such/python")
+    with pytest.raises(BadGateway, match="cannot start: no supervisor process"):
+        asyncio.run(run_program(["true"]))
 
 
 def test_cancelled_call_kills_the_program(tmp_path: Path) -> None:
@@ -138,7 +315,7 @@ def test_cancelled_call_kills_the_program(tmp_path: Path) -> None:
     with pytest.raises(TimeoutError):
         asyncio.run(call())
     shell_pid, child_pid = map(int, pidfile.read_text().split())
-    assert wait_gone(shell_pid) and wait_gone(child_pid)
+    assert reaped(shell_pid) and reaped(child_pid)
 
 
 def test_stdout_flood_is_capped(cmds: ModuleType) -> None:

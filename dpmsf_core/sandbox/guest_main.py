@@ -8,7 +8,8 @@ Protocol, one request at a time: 4-byte big-endian length + payload, fd 0 in and
 The host writes ``marshal`` (its own data; decoding JSON costs several times more in this interpreter), the guest
 writes JSON, which is all the host ever parses from a guest.
 
-- host -> guest ``{"op": "call", "path", "sha", "source"?, "function", "args", "kwargs", "request", "inject"}``;
+- host -> guest ``{"op": "call", "nonce", "path", "sha", "source"?, "function", "args", "kwargs", "request",
+  "inject"}``; every frame the guest sends back carries the call's ``nonce``;
   the source is sent once per (path, sha) and cached here.
 - guest -> host, any number of ``{"op": "store", "method", "collection", "args"}``, each answered by the host
   with ``{"ok": true, "value": ...}`` or ``{"ok": false, "status", "detail", "errors"}``;
@@ -16,10 +17,10 @@ writes JSON, which is all the host ever parses from a guest.
   ``{"op": "answer", "ok": false, "kind": "error|http|violation|memory|too_large|result|load|missing", ...}``.
 
 It is one file, over 400 lines, because the guest runs it as one program text (``python -c``) with no files of
-ours beside it. Nothing here is a security boundary: the boundary is the WebAssembly instance, which has no files, sockets,
-processes, threads or environment. The import allow-list and the hidden builtins are policy, so that tenant code
-looks like what the README promises; a tenant that works around them (``uuid.os``) finds a WASI ``os`` with
-nothing to reach.
+ours beside it. Nothing here is a security boundary: the boundary is the WebAssembly instance, which has no
+files, sockets, processes, threads or environment. The import allow-list and the hidden builtins are policy,
+so that tenant code looks like what the README promises; a tenant that works around them (``uuid.os``) finds a
+WASI ``os`` with nothing to reach.
 """
 
 import json
@@ -135,7 +136,7 @@ class _Collection:
         self.name = name
 
     def _ask(self, method, *args):
-        _send({"op": "store", "method": method, "collection": self.name, "args": list(args)})
+        _send({"op": "store", "nonce": _state["nonce"], "method": method, "collection": self.name, "args": list(args)})
         reply = _receive()
         if reply.get("ok"):
             return reply.get("value")
@@ -171,7 +172,7 @@ class _Expose:
         return lambda f: f
 
 
-_state = {"request": None, "info": None}
+_state = {"request": None, "info": None, "nonce": None}
 
 
 def _current():
@@ -279,13 +280,17 @@ class Guest:
     def serve(self):
         sys.stdout = sys.stderr = self.capture
         while True:
-            answer = self.handle(_receive())
+            request = _receive()
+            nonce = _state["nonce"] = str(request.get("nonce", ""))
+            answer = self.handle(request)
             printed = self.capture.take() if self.capture.size else ""
             data = answer.pop("_encoded", None)
             if data is not None and not printed:
-                _send_bytes(b'{"op":"answer","ok":true,"result":' + data.encode("utf-8") + b"}")
+                head = '{"op":"answer","nonce":"' + nonce + '","ok":true,"result":'
+                _send_bytes(head.encode("ascii") + data.encode("utf-8") + b"}")
                 continue
             answer["op"] = "answer"
+            answer["nonce"] = nonce
             answer["stdout"] = printed
             head = json.dumps(answer, separators=(",", ":"))
             if data is not None:

@@ -45,7 +45,6 @@ from .process import (
 log = logging.getLogger("dpmsf.sandbox")
 
 _ENVELOPE_BYTES = 64 * 1024  # room around the result for captured output and the answer's fields
-_INLINE_BYTES = 16 * 1024  # a request this small goes into the pipe at once, even from the event loop
 _AFFINITY_WAIT = 0.5  # how long another owner's worker must sit idle before a busy owner may recycle it
 StoreHandler = Callable[[str, str, str, list[Any]], Any]
 
@@ -113,7 +112,7 @@ class SandboxPool:
 
         With a warm guest of the tenant idle, the call is written and awaited on the event loop itself (the
         answer's pipe is watched by the loop): no thread hop, which costs more than the guest's own work. Else,
-        or for a large request, it runs in a thread like ``call_sync``.
+        it runs in a thread like ``call_sync``. Writes never block: a guest that stops reading times out.
         """
         plan = self._plan(**kwargs)
         worker = self._take_warm(plan.owner)
@@ -122,10 +121,7 @@ class SandboxPool:
         keep, result, error = False, None, None
         try:
             payload = self._payload(worker, plan)
-            if len(payload) > _INLINE_BYTES:
-                keep, result, error = await asyncio.to_thread(self._exchange, worker, payload, plan)
-            else:
-                keep, result, error = await self._exchange_async(worker, payload, plan)
+            keep, result, error = await self._exchange_async(worker, payload, plan)
             keep = keep and self._finished(worker, plan)
         finally:
             self._release(worker, keep)
@@ -157,7 +153,13 @@ class SandboxPool:
         inject: list[str] | None = None,
     ) -> _Call:
         wall = self.limits.wall_seconds if timeout is None else min(timeout, self.limits.wall_seconds)
-        frame: dict[str, Any] = {"op": "call", "path": path, "sha": sha256 or _sha256(source), "function": function}
+        frame: dict[str, Any] = {
+            "op": "call",
+            "nonce": os.urandom(8).hex(),  # answers written ahead of the call, to be read later, are refused
+            "path": path,
+            "sha": sha256 or _sha256(source),
+            "function": function,
+        }
         if request:
             frame["request"] = request
         if inject:
@@ -219,12 +221,14 @@ class SandboxPool:
         """Send one call, serve its store requests, and map the answer to (keep the guest, result, error)."""
         limit = self.limits.max_output_bytes + _ENVELOPE_BYTES
         try:
-            worker.send_bytes(payload)
+            worker.send_bytes(payload, plan.deadline)
             while True:
-                answer = worker.receive(plan.deadline, limit)
+                answer = self._checked(worker.receive(plan.deadline, limit), plan)
                 if answer.get("op") != "store":
                     break
-                worker.send(self._serve_store(plan.tenant, answer))
+                worker.send(self._serve_store(plan.tenant, answer), plan.deadline)
+            if not worker.quiet():
+                raise BadFrame()
         except (WorkerTimedOut, WorkerDied, BadFrame) as exc:
             return False, None, self._broken(worker, plan, exc)
         return self._outcome(worker, answer, plan.function)
@@ -235,16 +239,25 @@ class SandboxPool:
         """``_exchange`` on the event loop: small writes, the answer's pipe watched by the loop."""
         limit = self.limits.max_output_bytes + _ENVELOPE_BYTES
         try:
-            worker.send_bytes(payload)
+            await worker.send_bytes_async(payload, plan.deadline)
             while True:
-                answer = await worker.receive_async(plan.deadline, limit)
+                answer = self._checked(await worker.receive_async(plan.deadline, limit), plan)
                 if answer.get("op") != "store":
                     break
                 reply = await asyncio.to_thread(self._serve_store, plan.tenant, answer)  # a backend may block
-                await asyncio.to_thread(worker.send, reply)  # a document can fill the pipe
+                await worker.send_bytes_async(marshal.dumps(reply), plan.deadline)
+            if not worker.quiet():
+                raise BadFrame()
         except (WorkerTimedOut, WorkerDied, BadFrame) as exc:
             return False, None, self._broken(worker, plan, exc)
         return self._outcome(worker, answer, plan.function)
+
+    @staticmethod
+    def _checked(frame: dict[str, Any], plan: _Call) -> dict[str, Any]:
+        """A frame of this call: it carries the call's nonce, which a guest cannot know before the call."""
+        if frame.get("nonce") != plan.frame["nonce"]:
+            raise BadFrame()
+        return frame
 
     def _broken(self, worker: WorkerProcess, plan: _Call, exc: Exception) -> DPMSFError:
         function = plan.function

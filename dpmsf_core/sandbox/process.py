@@ -115,8 +115,11 @@ class WorkerProcess:
         self.out_fd = self.proc.stdout.fileno()
         self.err_fd = self.proc.stderr.fileno()
         os.set_blocking(self.err_fd, False)
+        os.set_blocking(self.in_fd, False)  # a guest that stops reading must never block the server's writes
         self.poller = select.poll()
         self.poller.register(self.out_fd, select.POLLIN)
+        self.write_poller = select.poll()
+        self.write_poller.register(self.in_fd, select.POLLOUT)
         try:
             ready = self.receive(time.monotonic() + _START_TIMEOUT, 1 << 16)
         except (WorkerDied, WorkerTimedOut, BadFrame) as exc:
@@ -134,16 +137,51 @@ class WorkerProcess:
     def pid(self) -> int:
         return self.proc.pid
 
-    def send(self, obj: dict[str, Any]) -> None:
-        self.send_bytes(marshal.dumps(obj))
+    def send(self, obj: dict[str, Any], deadline: float) -> None:
+        self.send_bytes(marshal.dumps(obj), deadline)
 
-    def send_bytes(self, data: bytes) -> None:
+    def send_bytes(self, data: bytes, deadline: float) -> None:
+        """Write one frame, waiting at most until ``deadline`` for a guest that reads slowly (or not at all)."""
         view = memoryview(len(data).to_bytes(4, "big") + data)
         try:
             while view:
-                view = view[os.write(self.in_fd, view) :]
-        except OSError:
+                try:
+                    view = view[os.write(self.in_fd, view) :]
+                except BlockingIOError:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not self.write_poller.poll(remaining * 1000):
+                        raise WorkerTimedOut() from None
+        except (BrokenPipeError, ConnectionError):
             raise WorkerDied() from None
+
+    async def send_bytes_async(self, data: bytes, deadline: float) -> None:
+        """``send_bytes`` on the event loop: the loop waits for the pipe to drain, bounded by ``deadline``."""
+        loop = asyncio.get_running_loop()
+        view = memoryview(len(data).to_bytes(4, "big") + data)
+        try:
+            while view:
+                try:
+                    view = view[os.write(self.in_fd, view) :]
+                    continue
+                except BlockingIOError:
+                    pass
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise WorkerTimedOut()
+                ready = loop.create_future()
+                loop.add_writer(self.in_fd, _wake, ready)
+                timer = loop.call_later(remaining, _wake, ready)
+                try:
+                    await ready
+                finally:
+                    loop.remove_writer(self.in_fd)
+                    timer.cancel()
+        except (BrokenPipeError, ConnectionError):
+            raise WorkerDied() from None
+
+    def quiet(self) -> bool:
+        """Nothing more to read: a guest says nothing between calls, so anything left is an answer forged ahead."""
+        return not self.poller.poll(0)
 
     def receive(self, deadline: float, limit: int) -> dict[str, Any]:
         """One frame from the guest, which is hostile: bounded in size and time, and it must be a JSON object."""

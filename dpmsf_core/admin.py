@@ -79,7 +79,8 @@ class PluginUpload:
             except (RecursionError, MemoryError):
                 raise UnprocessableArguments(f"Module {name!r} is nested too deeply to be read.") from None
             if not admin:
-                _check_names_free(self.registry.snapshot.reports, {name, meta.alias or name}, tenant)
+                _check_names_free(self.registry.snapshot, {name, meta.alias or name}, tenant)
+                _check_readable(source, name)
             # Conditional: created only if still absent, replaced only if still the version whose owner we checked.
             self.store.put(name, source, expect=stored[1] if stored else None)
             status = self._reload(name)
@@ -121,9 +122,24 @@ class PluginUpload:
         return {"status": report.status, "error": report.error, "endpoints": report.endpoints}
 
 
-def _check_names_free(reports: Any, names: set[str], tenant: str) -> None:
-    """A tenant may not take a public name (module name or alias) that another owner serves or has stored."""
-    for report in reports:
+def _check_readable(source: str, name: str) -> None:
+    """A tenant's module is stored only if the server can read its endpoints (as it will on every rebuild)."""
+    from .sandbox.loader import read_tenant_module
+
+    try:
+        read_tenant_module(source, f"{name}.py")
+    except PluginError as exc:
+        raise UnprocessableArguments(str(exc)) from None
+
+
+def _check_names_free(snapshot: Any, names: set[str], tenant: str) -> None:
+    """A tenant may not take a public name (module name or alias) that another owner serves or has stored, nor
+    the name of a trusted API: in ``/rest/services/<name>/...`` a module name would capture the API's calls."""
+    trusted_apis = {api for api, endpoints in snapshot.by_api.items() if any(ep.trusted for ep in endpoints)}
+    taken_api = sorted(trusted_apis & names)
+    if taken_api:
+        raise Conflict(f"The name '{taken_api[0]}' is the name of a trusted API; choose another name or __alias__.")
+    for report in snapshot.reports:
         if report.tenant == tenant:
             continue
         taken = {report.name, report.real_name} & names

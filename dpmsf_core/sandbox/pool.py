@@ -8,6 +8,8 @@ result or the DPMSFError to answer with. ``process.py`` is one worker process as
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 import logging
 import marshal
 import os
@@ -64,6 +66,10 @@ class _Call:
     def function(self) -> str:
         return str(self.frame["function"])
 
+    def started(self) -> _Call:
+        """The same call once it has its guest: waiting in the queue does not count against its wall time."""
+        return dataclasses.replace(self, deadline=time.monotonic() + self.wall)
+
     @property
     def key(self) -> tuple[str, str]:
         return (self.frame["path"], self.frame["sha"])
@@ -103,6 +109,8 @@ class SandboxPool:
         self._closed = False
         self._busy: dict[str, int] = {}  # owner -> workers running its calls
         self._starting = 0  # spares being started in the background
+        self._queue: list[tuple[int, str]] = []  # (ticket, owner) of the calls waiting for a guest, in order
+        self._tickets = itertools.count()
         self.replaced = 0  # guests ended after a breach, a timeout, a crash or memory exhaustion
 
     # -- public -------------------------------------------------------------------------------------------------
@@ -118,6 +126,7 @@ class SandboxPool:
         worker = self._take_warm(plan.owner)
         if worker is None:
             return await asyncio.to_thread(self._call_planned, plan)
+        plan = plan.started()
         keep, result, error = False, None, None
         try:
             payload = self._payload(worker, plan)
@@ -153,6 +162,7 @@ class SandboxPool:
         inject: list[str] | None = None,
     ) -> _Call:
         wall = self.limits.wall_seconds if timeout is None else min(timeout, self.limits.wall_seconds)
+        queue_deadline = time.monotonic() + 2 * wall + 1  # time to wait for a guest; the call's own starts after
         frame: dict[str, Any] = {
             "op": "call",
             "nonce": os.urandom(8).hex(),  # answers written ahead of the call, to be read later, are refused
@@ -165,10 +175,11 @@ class SandboxPool:
         if inject:
             frame["inject"] = list(inject)
         frame["args"], frame["kwargs"] = list(args), dict(kwargs)
-        return _Call(frame, source, tenant or path, tenant, wall, time.monotonic() + wall)
+        return _Call(frame, source, tenant or path, tenant, wall, queue_deadline)
 
     def _call_planned(self, plan: _Call) -> Any:
         worker = self._acquire(plan.owner, plan.deadline)
+        plan = plan.started()
         keep, result, error = False, None, None
         try:
             keep, result, error = self._exchange(worker, self._payload(worker, plan), plan)
@@ -293,6 +304,7 @@ class SandboxPool:
             status = answer.get("status")
             headers = answer.get("headers")
             headers = {str(k)[:100]: str(v)[:1000] for k, v in headers.items()} if isinstance(headers, dict) else {}
+            headers = {k: v for k, v in headers.items() if _header_safe(k) and _header_safe(v)}
             if isinstance(status, int) and 400 <= status <= 599:
                 return True, None, HTTPError(status, detail or None, headers=headers or None)
             error = FunctionFailed(f"sandboxed function '{function}' raised HTTPError with invalid status {status!r}")
@@ -348,32 +360,41 @@ class SandboxPool:
 
         An owner that already has a busy worker only recycles another owner's worker once it has sat idle for
         ``_AFFINITY_WAIT``: concurrent calls of one tenant queue for its warm workers instead of evicting the
-        other tenants' (a fresh guest costs ~0.2 s); an owner with no worker at all recycles at once.
+        other tenants' (a fresh guest costs ~0.2 s); an owner with no worker at all recycles at once. While other
+        owners wait, an owner holding its fair share of the pool (its size over the owners busy or waiting) takes
+        nothing more, not even its own idle guest: one tenant's flood of calls cannot starve the others.
         """
         victim: WorkerProcess | None = None
         with self._cond:
-            while True:
-                if self._closed:
-                    raise ServiceUnavailable("the sandbox pool is closed")
-                worker = _pick(self._idle, owner)
-                if worker is not None:
-                    worker.owner = owner
-                    break
-                if self._count < self.size:
-                    self._count += 1
-                    break
-                now = time.monotonic()
-                wake = deadline
-                if self._idle and not self._starting:  # a spare on its way is better than evicting a warm guest
-                    settle = _AFFINITY_WAIT if self._busy.get(owner) else 0.0
-                    oldest = self._idle[0]  # least recently used, bound to another owner
-                    if now - oldest.idle_since >= settle:
-                        victim = self._idle.pop(0)
-                        break
-                    wake = min(deadline, oldest.idle_since + settle)
-                if now >= deadline:
-                    raise ServiceUnavailable(f"all {self.size} sandbox workers stayed busy; try again")
-                self._cond.wait(wake - now)
+            ticket = (next(self._tickets), owner)
+            self._queue.append(ticket)
+            try:
+                while True:
+                    if self._closed:
+                        raise ServiceUnavailable("the sandbox pool is closed")
+                    now = time.monotonic()
+                    wake = deadline
+                    if self._my_turn(ticket):
+                        worker = _pick(self._idle, owner)
+                        if worker is not None:
+                            worker.owner = owner
+                            break
+                        if self._count < self.size:
+                            self._count += 1
+                            break
+                        if self._idle and not self._starting:  # a spare on its way beats evicting a warm guest
+                            settle = _AFFINITY_WAIT if self._busy.get(owner) else 0.0
+                            oldest = self._idle[0]  # least recently used, bound to another owner
+                            if now - oldest.idle_since >= settle:
+                                victim = self._idle.pop(0)
+                                break
+                            wake = min(deadline, oldest.idle_since + settle)
+                    if now >= deadline:
+                        raise ServiceUnavailable(f"all {self.size} sandbox workers stayed busy; try again")
+                    self._cond.wait(wake - now)
+            finally:
+                self._queue.remove(ticket)
+                self._cond.notify_all()  # the next in the queue may take its turn now
             self._busy[owner] = self._busy.get(owner, 0) + 1
         if worker is not None:
             return worker
@@ -390,11 +411,28 @@ class SandboxPool:
         worker.owner = owner
         return worker
 
+    def _over_share(self, owner: str) -> bool:
+        """``owner`` holds its fair share of guests while another owner waits for one (called under the lock)."""
+        held = self._busy.get(owner, 0)
+        waiting = {o for _, o in self._queue}
+        if not held or not waiting - {owner}:
+            return False
+        return held >= max(1, self.size // len(set(self._busy) | waiting))
+
+    def _my_turn(self, ticket: tuple[int, str]) -> bool:
+        """First come, first served across owners; an owner at its fair share waits until the others are served."""
+        number, owner = ticket
+        if self._over_share(owner):
+            return False
+        return not any(n < number and o != owner and not self._over_share(o) for n, o in self._queue)
+
     def _take_warm(self, owner: str) -> WorkerProcess | None:
         """An idle guest already bound to ``owner``, without waiting; None if there is none right now."""
         with self._cond:
             if self._closed:
                 raise ServiceUnavailable("the sandbox pool is closed")
+            if self._queue:  # others are waiting: take a turn like everybody else
+                return None
             for worker in self._idle:
                 if worker.owner == owner:
                     self._idle.remove(worker)
@@ -455,6 +493,11 @@ class SandboxPool:
                 return
             self._count -= 1
         worker.kill()
+
+
+def _header_safe(text: str) -> bool:
+    """A header a guest asks for must be latin-1 without line breaks (else it is dropped, not answered)."""
+    return text.isprintable() and all(ord(c) < 256 for c in text)
 
 
 def _pick(idle: list[WorkerProcess], owner: str) -> WorkerProcess | None:

@@ -109,9 +109,17 @@ def inspect_source(source: str, filename: str) -> UntrustedModule:
     except (RecursionError, MemoryError):
         raise PluginError(f"{filename}: nested too deeply to be read") from None
     try:
-        return _Inspector(filename).run(tree, source)
+        compile(tree, filename, "exec", dont_inherit=True)  # what the parser lets through (``def f(a, a)``)
+        module = _Inspector(filename).run(tree, source)
+        for endpoint in module.endpoints:
+            endpoint.signature()  # the server builds it for every call: it must build now, or the module fails
+    except SyntaxError as exc:
+        raise PluginError(f"{filename}, line {exc.lineno}: syntax error: {exc.msg}") from None
     except RecursionError:
         raise PluginError(f"{filename}: nested too deeply to be read") from None
+    except (ValueError, TypeError) as exc:
+        raise PluginError(f"{filename}: a function signature cannot be read: {exc}") from None
+    return module
 
 
 class _Inspector:

@@ -112,3 +112,20 @@ def test_disabled_tenant_is_forbidden(env: Any) -> None:
     security = app.get_security()
     security._key_for = security.verifier._key_for = key_lookup(security.tenants, cache_seconds=0)
     assert client.get("/rest/services/beta/", headers=headers).status_code == 403
+
+
+def test_without_the_sandbox_extra_a_tenant_module_is_reported_not_run(
+    plugin_dir: Any, make_app: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from dpmsf_core.sandbox import loader
+
+    monkeypatch.setattr(loader, "sandbox_installed", lambda: False)
+    plugin_dir.write("mod_a.py", tenant_module(TENANT_A, "alpha"))
+    app = make_app(plugin_dir.path, env={"ADMIN_ID": ADMIN})
+    (report,) = [r for r in app.registry.snapshot.reports if r.real_name == "mod_a"]
+    assert report.status == "error"
+    assert "not installed (pip install 'dpmsf[sandbox]'" in report.error
+    assert "mod_a" not in app.registry.snapshot.modules
+    assert not any(name.endswith("mod_a") for name in sys.modules)

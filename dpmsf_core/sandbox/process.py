@@ -15,6 +15,7 @@ import os
 import select
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,23 @@ class BadFrame(Exception):
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _checked_size(header: bytes, limit: int) -> int:
+    size = int.from_bytes(header, "big")
+    if size > limit:
+        raise BadFrame()  # larger than any honest answer
+    return size
+
+
+def _parsed(data: bytes) -> dict[str, Any]:
+    try:
+        frame = json.loads(data)
+    except (ValueError, RecursionError):
+        raise BadFrame() from None
+    if not isinstance(frame, dict):
+        raise BadFrame()
+    return frame
 
 
 def _worker_sys_path() -> list[str]:
@@ -165,17 +183,7 @@ class WorkerProcess:
                     continue
                 except BlockingIOError:
                     pass
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise WorkerTimedOut()
-                ready = loop.create_future()
-                loop.add_writer(self.in_fd, _wake, ready)
-                timer = loop.call_later(remaining, _wake, ready)
-                try:
-                    await ready
-                finally:
-                    loop.remove_writer(self.in_fd)
-                    timer.cancel()
+                await self._until(deadline, loop.add_writer, loop.remove_writer, self.in_fd)
         except (BrokenPipeError, ConnectionError):
             raise WorkerDied() from None
 
@@ -185,45 +193,35 @@ class WorkerProcess:
 
     def receive(self, deadline: float, limit: int) -> dict[str, Any]:
         """One frame from the guest, which is hostile: bounded in size and time, and it must be a JSON object."""
-        size = int.from_bytes(self._read(4, deadline), "big")
-        if size > limit:
-            raise BadFrame()
-        try:
-            frame = json.loads(self._read(size, deadline))
-        except (ValueError, RecursionError):
-            raise BadFrame() from None
-        if not isinstance(frame, dict):
-            raise BadFrame()
-        return frame
+        size = _checked_size(self._read(4, deadline), limit)
+        return _parsed(self._read(size, deadline))
 
     async def receive_async(self, deadline: float, limit: int) -> dict[str, Any]:
-        size = int.from_bytes(await self._read_async(4, deadline), "big")
-        if size > limit:
-            raise BadFrame()
+        size = _checked_size(await self._read_async(4, deadline), limit)
+        return _parsed(await self._read_async(size, deadline))
+
+    @staticmethod
+    async def _until(deadline: float, watch: Callable[..., None], unwatch: Callable[[int], object], fd: int) -> None:
+        """Wait on the event loop until ``fd`` is ready (``watch`` is add_reader or add_writer) or ``deadline``."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise WorkerTimedOut()
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        watch(fd, _wake, ready)
+        timer = loop.call_later(remaining, _wake, ready)
         try:
-            frame = json.loads(await self._read_async(size, deadline))
-        except (ValueError, RecursionError):
-            raise BadFrame() from None
-        if not isinstance(frame, dict):
-            raise BadFrame()
-        return frame
+            await ready
+        finally:
+            unwatch(fd)
+            timer.cancel()
 
     async def _read_async(self, n: int, deadline: float) -> bytes:
         loop = asyncio.get_running_loop()
         chunks: list[bytes] = []
         while n:
             if not self.poller.poll(0):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise WorkerTimedOut()
-                ready = loop.create_future()
-                loop.add_reader(self.out_fd, _wake, ready)
-                timer = loop.call_later(remaining, _wake, ready)
-                try:
-                    await ready
-                finally:
-                    loop.remove_reader(self.out_fd)
-                    timer.cancel()
+                await self._until(deadline, loop.add_reader, loop.remove_reader, self.out_fd)
                 if not self.poller.poll(0):
                     raise WorkerTimedOut()
             chunk = os.read(self.out_fd, min(n, 1 << 20))

@@ -32,6 +32,10 @@ ERRNO_IO = 29
 ERRNO_FAULT = 21
 
 
+class _Fault(Exception):
+    """A guest address outside the guest's memory."""
+
+
 def _harden() -> None:
     """Best effort on Linux: no privilege gain through exec, no ptrace or /proc/<pid>/mem from same-uid peers."""
     try:
@@ -95,10 +99,10 @@ def main() -> None:
 
     u32_pair = ctypes.c_uint32 * 2
 
-    def fd_read(caller: wasmtime.Caller, fd: int, iovs: int, count: int, nread: int) -> int:
-        """WASI ``fd_read``: only fd 0 (the server's pipe) can be read; its data also restarts the CPU budget."""
-        if fd != 0:
-            return ERRNO_BADF
+    def spans_of(caller: wasmtime.Caller, iovs: int, count: int, out: int) -> tuple[int, list[tuple[int, int]]]:
+        """The guest's iovec array as (pointer, size) pairs inside its memory, and the memory's base address.
+
+        Every address comes from the guest: each one is checked against the memory's size (-> EFAULT)."""
         memory = caller["memory"]
         assert isinstance(memory, wasmtime.Memory)
         base = ctypes.addressof(memory.data_ptr(caller).contents)
@@ -106,12 +110,22 @@ def main() -> None:
         spans = []
         for i in range(min(count, 16)):
             if iovs + 8 * i + 8 > end:
-                return ERRNO_FAULT
+                raise _Fault()
             ptr, size = u32_pair.from_address(base + iovs + 8 * i)
             if ptr + size > end:
-                return ERRNO_FAULT
+                raise _Fault()
             spans.append((ptr, size))
-        if nread + 4 > end:
+        if out + 4 > end:
+            raise _Fault()
+        return base, spans
+
+    def fd_read(caller: wasmtime.Caller, fd: int, iovs: int, count: int, nread: int) -> int:
+        """WASI ``fd_read``: only fd 0 (the server's pipe) can be read; its data also restarts the CPU budget."""
+        if fd != 0:
+            return ERRNO_BADF
+        try:
+            base, spans = spans_of(caller, iovs, count, nread)
+        except _Fault:
             return ERRNO_FAULT
         try:
             data = os.read(0, min(sum(n for _, n in spans), 1 << 20))
@@ -134,21 +148,11 @@ def main() -> None:
         """WASI ``fd_write``: fd 1 is the server's pipe, fd 2 is kept (a few KB) for a crash report."""
         if fd not in (1, 2):
             return ERRNO_BADF
-        memory = caller["memory"]
-        assert isinstance(memory, wasmtime.Memory)
-        base = ctypes.addressof(memory.data_ptr(caller).contents)
-        end = memory.data_len(caller)
-        parts = []
-        for i in range(min(count, 16)):
-            if iovs + 8 * i + 8 > end:
-                return ERRNO_FAULT
-            ptr, size = u32_pair.from_address(base + iovs + 8 * i)
-            if ptr + size > end:
-                return ERRNO_FAULT
-            parts.append(ctypes.string_at(base + ptr, size))
-        if written + 4 > end:
+        try:
+            base, spans = spans_of(caller, iovs, count, written)
+        except _Fault:
             return ERRNO_FAULT
-        data = b"".join(parts)
+        data = b"".join(ctypes.string_at(base + ptr, size) for ptr, size in spans)
         if fd == 2:
             errors.extend(data[: max(0, 4096 - len(errors))])
         else:

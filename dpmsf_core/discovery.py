@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PluginError
-from .expose import DEFAULT_METHODS, ENDPOINT_ATTR, EVENT_ATTR, EndpointSpec, EventSpec
+from .expose import ENDPOINT_ATTR, EVENT_ATTR, Definition, EndpointSpec, EventSpec, exposure, first_doc_line
 
 PLUGIN_PACKAGE = "dpmsf_plugins"
 
@@ -220,46 +220,33 @@ def _describe_import_error(path: str, exc: BaseException) -> str:
 
 
 def collect(module: types.ModuleType) -> LoadedModule:
-    """Marked functions defined in ``module``; with no marks at all, every public function (introspection mode)."""
+    """What an imported module exposes, by the one rule of ``expose.exposure``."""
     own = module.__name__
-    marked: list[tuple[EndpointSpec, Callable[..., Any]]] = []
-    events: list[tuple[EventSpec, Callable[..., Any]]] = []
-    any_mark = False
-    for value in list(vars(module).values()):
-        if not callable(value) or isinstance(value, type):
-            continue
+    definitions: list[Definition] = []
+    functions: dict[str, Callable[..., Any]] = {}
+    for name, value in list(vars(module).items()):
+        if not callable(value) or isinstance(value, type) or getattr(value, "__module__", None) != own:
+            continue  # imported from elsewhere (or a class): never exposed here
         spec = getattr(value, ENDPOINT_ATTR, None)
-        ev = getattr(value, EVENT_ATTR, None)
-        if spec is None and ev is None:
-            continue
-        if getattr(value, "__module__", None) != own:
-            continue  # imported from elsewhere: never exposed here
-        any_mark = True
-        if isinstance(spec, EndpointSpec):
-            marked.append((spec, value))
-        if isinstance(ev, EventSpec):
-            events.append((ev, value))
-    if not any_mark:
-        for name, value in list(vars(module).items()):
-            if name.startswith("_") or not inspect.isfunction(value) or value.__module__ != own:
-                continue
-            doc = inspect.getdoc(value)
-            marked.append(
-                (EndpointSpec(api=name, methods=DEFAULT_METHODS, summary=doc.splitlines()[0] if doc else None), value)
+        event = getattr(value, EVENT_ATTR, None)
+        own_function = inspect.isfunction(value) and value.__name__ == name  # a ``def``: not a lambda or an alias
+        definitions.append(
+            Definition(
+                name,
+                spec if isinstance(spec, EndpointSpec) else None,
+                (event,) if isinstance(event, EventSpec) else (),
+                own_function,
+                first_doc_line(inspect.getdoc(value)) if own_function else None,
             )
-    seen: dict[str, str] = {}
-    unique: list[tuple[EndpointSpec, Callable[..., Any]]] = []
-    duplicates: list[str] = []
-    for spec, func in marked:
-        if spec.api in seen:
-            duplicates.append(
-                f"API {spec.api!r} is declared by both {seen[spec.api]}() and {func.__name__}(); "
-                f"{seen[spec.api]}() is kept"
-            )
-            continue
-        seen[spec.api] = func.__name__
-        unique.append((spec, func))
-    return LoadedModule(module=module, endpoints=unique, events=events, duplicates=duplicates)
+        )
+        functions[name] = value
+    found = exposure(definitions)
+    return LoadedModule(
+        module=module,
+        endpoints=[(spec, functions[name]) for name, spec in found.endpoints],
+        events=[(spec, functions[name]) for name, spec in found.events],
+        duplicates=list(found.duplicates),
+    )
 
 
 def resolve_folder(entry: str, bundled: Path) -> str:

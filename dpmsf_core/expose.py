@@ -40,6 +40,66 @@ class EventSpec:
     name: str = ""
 
 
+@dataclass(frozen=True)
+class Definition:
+    """One module-level name as a loader found it: imported modules (``discovery.collect``) and tenant modules
+    read with ``ast`` (``sandbox.reader``) both describe what they see this way, and ``exposure`` decides."""
+
+    name: str
+    endpoint: EndpointSpec | None = None  # from the outermost @expose.endpoint, if any
+    events: tuple[EventSpec, ...] = ()
+    own_function: bool = False  # a ``def`` of this module under its own name (not a lambda, class or import)
+    summary: str | None = None  # the first line of its docstring
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """What a module exposes: endpoints and events by name, in module order, and the duplicates it dropped."""
+
+    endpoints: tuple[tuple[str, EndpointSpec], ...]
+    events: tuple[tuple[str, EventSpec], ...]
+    duplicates: tuple[str, ...]
+    introspection: bool
+
+
+def exposure(definitions: Iterable[Definition]) -> Exposure:
+    """The one rule of what a module exposes, whichever loader read it.
+
+    With any ``expose`` mark in the module, only marked functions; without one (introspection mode), every own
+    public ``def`` for GET and POST under its name. Two endpoints with one API name: the first in module order is
+    served, the other is reported.
+    """
+    found = list(definitions)
+    marked = any(d.endpoint is not None or d.events for d in found)
+    if marked:
+        candidates = [(d.name, d.endpoint) for d in found if d.endpoint is not None]
+    else:
+        candidates = [
+            (d.name, EndpointSpec(api=d.name, methods=DEFAULT_METHODS, summary=d.summary))
+            for d in found
+            if d.own_function and not d.name.startswith("_")
+        ]
+    seen: dict[str, str] = {}
+    endpoints: list[tuple[str, EndpointSpec]] = []
+    duplicates: list[str] = []
+    for name, spec in candidates:
+        if spec.api in seen:
+            duplicates.append(
+                f"API {spec.api!r} is declared by both {seen[spec.api]}() and {name}(); {seen[spec.api]}() is kept"
+            )
+            continue
+        seen[spec.api] = name
+        endpoints.append((name, spec))
+    events = tuple((d.name, ev) for d in found for ev in d.events)
+    return Exposure(tuple(endpoints), events, tuple(duplicates), introspection=not marked)
+
+
+def first_doc_line(doc: str | None) -> str | None:
+    """A docstring's summary line: what OpenAPI, ``__dir__`` and Swagger show."""
+    doc = (doc or "").strip()
+    return doc.splitlines()[0].strip() if doc else None
+
+
 def parse_methods(method: str | Iterable[str] | None) -> tuple[str, ...]:
     """``'GET|PUT'``, ``'GET,PUT'``, ``['GET', 'PUT']`` or ``None`` (GET and POST) -> ``('GET', 'PUT')``."""
     if method is None:
@@ -76,11 +136,6 @@ def check_api_name(api: str) -> str:
     return api
 
 
-def _first_doc_line(func: Callable[..., Any]) -> str | None:
-    doc = (func.__doc__ or "").strip()
-    return doc.splitlines()[0].strip() if doc else None
-
-
 class Expose:
     """``expose.endpoint``, ``expose.event`` and ``expose.command``: the whole plugin-facing vocabulary."""
 
@@ -101,7 +156,7 @@ class Expose:
             if not callable(f):
                 raise PluginError(f"@expose.endpoint applied to {f!r}, which is not a function")
             spec = EndpointSpec(
-                api=check_api_name(API or f.__name__), methods=methods, auth=auth, summary=_first_doc_line(f)
+                api=check_api_name(API or f.__name__), methods=methods, auth=auth, summary=first_doc_line(f.__doc__)
             )
             setattr(f, ENDPOINT_ATTR, spec)
             return f

@@ -36,7 +36,8 @@ lam = lambda: 1
 """,
     )
     snap = registry(plugin_dir.path).snapshot
-    assert sorted(snap.modules["mod"].endpoints) == ["also_public", "lam", "public"]
+    # a lambda is not a function defined under its own name (its name is "<lambda>"): the ast reader agrees
+    assert sorted(snap.modules["mod"].endpoints) == ["also_public", "public"]
     ep = snap.modules["mod"].endpoints["public"]
     assert ep.methods == ("GET", "POST") and not ep.is_async
     assert snap.modules["mod"].endpoints["also_public"].is_async

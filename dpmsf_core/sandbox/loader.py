@@ -98,7 +98,7 @@ class SandboxedLoader:
                 f"WebAssembly sandbox, which is not installed ({INSTALL_HINT})"
             )
         endpoints = [(ep.spec, self._endpoint_proxy(module, ep)) for ep in module.endpoints]
-        return LoadedModule(module=None, endpoints=endpoints, events=[])
+        return LoadedModule(module=None, endpoints=endpoints, events=[], duplicates=list(module.duplicates))
 
     def _call(self, module: UntrustedModule, function: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         inject = [name for name, value in kwargs.items() if isinstance(value, RequestInfo)]

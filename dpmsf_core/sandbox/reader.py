@@ -10,7 +10,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import PluginError
-from ..expose import DEFAULT_METHODS, EVENT_SOURCES, EndpointSpec, EventSpec, check_api_name, parse_methods
+from ..expose import (
+    EVENT_SOURCES,
+    Definition,
+    EndpointSpec,
+    EventSpec,
+    check_api_name,
+    exposure,
+    first_doc_line,
+    parse_methods,
+)
 from .annotations import resolve_annotation
 
 _PKG = "dpmsf_core"
@@ -83,6 +92,7 @@ class UntrustedModule:
     endpoints: tuple[UntrustedEndpoint, ...]
     events: tuple[UntrustedEvent, ...] = ()
     introspection: bool = False  # True: no @expose anywhere, every public function is exposed for GET and POST
+    duplicates: tuple[str, ...] = ()  # endpoints dropped because an earlier function has their API name
     sha256: str = ""
     doc: str | None = None
     source: str = field(default="", repr=False, compare=False)
@@ -137,46 +147,41 @@ class _Inspector:
             if isinstance(node, ast.Import | ast.ImportFrom):
                 self._track_import(node)
             elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                functions.pop(node.name, None)  # a later def rebinds the name, keeping source order
-                functions[node.name] = node
+                functions[node.name] = node  # a later def rebinds the name where it was first bound
             elif isinstance(node, ast.Assign | ast.AnnAssign):
                 self._read_metadata(node, metadata)
         self._refuse_commands(tree)
 
-        endpoints: list[UntrustedEndpoint] = []
-        events: list[UntrustedEvent] = []
-        uses_expose = False
+        definitions: list[Definition] = []
         for name, func in functions.items():
+            spec: EndpointSpec | None = None
+            events: list[EventSpec] = []
             for kind, call in self._expose_decorators(func):
-                uses_expose = True
                 if kind == "endpoint":
-                    if any(ep.function == name for ep in endpoints):
-                        continue  # the outermost @expose.endpoint is the one whose spec survives
-                    spec = self._endpoint_spec(func, call)
-                    endpoints.append(
-                        UntrustedEndpoint(
-                            name, spec, _params(func), ast.get_docstring(func), _is_async(func), func.lineno
-                        )
-                    )
+                    spec = spec or self._endpoint_spec(func, call)  # the outermost @expose.endpoint wins
                 else:
-                    events.append(
-                        UntrustedEvent(name, self._event_spec(func, call), _params(func), _is_async(func), func.lineno)
-                    )
-        if not uses_expose:
-            for name, func in functions.items():
-                if name.startswith("_"):
-                    continue
-                spec = EndpointSpec(api=name, methods=DEFAULT_METHODS, summary=_first_line(ast.get_docstring(func)))
-                endpoints.append(
-                    UntrustedEndpoint(name, spec, _params(func), ast.get_docstring(func), _is_async(func), func.lineno)
-                )
+                    events.append(self._event_spec(func, call))
+            definitions.append(Definition(name, spec, tuple(events), True, first_doc_line(ast.get_docstring(func))))
+        found = exposure(definitions)
+        endpoints = tuple(
+            UntrustedEndpoint(
+                name, spec, _params(functions[name]), ast.get_docstring(functions[name]),
+                _is_async(functions[name]), functions[name].lineno,
+            )
+            for name, spec in found.endpoints
+        )  # fmt: skip
+        events_found = tuple(
+            UntrustedEvent(name, ev, _params(functions[name]), _is_async(functions[name]), functions[name].lineno)
+            for name, ev in found.events
+        )
         return UntrustedModule(
             filename=self.filename,
             tenant=metadata["__tenant__"],
             alias=metadata["__alias__"],
-            endpoints=tuple(endpoints),
-            events=tuple(events),
-            introspection=not uses_expose,
+            endpoints=endpoints,
+            events=events_found,
+            introspection=found.introspection,
+            duplicates=found.duplicates,
             sha256=hashlib.sha256(source.encode("utf-8")).hexdigest(),
             doc=ast.get_docstring(tree),
             source=source,
@@ -255,7 +260,7 @@ class _Inspector:
                 raise PluginError(f"auth={auth!r} must be True, False or omitted")
             api = values["API"] if values["API"] is not None else func.name
             spec = EndpointSpec(
-                api=check_api_name(api), methods=methods, auth=auth, summary=_first_line(ast.get_docstring(func))
+                api=check_api_name(api), methods=methods, auth=auth, summary=first_doc_line(ast.get_docstring(func))
             )
         except PluginError as exc:
             raise self._error(func, str(exc)) from None
@@ -385,11 +390,6 @@ def _signature(params: tuple[ParamInfo, ...]) -> inspect.Signature:
 
 def _is_async(func: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
     return isinstance(func, ast.AsyncFunctionDef)
-
-
-def _first_line(doc: str | None) -> str | None:
-    doc = (doc or "").strip()
-    return doc.splitlines()[0].strip() if doc else None
 
 
 def _text(node: ast.AST) -> str:

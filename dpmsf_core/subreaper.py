@@ -8,7 +8,8 @@ walking ``/proc/*/stat`` parent links from it finds them all. Making the *server
 call's orphans with the server's unrelated children (uvicorn workers, sandbox workers), and concurrent calls
 with each other; so each call gets its own supervisor, the subreaper of exactly one program's tree.
 
-This file has two roles, stdlib only: it runs as ``python -I -S -B subreaper.py FD``, outside any package.
+This file has two roles, stdlib only: it runs as ``python -I -S -B subreaper.py FD``, outside any package, so it
+is one file (over 400 lines) with nothing of ours to import.
 
 - The *launcher*, started once per server process by ``commands.py`` (a fork server): a warm, single-threaded
   Python that forks one supervisor per call, ahead of time (a spare waits for the next call). A fork costs a

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from dpmsf_core import commands
+from dpmsf_core import supervision
 from dpmsf_core.commands import command_function, run_program, run_program_sync
 from dpmsf_core.context import RequestInfo, reset_current, set_current
 from dpmsf_core.errors import BadGateway, GatewayTimeout
@@ -289,7 +289,7 @@ def test_signal_and_permission_failures_are_502(tmp_path: Path) -> None:
 def test_a_dead_launcher_is_replaced() -> None:
     """The fork server is restarted when it died (killed, say): the next call simply works."""
     assert asyncio.run(run_program(["echo", "one"])).parsed == "one"
-    launcher = commands._LAUNCHER._proc
+    launcher = supervision.LAUNCHER._proc
     assert launcher is not None
     launcher.kill()
     launcher.wait()
@@ -297,7 +297,7 @@ def test_a_dead_launcher_is_replaced() -> None:
 
 
 def test_no_supervisor_is_502(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(commands, "_LAUNCHER", commands._Launcher())
+    monkeypatch.setattr(supervision, "LAUNCHER", supervision.Launcher())
     monkeypatch.setattr(sys, "executable", "/no/such/python")
     with pytest.raises(BadGateway, match="cannot start: no supervisor process"):
         asyncio.run(run_program(["true"]))

@@ -222,7 +222,7 @@ def _missing_name(message: str) -> str | None:
 
 def type_hints(func: Callable[..., Any]) -> dict[str, Any]:
     try:
-        return typing.get_type_hints(func)
+        return typing.get_type_hints(func, include_extras=True)  # Annotated[int, Field(le=100)] keeps its bounds
     except Exception:  # unresolvable string annotations: treat as untyped rather than refuse to serve
         sig = inspect.signature(func)
         return {

@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from decimal import Decimal
+from typing import Annotated
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.responses import PlainTextResponse, Response
 
 from dpmsf_core import HTTPError, RequestInfo, expose
 
 
 class Order(BaseModel):
-    item: str
-    quantity: int = 1
+    item: Annotated[str, Field(max_length=100)]
+    quantity: Annotated[int, Field(ge=1, le=1000)] = 1
 
 
 @expose.endpoint(method="GET", API="ping")
@@ -25,8 +26,12 @@ async def ping():
 
 
 @expose.endpoint(method="GET|POST", API="greet")
-def greet(name: str, times: int = 1, shout: bool = False) -> str:
-    """Typed parameters: query strings are converted; a missing or bad value answers 422 naming it."""
+def greet(
+    name: Annotated[str, Field(max_length=100)],
+    times: Annotated[int, Field(ge=1, le=100)] = 1,
+    shout: bool = False,
+) -> str:
+    """Typed parameters: query strings are converted and bounded; a missing or bad value answers 422 naming it."""
     text = " ".join([f"hello {name}"] * times)
     return text.upper() if shout else text
 

@@ -231,3 +231,11 @@ def test_an_error_after_the_response_started_is_logged(client: httpx.Client, cap
     assert received.startswith(b"first part")
     (line,) = [rec.getMessage() for rec in caplog.records if "after the response started" in rec.getMessage()]
     assert "request mid-stream-1: 409 changed while streaming" in line
+
+
+def test_bundled_examples_bound_their_inputs(bundled_client: httpx.Client) -> None:
+    r = bundled_client.get("/rest/services/showcase/greet/?name=x&times=1607727041")
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["arguments", "times"]
+    assert bundled_client.get("/rest/services/showcase/greet/?name=x&times=3").json() == {
+        "results": "hello x hello x hello x"
+    }

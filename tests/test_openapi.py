@@ -9,14 +9,23 @@ def test_openapi_types_and_descriptions(bundled_client: httpx.Client) -> None:
     spec = bundled_client.get("/openapi.json").json()
     greet = spec["paths"]["/rest/services/showcase/greet/"]
     params = {p["name"]: p for p in greet["get"]["parameters"]}
-    assert params["name"] == {"name": "name", "in": "query", "required": True, "schema": {"type": "string"}}
-    assert params["times"]["schema"] == {"type": "integer", "default": 1}
+    assert params["name"] == {
+        "name": "name",
+        "in": "query",
+        "required": True,
+        "schema": {"type": "string", "maxLength": 100},  # the bounds of Annotated[str, Field(...)] are documented
+    }
+    assert params["times"]["schema"] == {"type": "integer", "default": 1, "minimum": 1, "maximum": 100}
     assert params["shout"]["schema"]["type"] == "boolean"
     assert greet["get"]["summary"].startswith("Typed parameters")
     body = greet["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["required"] == ["name"] and "times" in body["properties"]
     order = spec["paths"]["/rest/services/showcase/order/"]["post"]["requestBody"]["content"]["application/json"]
-    assert order["schema"]["properties"]["order"]["properties"]["item"] == {"title": "Item", "type": "string"}
+    assert order["schema"]["properties"]["order"]["properties"]["item"] == {
+        "title": "Item",
+        "type": "string",
+        "maxLength": 100,
+    }
     assert "/rest/services/greet/" in spec["paths"]  # unique: the short URL too
     assert "/rest/services/api-name/" not in spec["paths"]  # ambiguous: only qualified
     ids = [op["operationId"] for path in spec["paths"].values() for op in path.values()]

@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 PY = sys.executable
 
-from dpmsf_core.replay import MemoryReplayStore, SQLiteReplayStore  # noqa: E402
-from dpmsf_core.tenants import MemoryTenantRegistry, SQLiteTenantRegistry, key_lookup  # noqa: E402
-from dpmsf_core.tokens import TokenVerifier, generate_key, mint  # noqa: E402
+from dpmsf_core.tenancy.replay import MemoryReplayStore, SQLiteReplayStore  # noqa: E402
+from dpmsf_core.tenancy.tenants import MemoryTenantRegistry, SQLiteTenantRegistry, key_lookup  # noqa: E402
+from dpmsf_core.tenancy.tokens import TokenVerifier, generate_key, mint  # noqa: E402
 
 ADMIN = "00000000-0000-4000-8000-00000000be0c"
 TENANT = "7e7a7e7a-0000-4000-8000-00000000be0c"

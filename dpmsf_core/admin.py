@@ -12,7 +12,7 @@ from .errors import Conflict, MethodNotAllowed, NotFound, PluginError, Unprocess
 from .exchange import Receive, Responder, Scope, read_body
 from .plugin_store import PluginStore
 from .registry import Registry
-from .security import LazySecurity, bearer, require
+from .tenancy.security import LazySecurity, bearer, require
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,11 @@ from .errors import DPMSFError, FunctionFailed, NotFound
 from .exchange import Receive, Responder, Scope, Send, request_headers
 from .registry import Registry
 from .resolve import SERVICES_PREFIX
-from .security import LazySecurity
+from .tenancy.security import LazySecurity
 
 if TYPE_CHECKING:
     from .admin import PluginUpload
-    from .security import Security
+    from .tenancy.security import Security
 
 log = logging.getLogger("dpmsf")
 access_log = logging.getLogger("dpmsf.access")

@@ -16,7 +16,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from .tokens import decode_key, mint
+from .tenancy.tokens import decode_key, mint
 
 __all__ = ["CallError", "Client"]
 

@@ -149,7 +149,7 @@ def _master_key(env: Mapping[str, str]) -> str | None:
     if not ok:
         raise ConfigError(
             "Config 'DPMSF_MASTER_KEY' is not valid (the value is a secret: not shown). Expected 32 bytes as"
-            " base64url (43 characters), e.g. from dpmsf_core.tokens.generate_key()."
+            " base64url (43 characters), e.g. from dpmsf_core.tenancy.tokens.generate_key()."
         )
     return text
 

@@ -19,7 +19,7 @@ from .params import CallPlan, assemble, parse_body, parse_query
 from .registry import Endpoint, Registry
 from .resolve import resolve, visible_to
 from .responses import encode_results, is_framework_response
-from .security import LazySecurity, bearer
+from .tenancy.security import LazySecurity, bearer
 
 log = logging.getLogger("dpmsf")
 

@@ -41,7 +41,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
@@ -185,7 +184,7 @@ class SQLiteStore:
         self._local = threading.local()
         self._write_lock = threading.Lock()
         if self.path != ":memory:" and not self.path.startswith("file:"):
-            from .state_files import private_sqlite
+            from .tenancy.state_files import private_sqlite
 
             with contextlib.suppress(OSError):  # an unusable folder answers 503 on use, like a lost database
                 private_sqlite(self.path)  # tenants' documents: 0600 files (and -wal/-shm) in 0700 folders

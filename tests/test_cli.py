@@ -67,8 +67,8 @@ def test_tenant_and_token_commands(tmp_path: Path) -> None:
     listed = [json.loads(line) for line in run("tenant", "list", env=env).stdout.splitlines()]
     assert {t["name"] for t in listed} == {"admin", "acme"} and all("key" not in t for t in listed)
     token = run("token", "--tenant", added["id"], env=env).stdout.strip()
-    from dpmsf_core.replay import MemoryReplayStore
-    from dpmsf_core.tokens import TokenVerifier, decode_key
+    from dpmsf_core.tenancy.replay import MemoryReplayStore
+    from dpmsf_core.tenancy.tokens import TokenVerifier, decode_key
 
     verifier = TokenVerifier(lambda tid: decode_key(added["key"]), MemoryReplayStore())
     assert verifier.verify(token).tenant == added["id"]

@@ -13,8 +13,8 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from test_cli import run
 
-from dpmsf_core.replay import create_dynamodb_table
-from dpmsf_core.tokens import decode_key, generate_key
+from dpmsf_core.tenancy.replay import create_dynamodb_table
+from dpmsf_core.tenancy.tokens import decode_key, generate_key
 
 ADMIN = "00000000-0000-4000-8000-0000000000ad"
 

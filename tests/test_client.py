@@ -17,9 +17,9 @@ import pytest
 
 from dpmsf_core.client import CallError, Client
 from dpmsf_core.errors import PROBLEM_CONTENT_TYPE, DPMSFError, Unauthorized
-from dpmsf_core.replay import MemoryReplayStore
-from dpmsf_core.tenants import MemoryTenantRegistry, Tenant, key_lookup
-from dpmsf_core.tokens import TokenVerifier, generate_key
+from dpmsf_core.tenancy.replay import MemoryReplayStore
+from dpmsf_core.tenancy.tenants import MemoryTenantRegistry, Tenant, key_lookup
+from dpmsf_core.tenancy.tokens import TokenVerifier, generate_key
 
 
 class Server:

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dpmsf_core.tokens import generate_key, mint
+from dpmsf_core.tenancy.tokens import generate_key, mint
 
 pytestmark = pytest.mark.slow
 

@@ -22,9 +22,9 @@ import pytest
 
 from dpmsf_core.config import Settings
 from dpmsf_core.errors import Unauthorized
-from dpmsf_core.replay import MemoryReplayStore, create_dynamodb_table
-from dpmsf_core.security import Security
-from dpmsf_core.tenants import (
+from dpmsf_core.tenancy.replay import MemoryReplayStore, create_dynamodb_table
+from dpmsf_core.tenancy.security import Security
+from dpmsf_core.tenancy.tenants import (
     MASTER_KEY_FILE,
     DynamoDBTenantRegistry,
     MasterKey,
@@ -33,7 +33,7 @@ from dpmsf_core.tenants import (
     key_lookup,
     load_master_key,
 )
-from dpmsf_core.tokens import TokenVerifier, decode_key, generate_key, mint
+from dpmsf_core.tenancy.tokens import TokenVerifier, decode_key, generate_key, mint
 
 ROOT = Path(__file__).resolve().parents[1]
 TID = "6f1c1b1e-8a8e-4c57-9a53-0d5c6f3f4a10"
@@ -232,7 +232,7 @@ def test_a_damaged_master_key_file_is_one_clear_error(tmp_path: Path) -> None:
 
 _RACER = """
 import sys
-from dpmsf_core.tenants import load_master_key
+from dpmsf_core.tenancy.tenants import load_master_key
 sys.stdin.readline()
 print(load_master_key(None, sys.argv[1]).wrap(sys.argv[2], sys.argv[3]), flush=True)
 """

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from dpmsf_core.replay import (
+from dpmsf_core.tenancy.replay import (
     DynamoDBReplayStore,
     MemoryReplayStore,
     ReplayStore,
@@ -89,7 +89,7 @@ def test_sqlite_threads_race_one_winner(tmp_path: Path) -> None:
 
 _CHILD = """
 import sys
-from dpmsf_core.replay import SQLiteReplayStore
+from dpmsf_core.tenancy.replay import SQLiteReplayStore
 store = SQLiteReplayStore(sys.argv[1])
 jtis = sys.argv[2].split(",")
 print("ready", flush=True)
@@ -224,7 +224,7 @@ def test_make_replay_store_rejects_bad_urls(url: str) -> None:
 
 
 def test_importing_security_modules_leaves_boto3_out() -> None:
-    modules = "dpmsf_core.replay, dpmsf_core.tokens, dpmsf_core.tenants, dpmsf_core.client"
+    modules = "dpmsf_core.tenancy.replay, dpmsf_core.tenancy.tokens, dpmsf_core.tenancy.tenants, dpmsf_core.client"
     code = f"import sys, {modules}; print('boto3' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dpmsf_core.tokens import mint
+from dpmsf_core.tenancy.tokens import mint
 
 ADMIN = "00000000-0000-4000-8000-000000000001"
 UNKNOWN = "99999999-9999-4999-8999-999999999999"
@@ -107,7 +107,7 @@ def test_malformed_truncated_tampered(env: Env, mangle: Callable[[str], str]) ->
 
 
 def test_unknown_tenant_and_wrong_key(env: Env) -> None:
-    from dpmsf_core.tokens import generate_key
+    from dpmsf_core.tenancy.tokens import generate_key
 
     unauthorized(
         env.client.get("/rest/services/secret/", headers={"authorization": f"Bearer {mint(UNKNOWN, generate_key())}"})
@@ -119,7 +119,7 @@ def test_unknown_tenant_and_wrong_key(env: Env) -> None:
 
 def _no_key_cache(env: Env) -> None:
     """See registry changes at once instead of after the 5 s key cache."""
-    import dpmsf_core.tenants as tenants_mod
+    import dpmsf_core.tenancy.tenants as tenants_mod
 
     env.security._key_for = env.security.verifier._key_for = tenants_mod.key_lookup(
         env.security.tenants, cache_seconds=0
@@ -151,7 +151,7 @@ def test_disabled_tenant_is_403(env: Env) -> None:
 
 def test_forged_token_for_disabled_tenant_is_401_like_an_unknown_tenant(env: Env) -> None:
     """Without the key, a disabled tenant id and an id nobody has answer byte for byte the same."""
-    from dpmsf_core.tokens import generate_key
+    from dpmsf_core.tenancy.tokens import generate_key
 
     tenant = env.security.tenants.add(name="soon-disabled")
     env.security.tenants.disable(tenant.id)
@@ -186,7 +186,7 @@ def test_next_token_lives_token_ttl(env: Env) -> None:
 
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    from dpmsf_core.tokens import decode_key
+    from dpmsf_core.tenancy.tokens import decode_key
 
     nxt = env.client.get("/rest/services/secret/", headers=env.auth()).headers["x-dpmsf-next-token"]
     raw = base64.urlsafe_b64decode(nxt + "=" * (-len(nxt) % 4))

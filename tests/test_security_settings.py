@@ -6,7 +6,7 @@ import pytest
 
 from dpmsf_core.config import Settings
 from dpmsf_core.errors import ConfigError
-from dpmsf_core.tokens import DEFAULT_MAX_TTL, generate_key
+from dpmsf_core.tenancy.tokens import DEFAULT_MAX_TTL, generate_key
 
 
 def parse(env: dict[str, str]) -> Settings:

@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from dpmsf_core.replay import SQLiteReplayStore, make_replay_store
-from dpmsf_core.state_files import private_dir, private_file, private_sqlite, write_secret_once
-from dpmsf_core.tenants import SQLiteTenantRegistry, make_tenant_registry
-from dpmsf_core.tokens import generate_key, mint
+from dpmsf_core.tenancy.replay import SQLiteReplayStore, make_replay_store
+from dpmsf_core.tenancy.state_files import private_dir, private_file, private_sqlite, write_secret_once
+from dpmsf_core.tenancy.tenants import SQLiteTenantRegistry, make_tenant_registry
+from dpmsf_core.tenancy.tokens import generate_key, mint
 
 ADMIN = "00000000-0000-4000-8000-0000000000ad"
 LATER = 4e9

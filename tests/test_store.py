@@ -23,8 +23,8 @@ from motoserver import client as moto_client
 from dpmsf_core import store
 from dpmsf_core.context import RequestInfo, reset_current, set_current
 from dpmsf_core.errors import HTTPError, MethodNotAllowed, ServiceUnavailable, UnprocessableArguments
-from dpmsf_core.replay import create_dynamodb_table
 from dpmsf_core.store import Collection, DynamoDBStore, SQLiteStore, make_store
+from dpmsf_core.tenancy.replay import create_dynamodb_table
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from dpmsf_core.errors import Forbidden, Unauthorized
-from dpmsf_core.replay import MemoryReplayStore, create_dynamodb_table
-from dpmsf_core.tenants import (
+from dpmsf_core.tenancy.replay import MemoryReplayStore, create_dynamodb_table
+from dpmsf_core.tenancy.tenants import (
     DynamoDBTenantRegistry,
     MemoryTenantRegistry,
     SQLiteTenantRegistry,
@@ -21,7 +21,7 @@ from dpmsf_core.tenants import (
     make_tenant_registry,
     tenant_id,
 )
-from dpmsf_core.tokens import TenantKey, TokenVerifier, decode_key, generate_key, mint
+from dpmsf_core.tenancy.tokens import TenantKey, TokenVerifier, decode_key, generate_key, mint
 
 TID = "6f1c1b1e-8a8e-4c57-9a53-0d5c6f3f4a10"
 MASTER = generate_key()  # DPMSF_MASTER_KEY of the DynamoDB registries in these tests
@@ -144,7 +144,7 @@ def test_dynamodb_item_shape(table: str, moto_url: str) -> None:
 
 
 def test_dynamodb_list_ignores_other_items(table: str, moto_url: str) -> None:
-    from dpmsf_core.replay import DynamoDBReplayStore
+    from dpmsf_core.tenancy.replay import DynamoDBReplayStore
 
     registry = DynamoDBTenantRegistry(table, endpoint_url=moto_url, master_key=MASTER)
     DynamoDBReplayStore(table, endpoint_url=moto_url).claim(uuid.uuid4().hex, 4e9)

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dpmsf_core.tokens import mint
+from dpmsf_core.tenancy.tokens import mint
 
 ADMIN = "00000000-0000-4000-8000-00000000000a"
 TENANT_A = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
@@ -107,7 +107,7 @@ def test_disabled_tenant_is_forbidden(env: Any) -> None:
     client, auth, app = env
     headers = auth(TENANT_B)
     app.get_security().tenants.disable(TENANT_B)
-    from dpmsf_core.tenants import key_lookup
+    from dpmsf_core.tenancy.tenants import key_lookup
 
     security = app.get_security()
     security._key_for = security.verifier._key_for = key_lookup(security.tenants, cache_seconds=0)

@@ -11,8 +11,8 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from dpmsf_core.errors import Forbidden, Unauthorized
-from dpmsf_core.replay import MemoryReplayStore
-from dpmsf_core.tokens import DEFAULT_MAX_TTL, Claims, TenantKey, TokenVerifier, decode_key, generate_key, mint
+from dpmsf_core.tenancy.replay import MemoryReplayStore
+from dpmsf_core.tenancy.tokens import DEFAULT_MAX_TTL, Claims, TenantKey, TokenVerifier, decode_key, generate_key, mint
 
 TENANT = "6f1c1b1e-8a8e-4c57-9a53-0d5c6f3f4a10"
 OTHER = "0b7f5e0a-3c1d-4e2f-8a9b-1c2d3e4f5a6b"

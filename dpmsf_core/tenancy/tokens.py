@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .errors import Forbidden, Unauthorized
+from ..errors import Forbidden, Unauthorized
 from .replay import ReplayStore
 
 __all__ = [

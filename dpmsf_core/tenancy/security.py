@@ -6,8 +6,8 @@ import logging
 import threading
 from typing import Any
 
-from .config import Settings
-from .errors import Unauthorized
+from ..config import Settings
+from ..errors import Unauthorized
 
 log = logging.getLogger("dpmsf.security")
 

@@ -132,7 +132,7 @@ class MasterKey:
         except ValueError:
             raise ValueError(
                 f"Master key from {source} is not valid. Expected 32 bytes as base64url without padding"
-                " (43 characters, e.g. from dpmsf_core.tokens.generate_key())."
+                " (43 characters, e.g. from dpmsf_core.tenancy.tokens.generate_key())."
             ) from None
         self._aead = AESGCM(raw)
         self.source = source
@@ -424,7 +424,7 @@ class DynamoDBTenantRegistry:
         if master_key is None or master_key == "":
             raise ValueError(
                 f"The DynamoDB tenant registry '{table_name}' needs DPMSF_MASTER_KEY (32 bytes as base64url,"
-                " e.g. from dpmsf_core.tokens.generate_key()): tenant keys are stored wrapped with it."
+                " e.g. from dpmsf_core.tenancy.tokens.generate_key()): tenant keys are stored wrapped with it."
             )
         self.table_name = table_name
         self._sealer = _Sealer(load_master_key(master_key, None), f"tenant table {table_name}")

@@ -44,8 +44,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
-from .context import current_tenant
-from .errors import ServiceUnavailable, UnprocessableArguments
+from ..context import current_tenant
+from ..errors import ServiceUnavailable, UnprocessableArguments
 
 __all__ = [
     "ANONYMOUS_TENANT",
@@ -184,7 +184,7 @@ class SQLiteStore:
         self._local = threading.local()
         self._write_lock = threading.Lock()
         if self.path != ":memory:" and not self.path.startswith("file:"):
-            from .tenancy.state_files import private_sqlite
+            from ..tenancy.state_files import private_sqlite
 
             with contextlib.suppress(OSError):  # an unusable folder answers 503 on use, like a lost database
                 private_sqlite(self.path)  # tenants' documents: 0600 files (and -wal/-shm) in 0700 folders

@@ -4,7 +4,7 @@ One catch-all app (no per-endpoint routes), so thousands of plugins cost nothing
 serves ``/rest/services``, ``upload`` the admin routes, ``directory.py`` ``__dir__`` and ``/openapi.json``,
 ``exchange.py`` reads bodies and writes answers. It is a plain ASGI callable rather than a FastAPI instance on
 purpose: importing FastAPI and pydantic costs ~150 ms of cold start on Lambda, and the request path needs
-neither. FastAPI is still used for ``/docs``, imported on first use, and a DPMSF app mounts into any
+neither. ``/docs`` is Swagger UI served from files we ship (no CDN), and a DPMSF app mounts into any
 FastAPI/Starlette app (``fastapi_app.mount("/", create_app())``).
 """
 
@@ -29,14 +29,15 @@ from .resolve import SERVICES_PREFIX
 from .tenancy.security import LazySecurity
 
 if TYPE_CHECKING:
-    from .admin import PluginUpload
     from .tenancy.security import Security
+    from .upload.handler import PluginUpload
 
 log = logging.getLogger("dpmsf")
 access_log = logging.getLogger("dpmsf.access")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _ADMIN_PREFIX = "/rest/admin"
+_DOCS_ASSETS = "/docs/"  # Swagger UI's script and style, served by us: /docs works without internet
 
 
 class DPMSFApp:
@@ -127,7 +128,7 @@ class DPMSFApp:
         base = self.settings.base_path
         if base and path.startswith(base):
             path = path[len(base) :] or "/"
-        if not path.startswith("/rest/") and path not in ("/", "/docs", "/docs/", "/openapi.json"):
+        if not path.startswith(("/rest/", _DOCS_ASSETS)) and path not in ("/", "/docs", "/docs/", "/openapi.json"):
             path = _strip_unknown_prefix(path)
         if path.startswith(SERVICES_PREFIX + "/") or path == SERVICES_PREFIX:
             await self.services.serve(scope, receive, responder, headers, rid, path[len(SERVICES_PREFIX) :])
@@ -142,16 +143,26 @@ class DPMSFApp:
             from .openapi import swagger_html
 
             root = _root_path(scope, self.settings)
-            await responder.send(200, swagger_html(root + "/openapi.json"), b"text/html; charset=utf-8")
+            page = swagger_html(root + "/openapi.json", root + "/docs")
+            await responder.send(200, page, b"text/html; charset=utf-8")
+        elif path.startswith(_DOCS_ASSETS) and path.count("/") == 2:
+            from .openapi import swagger_asset
+
+            found = swagger_asset(path[len(_DOCS_ASSETS) :])
+            if found is None:
+                raise NotFound(f"No route for '{scope['path']}'.")
+            cache = [(b"cache-control", b"public, max-age=86400")]
+            await responder.send(200, found[0], found[1].encode(), cache)
         elif path == "/" and scope["method"] in ("GET", "HEAD"):
+            root = _root_path(scope, self.settings)  # links that resolve on the host the client used
             await responder.json(
                 200,
                 {
                     "service": "dpmsf",
-                    "services": SERVICES_PREFIX + "/",
-                    "directory": SERVICES_PREFIX + "/__dir__/",
-                    "docs": "/docs",
-                    "openapi": "/openapi.json",
+                    "services": root + SERVICES_PREFIX + "/",
+                    "directory": root + SERVICES_PREFIX + "/__dir__/",
+                    "docs": root + "/docs",
+                    "openapi": root + "/openapi.json",
                 },
             )
         else:
@@ -170,7 +181,8 @@ def _strip_unknown_prefix(path: str) -> str:
     for suffix in ("/openapi.json", "/docs", "/docs/"):
         if path.endswith(suffix):
             return suffix
-    return path
+    idx = path.find(_DOCS_ASSETS)
+    return path[idx:] if idx > 0 else path
 
 
 _SAFE_ROOT = re.compile(r"^(/[A-Za-z0-9._~-]+)*$")
@@ -210,7 +222,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
             folders.append(resolve_folder(entry, BUNDLED_PLUGINS))
     target = None
     if settings.admin_id:
-        from .admin import plan_upload
+        from .upload.handler import plan_upload
 
         target = plan_upload(settings, folders, sources)
     from .sandbox.loader import SandboxedLoader
@@ -227,7 +239,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
     security = LazySecurity(settings)
     upload = None
     if target is not None:
-        from .admin import PluginUpload
+        from .upload.handler import PluginUpload
 
         upload = PluginUpload(target, settings, registry, security)
     app = DPMSFApp(settings, registry, security, upload)

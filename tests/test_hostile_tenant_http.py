@@ -287,7 +287,7 @@ def test_docs_never_reflect_the_request_path(env: Env) -> None:
         r = env.client.get(path)
         assert r.status_code == 200
         assert "alert(1)" not in r.text
-        assert "url: '/openapi.json'" in r.text
+        assert 'url: "/openapi.json"' in r.text
 
 
 def test_the_directory_shows_paths_only_to_whom_they_belong(env: Env) -> None:

@@ -13,7 +13,7 @@ from motoserver import client as moto_client
 from motoserver import moto_server
 
 from dpmsf_core.errors import BadRequest, PayloadTooLarge, UnprocessableArguments
-from dpmsf_core.plugin_store import (
+from dpmsf_core.upload.stores import (
     FolderPluginStore,
     PluginStore,
     S3PluginStore,

@@ -6,13 +6,13 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Settings
-from .discovery import metadata_from_source
-from .errors import Conflict, MethodNotAllowed, NotFound, PluginError, UnprocessableArguments
-from .exchange import Receive, Responder, Scope, read_body
-from .plugin_store import PluginStore
-from .registry import Registry
-from .tenancy.security import LazySecurity, bearer, require
+from ..config import Settings
+from ..discovery import metadata_from_source
+from ..errors import Conflict, MethodNotAllowed, NotFound, PluginError, UnprocessableArguments
+from ..exchange import Receive, Responder, Scope, read_body
+from ..registry import Registry
+from ..tenancy.security import LazySecurity, bearer, require
+from .stores import PluginStore
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class PluginUpload:
                 raise MethodNotAllowed("The plugin list answers GET.", ["GET", "HEAD"])
             await responder.json(200, {"results": self._list(tenant, admin)})
             return
-        from .plugin_store import check_module_name, stamp_tenant, validate_upload
+        from .stores import check_module_name, stamp_tenant, validate_upload
 
         name = check_module_name(parts[1])
         stored = self.store.get_versioned(name)
@@ -124,7 +124,7 @@ class PluginUpload:
 
 def _check_readable(source: str, name: str) -> None:
     """A tenant's module is stored only if the server can read its endpoints (as it will on every rebuild)."""
-    from .sandbox.loader import read_tenant_module
+    from ..sandbox.loader import read_tenant_module
 
     try:
         read_tenant_module(source, f"{name}.py")
@@ -166,7 +166,7 @@ def plan_upload(settings: Settings, folders: list[str], sources: list[Any]) -> U
     """
     if not settings.admin_id:
         return None
-    from .plugin_store import FolderPluginStore, S3PluginStore
+    from .stores import FolderPluginStore, S3PluginStore
 
     if settings.upload_dir:
         folder = os.path.abspath(settings.upload_dir)

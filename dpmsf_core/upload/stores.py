@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from .errors import BadRequest, Conflict, PayloadTooLarge, UnprocessableArguments
+from ..errors import BadRequest, Conflict, PayloadTooLarge, UnprocessableArguments
 
 TENANT_NAME = "__tenant__"
 ANY_VERSION = "*"  # put(expect=ANY_VERSION): write whatever is stored
@@ -349,7 +349,7 @@ class S3PluginStore:
     """Uploaded modules as objects ``<prefix><name>.py`` in S3, the same prefix an ``s3://`` plugin path reads."""
 
     def __init__(self, url: str, *, client: Any = None, endpoint_url: str | None = None) -> None:
-        from .s3source import parse_s3_url
+        from ..s3source import parse_s3_url
 
         self.url = url
         self.bucket, self.prefix = parse_s3_url(url)

@@ -37,6 +37,7 @@ class Settings:
     require_tokens: bool = False
     token_ttl: float = 60.0
     token_max_ttl: int = 300  # the server refuses tokens whose exp - iat is longer (tokens.DEFAULT_MAX_TTL)
+    key_cache_seconds: float = 5.0  # how long a tenant's key (and enabled flag) is cached between registry reads
     token_skew: float = 5.0
     master_key: str | None = field(default=None, repr=False)  # wraps tenant keys at rest; never printed
     max_body: int = 6 * 1024 * 1024
@@ -212,6 +213,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         require_tokens=_bool(env, "DPMSF_REQUIRE_TOKENS", False),
         token_ttl=token_ttl,
         token_max_ttl=token_max_ttl,
+        key_cache_seconds=_float(env, "DPMSF_KEY_CACHE", 5.0, minimum=0.0),
         token_skew=_float(env, "DPMSF_TOKEN_SKEW", 5.0),
         master_key=_master_key(env),
         max_body=_int(env, "DPMSF_MAX_BODY", 6 * 1024 * 1024, minimum=1),

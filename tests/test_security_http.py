@@ -54,6 +54,7 @@ def env(plugin_dir: Any, make_app: Callable[..., Any], serve: Callable[[Any], ht
             "DPMSF_REQUIRE_TOKENS": "1",
             "DPMSF_REPLAY_STORE": f"sqlite:///{tmp_path / 'replay.db'}",
             "DPMSF_UPLOAD_MAX": "2000",
+            "DPMSF_KEY_CACHE": "0",  # registry changes (disable, rotate) are seen at once
         },
     )
     return Env(app, serve(app))
@@ -117,15 +118,6 @@ def test_unknown_tenant_and_wrong_key(env: Env) -> None:
     )
 
 
-def _no_key_cache(env: Env) -> None:
-    """See registry changes at once instead of after the 5 s key cache."""
-    import dpmsf_core.tenancy.tenants as tenants_mod
-
-    env.security._key_for = env.security.verifier._key_for = tenants_mod.key_lookup(
-        env.security.tenants, cache_seconds=0
-    )
-
-
 def _seen(r: httpx.Response) -> tuple[int, str, str | None, str | None, dict[str, Any]]:
     """All a caller learns from an answer: status, content type, WWW-Authenticate, next token, body (no request id)."""
     body = {k: v for k, v in r.json().items() if k not in ("request_id", "instance")}
@@ -143,7 +135,6 @@ def test_disabled_tenant_is_403(env: Env) -> None:
     tenant = env.security.tenants.add(name="t")
     token = mint(tenant.id, tenant.key)
     env.security.tenants.disable(tenant.id)
-    _no_key_cache(env)
     r = env.client.get("/rest/services/public/", headers={"authorization": f"Bearer {token}"})
     assert r.status_code == 403 and r.json()["detail"] == "tenant disabled"
     assert "x-dpmsf-next-token" not in r.headers  # no fresh token for a disabled tenant
@@ -155,7 +146,6 @@ def test_forged_token_for_disabled_tenant_is_401_like_an_unknown_tenant(env: Env
 
     tenant = env.security.tenants.add(name="soon-disabled")
     env.security.tenants.disable(tenant.id)
-    _no_key_cache(env)
     for path in ("/rest/services/public/", "/rest/services/secret/"):
         forged_disabled = env.client.get(path, headers={"authorization": f"Bearer {mint(tenant.id, generate_key())}"})
         forged_unknown = env.client.get(path, headers={"authorization": f"Bearer {mint(UNKNOWN, generate_key())}"})

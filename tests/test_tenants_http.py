@@ -46,7 +46,7 @@ def env(plugin_dir: Any, make_app: Callable[..., Any], serve: Callable[[Any], ht
     plugin_dir.write("shared.py", "def admin_func():\n    return 'admin'\n")
     plugin_dir.write("mod_a.py", tenant_module(TENANT_A, "alpha"))
     plugin_dir.write("mod_b.py", tenant_module(TENANT_B, "beta"))
-    app = make_app(plugin_dir.path, env={"ADMIN_ID": ADMIN, "DPMSF_SANDBOX_TIMEOUT": "1.5"})
+    app = make_app(plugin_dir.path, env={"ADMIN_ID": ADMIN, "DPMSF_SANDBOX_TIMEOUT": "1.5", "DPMSF_KEY_CACHE": "0"})
     security = app.get_security()
     for tid in (TENANT_A, TENANT_B):
         security.tenants.add(name=tid[:4], tenant_id=tid)
@@ -107,10 +107,6 @@ def test_disabled_tenant_is_forbidden(env: Any) -> None:
     client, auth, app = env
     headers = auth(TENANT_B)
     app.get_security().tenants.disable(TENANT_B)
-    from dpmsf_core.tenancy.tenants import key_lookup
-
-    security = app.get_security()
-    security._key_for = security.verifier._key_for = key_lookup(security.tenants, cache_seconds=0)
     assert client.get("/rest/services/beta/", headers=headers).status_code == 403
 
 

@@ -69,9 +69,11 @@ def test_accepts_bare_token_or_bearer_header(verifier: TokenVerifier, keys: dict
     assert verifier.verify(prefix + mint(TENANT, keys[TENANT], now=NOW)).tenant == TENANT
 
 
-def test_key_may_be_text_or_bytes_and_tenant_any_uuid_spelling(verifier: TokenVerifier) -> None:
+def test_key_may_be_text_or_bytes_and_tenant_any_uuid_spelling() -> None:
     key = generate_key()
-    verifier._key_for = lambda tenant: decode_key(key) if tenant == TENANT else None
+    verifier = TokenVerifier(
+        lambda tenant: decode_key(key) if tenant == TENANT else None, MemoryReplayStore(), clock=lambda: NOW
+    )
     assert verifier.verify(mint(TENANT.upper(), key, now=NOW)).tenant == TENANT
     assert verifier.verify(mint(uuid.UUID(TENANT).hex, decode_key(key), now=NOW)).tenant == TENANT
 
@@ -207,10 +209,13 @@ def test_expired_token_of_disabled_tenant_is_401(
     assert refused(verifier, token).detail == "invalid or expired token"
 
 
-def test_key_for_may_answer_tenant_key_objects(verifier: TokenVerifier, keys: dict[str, bytes]) -> None:
-    verifier._key_for = lambda tenant: TenantKey(keys[TENANT]) if tenant == TENANT else None
+def test_key_for_may_answer_tenant_key_objects(keys: dict[str, bytes]) -> None:
+    clock = lambda: NOW  # noqa: E731 - the tokens below are minted at NOW
+    verifier = TokenVerifier(
+        lambda tenant: TenantKey(keys[TENANT]) if tenant == TENANT else None, MemoryReplayStore(), clock=clock
+    )
     assert verifier.verify(mint(TENANT, keys[TENANT], now=NOW)).tenant == TENANT
-    verifier._key_for = lambda tenant: TenantKey(b"", enabled=True)  # no usable key: as unknown
+    verifier = TokenVerifier(lambda tenant: TenantKey(b"", enabled=True), MemoryReplayStore(), clock=clock)  # no key
     assert refused(verifier, mint(TENANT, keys[TENANT], now=NOW)).detail == "invalid or expired token"
 
 

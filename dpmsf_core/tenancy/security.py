@@ -37,7 +37,7 @@ class Security:
         )
         if settings.admin_id:
             ensure_admin(self.tenants, settings.admin_id, settings.admin_key)
-        self._key_for = key_lookup(self.tenants)
+        self._key_for = key_lookup(self.tenants, cache_seconds=settings.key_cache_seconds)
         self.verifier = TokenVerifier(
             self._key_for, self.replay, skew=settings.token_skew, max_ttl=settings.token_max_ttl
         )

@@ -212,7 +212,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
     sources = []
     for entry in settings.plugins:
         if entry.startswith("s3://"):
-            from .s3source import S3PluginSource
+            from .aws.s3source import S3PluginSource
 
             cache = os.path.join(settings.state_dir, "s3-cache", re.sub(r"[^A-Za-z0-9_.-]", "_", entry[5:]))
             source = S3PluginSource(entry, cache, refresh_seconds=settings.s3_refresh)

@@ -32,8 +32,8 @@ class LocalContext:
 
 def cmd_invoke(args: argparse.Namespace) -> int:
     from .app import create_app
+    from .aws.lambda_adapter import build_handler
     from .config import Settings
-    from .lambda_adapter import build_handler
 
     if args.plugins:
         os.environ["DPMSF_PLUGINS"] = args.plugins

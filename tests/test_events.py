@@ -1,4 +1,4 @@
-"""dpmsf_core.events: which events are HTTP, and how SQS/SNS/S3/EventBridge/schedule events reach functions."""
+"""dpmsf_core.aws.events: which events are HTTP, and how SQS/SNS/S3/EventBridge/schedule events reach functions."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from eventdata import HTTP_EVENTS, lambda_context, load_event
 
-from dpmsf_core.events import EventHandlingError, dispatch_event, event_source, record_names
+from dpmsf_core.aws.events import EventHandlingError, dispatch_event, event_source, record_names
 from dpmsf_core.expose import EventSpec, event_spec, expose
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -316,7 +316,8 @@ def test_bundled_example_plugin() -> None:
 
 def test_importing_events_does_not_load_powertools() -> None:
     code = (
-        "import sys, dpmsf_core.events; print(sorted(m for m in sys.modules if m.startswith('aws_lambda_powertools')))"
+        "import sys, dpmsf_core.aws.events;"
+        " print(sorted(m for m in sys.modules if m.startswith('aws_lambda_powertools')))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

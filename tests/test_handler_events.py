@@ -12,9 +12,9 @@ import pytest
 from eventdata import lambda_context, load_event
 
 from dpmsf_core.app import create_app
+from dpmsf_core.aws.events import EventHandlingError
+from dpmsf_core.aws.lambda_adapter import build_handler
 from dpmsf_core.config import Settings
-from dpmsf_core.events import EventHandlingError
-from dpmsf_core.lambda_adapter import build_handler
 
 SQS_FAIL_ID = "2e1424d4-f796-459a-8184-9c92662be6da"
 

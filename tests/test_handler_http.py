@@ -15,8 +15,8 @@ import pytest
 from eventdata import lambda_context, load_event
 
 from dpmsf_core.app import create_app
+from dpmsf_core.aws.lambda_adapter import build_handler
 from dpmsf_core.config import Settings
-from dpmsf_core.lambda_adapter import build_handler
 
 RID = lambda_context().aws_request_id
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(16))
@@ -328,7 +328,7 @@ def test_survives_asyncio_run_between_invocations(handler: Any) -> None:
 def test_powertools_metrics_and_logs_on_lambda(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dpmsf_core.observability import PowertoolsObserver
+    from dpmsf_core.aws.observability import PowertoolsObserver
 
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "DPMSFTest")
     settings = Settings.from_env({"DPMSF_STATE_DIR": "/tmp/dpmsf-test"}, dotenv=None)
@@ -336,7 +336,7 @@ def test_powertools_metrics_and_logs_on_lambda(
     watcher = PowertoolsObserver(
         {"AWS_LAMBDA_FUNCTION_NAME": "dpmsf-test", "POWERTOOLS_METRICS_NAMESPACE": "DPMSFTest"}
     )
-    from dpmsf_core.lambda_adapter import LambdaAdapter
+    from dpmsf_core.aws.lambda_adapter import LambdaAdapter
 
     adapter = LambdaAdapter(app, watcher=watcher)
     handler = watcher.wrap(adapter)

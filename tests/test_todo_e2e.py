@@ -102,8 +102,8 @@ def test_tutorial_sequence_survives_a_restart(tmp_path: Path) -> None:
 
 def test_todo_through_the_lambda_handler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from dpmsf_core.app import create_app
+    from dpmsf_core.aws.lambda_adapter import build_handler
     from dpmsf_core.config import Settings
-    from dpmsf_core.lambda_adapter import build_handler
 
     settings = Settings.from_env({"DPMSF_STATE_DIR": str(tmp_path), "AWS_LAMBDA_FUNCTION_NAME": "todo"}, dotenv=None)
     app = create_app(settings)

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 MANIFEST_NAME = ".s3-manifest.json"
 _STAGING_NAME = ".s3-staging"

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from fnmatch import fnmatchcase
 from typing import Any
 
-from .expose import EventSpec
+from ..expose import EventSpec
 
 logger = logging.getLogger("dpmsf.events")
 

@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from .config import on_lambda
+from ..config import on_lambda
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 

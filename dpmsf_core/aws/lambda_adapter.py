@@ -35,7 +35,7 @@ from .events import dispatch_event, event_source
 from .observability import Observer, observer
 
 if TYPE_CHECKING:
-    from .app import DPMSFApp
+    from ..app import DPMSFApp
 
 LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
@@ -180,7 +180,7 @@ def _compressed(headers: list[Any]) -> bool:
 
 
 def _too_large(size: int, limit: int, scope: dict[str, Any]) -> dict[str, Any]:
-    from .errors import PROBLEM_CONTENT_TYPE, FunctionFailed
+    from ..errors import PROBLEM_CONTENT_TYPE, FunctionFailed
 
     err = FunctionFailed(
         f"The response of {size} bytes is over Lambda's limit of {limit} bytes.", title="Response Too Large"
@@ -194,7 +194,7 @@ def _too_large(size: int, limit: int, scope: dict[str, Any]) -> dict[str, Any]:
 def build_handler(app: DPMSFApp | None = None) -> LambdaHandler:
     """The Lambda handler for ``app`` (default: ``create_app()`` from the environment), built once per container."""
     if app is None:
-        from .app import create_app
+        from ..app import create_app
 
         app = create_app()
     watcher = observer(app.settings)

@@ -201,8 +201,15 @@ def _root_path(scope: Scope, settings: Settings) -> str:
 
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
-    """Build an app from ``settings`` (default: environment and ``.env``); plugins load now, once."""
+    """Build an app from ``settings`` (default: environment and ``.env``); plugins load now, once.
+
+    ``plugins=`` may be one folder (a string or path, ``:``-separated like ``DPMSF_PLUGINS``) or a list of them.
+    """
     settings = settings or Settings.from_env()
+    if isinstance(overrides.get("plugins"), str | os.PathLike):
+        overrides["plugins"] = tuple(p for p in os.fspath(overrides["plugins"]).split(":") if p)
+    elif "plugins" in overrides:
+        overrides["plugins"] = tuple(os.fspath(p) for p in overrides["plugins"])
     if overrides:
         settings = settings.with_(**overrides)
     from .hardening import make_non_dumpable

@@ -159,3 +159,10 @@ def test_refresh_is_a_noop_when_nothing_changed(plugin_dir: Any) -> None:
     reg = registry(plugin_dir.path)
     snap = reg.snapshot
     assert reg.refresh() is snap
+
+
+def test_create_app_takes_one_folder_as_a_string_or_a_path(plugin_dir: Any, make_app: Any) -> None:
+    plugin_dir.write("solo.py", "def solo():\n    return 1\n")
+    for given in (str(plugin_dir.path), plugin_dir.path, [plugin_dir.path]):
+        app = make_app(plugins=given)
+        assert "solo" in app.registry.snapshot.modules, given

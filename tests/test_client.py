@@ -1,166 +1,188 @@
-"""The Python client against a real HTTP server on 127.0.0.1 that checks its tokens like DPMSF does."""
+"""The Python client against the real DPMSF app, served by uvicorn on 127.0.0.1 with tokens required."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
-import threading
 import time
-import urllib.parse
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from dpmsf_core.client import CallError, Client
-from dpmsf_core.errors import PROBLEM_CONTENT_TYPE, DPMSFError, Unauthorized
+from dpmsf_core.errors import Unauthorized
 from dpmsf_core.tenancy.replay import MemoryReplayStore
 from dpmsf_core.tenancy.tenants import MemoryTenantRegistry, Tenant, key_lookup
 from dpmsf_core.tenancy.tokens import TokenVerifier, generate_key
 
+ADMIN = "00000000-0000-4000-8000-000000000001"
+CASE = Path(__file__).parent / "plugins" / "client_case"
+MODULE = "client_echo"  # tests/plugins/client_case/client_echo.py: the ``echo`` and ``text`` endpoints
 
-class Server:
-    """A stand-in for DPMSF: verifies the bearer token, then echoes the request as ``{"results": ...}``."""
-
-    def __init__(self) -> None:
-        self.tenants = MemoryTenantRegistry()
-        self.verifier = TokenVerifier(key_lookup(self.tenants, cache_seconds=0), MemoryReplayStore())
-        self.jtis: list[str] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _send(self, status: int, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _handle(self) -> None:
-                url = urllib.parse.urlsplit(self.path)
-                if url.path == "/plain/rest/services/text/":
-                    self._send(200, "text/plain", b"just text")
-                    return
-                if url.path == "/broken/rest/services/boom/":
-                    self._send(502, "text/html", b"<h1>Bad Gateway</h1>")
-                    return
-                try:
-                    claims = outer.verifier.verify(self.headers.get("Authorization", ""))
-                except DPMSFError as error:
-                    problem = error.problem(request_id="req-1")
-                    self._send(error.status, PROBLEM_CONTENT_TYPE, json.dumps(problem).encode(), error.headers)
-                    return
-                outer.jtis.append(claims.jti)
-                length = int(self.headers.get("Content-Length") or 0)
-                results = {
-                    "method": self.command,
-                    "path": url.path,
-                    "query": urllib.parse.parse_qs(url.query),
-                    "body": json.loads(self.rfile.read(length)) if length else None,
-                    "content_type": self.headers.get("Content-Type"),
-                    "tenant": claims.tenant,
-                }
-                self._send(200, "application/json", json.dumps({"results": results}).encode())
-
-            do_GET = do_POST = do_PUT = do_DELETE = _handle
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+APP_ENV = {
+    "ADMIN_ID": ADMIN,
+    "DPMSF_REQUIRE_TOKENS": "1",
+    "DPMSF_KEY_CACHE": "0",  # a disabled tenant is refused at once, not after the key cache expires
+}
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    server = Server()
-    server.thread.start()
-    yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
+class Served:
+    """The real app, the server in front of it, and one tenant of its registry."""
+
+    def __init__(self, app: Any, http: httpx.Client, tenant: Tenant) -> None:
+        self.app = app
+        self.http = http
+        self.url = str(http.base_url).rstrip("/")
+        self.tenant = tenant
+
+    def client(self, base_url: str | None = None, key: str | None = None) -> Client:
+        return Client(base_url or self.url, self.tenant.id, key or self.tenant.key)
+
+
+def bad_gateway_proxy(app: Any) -> Callable[..., Any]:
+    """A proxy in front of DPMSF: 502 text/html for paths under /broken, everything else passed to ``app``."""
+
+    async def proxy(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/broken/"):
+            body = b"<h1>Bad Gateway</h1>"
+            headers = [(b"content-type", b"text/html"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 502, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await app(scope, receive, send)
+
+    return proxy
 
 
 @pytest.fixture
-def tenant(server: Server) -> Tenant:
-    return server.tenants.add(name="client-test")
+def build(plugin_dir: Any, make_app: Callable[..., Any], serve: Callable[[Any], httpx.Client]) -> Callable[..., Served]:
+    """``build(wrap=...)``: the real app on the client_case plugins, optionally behind ``wrap``, served on 127.0.0.1."""
+
+    def start(wrap: Callable[[Any], Any] | None = None) -> Served:
+        plugin_dir.write(f"{MODULE}.py", (CASE / f"{MODULE}.py").read_text(encoding="utf-8"))
+        app = make_app(plugin_dir.path, env=APP_ENV)
+        tenant = app.get_security().tenants.add(name="client-test")
+        return Served(app, serve(wrap(app) if wrap else app), tenant)
+
+    return start
 
 
 @pytest.fixture
-def client(server: Server, tenant: Tenant) -> Client:
-    return Client(server.url + "/", tenant.id, tenant.key)
+def served(build: Callable[..., Served]) -> Served:
+    return build()
 
 
-def test_get_with_url_params_and_query(client: Client, tenant: Tenant) -> None:
-    results = client.call("add", 1, 2, params={"x": "y", "tag": ["a", "b"]})
+@pytest.fixture
+def client(served: Served) -> Client:
+    return served.client(served.url + "/")  # a trailing slash on the base URL is dropped
+
+
+def test_get_with_url_params_and_repeated_query_keys(client: Client, served: Served) -> None:
+    results = client.call("echo", 1, 2, params={"x": "y", "tag": ["a", "b"]})
+    auth = results.pop("authorization")
+    arguments = {"x": "y", "tag": ["a", "b"], "parm_1": "1", "parm_2": "2"}
     assert results == {
         "method": "GET",
-        "path": "/rest/services/add/1/2/",
-        "query": {"x": ["y"], "tag": ["a", "b"]},
+        "path": "/rest/services/echo/1/2/",
+        "query": arguments,
+        "kwargs": arguments,
         "body": None,
         "content_type": None,
-        "tenant": tenant.id,
+        "accept": "application/json",
+        "tenant": served.tenant.id,
     }
+    assert auth.startswith("Bearer ") and len(auth) > len("Bearer ") + 100
 
 
-def test_post_json_to_a_module(client: Client) -> None:
-    results = client.call("tasks", "7", method="post", json={"title": "ünïcode", "done": False}, module="todo_v2")
-    assert (results["method"], results["path"]) == ("POST", "/rest/services/todo_v2/tasks/7/")
+def test_post_json_to_a_qualified_module_url(client: Client, served: Served) -> None:
+    results = client.call("echo", "7", method="post", json={"title": "ünïcode", "done": False}, module=MODULE)
+    assert (results["method"], results["path"]) == ("POST", f"/rest/services/{MODULE}/echo/7/")
     assert results["body"] == {"title": "ünïcode", "done": False}
+    assert results["kwargs"] == {"parm_1": "7", "title": "ünïcode", "done": False}
     assert results["content_type"] == "application/json"
+    assert results["tenant"] == served.tenant.id
 
 
 def test_url_params_are_percent_encoded(client: Client) -> None:
     assert client.url("echo", "a/b c", "?&#") == client.base_url + "/rest/services/echo/a%2Fb%20c/%3F%26%23/"
-    assert client.call("echo", "a/b c")["path"] == "/rest/services/echo/a%2Fb%20c/"
+    assert client.url("echo", 7, module=MODULE) == client.base_url + f"/rest/services/{MODULE}/echo/7/"
+    # Unencoded, "?" would start the query and "#" a fragment; encoded, each value reaches the function whole.
+    results = client.call("echo", "b c", "?&#", "ü")
+    assert results["kwargs"] == {"parm_1": "b c", "parm_2": "?&#", "parm_3": "ü"}
+    assert results["path"] == "/rest/services/echo/b c/?&#/ü/"  # the server's decoded path
+    # The client sends "a%2Fb", but the server decodes %2F before it splits the path: two URL params arrive.
+    assert client.call("echo", "a/b")["kwargs"] == {"parm_1": "a", "parm_2": "b"}
 
 
-def test_every_call_uses_a_fresh_token(client: Client, server: Server) -> None:
-    before = len(server.jtis)
-    for method in ("GET", "PUT", "DELETE"):
-        assert client.call("ping", method=method)["method"] == method
-    new = server.jtis[before:]
-    assert len(new) == len(set(new)) == 3
+def test_every_call_uses_a_fresh_token(client: Client, served: Served) -> None:
+    tokens = []
+    for method in ("GET", "PUT", "DELETE", "GET"):
+        results = client.call("echo", method=method)  # the server refuses a replayed token: each call minted anew
+        assert (results["method"], results["tenant"]) == (method, served.tenant.id)
+        tokens.append(results["authorization"])
+    assert len(set(tokens)) == 4
+    replayed = served.http.get("/rest/services/echo/", headers={"authorization": tokens[0]})
+    assert (replayed.status_code, replayed.json()["detail"]) == (401, "invalid or expired token")
 
 
-def test_wrong_key_raises_call_error_with_problem(server: Server, tenant: Tenant) -> None:
+def test_wrong_key_raises_call_error_with_the_problem_document(served: Served) -> None:
     with pytest.raises(CallError) as info:
-        Client(server.url, tenant.id, generate_key()).call("ping")
+        served.client(key=generate_key()).call("echo")
     error = info.value
     assert error.status == 401
+    request_id = error.problem.pop("request_id")  # the client sends no X-Request-Id: the server made one up
     assert error.problem == {
         "type": "https://dpmsf.dev/problems/unauthorized",
         "title": "Unauthorized",
         "status": 401,
         "detail": "invalid or expired token",
-        "request_id": "req-1",
+        "instance": "/rest/services/echo/",
     }
-    assert error.headers["WWW-Authenticate"].startswith("Bearer")
+    assert len(request_id) == 24 and error.headers["x-request-id"] == request_id
+    assert error.headers["content-type"] == "application/problem+json"
+    assert error.headers["www-authenticate"] == 'Bearer realm="dpmsf"'
+    assert (error.title, error.detail) == ("Unauthorized", "invalid or expired token")
     assert str(error) == "401 Unauthorized: invalid or expired token"
 
 
-def test_disabled_tenant_is_403(server: Server, client: Client, tenant: Tenant) -> None:
-    server.tenants.disable(tenant.id)
+def test_disabled_tenant_is_403(client: Client, served: Served) -> None:
+    assert client.call("echo")["tenant"] == served.tenant.id
+    served.app.get_security().tenants.disable(served.tenant.id)
     with pytest.raises(CallError) as info:
-        client.call("ping")
-    assert (info.value.status, info.value.detail) == (403, "tenant disabled")
+        client.call("echo")
+    assert (info.value.status, info.value.title, info.value.detail) == (403, "Forbidden", "tenant disabled")
+    assert info.value.problem["type"] == "https://dpmsf.dev/problems/forbidden"
 
 
-def test_non_json_answers(server: Server, tenant: Tenant) -> None:
-    assert Client(server.url + "/plain", tenant.id, tenant.key).call("text") == b"just text"
+def test_plain_text_answer_is_returned_as_bytes(client: Client) -> None:
+    assert client.call("text") == b"just text"
+    assert client.call("text", module=MODULE) == b"just text"
+
+
+def test_html_error_page_from_a_proxy_becomes_a_call_error(build: Callable[..., Served]) -> None:
+    served = build(wrap=bad_gateway_proxy)
+    assert served.client().call("echo")["tenant"] == served.tenant.id  # the proxy passes DPMSF's paths through
     with pytest.raises(CallError) as info:
-        Client(server.url + "/broken", tenant.id, tenant.key).call("boom")
-    assert info.value.status == 502
-    assert info.value.problem == {"title": "Bad Gateway", "status": 502, "detail": "<h1>Bad Gateway</h1>"}
+        served.client(served.url + "/broken").call("echo")
+    error = info.value
+    assert error.status == 502
+    assert error.problem == {"title": "Bad Gateway", "status": 502, "detail": "<h1>Bad Gateway</h1>"}
+    assert error.headers["content-type"] == "text/html"
+    assert str(error) == "502 Bad Gateway: <h1>Bad Gateway</h1>"
 
 
-def test_token_for_other_http_libraries(client: Client, server: Server) -> None:
-    assert server.verifier.verify("Bearer " + client.token()).tenant == client.tenant_id
+def test_token_for_other_http_libraries(client: Client, served: Served) -> None:
+    headers = {"authorization": f"Bearer {client.token()}"}
+    answer = served.http.get(f"/rest/services/{MODULE}/echo/", params={"via": "httpx"}, headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["results"]["tenant"] == client.tenant_id == served.tenant.id
+    assert answer.json()["results"]["kwargs"] == {"via": "httpx"}
+    assert served.http.get("/rest/services/echo/", headers=headers).status_code == 401  # single use
+    assert client.token() != client.token()
 
 
 @pytest.mark.parametrize(

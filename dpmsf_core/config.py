@@ -192,11 +192,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
     base_path = (env.get("DPMSF_BASE_PATH") or "").strip().rstrip("/")
     if base_path and not base_path.startswith("/"):
         raise ConfigError(f"Config 'DPMSF_BASE_PATH' has value '{base_path}'. Must start with '/'.")
-    cors = tuple(
-        o.strip()
-        for o in (env.get("DPMSF_CORS_ORIGINS") if env.get("DPMSF_CORS_ORIGINS") is not None else "*").split(",")
-        if o.strip()
-    )
+    cors_raw = env.get("DPMSF_CORS_ORIGINS")
+    cors = tuple(o.strip() for o in (cors_raw if cors_raw is not None else "*").split(",") if o.strip())
     token_max_ttl = _int(env, "DPMSF_TOKEN_MAX_TTL", 300, minimum=1)
     token_ttl = _float(env, "DPMSF_TOKEN_TTL", 60.0, minimum=1.0)
     if token_ttl > token_max_ttl:  # the server would refuse the next tokens it hands out

@@ -27,7 +27,8 @@ def parameters_of(ep: Endpoint) -> list[dict[str, Any]]:
         return []
     out = []
     for p in sig.parameters.values():
-        kind = {inspect.Parameter.VAR_POSITIONAL: "args", inspect.Parameter.VAR_KEYWORD: "kwargs"}.get(p.kind, "named")
+        kinds: dict[inspect._ParameterKind, str] = {p.VAR_POSITIONAL: "args", p.VAR_KEYWORD: "kwargs"}
+        kind = kinds.get(p.kind, "named")
         ann = p.annotation
         type_name = (
             None

@@ -229,7 +229,7 @@ def _closure(requirements: Iterable[str], find: Callable[[str], md.Distribution 
     try:
         from packaging.requirements import Requirement
     except ImportError:  # pip always carries a copy
-        from pip._vendor.packaging.requirements import Requirement
+        from pip._vendor.packaging.requirements import Requirement  # type: ignore[assignment]  # the same class
 
     found: dict[str, md.Distribution] = {}
     todo = [_norm(r) for r in requirements]
@@ -282,7 +282,7 @@ def _prune(folder: Path, requirements: list[str]) -> list[str]:
             path = (folder / str(entry)).resolve()
             if path.is_relative_to(folder) and path.is_file():
                 path.unlink()
-        shutil.rmtree(Path(str(dist._path)), ignore_errors=True)  # type: ignore[attr-defined]
+        shutil.rmtree(Path(str(dist._path)), ignore_errors=True)  # type: ignore[attr-defined]  # PathDistribution
     for leftover in ("bin", *PROVIDED_BY_LAMBDA):
         shutil.rmtree(folder / leftover, ignore_errors=True)
     for cache in list(folder.rglob("__pycache__")):

@@ -440,8 +440,9 @@ class Registry:
                 loaded = self._untrusted(cand, meta)
         except PluginError as exc:
             log.error("plugin %s failed to load: %s", cand.path, exc)
-            keep = previous.entry if previous else None
-            return _Record(cand, previous.meta if keep else meta, keep, str(exc), stale=keep is not None)
+            if previous is not None and previous.entry is not None:  # the last good version keeps serving
+                return _Record(cand, previous.meta, previous.entry, str(exc), stale=True)
+            return _Record(cand, meta, None, str(exc))
         public = meta.alias or cand.name
         endpoints = {
             spec.api: Endpoint(

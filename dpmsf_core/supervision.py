@@ -11,6 +11,7 @@ import array
 import asyncio
 import atexit
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -176,18 +177,18 @@ class Supervised:
                     os.close(fd)
                 peer.close()
             for reader in (self.stdout, self.stderr):
-                transport, _ = await loop.connect_read_pipe(
-                    lambda r=reader: asyncio.StreamReaderProtocol(r), unattached[0]
+                read_transport, _ = await loop.connect_read_pipe(
+                    functools.partial(asyncio.StreamReaderProtocol, reader), unattached[0]
                 )
-                self._transports.append(transport)
+                self._transports.append(read_transport)
                 unattached.pop(0)
             if unattached:
-                transport, protocol = await loop.connect_write_pipe(
+                write_transport, protocol = await loop.connect_write_pipe(
                     lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), unattached[0]
                 )
-                self._transports.append(transport)
+                self._transports.append(write_transport)
                 unattached.pop(0)
-                self.stdin = asyncio.StreamWriter(transport, protocol, None, loop)
+                self.stdin = asyncio.StreamWriter(write_transport, protocol, None, loop)
             if sent < len(request):  # larger than the socket buffer: the rest once the supervisor reads
                 await loop.sock_sendall(ctl, request[sent:])
         except BaseException:

@@ -22,14 +22,14 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Callable
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from mangum import Mangum
 from mangum.adapter import DEFAULT_TEXT_MIME_TYPES
 from mangum.handlers import ALB, APIGateway, HTTPGateway
 from mangum.protocols import HTTPCycle
+from mangum.types import Response, Scope
 
 from .events import dispatch_event, event_source
 from .observability import Observer, observer
@@ -37,7 +37,16 @@ from .observability import Observer, observer
 if TYPE_CHECKING:
     from ..app import DPMSFApp
 
-LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+class LambdaHandler(Protocol):
+    """What ``build_handler`` returns: Lambda calls it; tests and ``dpmsf invoke`` also use ``app`` and ``close``."""
+
+    app: DPMSFApp
+
+    def __call__(self, event: dict[str, Any], context: Any) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
 
 TEXT_MIME_TYPES = [*DEFAULT_TEXT_MIME_TYPES, "+json", "+xml", "application/x-www-form-urlencoded", "application/yaml"]
 RESPONSE_LIMIT = 6 * 1024 * 1024  # Lambda's buffered response payload
@@ -68,7 +77,7 @@ class RestAPI(APIGateway):
         super().__init__(_identity_fixed(_without_nulls(event, ("headers", "multiValueHeaders"))), context, config)
 
     @cached_property
-    def scope(self) -> dict[str, Any]:  # type: ignore[override]
+    def scope(self) -> Scope:
         scope = super().scope
         scope["root_path"] = _root_path(self.event, self.config["api_gateway_base_path"])
         return scope
@@ -82,7 +91,7 @@ class HTTPAPI(HTTPGateway):
         super().__init__(_identity_fixed(event), context, config)
 
     @cached_property
-    def scope(self) -> dict[str, Any]:  # type: ignore[override]
+    def scope(self) -> Scope:
         scope = super().scope
         event = self.event
         rc = event["requestContext"]
@@ -109,7 +118,7 @@ class LoadBalancer(ALB):
         super().__init__(_without_nulls(event, ("headers", "multiValueHeaders")), context, config)
 
     @cached_property
-    def scope(self) -> dict[str, Any]:  # type: ignore[override]
+    def scope(self) -> Scope:
         return super().scope
 
 
@@ -158,7 +167,7 @@ class LambdaAdapter(Mangum):
         handler = self.infer(event, context)
         scope = handler.scope
         asyncio.set_event_loop(self.loop)
-        response = HTTPCycle(scope, handler.body)(self.app)
+        response: Response = HTTPCycle(scope, handler.body)(self.app)
         out = handler(response)
         if response["body"] and not out.get("isBase64Encoded") and _compressed(response["headers"]):
             out["body"] = base64.b64encode(response["body"]).decode("ascii")
@@ -179,7 +188,7 @@ def _compressed(headers: list[Any]) -> bool:
     return False
 
 
-def _too_large(size: int, limit: int, scope: dict[str, Any]) -> dict[str, Any]:
+def _too_large(size: int, limit: int, scope: Scope) -> Response:
     from ..errors import PROBLEM_CONTENT_TYPE, FunctionFailed
 
     err = FunctionFailed(
@@ -188,7 +197,7 @@ def _too_large(size: int, limit: int, scope: dict[str, Any]) -> dict[str, Any]:
     ctx = scope.get("aws.context")
     body = json.dumps(err.problem(getattr(ctx, "aws_request_id", None), scope.get("path"))).encode()
     log.error("%s %s: response of %d bytes is over the limit of %d", scope["method"], scope["path"], size, limit)
-    return {"status": 500, "headers": [(b"content-type", PROBLEM_CONTENT_TYPE.encode())], "body": body}
+    return {"status": 500, "headers": [[b"content-type", PROBLEM_CONTENT_TYPE.encode()]], "body": body}
 
 
 def build_handler(app: DPMSFApp | None = None) -> LambdaHandler:
@@ -215,6 +224,6 @@ def build_handler(app: DPMSFApp | None = None) -> LambdaHandler:
         return result
 
     handler.app = app  # type: ignore[attr-defined]  # for tests and `dpmsf invoke`
-    handler.adapter = adapter  # type: ignore[attr-defined]
-    handler.close = adapter.close  # type: ignore[attr-defined]
-    return watcher.wrap(handler) if watcher is not None else handler
+    handler.adapter = adapter  # type: ignore[attr-defined]  # the same: attributes of the handler function
+    handler.close = adapter.close  # type: ignore[attr-defined]  # the same
+    return cast(LambdaHandler, watcher.wrap(handler) if watcher is not None else handler)

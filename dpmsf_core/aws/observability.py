@@ -31,7 +31,7 @@ class Observer(Protocol):
 
     def wrap(self, handler: Handler) -> Handler: ...
 
-    def request(self, scope: dict[str, Any], status: int, seconds: float) -> None: ...
+    def request(self, scope: Mapping[str, Any], status: int, seconds: float) -> None: ...
 
     def event(self, source: str, result: Any) -> None: ...
 
@@ -44,7 +44,7 @@ def observer(settings: Any = None, env: Mapping[str, str] | None = None) -> Obse
     return PowertoolsObserver(env, patch_aws=_uses_aws(settings))
 
 
-def endpoint_label(scope: dict[str, Any]) -> str:
+def endpoint_label(scope: Mapping[str, Any]) -> str:
     """``module.api`` of the endpoint the app resolved for this request (``scope["dpmsf.endpoint"]``), else ``-``."""
     endpoint = scope.get("dpmsf.endpoint")
     if endpoint is None:
@@ -123,7 +123,7 @@ class PowertoolsObserver:
                 setattr(wrapped, name, getattr(handler, name))
         return wrapped
 
-    def request(self, scope: dict[str, Any], status: int, seconds: float) -> None:
+    def request(self, scope: Mapping[str, Any], status: int, seconds: float) -> None:
         label = endpoint_label(scope)
         metrics, unit = self.metrics, self.units
         metrics.add_dimension(name="endpoint", value=label)

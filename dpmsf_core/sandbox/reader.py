@@ -313,7 +313,7 @@ class _Inspector:
             and len(node.args) <= 1
             and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in node.args)
         ):
-            sep = node.args[0].value if node.args else None  # type: ignore[attr-defined]
+            sep = node.args[0].value if node.args else None  # type: ignore[attr-defined]  # checked: a str Constant
             return node.func.value.value.split(sep)
         return self._literal(func, node, "method")
 

@@ -51,13 +51,14 @@ class Security:
         from .tokens import TenantKey, mint
 
         found = self._key_for(tenant)
+        key: bytes | None
         if isinstance(found, TenantKey):
-            if not found.enabled:
-                return None
-            found = found.key
-        if not found:
+            key = found.key if found.enabled else None
+        else:
+            key = found
+        if not key:
             return None
-        return mint(tenant, found, ttl=self.settings.token_ttl, max_ttl=self.settings.token_max_ttl)
+        return mint(tenant, key, ttl=self.settings.token_ttl, max_ttl=self.settings.token_max_ttl)
 
     def is_admin(self, tenant: str | None) -> bool:
         return tenant is not None and tenant == self.settings.admin_id

@@ -1,0 +1,92 @@
+"""What a guest's last frame, or its end, means for the caller: the result, or the problem to answer with.
+
+A guest is hostile: every field of its answer is bounded and checked here, and only our own wording of a
+breach (time, memory, protocol) reaches the caller. The tenant's own exception keeps its text for the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Any
+
+from ..errors import (
+    DPMSFError,
+    Forbidden,
+    FunctionFailed,
+    GatewayTimeout,
+    HTTPError,
+    PayloadTooLarge,
+    TenantFunctionError,
+)
+from . import worker as worker_module
+from .process import SandboxLimits, WorkerDied, WorkerProcess, WorkerTimedOut
+
+log = logging.getLogger("dpmsf.sandbox")
+
+
+def breach(worker: WorkerProcess, function: str, wall: float, exc: Exception, limits: SandboxLimits) -> DPMSFError:
+    """The error for a guest that died, timed out or broke the protocol; the guest is gone either way."""
+    if isinstance(exc, WorkerDied):
+        return death(worker, function, limits)
+    worker.kill()
+    if isinstance(exc, WorkerTimedOut):
+        return GatewayTimeout(f"sandboxed function '{function}' ran past its time limit of {wall:g} s")
+    return FunctionFailed(f"sandboxed function '{function}' broke the sandbox protocol")
+
+
+def outcome(
+    worker: WorkerProcess, answer: dict[str, Any], function: str, limits: SandboxLimits
+) -> tuple[bool, Any, DPMSFError | None]:
+    """The guest's last frame as (keep the guest, result, error to raise)."""
+    if answer.get("op") != "answer":
+        worker.kill()
+        return False, None, FunctionFailed(f"sandboxed function '{function}' broke the sandbox protocol")
+    if answer.get("stdout"):
+        log.info("sandbox %s output: %s", function, str(answer["stdout"]).rstrip()[:2000])
+    if answer.get("ok") is True:
+        return True, answer.get("result"), None
+    kind = answer.get("kind")
+    detail = str(answer.get("detail", ""))[:2000]
+    if kind == "violation":
+        log.warning("sandbox policy refusal in %s (worker %d): %s", function, worker.pid, detail)
+        return True, None, Forbidden(detail)
+    if kind == "memory":
+        mb = limits.memory_mb
+        return False, None, FunctionFailed(f"sandboxed function '{function}' exceeded the memory limit of {mb} MB")
+    if kind == "too_large":
+        return True, None, PayloadTooLarge(f"sandboxed function '{function}': {detail}", title="Result Too Large")
+    if kind == "http":
+        status = answer.get("status")
+        headers = answer.get("headers")
+        headers = {str(k)[:100]: str(v)[:1000] for k, v in headers.items()} if isinstance(headers, dict) else {}
+        headers = {k: v for k, v in headers.items() if header_safe(k) and header_safe(v)}
+        if isinstance(status, int) and 400 <= status <= 599:
+            return True, None, HTTPError(status, detail or None, headers=headers or None)
+        error = FunctionFailed(f"sandboxed function '{function}' raised HTTPError with invalid status {status!r}")
+        return True, None, error
+    if kind == "error":
+        return True, None, TenantFunctionError(f"{str(answer.get('type', 'Exception'))[:100]}: {detail}")
+    # result not encodable, module failed to load, no such function
+    return True, None, FunctionFailed(f"sandboxed function '{function}': {detail}")
+
+
+def death(worker: WorkerProcess, function: str, limits: SandboxLimits) -> DPMSFError:
+    """Why a guest ended by itself: its exit status (and a crash report on its stderr) tells."""
+    code = worker.exit_status()
+    why = worker.stderr_tail()
+    worker.kill()
+    cpu = limits.cpu_seconds
+    if code == worker_module.EXIT_CPU or (code is not None and -code == signal.SIGXCPU):
+        return GatewayTimeout(f"sandboxed function '{function}' used more than its CPU time limit of {cpu:g} s")
+    log.warning("sandbox guest running %s ended (status %s): %s", function, code, why)
+    if code == worker_module.EXIT_TRAP:
+        return FunctionFailed(
+            f"sandboxed function '{function}' crashed its sandbox (possibly its memory limit of {limits.memory_mb} MB)"
+        )
+    return FunctionFailed(f"sandboxed function '{function}' ended its sandbox (status {code})")
+
+
+def header_safe(text: str) -> bool:
+    """A header a guest asks for must be latin-1 without line breaks (else it is dropped, not answered)."""
+    return text.isprintable() and all(ord(c) < 256 for c in text)

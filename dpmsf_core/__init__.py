@@ -1,17 +1,50 @@
-"""DPMSF: drop a Python module in a plugins folder; its functions are REST endpoints."""
+"""DPMSF: drop a Python module in a plugins folder; its functions are REST endpoints.
+
+The public surface is ``__all__``: what plugins and users import. Everything else in the package may move
+between versions. Heavy parts (the app, the store, commands) load on first use, so that a plugin importing
+``expose`` costs nothing more.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from .context import RequestInfo, current
-from .errors import DPMSFError, HTTPError
+from .errors import (
+    BadRequest,
+    Conflict,
+    DPMSFError,
+    Forbidden,
+    HTTPError,
+    NotFound,
+    ServiceUnavailable,
+    UnprocessableArguments,
+)
 from .expose import expose
 
 if TYPE_CHECKING:
+    from . import store
     from .app import DPMSFApp
+    from .commands import ProgramResult, run_program, run_program_sync
 
-__all__ = ["DPMSFError", "HTTPError", "RequestInfo", "create_app", "current", "expose"]
+__all__ = [
+    "BadRequest",
+    "Conflict",
+    "DPMSFError",
+    "Forbidden",
+    "HTTPError",
+    "NotFound",
+    "ProgramResult",
+    "RequestInfo",
+    "ServiceUnavailable",
+    "UnprocessableArguments",
+    "create_app",
+    "current",
+    "expose",
+    "run_program",
+    "run_program_sync",
+    "store",
+]
 __version__ = "0.1.0"
 
 
@@ -20,3 +53,14 @@ def create_app(settings: Any = None, **overrides: Any) -> DPMSFApp:
     from .app import create_app as _create_app
 
     return _create_app(settings, **overrides)
+
+
+def __getattr__(name: str) -> Any:
+    """``dpmsf_core.store`` and ``dpmsf_core.run_program`` are imported on first use."""
+    from importlib import import_module  # not ``from . import``: that would ask this very function again
+
+    if name == "store":
+        return import_module(f"{__name__}.store")
+    if name in ("run_program", "run_program_sync", "ProgramResult"):
+        return getattr(import_module(f"{__name__}.commands"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -132,3 +132,13 @@ def test_modules_stay_small_or_say_why(module: str) -> None:
     if lines > MAX_LINES:
         doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
         assert "over 400 lines" in doc, f"{path.relative_to(ROOT)} has {lines} lines; split it or say why"
+
+
+def test_the_public_surface_is_declared_and_importable() -> None:
+    import dpmsf_core
+
+    for name in dpmsf_core.__all__:
+        assert getattr(dpmsf_core, name) is not None, name
+    assert {"expose", "HTTPError", "RequestInfo", "current", "store", "run_program", "create_app"} <= set(
+        dpmsf_core.__all__
+    )

@@ -7,8 +7,8 @@ import json
 import sys
 from typing import Any
 
-from .config import Settings
-from .errors import ConfigError
+from ..config import Settings
+from ..errors import ConfigError
 
 
 def _security() -> Any:
@@ -17,7 +17,7 @@ def _security() -> Any:
     A registry that cannot be opened (DynamoDB without DPMSF_MASTER_KEY, an unreadable master key file, a bad
     path) is a ConfigError: ``dpmsf`` prints one line and exits 2, never a traceback.
     """
-    from .tenancy.security import Security
+    from ..tenancy.security import Security
 
     try:
         return Security(Settings.from_env())
@@ -27,7 +27,7 @@ def _security() -> Any:
 
 def cmd_token(args: argparse.Namespace) -> int:
     """Print a token; ``--ttl`` may not exceed DPMSF_TOKEN_MAX_TTL, since the server would refuse the token."""
-    from .tenancy.tokens import mint
+    from ..tenancy.tokens import mint
 
     settings = Settings.from_env()
     ttl = args.ttl if args.ttl is not None else settings.token_ttl
@@ -73,7 +73,7 @@ def _show(tenant: Any, with_key: bool) -> dict[str, Any]:
 
 
 def cmd_tenant(args: argparse.Namespace) -> int:
-    from .tenancy.tenants import TenantNotFound
+    from ..tenancy.tenants import TenantNotFound
 
     registry = _security().tenants
     try:

@@ -31,9 +31,9 @@ class LocalContext:
 
 
 def cmd_invoke(args: argparse.Namespace) -> int:
-    from .app import create_app
-    from .aws.lambda_adapter import build_handler
-    from .config import Settings
+    from ..app import create_app
+    from ..aws.lambda_adapter import build_handler
+    from ..config import Settings
 
     if args.plugins:
         os.environ["DPMSF_PLUGINS"] = args.plugins
@@ -56,7 +56,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
-    from .packaging import BUNDLED_PLUGINS, build
+    from ..packaging import BUNDLED_PLUGINS, build
 
     plugins = [Path(p) for p in args.plugins.split(":") if p] if args.plugins else [BUNDLED_PLUGINS]
     plugins = [BUNDLED_PLUGINS if str(p) == "." else p for p in plugins]

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import Settings
-from .errors import ConfigError
+from ..config import Settings
+from ..errors import ConfigError
 
 PLUGIN_TEMPLATE = '''"""{name}: what this plugin offers (this docstring is shown in /docs)."""
 
@@ -61,7 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         uvicorn.run("dpmsf_core.asgi:create", factory=True, workers=args.workers, **common)
         return 0
-    from .app import create_app
+    from ..app import create_app
 
     app = create_app(settings)
     _configure_local_logging(args.log_level, args.access_log)
@@ -83,7 +83,7 @@ def _configure_local_logging(level: str, access: bool) -> None:
 
 
 def cmd_routes(args: argparse.Namespace) -> int:
-    from .app import create_app
+    from ..app import create_app
 
     app = create_app(_settings(args))
     directory = app.directory()
@@ -102,7 +102,7 @@ def cmd_routes(args: argparse.Namespace) -> int:
 
 
 def cmd_openapi(args: argparse.Namespace) -> int:
-    from .app import create_app
+    from ..app import create_app
 
     print(json.dumps(create_app(_settings(args)).openapi(), indent=2, default=str))
     return 0
@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Any]:
     """Commands that live beside the features they drive (tokens, tenants, Lambda tools)."""
     out = []
-    for module in ("dpmsf_core.cli_security", "dpmsf_core.cli_lambda"):
+    for module in ("dpmsf_core.cli.security", "dpmsf_core.cli.aws"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ImportError:

@@ -107,9 +107,9 @@ def metadata_from_source(source: str, path: str = "<upload>") -> Metadata:
     try:
         tree = ast.parse(source, filename=path)
     except SyntaxError as exc:
-        raise PluginError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
+        raise PluginError.syntax(path, exc) from None
     except (RecursionError, MemoryError):
-        raise PluginError(f"{path}: nested too deeply to be read") from None
+        raise PluginError("nested too deeply to be read", path) from None
     found: dict[str, str | None] = {}
     for node in tree.body:
         targets: list[ast.expr] = []
@@ -121,7 +121,7 @@ def metadata_from_source(source: str, path: str = "<upload>") -> Metadata:
         for target in targets:
             if isinstance(target, ast.Name) and target.id in ("__alias__", "__tenant__"):
                 if not (isinstance(value, ast.Constant) and isinstance(value.value, str | type(None))):
-                    raise PluginError(f"{path}:{node.lineno}: {target.id} must be a string literal")
+                    raise PluginError(f"{target.id} must be a string literal", path, node.lineno)
                 found[target.id] = value.value
     alias = found.get("__alias__")
     if alias is not None and not (alias.replace("-", "_").isidentifier() or alias.replace(".", "_").isidentifier()):
@@ -206,17 +206,16 @@ def _drop_recent_bytecode(package_dir: str) -> None:
 
 def _describe_import_error(path: str, exc: BaseException) -> str:
     if isinstance(exc, SyntaxError):
-        return f"{path}:{exc.lineno}: syntax error: {exc.msg}"
+        return str(PluginError.syntax(path, exc))
     if isinstance(exc, PluginError):
-        return f"{path}: {exc}"
+        return str(PluginError(exc.reason, path, exc.line))
     tb = exc.__traceback__
     line = None
     while tb is not None:
         if tb.tb_frame.f_code.co_filename == path:
             line = tb.tb_lineno
         tb = tb.tb_next
-    where = f"{path}:{line}" if line else path
-    return f"{where}: import raised {type(exc).__name__}: {exc}"
+    return str(PluginError(f"import raised {type(exc).__name__}: {exc}", path, line))
 
 
 def collect(module: types.ModuleType) -> LoadedModule:

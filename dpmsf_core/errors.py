@@ -143,7 +143,20 @@ class ConfigError(Exception):
 
 
 class PluginError(Exception):
-    """A plugin that cannot be loaded or declares something invalid; names the plugin and the reason."""
+    """A plugin that cannot be loaded or declares something invalid: the reason, and where (file and line).
+
+    Rendered one way everywhere (``__dir__``, logs, upload answers): ``<path>, line <n>: <reason>``.
+    """
+
+    def __init__(self, reason: str, path: str | None = None, line: int | None = None) -> None:
+        self.reason, self.path, self.line = reason, path, line
+        where = f"{path}, line {line}" if path and line else (path or "")
+        super().__init__(f"{where}: {reason}" if where else reason)
+
+    @classmethod
+    def syntax(cls, path: str, exc: SyntaxError) -> PluginError:
+        """A module that does not parse (or compile): the parser's message and line."""
+        return cls(f"syntax error: {exc.msg}", path, exc.lineno)
 
 
 class TenantFunctionError(FunctionFailed):

@@ -304,7 +304,7 @@ def test_the_directory_shows_paths_only_to_whom_they_belong(env: Env) -> None:
     assert own["source"].startswith(str(env.tmp_path))  # its own module's place it may see
     assert "broken" not in json.dumps(mallory), json.dumps(mallory, indent=1)
     (broken,) = [m for m in victim["modules"] if m["name"] == "broken"]
-    assert broken["status"] == "error" and broken["error"].endswith("broken.py:2: syntax error: invalid syntax")
+    assert broken["status"] == "error" and broken["error"].endswith("broken.py, line 2: syntax error: invalid syntax")
     assert {m["name"] for m in admin["modules"]} == {"v1", "m_mod", "broken"}
     assert all(m["source"].startswith("/") for m in admin["modules"])  # the admin sees where everything lives
 

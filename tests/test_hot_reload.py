@@ -36,7 +36,7 @@ def test_add_edit_break_fix_delete(
     assert client.get("/rest/services/live/").json() == {"results": "two"}  # last good version keeps serving
     module = next(m for m in client.get("/rest/services/__dir__/").json()["modules"] if m["module"] == "live")
     assert module["status"] == "stale"
-    assert "live.py:1: syntax error" in module["error"]
+    assert "live.py, line 1: syntax error" in module["error"]
 
     plugin_dir.write("live.py", plugin("three"))
     assert client.get("/rest/services/live/").json() == {"results": "three"}

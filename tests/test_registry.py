@@ -135,7 +135,7 @@ def test_broken_plugins_do_not_take_others_down(plugin_dir: Any) -> None:
     snap = registry(plugin_dir.path).snapshot
     assert list(snap.modules) == ["good"]
     errors = {r.real_name: r.error for r in snap.reports if r.status == "error"}
-    assert "raises.py:1: import raised RuntimeError: boom at import" in errors["raises"]
+    assert "raises.py, line 1: import raised RuntimeError: boom at import" in errors["raises"]
     assert "ModuleNotFoundError" in errors["missing_dep"]
     assert "SystemExit" in errors["exits"]
     assert "'FETCH', not an HTTP method" in errors["bad_method"]

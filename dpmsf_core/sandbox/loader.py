@@ -36,9 +36,11 @@ def read_tenant_module(source: str, path: str) -> UntrustedModule:
     module = inspect_source(source, path)
     if module.events:
         raise PluginError(
-            f"{path}, line {module.events[0].lineno}: @expose.event is not available to tenant modules: a "
-            "deployment's event sources (queues, topics, buckets, schedules) belong to its admin, and their "
-            "records may carry the admin's and other tenants' data"
+            "@expose.event is not available to tenant modules: a deployment's event sources (queues, topics, "
+            "buckets, schedules) belong to its admin, and their records may carry the admin's and other tenants' "
+            "data",
+            path,
+            module.events[0].lineno,
         )
     return module
 

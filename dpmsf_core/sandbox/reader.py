@@ -104,7 +104,7 @@ def inspect_file(path: str) -> UntrustedModule:
         with open(path, encoding="utf-8") as fh:
             source = fh.read()
     except (OSError, UnicodeDecodeError) as exc:
-        raise PluginError(f"{path}: cannot read the module: {exc}") from None
+        raise PluginError(f"cannot read the module: {exc}", path) from None
     return inspect_source(source, path)
 
 
@@ -113,22 +113,22 @@ def inspect_source(source: str, filename: str) -> UntrustedModule:
     try:
         tree = ast.parse(source, filename=filename)
     except SyntaxError as exc:
-        raise PluginError(f"{filename}, line {exc.lineno}: syntax error: {exc.msg}") from None
+        raise PluginError.syntax(filename, exc) from None
     except ValueError as exc:  # null bytes
-        raise PluginError(f"{filename}: cannot parse the module: {exc}") from None
+        raise PluginError(f"cannot parse the module: {exc}", filename) from None
     except (RecursionError, MemoryError):
-        raise PluginError(f"{filename}: nested too deeply to be read") from None
+        raise PluginError("nested too deeply to be read", filename) from None
     try:
         compile(tree, filename, "exec", dont_inherit=True)  # what the parser lets through (``def f(a, a)``)
         module = _Inspector(filename).run(tree, source)
         for endpoint in module.endpoints:
             endpoint.signature()  # the server builds it for every call: it must build now, or the module fails
     except SyntaxError as exc:
-        raise PluginError(f"{filename}, line {exc.lineno}: syntax error: {exc.msg}") from None
+        raise PluginError.syntax(filename, exc) from None
     except RecursionError:
-        raise PluginError(f"{filename}: nested too deeply to be read") from None
+        raise PluginError("nested too deeply to be read", filename) from None
     except (ValueError, TypeError) as exc:
-        raise PluginError(f"{filename}: a function signature cannot be read: {exc}") from None
+        raise PluginError(f"a function signature cannot be read: {exc}", filename) from None
     return module
 
 
@@ -211,18 +211,17 @@ class _Inspector:
             if isinstance(target, ast.Name) and target.id in metadata:
                 value = node.value
                 if not (isinstance(value, ast.Constant) and isinstance(value.value, str)):
-                    raise PluginError(
-                        f"{self.filename}, line {node.lineno}: {target.id} must be a string literal, "
-                        f"got {_text(value) if value is not None else 'no value'}"
-                    )
+                    got = _text(value) if value is not None else "no value"
+                    raise PluginError(f"{target.id} must be a string literal, got {got}", self.filename, node.lineno)
                 metadata[target.id] = value.value
 
     def _refuse_commands(self, tree: ast.Module) -> None:
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and node.attr == "command" and self._is_expose(node.value):
                 raise PluginError(
-                    f"{self.filename}, line {node.lineno}: expose.command is not available to tenant modules "
-                    "(they run sandboxed, without subprocesses)"
+                    "expose.command is not available to tenant modules (they run sandboxed, without subprocesses)",
+                    self.filename,
+                    node.lineno,
                 )
 
     # -- decorators ---------------------------------------------------------------------------------------------
@@ -326,7 +325,7 @@ class _Inspector:
             ) from None
 
     def _error(self, func: ast.FunctionDef | ast.AsyncFunctionDef, reason: str) -> PluginError:
-        return PluginError(f"{self.filename}, line {func.lineno}: function {func.name!r}: {reason}")
+        return PluginError(f"function {func.name!r}: {reason}", self.filename, func.lineno)
 
 
 def _top_level(body: list[ast.stmt]) -> Iterator[ast.stmt]:

@@ -43,4 +43,3 @@ def on_order(record):
 
 def not_marked():
     return 5
-

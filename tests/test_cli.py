@@ -105,3 +105,17 @@ def test_serve_runs_a_real_server(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=15)
     assert "endpoints from" in err
     assert '"GET /rest/services/hello-world/" 200' in err  # a readable log line per request
+
+
+def test_version_and_help_say_what_they_should() -> None:
+    import subprocess
+    import sys
+
+    from dpmsf_core import __version__
+
+    run = [sys.executable, "-m", "dpmsf_core"]
+    version = subprocess.run([*run, "--version"], capture_output=True, text=True, timeout=60, check=True)
+    assert version.stdout.strip() == f"dpmsf {__version__}"
+    serve = subprocess.run([*run, "serve", "--help"], capture_output=True, text=True, timeout=60, check=True).stdout
+    flat = " ".join(serve.split())  # argparse wraps lines
+    assert "(default: 127.0.0.1)" in flat and "(default: 8080)" in flat and "(default: info)" in flat

@@ -128,29 +128,40 @@ def cmd_new(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dpmsf", description="Dynamic Pluggable Microservices Framework")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from .. import __version__
 
-    p = sub.add_parser("serve", help="run the local server (uvicorn)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
-    p.add_argument("--plugins", help="plugin folders, ':'-separated ('.' = bundled); default DPMSF_PLUGINS")
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    p.add_argument("--no-access-log", dest="access_log", action="store_false", help="no line per request")
+    parser = argparse.ArgumentParser(
+        prog="dpmsf",
+        description="Dynamic Pluggable Microservices Framework",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"dpmsf {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    defaults = argparse.ArgumentDefaultsHelpFormatter
+    plugins_help = "plugin folders, ':'-separated ('.' = the bundled ones); unset: DPMSF_PLUGINS, else '.'"
+
+    p = sub.add_parser("serve", help="run the local server (uvicorn)", formatter_class=defaults)
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")), help="port ($PORT if set)")
+    p.add_argument("--plugins", help=plugins_help)
+    p.add_argument("--workers", type=int, default=1, help="worker processes")
+    p.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="log level"
+    )
+    p.add_argument("--no-access-log", dest="access_log", action="store_false", help="no log line per request")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("routes", help="list every endpoint")
-    p.add_argument("--plugins")
+    p = sub.add_parser("routes", help="list every endpoint", formatter_class=defaults)
+    p.add_argument("--plugins", help=plugins_help)
     p.set_defaults(func=cmd_routes)
 
-    p = sub.add_parser("openapi", help="print the OpenAPI document")
-    p.add_argument("--plugins")
+    p = sub.add_parser("openapi", help="print the OpenAPI document", formatter_class=defaults)
+    p.add_argument("--plugins", help=plugins_help)
     p.set_defaults(func=cmd_openapi)
 
-    p = sub.add_parser("new", help="write a plugin skeleton")
-    p.add_argument("name")
-    p.add_argument("--dir", default="plugins")
+    p = sub.add_parser("new", help="write a plugin skeleton", formatter_class=defaults)
+    p.add_argument("name", help="the module's name (a Python identifier)")
+    p.add_argument("--dir", default="plugins", help="the folder to write it into")
     p.set_defaults(func=cmd_new)
 
     for extra in _extra_commands():

@@ -47,14 +47,16 @@ class DiscoveryDocs:
                 continue
             unique = len([e for e in snapshot.by_api.get(ep.api, ()) if visible(e.tenant)]) == 1
             endpoints.append(describe_endpoint(ep, unique=unique, require_tokens=self.settings.require_tokens))
+        load_errors = [r.error for r in snapshot.reports if r.error and r.error not in snapshot.problems]
+        all_problems = [*snapshot.problems, *load_errors]  # every conflict, duplicate and load error
         if admin:
-            problems = list(snapshot.problems)
+            problems = all_problems
         else:
             seen = [r.source for r in snapshot.reports if visible(r.tenant)]
             own = [r.source for r in snapshot.reports if tenant is not None and r.tenant == tenant]
             problems = [
                 p if any(path in p for path in own) else without_paths(p) or ""
-                for p in snapshot.problems
+                for p in all_problems
                 if any(path in p for path in seen)
             ]
         return {

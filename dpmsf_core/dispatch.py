@@ -13,7 +13,16 @@ from typing import Any
 
 from .config import Settings
 from .context import RequestInfo, reset_current, set_current
-from .errors import DPMSFError, FunctionFailed, GatewayTimeout, MethodNotAllowed, Unauthorized
+from .directory import without_paths
+from .errors import (
+    DPMSFError,
+    FunctionFailed,
+    GatewayTimeout,
+    MethodNotAllowed,
+    NotFound,
+    ServiceUnavailable,
+    Unauthorized,
+)
 from .exchange import JSON, Receive, Responder, Scope, read_body
 from .params import CallPlan, assemble, parse_body, parse_query
 from .registry import Endpoint, Registry
@@ -45,6 +54,18 @@ class ServiceDispatcher:
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
+    def _refuse_failed_module(
+        self, snapshot: Any, segments: list[str], tenant: str | None, visible: Callable[[str | None], bool]
+    ) -> None:
+        """A call to a module that failed to load is a 503 saying why (to whom may see where), not a 404."""
+        if not segments:
+            return
+        for report in snapshot.reports:
+            if report.status == "error" and segments[0] in (report.name, report.real_name) and visible(report.tenant):
+                own = tenant is not None and (tenant == self.settings.admin_id or tenant == report.tenant)
+                why = report.error if own else without_paths(report.error)
+                raise ServiceUnavailable(f"Module '{report.name}' failed to load: {why}")
+
     async def serve(
         self, scope: Scope, receive: Receive, responder: Responder, headers: dict[str, str], rid: str, rest: str
     ) -> None:
@@ -62,7 +83,13 @@ class ServiceDispatcher:
         token = bearer(headers)
         tenant = self.security().verify(token) if token is not None else None
         visible = self._visible_anon if tenant is None else visible_to(tenant, self.settings.admin_id)
-        endpoint, url_params = resolve(snapshot, segments, max_url_params=self.settings.num_url_parms, visible=visible)
+        try:
+            endpoint, url_params = resolve(
+                snapshot, segments, max_url_params=self.settings.num_url_parms, visible=visible
+            )
+        except NotFound:
+            self._refuse_failed_module(snapshot, segments, tenant, visible)
+            raise
         scope["dpmsf.endpoint"] = f"{endpoint.module}.{endpoint.api}"  # the per-endpoint metrics dimension
         if method == "OPTIONS" and "OPTIONS" not in endpoint.methods:
             await responder.preflight(endpoint.allow(), headers)

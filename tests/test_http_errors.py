@@ -239,3 +239,17 @@ def test_bundled_examples_bound_their_inputs(bundled_client: httpx.Client) -> No
     assert bundled_client.get("/rest/services/showcase/greet/?name=x&times=3").json() == {
         "results": "hello x hello x hello x"
     }
+
+
+def test_a_module_that_failed_to_load_answers_503_saying_why(
+    plugin_dir: Any, make_app: Callable[..., Any], serve: Callable[[Any], httpx.Client]
+) -> None:
+    plugin_dir.write("ok.py", "def fine():\n    return 1\n")
+    plugin_dir.write("broken.py", "def f(:\n    pass\n")
+    client = serve(make_app(plugin_dir.path))
+    body = assert_problem(client.get("/rest/services/broken/f/"), 503)
+    assert body["detail"] == "Module 'broken' failed to load: broken.py, line 1: syntax error: invalid syntax"
+    assert str(plugin_dir.path) not in json.dumps(body)  # no server paths for an anonymous caller
+    problems = client.get("/rest/services/__dir__/").json()["problems"]
+    assert problems == ["broken.py, line 1: syntax error: invalid syntax"]
+    assert client.get("/rest/services/fine/").json() == {"results": 1}

@@ -24,7 +24,7 @@ from .errors import (
     Unauthorized,
 )
 from .exchange import JSON, Receive, Responder, Scope, read_body
-from .params import CallPlan, assemble, parse_body, parse_query
+from .params import assemble, parse_body, parse_query
 from .registry import Endpoint, Registry
 from .resolve import resolve, visible_to
 from .responses import encode_results, is_framework_response
@@ -104,7 +104,7 @@ class ServiceDispatcher:
         elif endpoint.auth or (endpoint.auth is None and self.settings.require_tokens):
             raise Unauthorized("missing bearer token")
         body = await read_body(scope, receive, headers, self.settings.max_body)
-        plan: CallPlan = endpoint.plan or self._plan(endpoint)
+        plan = endpoint.plan
         body_obj = parse_body(body, headers.get("content-type"), raw_ok=plan.accepts_raw_body)
         args, kwargs = assemble(parse_query(scope["query_string"]), url_params, body_obj, self.parm_names)
         info = RequestInfo(
@@ -130,11 +130,6 @@ class ServiceDispatcher:
             await responder.passthrough(result, scope, receive)
         else:
             await responder.send(200, encode_results(result, endpoint.api), JSON)
-
-    def _plan(self, endpoint: Endpoint) -> CallPlan:
-        plan = CallPlan(endpoint.func)
-        endpoint.plan = plan
-        return plan
 
     async def _invoke(self, endpoint: Endpoint, args: list[Any], kwargs: dict[str, Any]) -> Any:
         timeout = self.settings.function_timeout or None

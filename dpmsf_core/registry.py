@@ -26,6 +26,7 @@ from .discovery import (
 )
 from .errors import PluginError
 from .expose import EndpointSpec, EventSpec
+from .params import CallPlan
 
 log = logging.getLogger("dpmsf.registry")
 
@@ -33,7 +34,7 @@ RECENT_CHANGE_WINDOW = 2.0  # seconds: file-system mtimes are coarse, so a just-
 
 
 class Endpoint:
-    """One callable API of one module; ``plan`` (argument binding) is built on first call."""
+    """One callable API of one module; its ``plan`` (how arguments bind) is built when the module loads."""
 
     __slots__ = ("api", "auth", "doc", "func", "is_async", "methods", "module", "plan", "summary", "tenant", "trusted")
 
@@ -56,7 +57,7 @@ class Endpoint:
         self.trusted = trusted
         self.is_async = inspect.iscoroutinefunction(func)
         self.doc = doc if doc is not None else inspect.getdoc(func)
-        self.plan: Any = None
+        self.plan = CallPlan(func)
 
     def allow(self) -> list[str]:
         allowed = list(self.methods)

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import ast
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from motoserver import client as moto_client
-from motoserver import moto_server
 
 from dpmsf_core.errors import BadRequest, PayloadTooLarge, UnprocessableArguments
 from dpmsf_core.upload.stores import (
@@ -248,10 +246,9 @@ def test_stamp_refuses_unparsable_source() -> None:
 # -- backends ----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
+@pytest.fixture
+def endpoint(moto_url: str) -> str:
+    return moto_url  # the run's one moto server (conftest.py)
 
 
 def _folder_store(tmp_path: Path, request: pytest.FixtureRequest) -> FolderPluginStore:
@@ -323,14 +320,15 @@ def test_folder_store_creates_its_folder(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_s3_store_keys_and_listing(endpoint: str) -> None:
     s3 = moto_client("s3", endpoint)
-    s3.create_bucket(Bucket="store-keys")
-    store = S3PluginStore("s3://store-keys/plugins/", client=s3)
+    name = f"store-keys-{uuid.uuid4().hex[:8]}"  # the moto server is shared by the whole run
+    s3.create_bucket(Bucket=name)
+    store = S3PluginStore(f"s3://{name}/plugins/", client=s3)
     store.put("m", "X = 1\n")
-    s3.put_object(Bucket="store-keys", Key="plugins/pkg/__init__.py", Body=b"")
-    s3.put_object(Bucket="store-keys", Key="plugins/readme.txt", Body=b"")
-    s3.put_object(Bucket="store-keys", Key="other/n.py", Body=b"")
+    s3.put_object(Bucket=name, Key="plugins/pkg/__init__.py", Body=b"")
+    s3.put_object(Bucket=name, Key="plugins/readme.txt", Body=b"")
+    s3.put_object(Bucket=name, Key="other/n.py", Body=b"")
 
-    head = s3.head_object(Bucket="store-keys", Key="plugins/m.py")
+    head = s3.head_object(Bucket=name, Key="plugins/m.py")
     assert head["ContentType"].startswith("text/x-python")
     assert store.list() == ["m"]
 

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +30,9 @@ class FakeClock:
         return self.now
 
 
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
+@pytest.fixture
+def endpoint(moto_url: str) -> str:
+    return moto_url  # the run's one moto server (conftest.py)
 
 
 @pytest.fixture
@@ -255,7 +253,7 @@ def test_server_going_away_then_coming_back(tmp_path: Path) -> None:
     from botocore.config import Config
 
     clock = FakeClock()
-    with moto_server() as url:
+    with moto_server() as url:  # its own server, because this test stops it
         own = moto_client("s3", url, config=Config(connect_timeout=1, retries={"max_attempts": 0}))
         own.create_bucket(Bucket="bkt")
         put(own, "bkt", "p/a.py", "A = 1\n")

@@ -349,4 +349,5 @@ def test_powertools_metrics_and_logs_on_lambda(
     emf = [x for x in lines if "_aws" in x and "Requests" in x]
     assert emf and emf[-1]["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "DPMSFTest"
     assert emf[-1]["Requests"] == [1.0] or emf[-1]["Requests"] == 1.0
-    assert "endpoint" in emf[-1] and "Errors" not in emf[-1] and emf[-1]["Latency"]
+    assert emf[-1]["endpoint"] == "hello.hello-world"  # module.api, by value
+    assert "Errors" not in emf[-1] and emf[-1]["Latency"]

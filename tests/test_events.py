@@ -147,7 +147,8 @@ def test_sqs_match_filters_by_queue_name(match: str | None, called: bool) -> Non
     fn = Recorder()
     result = dispatch_event(load_event("sqs"), None, [(spec("sqs", match), fn)])
     assert bool(fn.calls) is called
-    expected = {"batchItemFailures": []} if called else {"handled": 0, "source": "sqs", "records": 2}
+    every = [{"itemIdentifier": r["messageId"]} for r in load_event("sqs")["Records"]]
+    expected = {"batchItemFailures": []} if called else {"batchItemFailures": every}  # not taken: never deleted
     assert result == expected
 
 
@@ -340,3 +341,12 @@ def test_a_tenant_event_function_is_refused(plugin_dir: Any, make_app: Any) -> N
         "sources (queues, topics, buckets, schedules) belong to its admin, and their records "
         "may carry the admin's and other tenants' data"
     )
+
+
+def test_a_queue_record_no_function_takes_is_failed_never_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    """SPEC: a queue or stream record that no function takes is reported as failed, so Lambda keeps it."""
+    event = load_event("sqs")
+    with caplog.at_level(logging.WARNING, logger="dpmsf.events"):
+        result = dispatch_event(event, None, [(spec("sns"), Recorder())])
+    assert result == {"batchItemFailures": [{"itemIdentifier": r["messageId"]} for r in event["Records"]]}
+    assert "reported as failed" in caplog.text

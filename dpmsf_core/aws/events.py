@@ -136,7 +136,12 @@ def _unhandled(event: Any, source: str) -> dict[str, Any]:
 def _dispatch_batch(event: dict[str, Any], source: str, candidates: list[Handler], caller: _Caller) -> dict[str, Any]:
     records = event["Records"]
     if not any(_takes(spec, source, rec) for rec in records for spec, _ in candidates):
-        return _unhandled(event, source)
+        logger.warning(
+            "No @expose.event function takes these %d %s record(s): reported as failed, so they are retried and "
+            "then go to the dead-letter queue instead of being deleted",
+            len(records),
+            source,
+        )
 
     from aws_lambda_powertools.utilities.batch import (  # loaded only when an SQS/stream batch arrives
         BatchProcessor,
@@ -148,9 +153,13 @@ def _dispatch_batch(event: dict[str, Any], source: str, candidates: list[Handler
 
     def record_handler(record: Any) -> None:
         raw = record.raw_event
+        taken = False
         for spec, func in candidates:
             if _takes(spec, source, raw):
+                taken = True
                 caller.call(spec, func, raw)
+        if not taken:  # a record nobody takes (or whose function failed to load) is never dropped
+            raise LookupError(f"no @expose.event function takes this {source} record")
 
     # All records failing is reported like any partial failure instead of raising: Lambda retries them all.
     processor = BatchProcessor(event_type=event_type, raise_on_entire_batch_failure=False, logger=logger)

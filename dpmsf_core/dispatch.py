@@ -129,7 +129,14 @@ class ServiceDispatcher:
         if is_framework_response(result):
             await responder.passthrough(result, scope, receive)
         else:
-            await responder.send(200, encode_results(result, endpoint.api), JSON)
+            body = encode_results(result, endpoint.api)
+            if len(body) > self.settings.max_response:
+                raise FunctionFailed(
+                    f"API '{endpoint.api}' answered {len(body)} bytes, over the limit of "
+                    f"{self.settings.max_response} bytes (DPMSF_MAX_RESPONSE).",
+                    title="Response Too Large",
+                )
+            await responder.send(200, body, JSON)
 
     async def _invoke(self, endpoint: Endpoint, args: list[Any], kwargs: dict[str, Any]) -> Any:
         timeout = self.settings.function_timeout or None

@@ -253,3 +253,13 @@ def test_a_module_that_failed_to_load_answers_503_saying_why(
     problems = client.get("/rest/services/__dir__/").json()["problems"]
     assert problems == ["broken.py, line 1: syntax error: invalid syntax"]
     assert client.get("/rest/services/fine/").json() == {"results": 1}
+
+
+def test_an_answer_over_the_response_limit_is_a_problem_not_a_huge_body(
+    plugin_dir: Any, make_app: Callable[..., Any], serve: Callable[[Any], httpx.Client]
+) -> None:
+    plugin_dir.write("big.py", "def big():\n    return 'x' * 5000\n")
+    client = serve(make_app(plugin_dir.path, env={"DPMSF_MAX_RESPONSE": "1000"}))
+    body = assert_problem(client.get("/rest/services/big/"), 500)
+    assert body["title"] == "Response Too Large"
+    assert body["detail"] == "API 'big' answered 5014 bytes, over the limit of 1000 bytes (DPMSF_MAX_RESPONSE)."

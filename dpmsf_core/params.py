@@ -177,9 +177,12 @@ class CallPlan:
                 try:
                     bound.arguments[name] = self._validate(name, value)
                 except _Invalid as exc:
-                    errors.append({"loc": ["arguments", name], "msg": exc.msg, "input": _short(value)})
+                    errors.extend(
+                        {"loc": ["arguments", name, *loc], "msg": msg, "input": _short(bad)}
+                        for loc, msg, bad in exc.found
+                    )
             if errors:
-                names = ", ".join(f"'{e['loc'][-1]}'" for e in errors)
+                names = ", ".join(f"'{'.'.join(str(p) for p in e['loc'][1:])}'" for e in errors)
                 first = errors[0]["msg"]
                 raise UnprocessableArguments(f"Invalid value for {names}: {first}", errors=errors)
         return list(bound.args), dict(bound.kwargs)
@@ -197,14 +200,16 @@ class CallPlan:
 
         try:
             return adapter.validate_python(value)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            raise _Invalid(err.get("msg", "invalid")) from None
+        except ValidationError as exc:  # every error, with the field path inside the value (a model's field)
+            found = [
+                (list(e.get("loc", ())), str(e.get("msg", "invalid")), e.get("input", value)) for e in exc.errors()
+            ]
+            raise _Invalid(found or [([], "invalid", value)]) from None
 
 
 class _Invalid(Exception):
-    def __init__(self, msg: str) -> None:
-        self.msg = msg
+    def __init__(self, found: list[tuple[list[Any], str, Any]]) -> None:
+        self.found = found
 
 
 def _short(value: Any) -> Any:

@@ -263,3 +263,12 @@ def test_an_answer_over_the_response_limit_is_a_problem_not_a_huge_body(
     body = assert_problem(client.get("/rest/services/big/"), 500)
     assert body["title"] == "Response Too Large"
     assert body["detail"] == "API 'big' answered 5014 bytes, over the limit of 1000 bytes (DPMSF_MAX_RESPONSE)."
+
+
+def test_a_bad_model_field_is_named_by_its_path(bundled_client: httpx.Client) -> None:
+    r = bundled_client.post("/rest/services/showcase/order/", json={"item": "tea", "quantity": "many"})
+    assert r.status_code == 422
+    (error,) = r.json()["errors"]
+    assert error["loc"] == ["arguments", "order", "quantity"]
+    assert error["input"] == "many"
+    assert r.json()["detail"].startswith("Invalid value for 'order.quantity': ")

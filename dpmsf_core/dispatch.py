@@ -122,7 +122,9 @@ class ServiceDispatcher:
         )
         token = set_current(info)
         try:
-            args, kwargs = plan.bind(args, kwargs, info, body_obj)
+            mapped = isinstance(body_obj, dict) and "__map__" in body_obj  # names given by the caller win
+            named_url = [] if mapped else list(zip(self.parm_names, url_params, strict=False))
+            args, kwargs = plan.bind(args, kwargs, info, body_obj, named_url)
             result = await self._invoke(endpoint, args, kwargs)
         finally:
             reset_current(token)

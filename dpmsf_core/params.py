@@ -123,6 +123,7 @@ class CallPlan:
         "model_param",
         "names",
         "nothing",
+        "positional",
         "signature",
         "var_kw",
     )
@@ -138,6 +139,9 @@ class CallPlan:
         self.inject = next((p.name for p in params if _is_request_type(self._hints.get(p.name))), None)
         self.var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
         self.names = {p.name for p in params if p.kind not in _SIMPLE_KINDS and p.name != self.inject}
+        self.positional = [
+            p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != self.inject
+        ]
         annotated = {n for n in self.names if _needs_validation(self._hints.get(n))}
         self.free = self.signature is None or (
             self.var_kw and all(p.kind in _SIMPLE_KINDS for p in params) and not self.inject
@@ -148,14 +152,28 @@ class CallPlan:
         self._adapters: dict[str, Any] = dict.fromkeys(annotated)
 
     def bind(
-        self, args: list[Any], kwargs: dict[str, Any], request: RequestInfo | None, body: dict[str, Any] | None
+        self,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        request: RequestInfo | None,
+        body: dict[str, Any] | None,
+        url_params: Sequence[tuple[str, str]] = (),
     ) -> tuple[list[Any], dict[str, Any]]:
-        """Keep only declared names (unless ``**kwargs``), inject the request, validate by annotation (422)."""
+        """Keep only declared names (unless ``**kwargs``), inject the request, validate by annotation (422).
+
+        ``url_params`` are the URL's segments as (name, value), e.g. ``("parm_1", "9")``: a function that does not
+        take those names gets them in order on its own parameters not given otherwise, so ``divide(a: float,
+        b: float)`` answers ``/divide/9/3/`` (converted and validated like any argument).
+        """
         if self.free:
             return args, kwargs
         if self.nothing:
             return [], {}  # a function without parameters ignores what the request carries
         call_kwargs = kwargs if self.var_kw else {k: v for k, v in kwargs.items() if k in self.names}
+        unnamed = [value for name, value in url_params if name not in self.names]
+        if unnamed and not self.var_kw:
+            free = [name for name in self.positional if name not in call_kwargs][len(args) :]
+            call_kwargs.update(zip(free, unnamed, strict=False))
         if self.model_param and self.model_param not in call_kwargs and body is not None:
             call_kwargs[self.model_param] = {k: v for k, v in body.items() if k not in RESERVED_BODY_KEYS}
         if self.inject:

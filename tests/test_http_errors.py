@@ -272,3 +272,24 @@ def test_a_bad_model_field_is_named_by_its_path(bundled_client: httpx.Client) ->
     assert error["loc"] == ["arguments", "order", "quantity"]
     assert error["input"] == "many"
     assert r.json()["detail"].startswith("Invalid value for 'order.quantity': ")
+
+
+def test_url_segments_bind_in_order_to_a_typed_function(
+    plugin_dir: Any, make_app: Callable[..., Any], serve: Callable[[Any], httpx.Client]
+) -> None:
+    plugin_dir.write(
+        "calc.py",
+        "def divide(a: float, b: float = 1.0):\n    return a / b\n\n"
+        "def tagged(name: str, *, loud: bool = False):\n    return name.upper() if loud else name\n\n"
+        "def legacy(**kwargs):\n    return kwargs\n",
+    )
+    client = serve(make_app(plugin_dir.path))
+    assert client.get("/rest/services/divide/9/3/").json() == {"results": 3.0}
+    assert client.get("/rest/services/divide/9/").json() == {"results": 9.0}
+    assert client.get("/rest/services/divide/3/?a=9").json() == {"results": 3.0}  # the segment fills b
+    bad = assert_problem(client.get("/rest/services/divide/nine/3/"), 422)
+    assert bad["errors"][0]["loc"] == ["arguments", "a"]
+    assert client.get("/rest/services/tagged/ada/?loud=true").json() == {"results": "ADA"}
+    assert client.get("/rest/services/legacy/x/y/").json() == {"results": {"parm_1": "x", "parm_2": "y"}}
+    mapped = client.post("/rest/services/divide/8/2/", json={"__map__": {"parm_1": "a", "parm_2": "b"}})
+    assert mapped.json() == {"results": 4.0}

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ._backends import parse_backend_url
 from .errors import ConfigError
 
 BUNDLED_PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
@@ -126,12 +127,7 @@ def _backend_url(env: Mapping[str, str], name: str, default: str, kinds: tuple[s
     raw = (env.get(name) or "").strip()
     if not raw:
         return default
-    scheme, _, rest = raw.partition("://")
-    if scheme not in kinds or (scheme != "memory" and not rest) or (scheme == "sqlite" and not rest.startswith("/")):
-        choices = "|".join(
-            {"memory": "memory", "sqlite": "sqlite:///path", "dynamodb": "dynamodb://table"}[k] for k in kinds
-        )
-        raise ConfigError(f"Config '{name}' has value '{raw}'. Choices are: {choices}")
+    parse_backend_url(raw, f"Config '{name}'", kinds)  # the rule the backends use: a bad URL stops start-up
     return raw
 
 

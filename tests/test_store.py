@@ -22,7 +22,7 @@ from motoserver import client as moto_client
 
 from dpmsf_core import store
 from dpmsf_core.context import RequestInfo, reset_current, set_current
-from dpmsf_core.errors import HTTPError, MethodNotAllowed, ServiceUnavailable, UnprocessableArguments
+from dpmsf_core.errors import ConfigError, HTTPError, MethodNotAllowed, ServiceUnavailable, UnprocessableArguments
 from dpmsf_core.store import Collection, DynamoDBStore, SQLiteStore, make_store
 from dpmsf_core.tenancy.replay import create_dynamodb_table
 
@@ -358,7 +358,7 @@ def test_make_store(tmp_path: Path, moto_url: str, aws_env: None, table: str) ->
         "dynamodb://t/x",
         "dynamodb://t?x=1",
     ):
-        with pytest.raises(ValueError, match="Store URL .* is not valid. Expected 'sqlite:///"):
+        with pytest.raises(ConfigError, match="Store URL has value .*. Choices are: sqlite:///"):  # a ValueError too
             make_store(bad)
 
 

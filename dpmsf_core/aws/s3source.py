@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .._backends import aws_client, aws_error
 from ..errors import ConfigError
 
 MANIFEST_NAME = ".s3-manifest.json"
@@ -148,20 +149,13 @@ class S3PluginSource:
     def client(self) -> Any:
         """The S3 client, created on first use so that importing DPMSF never imports boto3."""
         if self._client is None:
-            import boto3
-
-            self._client = boto3.client("s3", endpoint_url=self._endpoint_url)
+            self._client = aws_client("s3", self._endpoint_url)
         return self._client
 
     def _describe(self, exc: BaseException) -> str:
         """``s3://bucket/prefix: NoSuchBucket (The specified bucket does not exist)``."""
-        response = getattr(exc, "response", None)
-        if isinstance(response, dict) and isinstance(response.get("Error"), dict):
-            err = response["Error"]
-            code = err.get("Code") or type(exc).__name__
-            message = err.get("Message") or str(exc)
-        else:
-            code, message = type(exc).__name__, str(exc)
+        code, message = aws_error(exc) or ("", "")
+        code, message = code or type(exc).__name__, message or str(exc)
         return f"s3://{self.bucket}/{self.prefix}: {code} ({message})"
 
     def _list(self) -> dict[str, str]:

@@ -42,8 +42,8 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import parse_qs, urlsplit
 
+from .._backends import SQLitePerThread, aws_client, aws_error_code, parse_backend_url
 from ..context import current_tenant
 from ..errors import ServiceUnavailable, UnprocessableArguments
 
@@ -180,8 +180,7 @@ class SQLiteStore:
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout_ms: int = 5000) -> None:
         self.path = str(path)
-        self._busy_timeout_ms = busy_timeout_ms
-        self._local = threading.local()
+        self._sqlite = SQLitePerThread(self.path, [_SCHEMA], busy_timeout_ms=busy_timeout_ms)
         self._write_lock = threading.Lock()
         if self.path != ":memory:" and not self.path.startswith("file:"):
             from ..tenancy.state_files import private_sqlite
@@ -190,18 +189,7 @@ class SQLiteStore:
                 private_sqlite(self.path)  # tenants' documents: 0600 files (and -wal/-shm) in 0700 folders
 
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None or self._local.pid != os.getpid():  # never reuse a connection across fork()
-            conn = sqlite3.connect(self.path, timeout=self._busy_timeout_ms / 1000, isolation_level=None)
-            try:
-                conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute(_SCHEMA)
-            except BaseException:
-                conn.close()
-                raise
-            self._local.conn, self._local.pid = conn, os.getpid()
-        return conn
+        return self._sqlite.connection()
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -300,11 +288,7 @@ class SQLiteStore:
 
     def close(self) -> None:
         """Close this thread's connection."""
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
+        self._sqlite.close()
 
 
 # -- DynamoDB ----------------------------------------------------------------------------------------------------
@@ -326,17 +310,14 @@ class DynamoDBStore:
         max_attempts: int = 3,
     ) -> None:
         self.table_name = table_name
-        if client is None:
-            import boto3  # here, so cold starts that never use DynamoDB skip boto3
-            from botocore.config import Config
-
-            config = Config(
-                connect_timeout=connect_timeout,
-                read_timeout=read_timeout,
-                retries={"max_attempts": max_attempts, "mode": "standard"},
-            )
-            client = boto3.client("dynamodb", endpoint_url=endpoint_url, config=config)
-        self._client = client
+        self._client = aws_client(
+            "dynamodb",
+            endpoint_url,
+            client=client,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            retries={"max_attempts": max_attempts, "mode": "standard"},
+        )
 
     @staticmethod
     def _pk(tenant: str, collection: str) -> dict[str, str]:
@@ -353,7 +334,7 @@ class DynamoDBStore:
         try:
             yield
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "ClientError")
+            code = aws_error_code(exc) or "ClientError"
             log.warning("document store table %s failed: %s", self.table_name, exc)
             raise ServiceUnavailable(f"The document store is unavailable: DynamoDB answered {code}.") from None
         except BotoCoreError as exc:
@@ -458,18 +439,10 @@ class DynamoDBStore:
 
 def make_store(url: str) -> StoreBackend:
     """``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or ``dynamodb://table[?endpoint_url=...]``."""
-    raw = (url or "").strip()
-    if raw.startswith("sqlite:///") and len(raw) > len("sqlite:///"):
-        return SQLiteStore(raw[len("sqlite:///") :])
-    if raw.startswith("dynamodb://"):
-        parts = urlsplit(raw)
-        options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        if parts.netloc and not parts.path and set(options) <= {"endpoint_url"}:
-            return DynamoDBStore(parts.netloc, endpoint_url=options.get("endpoint_url"))
-    raise ValueError(
-        f"Store URL {url!r} is not valid. Expected 'sqlite:///path/to/file.db' or 'dynamodb://table-name'"
-        " (optionally '?endpoint_url=http://...')."
-    )
+    found = parse_backend_url(url, "Store URL", ("sqlite", "dynamodb"))
+    if found.kind == "sqlite":
+        return SQLiteStore(found.target)
+    return DynamoDBStore(found.target, endpoint_url=found.endpoint_url)
 
 
 _backend: StoreBackend | None = None

@@ -21,8 +21,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
-from urllib.parse import parse_qs, urlsplit
 
+from .._backends import SQLitePerThread, aws_client, parse_backend_url
 from .state_files import private_sqlite
 
 __all__ = [
@@ -93,23 +93,21 @@ class SQLiteReplayStore:
     ) -> None:
         self.path = str(path)
         self._clock = clock
-        self._busy_timeout_ms = busy_timeout_ms
-        self._local = threading.local()
+        self._sqlite = SQLitePerThread(
+            self.path,
+            [
+                "PRAGMA synchronous=NORMAL",
+                "CREATE TABLE IF NOT EXISTS used_tokens (jti TEXT PRIMARY KEY, expires_at REAL NOT NULL)",
+            ],
+            busy_timeout_ms=busy_timeout_ms,
+        )
         private_sqlite(self.path, state_dir=state_dir)  # 0600 file in 0700 folders; a bad path fails here
         self._claims = 0
         self._purged_at = clock()
         self._conn()  # create the file and table now: a bad path fails at start-up, not on first request
 
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None or self._local.pid != os.getpid():  # never reuse a connection across fork()
-            conn = sqlite3.connect(self.path, timeout=self._busy_timeout_ms / 1000, isolation_level=None)
-            conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("CREATE TABLE IF NOT EXISTS used_tokens (jti TEXT PRIMARY KEY, expires_at REAL NOT NULL)")
-            self._local.conn, self._local.pid = conn, os.getpid()
-        return conn
+        return self._sqlite.connection()
 
     def claim(self, jti: str, expires_at: float) -> bool:
         conn = self._conn()
@@ -130,19 +128,7 @@ class SQLiteReplayStore:
 
     def close(self) -> None:
         """Close this thread's connection."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
-
-
-def dynamodb_client(client: Any, endpoint_url: str | None) -> Any:
-    """The given client, or a new one; boto3 is imported here so cold starts without DynamoDB skip it."""
-    if client is not None:
-        return client
-    import boto3
-
-    return boto3.client("dynamodb", endpoint_url=endpoint_url)
+        self._sqlite.close()
 
 
 class DynamoDBReplayStore:
@@ -150,7 +136,7 @@ class DynamoDBReplayStore:
 
     def __init__(self, table_name: str, *, client: Any = None, endpoint_url: str | None = None) -> None:
         self.table_name = table_name
-        self._client = dynamodb_client(client, endpoint_url)
+        self._client = aws_client("dynamodb", endpoint_url, client=client)
 
     def claim(self, jti: str, expires_at: float) -> bool:
         client = self._client
@@ -171,7 +157,7 @@ class DynamoDBReplayStore:
 
 def create_dynamodb_table(table_name: str, *, client: Any = None, endpoint_url: str | None = None) -> None:
     """Create the single DPMSF table (pk/sk strings, on-demand, TTL on ``expires_at``) for local use and tests."""
-    client = dynamodb_client(client, endpoint_url)
+    client = aws_client("dynamodb", endpoint_url, client=client)
     client.create_table(
         TableName=table_name,
         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
@@ -187,28 +173,11 @@ def create_dynamodb_table(table_name: str, *, client: Any = None, endpoint_url: 
     )
 
 
-def parse_store_url(url: str, what: str) -> tuple[str, str, dict[str, str]]:
-    """Split ``memory`` / ``sqlite:///path`` / ``dynamodb://table?endpoint_url=...`` into (kind, target, options)."""
-    expected = "Expected 'memory', 'sqlite:///path/to/file.db' or 'dynamodb://table-name'."
-    raw = (url or "").strip()
-    if raw == "memory":
-        return "memory", "", {}
-    if raw.startswith("sqlite:///") and len(raw) > len("sqlite:///"):
-        return "sqlite", raw[len("sqlite:///") :], {}
-    if raw.startswith("dynamodb://"):
-        parts = urlsplit(raw)
-        options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        unknown = set(options) - {"endpoint_url"}
-        if parts.netloc and not parts.path and not unknown:
-            return "dynamodb", parts.netloc, options
-    raise ValueError(f"{what} URL {url!r} is not valid. {expected}")
-
-
 def make_replay_store(url: str, *, state_dir: str | os.PathLike[str] | None = None) -> ReplayStore:
     """The replay store named by ``url`` (see the module docstring); ``state_dir`` as for SQLiteReplayStore."""
-    kind, target, options = parse_store_url(url, "Replay store")
-    if kind == "memory":
+    found = parse_backend_url(url, "Replay store URL")
+    if found.kind == "memory":
         return MemoryReplayStore()
-    if kind == "sqlite":
-        return SQLiteReplayStore(target, state_dir=state_dir)
-    return DynamoDBReplayStore(target, endpoint_url=options.get("endpoint_url"))
+    if found.kind == "sqlite":
+        return SQLiteReplayStore(found.target, state_dir=state_dir)
+    return DynamoDBReplayStore(found.target, endpoint_url=found.endpoint_url)

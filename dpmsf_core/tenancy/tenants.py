@@ -39,7 +39,7 @@ from typing import Any, Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .replay import dynamodb_client, parse_store_url
+from .._backends import SQLitePerThread, aws_client, parse_backend_url
 from .state_files import private_dir, private_sqlite, write_secret_once
 from .tokens import TenantKey, decode_key, encode_key, generate_key
 
@@ -297,8 +297,15 @@ class SQLiteTenantRegistry:
         state_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.path = str(path)
-        self._busy_timeout_ms = busy_timeout_ms
-        self._local = threading.local()
+        self._sqlite = SQLitePerThread(
+            self.path,
+            [
+                "PRAGMA secure_delete=ON",  # a replaced key leaves no copy in free space
+                "CREATE TABLE IF NOT EXISTS tenants (id TEXT PRIMARY KEY, name TEXT NOT NULL, key TEXT NOT NULL,"
+                " enabled INTEGER NOT NULL, admin INTEGER NOT NULL, created_at REAL NOT NULL)",
+            ],
+            busy_timeout_ms=busy_timeout_ms,
+        )
         on_disk = self.path != ":memory:" and not self.path.startswith("file:")
         if on_disk:
             private_sqlite(self.path, state_dir=state_dir)  # a bad path fails here, at start-up
@@ -309,18 +316,7 @@ class SQLiteTenantRegistry:
         self._migrate()
 
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None or self._local.pid != os.getpid():  # never reuse a connection across fork()
-            conn = sqlite3.connect(self.path, timeout=self._busy_timeout_ms / 1000, isolation_level=None)
-            conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA secure_delete=ON")  # a replaced key leaves no copy in free space
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS tenants (id TEXT PRIMARY KEY, name TEXT NOT NULL, key TEXT NOT NULL,"
-                " enabled INTEGER NOT NULL, admin INTEGER NOT NULL, created_at REAL NOT NULL)"
-            )
-            self._local.conn, self._local.pid = conn, os.getpid()
-        return conn
+        return self._sqlite.connection()
 
     _CLEAR = f"SELECT id, key FROM tenants WHERE substr(key, 1, {len(_WRAP_PREFIX)}) != '{_WRAP_PREFIX}'"
 
@@ -398,10 +394,7 @@ class SQLiteTenantRegistry:
 
     def close(self) -> None:
         """Close this thread's connection."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self._sqlite.close()
 
 
 class DynamoDBTenantRegistry:
@@ -428,7 +421,7 @@ class DynamoDBTenantRegistry:
             )
         self.table_name = table_name
         self._sealer = _Sealer(load_master_key(master_key, None), f"tenant table {table_name}")
-        self._client = dynamodb_client(client, endpoint_url)
+        self._client = aws_client("dynamodb", endpoint_url, client=client)
 
     @staticmethod
     def _key(tid: str) -> dict[str, Any]:
@@ -541,12 +534,12 @@ def make_tenant_registry(
     SQLite file's folder is kept private when it lies in the state directory, and the local master key file lives
     there.
     """
-    kind, target, options = parse_store_url(url, "Tenant registry")
-    if kind == "memory":
+    found = parse_backend_url(url, "Tenant registry URL")
+    if found.kind == "memory":
         return MemoryTenantRegistry()
-    if kind == "sqlite":
-        return SQLiteTenantRegistry(target, master_key=master_key, state_dir=state_dir)
-    return DynamoDBTenantRegistry(target, endpoint_url=options.get("endpoint_url"), master_key=master_key)
+    if found.kind == "sqlite":
+        return SQLiteTenantRegistry(found.target, master_key=master_key, state_dir=state_dir)
+    return DynamoDBTenantRegistry(found.target, endpoint_url=found.endpoint_url, master_key=master_key)
 
 
 def key_lookup(

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from .._backends import aws_client, aws_error_code
 from ..errors import BadRequest, Conflict, PayloadTooLarge, UnprocessableArguments
 
 TENANT_NAME = "__tenant__"
@@ -360,9 +361,7 @@ class S3PluginStore:
     def client(self) -> Any:
         """Created on first use so that importing DPMSF never imports boto3."""
         if self._client is None:
-            import boto3
-
-            self._client = boto3.client("s3", endpoint_url=self._endpoint_url)
+            self._client = aws_client("s3", self._endpoint_url)
         return self._client
 
     def _key(self, name: str) -> str:
@@ -384,7 +383,7 @@ class S3PluginStore:
                 **condition,
             )
         except Exception as exc:
-            if _error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey"):
+            if aws_error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey"):
                 raise Conflict(f"Plugin '{name}' was created or changed by someone else meanwhile.") from None
             raise
 
@@ -398,7 +397,7 @@ class S3PluginStore:
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=self._key(name))
         except Exception as exc:
-            if _error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+            if aws_error_code(exc) in ("NoSuchKey", "404", "NotFound"):
                 return None
             raise
         return response["Body"].read().decode("utf-8"), str(response["ETag"])
@@ -409,7 +408,7 @@ class S3PluginStore:
         try:
             self.client.head_object(Bucket=self.bucket, Key=key)
         except Exception as exc:
-            if _error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+            if aws_error_code(exc) in ("NoSuchKey", "404", "NotFound"):
                 return False
             raise
         self.client.delete_object(Bucket=self.bucket, Key=key)
@@ -425,11 +424,3 @@ class S3PluginStore:
                 if rest.endswith(".py") and _is_upload_name(rest[:-3]):
                     names.append(rest[:-3])
         return sorted(names)
-
-
-def _error_code(exc: BaseException) -> str | None:
-    """The AWS error code of a botocore ClientError (None for anything else)."""
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict) and isinstance(response.get("Error"), dict):
-        return str(response["Error"].get("Code"))
-    return None

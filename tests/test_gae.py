@@ -14,7 +14,11 @@ import httpx
 import pytest
 from conftest import free_port
 
+from dpmsf_core.tenancy.tokens import generate_key, mint
+
 ROOT = Path(__file__).resolve().parent.parent
+ADMIN = "00000000-0000-4000-8000-0000000000ae"
+ADMIN_KEY = generate_key()
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +30,9 @@ def gae_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.skip(reason)
     port = free_port()
     state = tmp_path_factory.mktemp("gae")
-    env = {**os.environ, "DPMSF_STATE_DIR": str(state), "DPMSF_REPLAY_STORE": "memory"}
+    # app.yaml's env_variables apply (DPMSF_REPLAY_STORE: one SQLite file for both workers); ours win where set
+    env = {**os.environ, "DPMSF_STATE_DIR": str(state), "ADMIN_ID": ADMIN, "DPMSF_ADMIN_KEY": ADMIN_KEY}
+    env.pop("DPMSF_REPLAY_STORE", None)
     env.pop("AWS_LAMBDA_FUNCTION_NAME", None)
     log = (state / "server.log").open("w")
     proc = subprocess.Popen(
@@ -75,3 +81,30 @@ def test_errors_are_problem_json(gae_server: str) -> None:
     missing = httpx.get(gae_server + "/rest/services/no-such-api/", timeout=10)
     assert missing.status_code == 404
     assert missing.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.slow
+def test_a_token_is_single_use_across_both_workers(gae_server: str) -> None:
+    """app.yaml runs two gunicorn workers: the replay store it names is one SQLite file, shared by both."""
+    token = mint(ADMIN, ADMIN_KEY)
+    codes = [
+        httpx.get(gae_server + "/rest/services/hello-world/", headers={"authorization": f"Bearer {token}"}, timeout=10)
+        for _ in range(6)
+    ]
+    assert sorted(r.status_code for r in codes) == [200, 401, 401, 401, 401, 401]
+
+
+def test_gcprunner_applies_app_yaml_and_binds_loopback() -> None:
+    script = (ROOT / "gcprunner.sh").read_text()
+    out = subprocess.run(
+        ["bash", "-c", script.replace('exec bash -c "exec $entrypoint"', 'env | sort; echo "$entrypoint"')],
+        cwd=ROOT,
+        env={"PATH": os.environ["PATH"], "DPMSF_REQUIRE_TOKENS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert "DPMSF_STATE_DIR=/tmp/dpmsf\n" in out and "DPMSF_REPLAY_STORE=sqlite:////tmp/dpmsf-replay.db\n" in out
+    assert "DPMSF_REQUIRE_TOKENS=1\n" in out  # the caller's environment wins over app.yaml
+    assert "-b 127.0.0.1:$PORT" in out and "PORT=8080\n" in out

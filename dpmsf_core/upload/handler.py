@@ -55,7 +55,7 @@ class PluginUpload:
                 raise MethodNotAllowed("The plugin list answers GET.", ["GET", "HEAD"])
             await responder.json(200, {"results": self._list(tenant, admin)})
             return
-        from .stores import check_module_name, stamp_tenant, validate_upload
+        from .validation import check_module_name, stamp_tenant, validate_upload
 
         name = check_module_name(parts[1])
         stored = self.store.get_versioned(name)

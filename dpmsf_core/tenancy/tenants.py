@@ -23,8 +23,6 @@ DynamoDB registry whenever it reads them.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import os
 import sqlite3
@@ -36,16 +34,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-from .._backends import SQLitePerThread, aws_client, parse_backend_url
-from .state_files import private_dir, private_sqlite, write_secret_once
+from .._backends import SQLitePerThread, parse_backend_url
+from .keys import MASTER_KEY_FILE, WRAP_PREFIX, MasterKey, Sealer, load_master_key
+from .state_files import private_sqlite
 from .tokens import TenantKey, decode_key, encode_key, generate_key
 
 __all__ = [
     "MASTER_KEY_FILE",
-    "DynamoDBTenantRegistry",
     "MasterKey",
     "MemoryTenantRegistry",
     "SQLiteTenantRegistry",
@@ -59,10 +54,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("dpmsf.tenants")
-
-MASTER_KEY_FILE = "master.key"  # in the state directory, when DPMSF_MASTER_KEY is not set
-_WRAP_PREFIX = "wrap1:"
-_NONCE_LEN = 12
 
 
 @dataclass(frozen=True)
@@ -99,124 +90,15 @@ def tenant_id(value: str) -> str:
 _canonical = tenant_id  # methods take a ``tenant_id`` parameter, which shadows the function
 
 
-def _new_tenant(name: str, tid: str | None, key: str | None, admin: bool) -> Tenant:
+def new_tenant(name: str, tid: str | None, key: str | None, admin: bool) -> Tenant:
     key = encode_key(decode_key(key)) if key is not None else generate_key()  # ValueError before anything is stored
     return Tenant(
         id=tenant_id(tid) if tid is not None else str(uuid.uuid4()), key=key, enabled=True, name=name, admin=admin
     )
 
 
-def _exists(tenant: str) -> ValueError:
+def already_exists(tenant: str) -> ValueError:
     return ValueError(f"Tenant '{tenant}' already exists.")
-
-
-def _b64encode(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _b64decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-class MasterKey:
-    """The server master key: wraps tenant keys for storage and unwraps them, bound to their tenant id.
-
-    Wrapped form: ``wrap1:`` + base64url(nonce(12) || AES-256-GCM(master, nonce, key(32), aad) incl. 16-byte tag),
-    ``aad = b"wrap1:" + tenant id`` (canonical UUID text). ``source`` names where the key came from, for log lines;
-    the key itself is never shown.
-    """
-
-    def __init__(self, key: bytes | str, source: str = "DPMSF_MASTER_KEY") -> None:
-        try:
-            raw = decode_key(key)
-        except ValueError:
-            raise ValueError(
-                f"Master key from {source} is not valid. Expected 32 bytes as base64url without padding"
-                " (43 characters, e.g. from dpmsf_core.tenancy.tokens.generate_key())."
-            ) from None
-        self._aead = AESGCM(raw)
-        self.source = source
-
-    def __repr__(self) -> str:
-        return f"MasterKey(source={self.source!r})"
-
-    @staticmethod
-    def _aad(tid: str) -> bytes:
-        return _WRAP_PREFIX.encode() + tid.encode("ascii")
-
-    def wrap(self, tid: str, key: str) -> str:
-        """``key`` (generate_key() text) sealed for tenant ``tid``; every call gives a different text."""
-        nonce = os.urandom(_NONCE_LEN)
-        return _WRAP_PREFIX + _b64encode(nonce + self._aead.encrypt(nonce, decode_key(key), self._aad(tid)))
-
-    def unwrap(self, tid: str, stored: str) -> str:
-        """The key text sealed by ``wrap(tid, ...)``; ValueError for another master key, tenant or a damaged value."""
-        if not stored.startswith(_WRAP_PREFIX):
-            raise ValueError("not a wrapped key")
-        try:
-            raw = _b64decode(stored[len(_WRAP_PREFIX) :])
-            return encode_key(self._aead.decrypt(raw[:_NONCE_LEN], raw[_NONCE_LEN:], self._aad(tid)))
-        except (InvalidTag, ValueError, binascii.Error):
-            raise ValueError("wrapped key does not unwrap") from None
-
-
-def load_master_key(
-    master_key: MasterKey | bytes | str | None, state_dir: str | os.PathLike[str] | None, *, tighten: bool = True
-) -> MasterKey:
-    """The given master key, else the one in ``<state_dir>/master.key``, created on first use.
-
-    The key file is for local use: it is created 0600 in a 0700 state directory (an existing one we own is
-    tightened to 0700 unless ``tighten`` is False, for a folder that is not the configured state directory), by
-    whichever process gets there first; the others read the same key. With no ``state_dir`` either (an
-    in-memory database), a random key lives as long as the process, like the data it protects.
-    """
-    if isinstance(master_key, MasterKey):
-        return master_key
-    if master_key is not None and master_key != "":
-        return MasterKey(master_key)
-    if state_dir is None:
-        return MasterKey(os.urandom(32), source="a key of this process only")
-    folder = private_dir(state_dir, tighten=tighten)
-    path = folder / MASTER_KEY_FILE
-    text = write_secret_once(path, (generate_key() + "\n").encode("ascii")).decode("ascii", "replace").strip()
-    return MasterKey(text, source=f"key file {path}")
-
-
-class _Sealer:
-    """A registry's master key, plus one log line per tenant whose stored key cannot be used."""
-
-    def __init__(self, master: MasterKey, where: str) -> None:
-        self.master = master
-        self.where = where
-        self._reported: set[str] = set()
-
-    def seal(self, tid: str, key: str) -> str:
-        return self.master.wrap(tid, key)
-
-    def open(self, tid: str, stored: str) -> tuple[str, bool]:
-        """(key text or ``""`` if unusable, True when ``stored`` was clear text that should be rewritten wrapped)."""
-        if stored.startswith(_WRAP_PREFIX):
-            try:
-                return self.master.unwrap(tid, stored), False
-            except ValueError:
-                self._report(tid, f"its stored key does not unwrap with the master key from {self.master.source}")
-                return "", False
-        try:
-            return encode_key(decode_key(stored)), True  # written in clear by an older version
-        except ValueError:
-            self._report(tid, "its stored key is neither wrapped nor a valid key")
-            return "", False
-
-    def _report(self, tid: str, why: str) -> None:
-        if tid not in self._reported:
-            self._reported.add(tid)
-            log.error(
-                "tenant %s in %s: %s; its tokens are refused until its key is rotated"
-                " (dpmsf tenant rotate-key) or the right DPMSF_MASTER_KEY is set",
-                tid,
-                self.where,
-                why,
-            )
 
 
 class TenantRegistry(Protocol):
@@ -247,10 +129,10 @@ class MemoryTenantRegistry:
         self._lock = threading.Lock()
 
     def add(self, name: str = "", tenant_id: str | None = None, key: str | None = None, admin: bool = False) -> Tenant:
-        tenant = _new_tenant(name, tenant_id, key, admin)
+        tenant = new_tenant(name, tenant_id, key, admin)
         with self._lock:
             if tenant.id in self._tenants:
-                raise _exists(tenant.id)
+                raise already_exists(tenant.id)
             self._tenants[tenant.id] = tenant
         return tenant
 
@@ -311,14 +193,14 @@ class SQLiteTenantRegistry:
             private_sqlite(self.path, state_dir=state_dir)  # a bad path fails here, at start-up
         key_dir = state_dir if state_dir is not None else (Path(self.path).parent if on_disk else None)
         master = load_master_key(master_key, key_dir, tighten=state_dir is not None)
-        self._sealer = _Sealer(master, f"tenant registry {self.path}")
+        self._sealer = Sealer(master, f"tenant registry {self.path}")
         self._conn()
         self._migrate()
 
     def _conn(self) -> sqlite3.Connection:
         return self._sqlite.connection()
 
-    _CLEAR = f"SELECT id, key FROM tenants WHERE substr(key, 1, {len(_WRAP_PREFIX)}) != '{_WRAP_PREFIX}'"
+    _CLEAR = f"SELECT id, key FROM tenants WHERE substr(key, 1, {len(WRAP_PREFIX)}) != '{WRAP_PREFIX}'"
 
     def _migrate(self) -> None:
         """Wrap the keys an older version stored in clear (one transaction; safe when several processes open)."""
@@ -353,14 +235,14 @@ class SQLiteTenantRegistry:
         return Tenant(id=tid, name=row[1], key=key, enabled=bool(row[3]), admin=bool(row[4]))
 
     def add(self, name: str = "", tenant_id: str | None = None, key: str | None = None, admin: bool = False) -> Tenant:
-        tenant = _new_tenant(name, tenant_id, key, admin)
+        tenant = new_tenant(name, tenant_id, key, admin)
         try:
             self._conn().execute(
                 "INSERT INTO tenants (id, name, key, enabled, admin, created_at) VALUES (?, ?, ?, 1, ?, ?)",
                 (tenant.id, tenant.name, self._sealer.seal(tenant.id, tenant.key), int(tenant.admin), time.time()),
             )
         except sqlite3.IntegrityError:
-            raise _exists(tenant.id) from None
+            raise already_exists(tenant.id) from None
         return tenant
 
     def get(self, tenant_id: str) -> Tenant | None:
@@ -397,131 +279,6 @@ class SQLiteTenantRegistry:
         self._sqlite.close()
 
 
-class DynamoDBTenantRegistry:
-    """Tenants in the single DPMSF DynamoDB table (``pk="tenant#<uuid>"``, ``sk="tenant"``); boto3 imported lazily.
-
-    ``master_key`` (``DPMSF_MASTER_KEY``) is required: the table is shared by every instance, so a key file made
-    on one machine would leave the others unable to read the tenants. An item whose key is still in clear (an
-    older version wrote it) is rewritten wrapped the first time it is read, with a condition so a concurrent
-    change is never overwritten; ``list()`` (``dpmsf tenant list``) therefore wraps them all.
-    """
-
-    def __init__(
-        self,
-        table_name: str,
-        *,
-        client: Any = None,
-        endpoint_url: str | None = None,
-        master_key: MasterKey | bytes | str | None = None,
-    ) -> None:
-        if master_key is None or master_key == "":
-            raise ValueError(
-                f"The DynamoDB tenant registry '{table_name}' needs DPMSF_MASTER_KEY (32 bytes as base64url,"
-                " e.g. from dpmsf_core.tenancy.tokens.generate_key()): tenant keys are stored wrapped with it."
-            )
-        self.table_name = table_name
-        self._sealer = _Sealer(load_master_key(master_key, None), f"tenant table {table_name}")
-        self._client = aws_client("dynamodb", endpoint_url, client=client)
-
-    @staticmethod
-    def _key(tid: str) -> dict[str, Any]:
-        return {"pk": {"S": f"tenant#{tid}"}, "sk": {"S": "tenant"}}
-
-    def _tenant(self, item: dict[str, Any]) -> Tenant:
-        tid, stored = item["id"]["S"], item["key"]["S"]
-        key, clear = self._sealer.open(tid, stored)
-        if clear:
-            self._rewrap(tid, key, stored)
-        return Tenant(
-            id=tid,
-            name=item.get("name", {}).get("S", ""),
-            key=key,
-            enabled=item["enabled"]["BOOL"],
-            admin=item.get("admin", {}).get("BOOL", False),
-        )
-
-    def _rewrap(self, tid: str, key: str, stored: str) -> None:
-        """Replace a clear key with its wrapped form, only if nobody changed it meanwhile."""
-        client = self._client
-        try:
-            client.update_item(
-                TableName=self.table_name,
-                Key=self._key(tid),
-                UpdateExpression="SET #key = :wrapped",
-                ConditionExpression="#key = :clear",
-                ExpressionAttributeNames={"#key": "key"},
-                ExpressionAttributeValues={":wrapped": {"S": self._sealer.seal(tid, key)}, ":clear": {"S": stored}},
-            )
-        except client.exceptions.ConditionalCheckFailedException:
-            return
-        log.warning(
-            "tenant table %s: wrapped the key of tenant %s, stored in clear by an older version", self.table_name, tid
-        )
-
-    def add(self, name: str = "", tenant_id: str | None = None, key: str | None = None, admin: bool = False) -> Tenant:
-        tenant = _new_tenant(name, tenant_id, key, admin)
-        item = {
-            **self._key(tenant.id),
-            "id": {"S": tenant.id},
-            "name": {"S": tenant.name},
-            "key": {"S": self._sealer.seal(tenant.id, tenant.key)},
-            "enabled": {"BOOL": True},
-            "admin": {"BOOL": tenant.admin},
-            "created_at": {"N": repr(time.time())},
-        }
-        client = self._client
-        try:
-            client.put_item(TableName=self.table_name, Item=item, ConditionExpression="attribute_not_exists(pk)")
-        except client.exceptions.ConditionalCheckFailedException:
-            raise _exists(tenant.id) from None
-        return tenant
-
-    def get(self, tenant_id: str) -> Tenant | None:
-        answer = self._client.get_item(
-            TableName=self.table_name, Key=self._key(_canonical(tenant_id)), ConsistentRead=True
-        )
-        return self._tenant(answer["Item"]) if "Item" in answer else None
-
-    def list(self) -> list[Tenant]:
-        items: list[dict[str, Any]] = []
-        pages = self._client.get_paginator("scan").paginate(
-            TableName=self.table_name,
-            FilterExpression="sk = :sk AND begins_with(pk, :prefix)",
-            ExpressionAttributeValues={":sk": {"S": "tenant"}, ":prefix": {"S": "tenant#"}},
-            ConsistentRead=True,
-        )
-        for page in pages:
-            items.extend(page.get("Items", []))
-        items.sort(key=lambda item: (float(item.get("created_at", {}).get("N", "0")), item["id"]["S"]))
-        return [self._tenant(item) for item in items]
-
-    def _set(self, tid: str, attribute: str, value: dict[str, Any]) -> Tenant:
-        client = self._client
-        try:
-            answer = client.update_item(
-                TableName=self.table_name,
-                Key=self._key(tid),
-                UpdateExpression="SET #attr = :value",
-                ConditionExpression="attribute_exists(pk)",
-                ExpressionAttributeNames={"#attr": attribute},
-                ExpressionAttributeValues={":value": value},
-                ReturnValues="ALL_NEW",
-            )
-        except client.exceptions.ConditionalCheckFailedException:
-            raise TenantNotFound(tid) from None
-        return self._tenant(answer["Attributes"])
-
-    def disable(self, tenant_id: str) -> Tenant:
-        return self._set(_canonical(tenant_id), "enabled", {"BOOL": False})
-
-    def enable(self, tenant_id: str) -> Tenant:
-        return self._set(_canonical(tenant_id), "enabled", {"BOOL": True})
-
-    def rotate_key(self, tenant_id: str) -> Tenant:
-        tid = _canonical(tenant_id)
-        return self._set(tid, "key", {"S": self._sealer.seal(tid, generate_key())})
-
-
 def make_tenant_registry(
     url: str,
     *,
@@ -539,6 +296,8 @@ def make_tenant_registry(
         return MemoryTenantRegistry()
     if found.kind == "sqlite":
         return SQLiteTenantRegistry(found.target, master_key=master_key, state_dir=state_dir)
+    from .tenants_dynamodb import DynamoDBTenantRegistry
+
     return DynamoDBTenantRegistry(found.target, endpoint_url=found.endpoint_url, master_key=master_key)
 
 
@@ -568,3 +327,13 @@ def key_lookup(
         return hit[1]
 
     return key_for
+
+
+def __getattr__(name: str) -> Any:
+    """``DynamoDBTenantRegistry`` lives in ``tenants_dynamodb`` (boto3-backed); imported on first use (not in
+    ``__all__``, whose names must exist before any import)."""
+    if name == "DynamoDBTenantRegistry":
+        from .tenants_dynamodb import DynamoDBTenantRegistry
+
+        return DynamoDBTenantRegistry
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -44,7 +44,8 @@ SEED_TASKS = 20
 BODY = {"title": "bench task", "description": "created by wrk", "done": False}
 
 from dpmsf_core import store as store_mod  # noqa: E402
-from dpmsf_core.store import SQLiteStore, _encode  # noqa: E402
+from dpmsf_core.store import SQLiteStore  # noqa: E402
+from dpmsf_core.store.validation import encode_doc  # noqa: E402
 
 
 def task_doc(i: int, doc_id: str) -> dict[str, object]:
@@ -60,7 +61,7 @@ def fill(path: Path, docs: int) -> list[str]:
     conn.execute("BEGIN")
     conn.executemany(
         "INSERT INTO dpmsf_store (tenant, collection, id, doc, updated_at) VALUES (?, ?, ?, ?, ?)",
-        [(TENANT, COLLECTION, doc_id, _encode(task_doc(i, doc_id)), now) for i, doc_id in enumerate(ids)],
+        [(TENANT, COLLECTION, doc_id, encode_doc(task_doc(i, doc_id)), now) for i, doc_id in enumerate(ids)],
     )
     conn.execute("COMMIT")
     conn.close()

@@ -26,12 +26,13 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import Settings
 
-__all__ = ["LambdaInvoker", "http_client", "lambda_invoker"]
+__all__ = ["LambdaContext", "LambdaInvoker", "http_client", "lambda_invoker"]
 
 
 def _settings(plugins: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], env: Mapping[str, str]) -> Settings:
@@ -73,19 +74,24 @@ def http_client(
         app.close()
 
 
+@dataclass
 class LambdaContext:
-    """What Lambda passes as ``context``, with the attributes Powertools and the adapter read."""
+    """The attributes of the Lambda context that handlers, Mangum and Powertools read."""
 
-    function_name = "dpmsf-test"
-    function_version = "$LATEST"
-    memory_limit_in_mb = 512
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:dpmsf-test"
-
-    def __init__(self) -> None:
-        self.aws_request_id = str(uuid.uuid4())
+    function_name: str = "dpmsf-test"
+    function_version: str = "$LATEST"
+    memory_limit_in_mb: int = 512
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:dpmsf-test"
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    log_group_name: str = "/aws/lambda/dpmsf-test"
+    log_stream_name: str = "local"
+    remaining_ms: int = 29_000
+    identity: Any = None
+    client_context: Any = None
+    tenant_id: str | None = None
 
     def get_remaining_time_in_millis(self) -> int:
-        return 29_000
+        return self.remaining_ms
 
 
 class LambdaInvoker:

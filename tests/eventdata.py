@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
+from dpmsf_core.testing import LambdaContext
+
 EVENTS_DIR = Path(__file__).parent / "events"
 
 HTTP_EVENTS = (
@@ -238,23 +240,11 @@ def _set_query(event: dict[str, Any], kind: str, pairs: list[tuple[str, str]]) -
 
 
 @dataclass
-class FakeLambdaContext:
-    """The attributes of ``awslambdaric``'s LambdaContext that handlers, Mangum and Powertools read."""
+class FakeLambdaContext(LambdaContext):
+    """The Lambda context of the tests: a fixed request id, so whole answers can be compared."""
 
-    function_name: str = "dpmsf-test"
-    function_version: str = "$LATEST"
-    memory_limit_in_mb: int = 512
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:dpmsf-test"
     aws_request_id: str = "52fdfc07-2182-154f-163f-5f0f9a621d72"
-    log_group_name: str = "/aws/lambda/dpmsf-test"
     log_stream_name: str = "2024/01/01/[$LATEST]abcdef0123456789"
-    remaining_ms: int = 29_000
-    identity: Any = None
-    client_context: Any = None
-    tenant_id: str | None = None
-
-    def get_remaining_time_in_millis(self) -> int:
-        return self.remaining_ms
 
 
 def lambda_context(**overrides: Any) -> FakeLambdaContext:

@@ -6,28 +6,10 @@ import argparse
 import json
 import os
 import sys
-import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-@dataclass
-class LocalContext:
-    """The Lambda context attributes handlers, Mangum and Powertools read."""
-
-    function_name: str = "dpmsf-local"
-    function_version: str = "$LATEST"
-    memory_limit_in_mb: int = 512
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:dpmsf-local"
-    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    log_group_name: str = "/aws/lambda/dpmsf-local"
-    log_stream_name: str = "local"
-    identity: Any = None
-    client_context: Any = None
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 29_000
+from ..testing import LambdaContext
 
 
 def cmd_invoke(args: argparse.Namespace) -> int:
@@ -45,7 +27,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
         return 2
     handler = build_handler(create_app(Settings.from_env()))
     try:
-        response = handler(event, LocalContext())
+        response = handler(event, LambdaContext(function_name="dpmsf-local"))
     except Exception as exc:  # the invocation failed, as Lambda would report it
         print(json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}, indent=2))
         return 1

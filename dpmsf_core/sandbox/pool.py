@@ -9,7 +9,10 @@ process as the server sees it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import dataclasses
+import functools
 import logging
 import marshal
 import os
@@ -21,6 +24,7 @@ from typing import Any
 
 from ..errors import (
     DPMSFError,
+    ServiceUnavailable,
     UnprocessableArguments,
 )
 from . import runtime
@@ -95,6 +99,11 @@ class SandboxPool:
         if run_as is not None or os.geteuid() == 0:
             self.python, self.run_as = unprivileged_python(python, run_as or UNPRIVILEGED, self.compiled)
         self.guests = Guests(size, lambda: WorkerProcess(self.python, self.limits, self.compiled, self.run_as))
+        # Calls that wait for a guest hold a thread: their own pool (not asyncio's small default one), and a cap
+        # per tenant on calls in flight, so one tenant's flood cannot take every thread from the others.
+        self.max_in_flight = 2 * size + 4  # half the threads below: the others always keep the rest
+        self._threads = concurrent.futures.ThreadPoolExecutor(4 * size + 8, thread_name_prefix="dpmsf-sandbox")
+        self._in_flight: dict[str, int] = {}
 
     # -- public -------------------------------------------------------------------------------------------------
 
@@ -108,7 +117,7 @@ class SandboxPool:
         plan = self._plan(**kwargs)
         worker = self.guests.take_warm(plan.owner)
         if worker is None:
-            return await asyncio.to_thread(self._call_planned, plan)
+            return await self._in_thread(plan)
         plan = plan.started()
         keep, result, error = False, None, None
         try:
@@ -120,6 +129,21 @@ class SandboxPool:
         if error is not None:
             raise error
         return result
+
+    async def _in_thread(self, plan: _Call) -> Any:
+        owner = plan.owner
+        if self._in_flight.get(owner, 0) >= self.max_in_flight:  # only touched on the event loop: no lock
+            limit = self.max_in_flight
+            raise ServiceUnavailable(f"Too many sandboxed calls of one owner in flight (at most {limit}); try again.")
+        self._in_flight[owner] = self._in_flight.get(owner, 0) + 1
+        try:
+            loop = asyncio.get_running_loop()
+            call = functools.partial(contextvars.copy_context().run, self._call_planned, plan)
+            return await loop.run_in_executor(self._threads, call)
+        finally:
+            self._in_flight[owner] -= 1
+            if not self._in_flight[owner]:
+                del self._in_flight[owner]
 
     def call_sync(self, **kwargs: Any) -> Any:
         """``function(*args, **kwargs)`` from the module ``source`` in a guest; raises the DPMSFError to answer.
@@ -191,6 +215,7 @@ class SandboxPool:
     def close(self) -> None:
         """Kill idle guests now; busy ones are killed when their call ends."""
         self.guests.close()
+        self._threads.shutdown(wait=False)
 
     def __enter__(self) -> SandboxPool:
         return self

@@ -60,7 +60,7 @@ def outcome(
         status = answer.get("status")
         headers = answer.get("headers")
         headers = {str(k)[:100]: str(v)[:1000] for k, v in headers.items()} if isinstance(headers, dict) else {}
-        headers = {k: v for k, v in headers.items() if header_safe(k) and header_safe(v)}
+        headers = {k: v for k, v in headers.items() if header_allowed(k) and header_safe(k) and header_safe(v)}
         if isinstance(status, int) and 400 <= status <= 599:
             return True, None, HTTPError(status, detail or None, headers=headers or None)
         error = FunctionFailed(f"sandboxed function '{function}' raised HTTPError with invalid status {status!r}")
@@ -85,6 +85,16 @@ def death(worker: WorkerProcess, function: str, limits: SandboxLimits) -> DPMSFE
             f"sandboxed function '{function}' crashed its sandbox (possibly its memory limit of {limits.memory_mb} MB)"
         )
     return FunctionFailed(f"sandboxed function '{function}' ended its sandbox (status {code})")
+
+
+_GUEST_HEADERS = frozenset({"retry-after", "www-authenticate", "location", "cache-control", "content-language"})
+
+
+def header_allowed(name: str) -> bool:
+    """Headers tenant code may set on its error answers: never framing, cookies, CORS or our own headers."""
+    lowered = name.lower()
+    ours = lowered.startswith(("x-dpmsf", "x-request-id"))
+    return lowered in _GUEST_HEADERS or (lowered.startswith("x-") and not ours)
 
 
 def header_safe(text: str) -> bool:

@@ -111,6 +111,8 @@ def main() -> None:
         assert isinstance(memory, wasmtime.Memory)
         base = ctypes.addressof(memory.data_ptr(caller).contents)
         end = memory.data_len(caller)
+        if iovs < 0 or out < 0 or count < 0:  # i32 arrive signed: a negative address is outside the guest
+            raise _Fault()
         spans = []
         for i in range(min(count, 16)):
             if iovs + 8 * i + 8 > end:

@@ -147,13 +147,9 @@ class Guests:
         if keep and worker.proc.poll() is None:
             with self._cond:
                 self._unbusy(worker.owner)
-                if not self._closed:
-                    worker.idle_since = time.monotonic()
-                    self._idle.append(worker)
-                    self._cond.notify_all()
-                    return
-                self._count -= 1
-            worker.kill()
+                parked = self._park(worker)
+            if not parked:
+                worker.kill()
             return
         worker.kill()
         with self._cond:
@@ -183,13 +179,19 @@ class Guests:
             return
         with self._cond:
             self._starting -= 1
-            if not self._closed:
-                worker.idle_since = time.monotonic()
-                self._idle.append(worker)
-                self._cond.notify_all()
-                return
+            parked = self._park(worker)
+        if not parked:
+            worker.kill()
+
+    def _park(self, worker: WorkerProcess) -> bool:
+        """Under the lock: ``worker`` becomes idle (False, and it no longer counts, once the pool is closed)."""
+        if self._closed:
             self._count -= 1
-        worker.kill()
+            return False
+        worker.idle_since = time.monotonic()
+        self._idle.append(worker)
+        self._cond.notify_all()
+        return True
 
 
 def _pick(idle: list[WorkerProcess], owner: str) -> WorkerProcess | None:

@@ -2,83 +2,37 @@
 
 ``S3PluginSource("s3://bucket/plugins", "/tmp/dpmsf-s3").sync()`` lists the prefix, downloads only
 objects whose ETag changed, removes local files whose objects are gone, and never leaves a half-written
-module or a half-applied sync behind: every download lands in a hidden staging folder first and is
-moved into place with ``os.replace`` only once the whole listing has been fetched.
+module or a half-applied sync behind. The refresh logic is shared with the Cloud Storage source
+(``dpmsf_core/mirror.py``); this module only lists and fetches S3 objects.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from .._backends import aws_client, aws_error
-from ..errors import ConfigError
+from ..mirror import MirroredSource, SyncResult, parse_bucket_url, select_plugin_keys
+
+__all__ = ["MANIFEST_NAME", "S3PluginSource", "SyncResult", "parse_s3_url", "select_plugin_keys"]
 
 MANIFEST_NAME = ".s3-manifest.json"
 _STAGING_NAME = ".s3-staging"
-_SKIPPED_PARTS = {"__pycache__"}
-
-
-@dataclass
-class SyncResult:
-    """What one sync changed in the local mirror (relative keys), or why it could not run."""
-
-    changed: bool = False
-    added: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    error: str | None = None
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
     """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix/")``; the prefix is empty or ends with '/'."""
-    if not isinstance(url, str) or not url.startswith("s3://"):
-        raise ConfigError(f"S3 plugin source {url!r} is not valid. Expected 's3://bucket/prefix'.")
-    bucket, _, prefix = url[len("s3://") :].partition("/")
-    if not bucket or "\\" in bucket:
-        raise ConfigError(f"S3 plugin source {url!r} has no bucket. Expected 's3://bucket/prefix'.")
-    prefix = prefix.strip("/")
-    return bucket, (prefix + "/") if prefix else ""
+    return parse_bucket_url(url, "s3", "S3")
 
 
-def _safe_relative(rel: str) -> PurePosixPath | None:
-    """The key's path below the prefix if it stays inside the cache; None for traversal or hidden names."""
-    if not rel or rel.endswith("/") or rel.startswith("/") or "\\" in rel or "\x00" in rel:
-        return None
-    parts = rel.split("/")
-    for part in parts:
-        if part in ("", ".", "..") or part.startswith(".") or part in _SKIPPED_PARTS or ":" in part:
-            return None
-    return PurePosixPath(*parts)
-
-
-def select_plugin_keys(rel_keys: list[str]) -> list[str]:
-    """Keep top-level ``name.py`` modules and every file of ``pkg/`` folders that hold ``pkg/__init__.py``."""
-    safe = {rel: p for rel in rel_keys if (p := _safe_relative(rel)) is not None}
-    packages = {p.parts[0] for p in safe.values() if len(p.parts) == 2 and p.parts[1] == "__init__.py"}
-    chosen: list[str] = []
-    for rel, p in safe.items():
-        if len(p.parts) == 1:
-            if p.suffix == ".py" and p.stem:
-                chosen.append(rel)
-        elif p.parts[0] in packages and not p.parts[0].endswith(".py") and not p.suffix == ".pyc":
-            chosen.append(rel)
-    # A key that is also a folder of other keys ("pkg/a" and "pkg/a/b.py") cannot exist on disk twice.
-    folders = {str(parent) for rel in chosen for parent in PurePosixPath(rel).parents}
-    return sorted(rel for rel in chosen if rel not in folders)
-
-
-class S3PluginSource:
+class S3PluginSource(MirroredSource):
     """One ``s3://bucket/prefix`` entry of the plugin path, mirrored into ``cache_dir`` and refreshed by ETag."""
+
+    manifest_name = MANIFEST_NAME
+    staging_name = _STAGING_NAME
+    kind = "S3"
 
     def __init__(
         self,
@@ -91,59 +45,11 @@ class S3PluginSource:
         clock: Callable[[], float] = time.monotonic,
         page_size: int = 1000,
     ) -> None:
-        self.url = url
         self.bucket, self.prefix = parse_s3_url(url)
-        self.cache_dir = Path(cache_dir)
-        if refresh_seconds < 0:
-            raise ConfigError(f"S3 refresh interval has value {refresh_seconds!r}. Expected a number >= 0.")
-        self.refresh_seconds = float(refresh_seconds)
+        super().__init__(url, cache_dir, refresh_seconds, clock=clock)
         self._client = client
         self._endpoint_url = endpoint_url
-        self._clock = clock
         self._page_size = page_size
-        self._lock = threading.Lock()
-        self._last_attempt: float | None = None
-        self.last_sync: datetime | None = None
-        self.last_error: str | None = None
-        self._manifest: dict[str, str] | None = None
-
-    # -- public -------------------------------------------------------------------------------------------
-
-    def due(self) -> bool:
-        """True when ``refresh_seconds`` have passed since the last attempt (cheap: no I/O, no lock)."""
-        last = self._last_attempt
-        return last is None or self._clock() - last >= self.refresh_seconds
-
-    def sync(self, force: bool = False) -> SyncResult:
-        """Bring the local mirror up to date if due (or forced); on any S3 error keep the last good copy."""
-        if not force and not self.due():
-            return SyncResult()
-        with self._lock:
-            if not force and not self.due():  # another thread synced while we waited
-                return SyncResult()
-            self._last_attempt = self._clock()
-            try:
-                result = self._sync_locked()
-            except Exception as exc:  # any failure (S3, botocore, disk) must leave the last good copy serving
-                self.last_error = self._describe(exc)
-                return SyncResult(error=self.last_error)
-            self.last_error = None
-            self.last_sync = datetime.now(UTC)
-            return result
-
-    def status(self) -> dict[str, Any]:
-        """The source's health for the ``__dir__`` report."""
-        manifest = self._manifest if self._manifest is not None else self._load_manifest()
-        return {
-            "url": self.url,
-            "cache_dir": str(self.cache_dir),
-            "refresh_seconds": self.refresh_seconds,
-            "last_sync": self.last_sync.isoformat() if self.last_sync else None,
-            "last_error": self.last_error,
-            "objects": len(manifest),
-        }
-
-    # -- internals -----------------------------------------------------------------------------------------
 
     @property
     def client(self) -> Any:
@@ -169,89 +75,7 @@ class S3PluginSource:
                 objects[obj["Key"][len(self.prefix) :]] = obj.get("ETag", "")
         return objects
 
-    def _target(self, rel: str) -> Path:
-        """Local path of a relative key; refuses anything that resolves outside ``cache_dir``."""
-        root = self.cache_dir.resolve()
-        path = (root / rel).resolve()
-        if not path.is_relative_to(root) or path == root:
-            raise ValueError(f"key {rel!r} escapes the cache folder {str(root)!r}")
-        return path
-
-    def _sync_locked(self) -> SyncResult:
-        """List, stage changed objects, then apply: replace, delete, write the manifest."""
-        listed = self._list()
-        wanted = {rel: listed[rel] for rel in select_plugin_keys(list(listed))}
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        old = self._load_manifest()
-        to_fetch = [rel for rel, etag in wanted.items() if old.get(rel) != etag or not (self.cache_dir / rel).is_file()]
-        gone = [rel for rel in old if rel not in wanted]
-        for rel in [*to_fetch, *gone]:
-            self._target(rel)  # validate every path before touching anything
-
-        new_manifest = {rel: old[rel] for rel in wanted if rel in old}
-        staging = Path(tempfile.mkdtemp(prefix=_STAGING_NAME + "-", dir=self.cache_dir))
-        try:
-            staged: dict[str, Path] = {}
-            for i, rel in enumerate(to_fetch):
-                response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + rel)
-                body = response["Body"].read()
-                path = staging / str(i)
-                path.write_bytes(body)
-                staged[rel] = path
-                new_manifest[rel] = response.get("ETag") or wanted[rel]
-            added = [rel for rel in to_fetch if rel not in old]
-            updated = [rel for rel in to_fetch if rel in old]
-            # Submodules first, ``__init__.py`` last: a package appears only once its parts are there.
-            for rel in sorted(staged, key=lambda r: (r.endswith("__init__.py"), r)):
-                target = self._target(rel)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staged[rel], target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-        # Removal in the opposite order: ``__init__.py`` first, so a vanishing package disappears at once.
-        for rel in sorted(gone, key=lambda r: (not r.endswith("__init__.py"), r)):
-            target = self._target(rel)
-            target.unlink(missing_ok=True)
-            self._prune(target.parent)
-        self._save_manifest(new_manifest)
-        changed = bool(added or updated or gone)
-        return SyncResult(changed=changed, added=added, updated=updated, removed=sorted(gone))
-
-    def _prune(self, folder: Path) -> None:
-        """Remove folders left empty (or holding only ``__pycache__``) by deleted packages."""
-        root = self.cache_dir.resolve()
-        while folder != root and folder.is_relative_to(root) and folder.is_dir():
-            entries = list(folder.iterdir())
-            if any(e.name not in _SKIPPED_PARTS for e in entries):
-                return
-            shutil.rmtree(folder, ignore_errors=True)
-            folder = folder.parent
-
-    def _load_manifest(self) -> dict[str, str]:
-        """Relative key -> ETag of what the cache holds; empty (download all) if missing or unreadable."""
-        try:
-            data = json.loads((self.cache_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
-            same_source = data.get("url") == self.url
-            # Another source's manifest: its files are still ours to replace or remove, its ETags are not.
-            manifest = {
-                str(k): str(v) if same_source else ""
-                for k, v in data["objects"].items()
-                if _safe_relative(str(k)) is not None  # a tampered manifest must not steer deletions
-            }
-        except (OSError, ValueError, KeyError, AttributeError, TypeError):
-            manifest = {}
-        self._manifest = manifest
-        return manifest
-
-    def _save_manifest(self, objects: dict[str, str]) -> None:
-        """Write the manifest atomically (temp file + ``os.replace``)."""
-        fd, tmp = tempfile.mkstemp(prefix=MANIFEST_NAME + ".", suffix=".tmp", dir=self.cache_dir)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"url": self.url, "objects": objects}, f, indent=1, sort_keys=True)
-            os.replace(tmp, self.cache_dir / MANIFEST_NAME)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        self._manifest = dict(objects)
+    def _fetch(self, rel: str) -> tuple[bytes, str | None]:
+        """GetObject: the body and the ETag it was served with."""
+        response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + rel)
+        return response["Body"].read(), response.get("ETag")

@@ -8,6 +8,9 @@ else goes to :func:`dispatch_event` with the ``(EventSpec, function)`` pairs the
 - SNS and S3: one call per record; if any call raised, :class:`EventHandlingError` is raised after all
   records were tried, so Lambda's asynchronous retries and on-failure destination apply.
 - EventBridge and scheduled events: one call with the whole event; an exception propagates.
+- A malformed record (not an object; an SQS record without ``messageId``, a stream record without
+  ``dynamodb.SequenceNumber``) is logged with the reason and reported failed; ``""`` as its id when it has
+  none, which Lambda takes as "retry the whole batch". A malformed SNS or S3 record is logged and skipped.
 
 A function gets the record (or the EventBridge event) as a dict, first positional argument, and the
 Lambda context as ``context=`` when it declares a parameter of that name. ``async def`` works too.
@@ -133,8 +136,42 @@ def _unhandled(event: Any, source: str) -> dict[str, Any]:
 # -- the three shapes ------------------------------------------------------------------------------
 
 
+def _malformed_record(source: str, record: Any) -> str | None:
+    """Why a batch record cannot be processed (not an object, no id to report it by), or ``None`` if it can."""
+    if not isinstance(record, dict):
+        return f"a record is a {type(record).__name__}, not an object"
+    if source == "sqs":
+        ok = isinstance(record.get("messageId"), str) and record["messageId"]
+        return None if ok else "the record has no messageId"
+    stream = record.get("dynamodb")
+    if not isinstance(stream, dict) or not isinstance(stream.get("SequenceNumber"), str):
+        return "the record has no dynamodb.SequenceNumber"
+    return None
+
+
+def _record_id(source: str, record: Any) -> str:
+    """The id Lambda knows a record by; ``""`` when it has none, which makes Lambda fail (retry) the whole batch."""
+    if not isinstance(record, dict):
+        return ""
+    if source == "sqs":
+        return str(record.get("messageId") or "")
+    stream = record.get("dynamodb")
+    return str(stream.get("SequenceNumber") or "") if isinstance(stream, dict) else ""
+
+
 def _dispatch_batch(event: dict[str, Any], source: str, candidates: list[Handler], caller: _Caller) -> dict[str, Any]:
-    records = event["Records"]
+    malformed: list[dict[str, str]] = []
+    records = []
+    for record in event["Records"]:
+        why = _malformed_record(source, record)
+        if why is None:
+            records.append(record)
+            continue
+        logger.error("A malformed %s record is reported as failed (%s), so it is not deleted", source, why)
+        malformed.append({"itemIdentifier": _record_id(source, record)})
+    if not records:
+        return {"batchItemFailures": malformed}
+    event = {**event, "Records": records}
     if not any(_takes(spec, source, rec) for rec in records for spec, _ in candidates):
         logger.warning(
             "No @expose.event function takes these %d %s record(s): reported as failed, so they are retried and "
@@ -163,14 +200,19 @@ def _dispatch_batch(event: dict[str, Any], source: str, candidates: list[Handler
 
     # All records failing is reported like any partial failure instead of raising: Lambda retries them all.
     processor = BatchProcessor(event_type=event_type, raise_on_entire_batch_failure=False, logger=logger)
-    response = process_partial_response(event=event, record_handler=record_handler, processor=processor)
-    return dict(response)
+    response = dict(process_partial_response(event=event, record_handler=record_handler, processor=processor))
+    if malformed:
+        response["batchItemFailures"] = [*response.get("batchItemFailures", []), *malformed]
+    return response
 
 
 def _dispatch_records(event: dict[str, Any], source: str, candidates: list[Handler], caller: _Caller) -> dict[str, Any]:
     handled = 0
     failures: list[tuple[str, BaseException]] = []
     for record in event["Records"]:
+        if not isinstance(record, dict):  # retrying would not make it readable: logged, not raised
+            logger.error("Ignored a malformed %s record: a %s, not an object", source, type(record).__name__)
+            continue
         for spec, func in candidates:
             if not _takes(spec, source, record):
                 continue

@@ -12,6 +12,8 @@ event shape wrong are fixed here, in small subclasses of its handlers, rather th
   ASGI ``root_path`` so URLs the app generates (``/docs``) carry it;
 - the scope was built twice per request (once more when rendering the response);
 - a response over Lambda's payload limit is answered with a problem+json 500 instead of a failed invocation;
+- an event Mangum cannot read (a field missing or of the wrong type, ``isBase64Encoded`` with a body that is not
+  base64, a CloudFront record without its request) is answered 400 problem+json and logged with the reason;
 - the event loop is the adapter's own, so an ``asyncio.run`` elsewhere in the process can't unset it.
 """
 
@@ -164,11 +166,18 @@ class LambdaAdapter(Mangum):
 
     def __call__(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
         start = time.perf_counter()
-        handler = self.infer(event, context)
-        scope = handler.scope
+        try:
+            handler = self.infer(event, context)
+            scope = handler.scope
+            body = handler.body
+        except Exception as exc:  # a malformed event (a field missing or of the wrong type, bad base64): a 400
+            return malformed_answer(event, exc, context)
         asyncio.set_event_loop(self.loop)
-        response: Response = HTTPCycle(scope, handler.body)(self.app)
-        out = handler(response)
+        response: Response = HTTPCycle(scope, body)(self.app)
+        try:
+            out = handler(response)
+        except Exception as exc:  # the event's own fields (cookies, multi-value mode) could not carry the answer
+            return malformed_answer(event, exc, context)
         if response["body"] and not out.get("isBase64Encoded") and _compressed(response["headers"]):
             out["body"] = base64.b64encode(response["body"]).decode("ascii")
             out["isBase64Encoded"] = True
@@ -179,6 +188,29 @@ class LambdaAdapter(Mangum):
         if self.watcher is not None:
             self.watcher.request(scope, response["status"], time.perf_counter() - start)
         return out
+
+
+def malformed_answer(event: Any, exc: BaseException, context: Any = None) -> dict[str, Any]:
+    """A 400 problem+json for an HTTP event Mangum cannot read, in the answer shape its source expects; logged."""
+    from ..errors import PROBLEM_CONTENT_TYPE, BadRequest
+
+    reason = f"{type(exc).__name__}: {exc}"
+    log.warning("Answered 400 to a malformed HTTP event (%s)", reason)
+    err = BadRequest(f"The Lambda event could not be read as an HTTP request ({reason[:200]}).", title="Bad Event")
+    body = json.dumps(err.problem(getattr(context, "aws_request_id", None)))
+    records = event.get("Records") if isinstance(event, dict) else None
+    if isinstance(records, list) and records and isinstance(records[0], dict) and "cf" in records[0]:
+        header = [{"key": "Content-Type", "value": PROBLEM_CONTENT_TYPE}]  # Lambda@Edge's answer shape
+        return {"status": "400", "statusDescription": "Bad Request", "headers": {"content-type": header}, "body": body}
+    out: dict[str, Any] = {"statusCode": 400, "body": body, "isBase64Encoded": False}
+    rc = event.get("requestContext") if isinstance(event, dict) else None
+    if isinstance(rc, dict) and "elb" in rc:
+        out["statusDescription"] = "400 Bad Request"
+        if "multiValueHeaders" in event:  # a target group in multi-value mode reads only multiValueHeaders
+            out["multiValueHeaders"] = {"content-type": [PROBLEM_CONTENT_TYPE]}
+            return out
+    out["headers"] = {"content-type": PROBLEM_CONTENT_TYPE}
+    return out
 
 
 def _compressed(headers: list[Any]) -> bool:

@@ -20,11 +20,13 @@ class DiscoveryDocs:
         self.parm_names = settings.url_parm_names
         self._openapi_cache: tuple[tuple[Any, ...], dict[str, Any]] | None = None
 
-    def directory(self, tenant: str | None = None) -> dict[str, Any]:
+    def directory(self, tenant: str | None = None, root_path: str = "") -> dict[str, Any]:
         """``__dir__``: every module with its load status, and every endpoint the caller may call.
 
         Who asks decides what is shown: the admin sees everything; a tenant sees where its own modules live and
         why they fail; anyone else gets no server paths (file names only) and no plugin-source status.
+        Endpoint URLs carry ``root_path`` (the API Gateway stage, ``--root-path``) and ``DPMSF_BASE_PATH``, so
+        they resolve on the host the caller used.
         """
         from .openapi import describe_endpoint
 
@@ -46,7 +48,17 @@ class DiscoveryDocs:
             if not visible(ep.tenant):
                 continue
             unique = len([e for e in snapshot.by_api.get(ep.api, ()) if visible(e.tenant)]) == 1
-            endpoints.append(describe_endpoint(ep, unique=unique, require_tokens=self.settings.require_tokens))
+            shown_ep = describe_endpoint(ep, unique=unique, require_tokens=self.settings.require_tokens)
+            if ep.template is not None:  # path="tasks/{task_id}": the URL as declared, and its path parameters
+                after = "".join(f"{seg}/" for seg in ep.template)
+                shown_ep.update(url=shown_ep["url"] + after, qualified_url=shown_ep["qualified_url"] + after)
+                shown_ep["path_params"] = list(ep.path_params)
+            endpoints.append(shown_ep)
+        prefix = mount_prefix(root_path, self.settings.base_path)
+        if prefix:
+            for shown_ep in endpoints:
+                shown_ep["url"] = prefix + shown_ep["url"]
+                shown_ep["qualified_url"] = prefix + shown_ep["qualified_url"]
         load_errors = [r.error for r in snapshot.reports if r.error and r.error not in snapshot.problems]
         all_problems = [*snapshot.problems, *load_errors]  # every conflict, duplicate and load error
         if admin:
@@ -77,6 +89,18 @@ class DiscoveryDocs:
             doc = build_openapi(snapshot, visible_to(tenant, self.settings.admin_id), self.settings, root_path)
             self._openapi_cache = (key, doc)
         return self._openapi_cache[1]
+
+
+_SAFE_PREFIX = re.compile(r"^(/[A-Za-z0-9._~-]+)*$")
+
+
+def mount_prefix(root_path: str, base_path: str) -> str:
+    """What goes in front of ``/rest/...`` in a URL we generate: the ASGI root path, then the base path unless
+    the root already ends with it (on Lambda the adapter put it there); ``""`` if it is not a plain path."""
+    root = (root_path or "").rstrip("/")
+    if base_path and not root.endswith(base_path):
+        root += base_path
+    return root if _SAFE_PREFIX.match(root) else ""
 
 
 _PATH_IN_TEXT = re.compile(r"(?:/[^/\s'\",:()]+)+/")

@@ -41,7 +41,7 @@ class ServiceDispatcher:
         settings: Settings,
         registry: Registry,
         security: LazySecurity,
-        directory: Callable[[str | None], dict[str, Any]],
+        directory: Callable[[str | None, str], dict[str, Any]],
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -77,7 +77,7 @@ class ServiceDispatcher:
             if method not in ("GET", "HEAD", "OPTIONS"):
                 raise MethodNotAllowed("__dir__ answers GET only.", ["GET", "HEAD", "OPTIONS"])
             tenant = self.security.tenant_for_read(headers)
-            await responder.json(200, self.directory(tenant))
+            await responder.json(200, self.directory(tenant, scope.get("root_path") or ""))
             return
 
         token = bearer(headers)

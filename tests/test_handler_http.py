@@ -310,6 +310,41 @@ def test_rest_stage_reaches_generated_urls(handler: Any) -> None:
     assert named["servers"] == [{"url": "/dev"}]
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_generated_url_carries_the_stage_and_base_path(handler: Any, kind: str) -> None:
+    """``GET /`` links, ``__dir__`` URLs and the todo ``Location`` start with the path the client used (a custom
+    domain's base-path mapping is configured: ``DPMSF_BASE_PATH``; the stages are read from the event)."""
+    if kind == "apigw_v1_custom_domain":
+        with handler_for(DPMSF_BASE_PATH="/api") as based:
+            _assert_generated_urls(based, kind)
+    else:
+        _assert_generated_urls(handler, kind)
+
+
+def _assert_generated_urls(handler: Any, kind: str) -> None:
+    root = PREFIX.get(kind, "")
+    links = json.loads(invoke(handler, load_event(kind, path="/", method="GET", query={}))["body"])
+    assert links == {
+        "service": "dpmsf",
+        "services": f"{root}/rest/services/",
+        "directory": f"{root}/rest/services/__dir__/",
+        "docs": f"{root}/docs",
+        "openapi": f"{root}/openapi.json",
+    }
+    listing = json.loads(
+        invoke(handler, load_event(kind, path="/rest/services/__dir__/", method="GET", query={}))["body"]
+    )
+    hello = next(e for e in listing["endpoints"] if e["api"] == "hello-world")
+    assert (hello["url"], hello["qualified_url"]) == (
+        f"{root}/rest/services/hello-world/",
+        f"{root}/rest/services/hello/hello-world/",
+    )
+    created = invoke(handler, load_event(kind, path="/rest/services/todo/tasks/", method="POST", body={"title": "t"}))
+    task = json.loads(created["body"])["results"]
+    location = (created.get("headers") or {}).get("location") or created["multiValueHeaders"]["location"][0]
+    assert (created["statusCode"], location) == (201, f"{root}/rest/services/todo/tasks/{task['id']}/")
+
+
 def test_configured_base_path(handler: Any) -> None:
     with handler_for(DPMSF_BASE_PATH="/api") as based:
         event = load_event("apigw_v1_custom_domain", path="/rest/services/hello-world/", query={"name": "B"})

@@ -216,7 +216,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
 
     make_non_dumpable()  # same-uid processes cannot read our environment (admin and master keys) or memory
     folders = []
-    sources = []
+    sources: list[Any] = []  # S3 and Cloud Storage mirrors (registry.PluginSource)
     for entry in settings.plugins:
         if entry.startswith("s3://"):
             from .aws.s3source import S3PluginSource
@@ -225,6 +225,13 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
             source = S3PluginSource(entry, cache, refresh_seconds=settings.s3_refresh)
             sources.append(source)
             folders.append(str(source.cache_dir))
+        elif entry.startswith("gs://"):
+            from .gcp.gcs import GCSPluginSource
+
+            cache = os.path.join(settings.state_dir, "gcs-cache", re.sub(r"[^A-Za-z0-9_.-]", "_", entry[5:]))
+            gcs = GCSPluginSource(entry, cache, refresh_seconds=settings.gcs_refresh)
+            sources.append(gcs)
+            folders.append(str(gcs.cache_dir))
         else:
             folders.append(resolve_folder(entry, BUNDLED_PLUGINS))
     target = None

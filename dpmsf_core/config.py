@@ -45,6 +45,7 @@ class Settings:
     max_response: int = 6 * 1024 * 1024  # Lambda's own payload limit: a larger answer could not be sent there
     debug: bool = False
     s3_refresh: float = 30.0
+    gcs_refresh: float = 30.0  # seconds between listings of a gs:// plugin path
     reload: bool = True
     state_dir: str = ".dpmsf"
     replay_store: str = "memory"
@@ -214,6 +215,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         max_response=_int(env, "DPMSF_MAX_RESPONSE", 6 * 1024 * 1024, minimum=1),
         debug=_bool(env, "DPMSF_DEBUG", False),
         s3_refresh=_float(env, "DPMSF_S3_REFRESH", 30.0),
+        gcs_refresh=_float(env, "DPMSF_GCS_REFRESH", 30.0),
         reload=_bool(env, "DPMSF_RELOAD", True),
         state_dir=(env.get("DPMSF_STATE_DIR") or "").strip() or state_default,
         replay_store=_backend_url(env, "DPMSF_REPLAY_STORE", replay_default, ("memory", "sqlite", "dynamodb")),
@@ -233,14 +235,14 @@ def _parse(env: Mapping[str, str]) -> Settings:
 
 
 def _split_plugins(raw: str) -> list[str]:
-    """Split on ':' like PYTHONPATH, but keep ``s3://bucket/prefix`` entries whole."""
+    """Split on ':' like PYTHONPATH, but keep ``s3://bucket/prefix`` and ``gs://bucket/prefix`` entries whole."""
     out: list[str] = []
     parts = raw.split(":")
     i = 0
     while i < len(parts):
         part = parts[i].strip()
-        if part == "s3" and i + 1 < len(parts) and parts[i + 1].startswith("//"):
-            out.append("s3:" + parts[i + 1].strip())
+        if part in ("s3", "gs") and i + 1 < len(parts) and parts[i + 1].startswith("//"):
+            out.append(part + ":" + parts[i + 1].strip())
             i += 2
             continue
         if part:

@@ -112,8 +112,8 @@ class MirroredSource:
         """Every object under the prefix as relative key -> version."""
         raise NotImplementedError
 
-    def _fetch(self, rel: str) -> tuple[bytes, str | None]:
-        """One object's bytes and the version they are (None: the listed version)."""
+    def _fetch(self, rel: str, version: str) -> tuple[bytes, str | None]:
+        """One object's bytes (``version``: what the listing said) and the version served (None: that one)."""
         raise NotImplementedError
 
     def _describe(self, exc: BaseException) -> str:
@@ -182,7 +182,7 @@ class MirroredSource:
         try:
             staged: dict[str, Path] = {}
             for i, rel in enumerate(to_fetch):
-                body, version = self._fetch(rel)
+                body, version = self._fetch(rel, wanted[rel])
                 path = staging / str(i)
                 path.write_bytes(body)
                 staged[rel] = path

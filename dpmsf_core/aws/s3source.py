@@ -75,7 +75,7 @@ class S3PluginSource(MirroredSource):
                 objects[obj["Key"][len(self.prefix) :]] = obj.get("ETag", "")
         return objects
 
-    def _fetch(self, rel: str) -> tuple[bytes, str | None]:
+    def _fetch(self, rel: str, version: str) -> tuple[bytes, str | None]:
         """GetObject: the body and the ETag it was served with."""
         response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + rel)
         return response["Body"].read(), response.get("ETag")

@@ -160,7 +160,7 @@ def _owner(source: str | None) -> str | None:
 
 
 def plan_upload(settings: Settings, folders: list[str], sources: list[Any]) -> UploadTarget | None:
-    """Where uploads go: ``DPMSF_UPLOAD_DIR``, else the first S3 source, else ``<state dir>/uploads``.
+    """Where uploads go: ``DPMSF_UPLOAD_DIR``, else the first S3 or Cloud Storage source, else ``<state dir>/uploads``.
 
     A new folder is added to ``folders`` (the plugin path) so that uploads are live on the next request.
     """
@@ -172,6 +172,10 @@ def plan_upload(settings: Settings, folders: list[str], sources: list[Any]) -> U
         folder = os.path.abspath(settings.upload_dir)
     elif sources:
         source = sources[0]
+        if source.url.startswith("gs://"):
+            from ..gcp.gcs import GCSPluginStore
+
+            return UploadTarget(GCSPluginStore(source.url), str(source.cache_dir), source)
         return UploadTarget(S3PluginStore(source.url), str(source.cache_dir), source)
     else:
         folder = os.path.abspath(os.path.join(settings.state_dir, "uploads"))

@@ -406,3 +406,41 @@ def test_one_tenant_cannot_hold_every_guest(env: Env) -> None:
         thread.join()
     assert r.json() == {"results": "ok"}
     assert waited < 2 + 1.5  # at most one of Mallory's calls (2 s wall) and a fresh guest
+
+
+def test_two_flooding_tenants_cannot_starve_a_third(env: Env) -> None:
+    import threading
+
+    eve = "eeeeeeee-eeee-4eee-8eee-eeeeeeeeeeee"
+    env.app.get_security().tenants.add(name="eve", tenant_id=eve)
+    stuck = module("@expose.endpoint\ndef hold():\n    return os.read(0, 1)\n")
+    fine = module("@expose.endpoint\ndef ok():\n    return 'ok'\n")
+    assert env.upload(MALLORY, "holder", stuck).status_code == 201
+    assert env.upload(eve, "holder_eve", stuck).status_code == 201
+    assert env.upload(VICTIM, "fine", fine).status_code == 201
+    assert env.call(VICTIM, "fine/ok/").json() == {"results": "ok"}
+    stop = threading.Event()
+
+    def flood(tenant: str, url: str) -> None:
+        while not stop.is_set():
+            env.call(tenant, url)
+
+    floods = [
+        threading.Thread(target=flood, args=(t, u))
+        for t, u in [(MALLORY, "holder/hold/"), (eve, "holder_eve/hold/")] * 4
+    ]
+    for thread in floods:
+        thread.start()
+    try:
+        time.sleep(2.5)  # both floods have queued calls older than the victim's
+        waits = []
+        for _ in range(3):
+            started = time.monotonic()
+            r = env.call(VICTIM, "fine/ok/")
+            waits.append(time.monotonic() - started)
+            assert r.json() == {"results": "ok"}
+    finally:
+        stop.set()
+        for thread in floods:
+            thread.join()
+    assert max(waits) < 2 + 1.5, waits  # served at the next guest that frees: one flood call (2 s) and a fresh guest

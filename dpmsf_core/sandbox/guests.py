@@ -1,8 +1,10 @@
 """The guests of a pool: handed out one call at a time, bound to one owner (tenant) each, replaced when they end.
 
-First come, first served across owners; an owner that holds its fair share of the pool (its size over the owners
-busy or waiting) waits while others do, so one tenant's flood of calls cannot starve the others. A guest that
-ended is replaced in the background, so the next call finds a warm one.
+Round robin across owners: the next guest goes to the waiting owner that holds the fewest guests, and among
+those to the one served longest ago (first come, first served within one owner). An owner whose old calls wait
+in the queue therefore never goes ahead of one that was not served since: however many tenants flood the pool,
+a call of another tenant gets the next guest that frees. A guest that ended is replaced in the background, so
+the next call finds a warm one.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class Guests:
         self._starting = 0  # spares being started in the background
         self._queue: list[tuple[int, str]] = []  # (ticket, owner) of the calls waiting for a guest, in order
         self._tickets = itertools.count()
+        self._served: dict[str, int] = {}  # owner -> when (in grants) its last call was given a guest
+        self._grants = itertools.count()
         self.replaced = 0  # guests ended after a breach, a timeout, a crash or memory exhaustion
 
     def close(self) -> None:
@@ -57,9 +61,9 @@ class Guests:
 
         An owner that already has a busy worker only recycles another owner's worker once it has sat idle for
         ``_AFFINITY_WAIT``: concurrent calls of one tenant queue for its warm workers instead of evicting the
-        other tenants' (a fresh guest costs ~0.2 s); an owner with no worker at all recycles at once. While other
-        owners wait, an owner holding its fair share of the pool (its size over the owners busy or waiting) takes
-        nothing more, not even its own idle guest: one tenant's flood of calls cannot starve the others.
+        other tenants' (a fresh guest costs ~0.2 s); an owner with no worker at all recycles at once. Whose turn it
+        is decides ``_my_turn``: while another owner with fewer guests, or served longer ago, waits, an owner takes
+        nothing, not even its own idle guest.
         """
         victim: WorkerProcess | None = None
         with self._cond:
@@ -92,6 +96,7 @@ class Guests:
             finally:
                 self._queue.remove(ticket)
                 self._cond.notify_all()  # the next in the queue may take its turn now
+            self._granted(owner)
             self._busy[owner] = self._busy.get(owner, 0) + 1
         if worker is not None:
             return worker
@@ -108,20 +113,24 @@ class Guests:
         worker.owner = owner
         return worker
 
-    def _over_share(self, owner: str) -> bool:
-        """``owner`` holds its fair share of guests while another owner waits for one (called under the lock)."""
-        held = self._busy.get(owner, 0)
-        waiting = {o for _, o in self._queue}
-        if not held or not waiting - {owner}:
-            return False
-        return held >= max(1, self.size // len(set(self._busy) | waiting))
+    def _priority(self, owner: str) -> tuple[int, int]:
+        """Lower goes first: fewer guests held, then served longest ago (called under the lock)."""
+        return (self._busy.get(owner, 0), self._served.get(owner, -1))
 
     def _my_turn(self, ticket: tuple[int, str]) -> bool:
-        """First come, first served across owners; an owner at its fair share waits until the others are served."""
+        """The owner's oldest waiting call, and no waiting owner goes before it by ``_priority``."""
         number, owner = ticket
-        if self._over_share(owner):
+        if any(n < number and o == owner for n, o in self._queue):
             return False
-        return not any(n < number and o != owner and not self._over_share(o) for n, o in self._queue)
+        mine = self._priority(owner)
+        return not any(o != owner and self._priority(o) < mine for _, o in self._queue)
+
+    def _granted(self, owner: str) -> None:
+        """Under the lock: a call of ``owner`` got a guest; forget owners neither busy nor waiting once many."""
+        self._served[owner] = next(self._grants)
+        if len(self._served) > 4096:
+            active = set(self._busy) | {o for _, o in self._queue} | {owner}
+            self._served = {o: n for o, n in self._served.items() if o in active}
 
     def take_warm(self, owner: str) -> WorkerProcess | None:
         """An idle guest already bound to ``owner``, without waiting; None if there is none right now."""
@@ -133,6 +142,7 @@ class Guests:
             for worker in self._idle:
                 if worker.owner == owner:
                     self._idle.remove(worker)
+                    self._granted(owner)
                     self._busy[owner] = self._busy.get(owner, 0) + 1
                     return worker
         return None

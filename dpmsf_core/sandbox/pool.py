@@ -28,6 +28,7 @@ from ..errors import (
     UnprocessableArguments,
 )
 from . import runtime
+from .admission import FairGate
 from .answers import breach, outcome
 from .guests import Guests
 from .process import (
@@ -99,10 +100,13 @@ class SandboxPool:
         if run_as is not None or os.geteuid() == 0:
             self.python, self.run_as = unprivileged_python(python, run_as or UNPRIVILEGED, self.compiled)
         self.guests = Guests(size, lambda: WorkerProcess(self.python, self.limits, self.compiled, self.run_as))
-        # Calls that wait for a guest hold a thread: their own pool (not asyncio's small default one), and a cap
-        # per tenant on calls in flight, so one tenant's flood cannot take every thread from the others.
-        self.max_in_flight = 2 * size + 4  # half the threads below: the others always keep the rest
-        self._threads = concurrent.futures.ThreadPoolExecutor(4 * size + 8, thread_name_prefix="dpmsf-sandbox")
+        # Calls that wait for a guest hold a thread: their own pool (not asyncio's small default one), entered
+        # round robin across tenants (admission.py), and a cap per tenant on calls in flight or waiting, so no
+        # tenant's flood takes every thread or piles up unbounded.
+        self.max_in_flight = 2 * size + 4
+        threads = 4 * size + 8
+        self._threads = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="dpmsf-sandbox")
+        self._gate = FairGate(threads)
         self._in_flight: dict[str, int] = {}
 
     # -- public -------------------------------------------------------------------------------------------------
@@ -137,9 +141,11 @@ class SandboxPool:
             raise ServiceUnavailable(f"Too many sandboxed calls of one owner in flight (at most {limit}); try again.")
         self._in_flight[owner] = self._in_flight.get(owner, 0) + 1
         try:
-            loop = asyncio.get_running_loop()
+            await self._gate.enter(owner)
             call = functools.partial(contextvars.copy_context().run, self._call_planned, plan)
-            return await loop.run_in_executor(self._threads, call)
+            running = self._threads.submit(call)
+            running.add_done_callback(lambda _: self._gate.leave(owner))  # when the thread is done, even if we are not
+            return await asyncio.wrap_future(running)
         finally:
             self._in_flight[owner] -= 1
             if not self._in_flight[owner]:

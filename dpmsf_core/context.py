@@ -22,6 +22,7 @@ class RequestInfo:
     module: str = ""
     event: dict[str, Any] | None = None  # the Lambda event, on Lambda
     context: Any = None  # the Lambda context, on Lambda
+    root_path: str = ""  # where the app is mounted (``/Prod`` behind an API Gateway stage): prefix URLs you build
     extra: dict[str, Any] = field(default_factory=dict)
 
     def header(self, name: str, default: str | None = None) -> str | None:

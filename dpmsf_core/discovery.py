@@ -207,14 +207,14 @@ def _drop_recent_bytecode(package_dir: str) -> None:
 def _describe_import_error(path: str, exc: BaseException) -> str:
     if isinstance(exc, SyntaxError):
         return str(PluginError.syntax(path, exc))
-    if isinstance(exc, PluginError):
-        return str(PluginError(exc.reason, path, exc.line))
     tb = exc.__traceback__
     line = None
     while tb is not None:
         if tb.tb_frame.f_code.co_filename == path:
-            line = tb.tb_lineno
+            line = tb.tb_lineno  # the last frame in the plugin's own file: the decorator or statement that failed
         tb = tb.tb_next
+    if isinstance(exc, PluginError):
+        return str(PluginError(exc.reason, path, exc.line or line))
     return str(PluginError(f"import raised {type(exc).__name__}: {exc}", path, line))
 
 

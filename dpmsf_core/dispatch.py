@@ -26,7 +26,7 @@ from .errors import (
 from .exchange import JSON, Receive, Responder, Scope, read_body
 from .params import assemble, parse_body, parse_query
 from .registry import Endpoint, Registry
-from .resolve import resolve, visible_to
+from .resolve import resolve_route, visible_to
 from .responses import encode_results, is_framework_response
 from .tenancy.security import LazySecurity, bearer
 
@@ -66,6 +66,12 @@ class ServiceDispatcher:
                 why = report.error if own else without_paths(report.error)
                 raise ServiceUnavailable(f"Module '{report.name}' failed to load: {why}")
 
+    def _mark_stale(self, snapshot: Any, endpoint: Endpoint, responder: Responder) -> None:
+        """A module whose newer file failed to load still serves its last good version: every answer says so."""
+        if endpoint.module in snapshot.stale:
+            reason = without_paths(snapshot.stale[endpoint.module]) or "the newer file failed to load"
+            responder.add_header("DPMSF-Stale", _header_text(reason))
+
     async def serve(
         self, scope: Scope, receive: Receive, responder: Responder, headers: dict[str, str], rid: str, rest: str
     ) -> None:
@@ -84,18 +90,20 @@ class ServiceDispatcher:
         tenant = self.security().verify(token) if token is not None else None
         visible = self._visible_anon if tenant is None else visible_to(tenant, self.settings.admin_id)
         try:
-            endpoint, url_params = resolve(
-                snapshot, segments, max_url_params=self.settings.num_url_parms, visible=visible
+            route = resolve_route(
+                snapshot, segments, max_url_params=self.settings.num_url_parms, visible=visible, method=method
             )
         except NotFound:
             self._refuse_failed_module(snapshot, segments, tenant, visible)
             raise
+        endpoint, url_params = route.endpoint, route.params
         scope["dpmsf.endpoint"] = f"{endpoint.module}.{endpoint.api}"  # the per-endpoint metrics dimension
+        self._mark_stale(snapshot, endpoint, responder)
         if method == "OPTIONS" and "OPTIONS" not in endpoint.methods:
-            await responder.preflight(endpoint.allow(), headers)
+            await responder.preflight(list(route.allow), headers)
             return
         if method not in endpoint.methods and not (method == "HEAD" and "GET" in endpoint.methods):
-            allow = endpoint.allow()
+            allow = list(route.allow)
             raise MethodNotAllowed(f"API '{endpoint.api}' answers {', '.join(allow)}; not {method}.", allow)
         if tenant is not None:
             next_token = self.security().next_token(tenant)
@@ -106,7 +114,12 @@ class ServiceDispatcher:
         body = await read_body(scope, receive, headers, self.settings.max_body)
         plan = endpoint.plan
         body_obj = parse_body(body, headers.get("content-type"), raw_ok=plan.accepts_raw_body)
-        args, kwargs = assemble(parse_query(scope["query_string"]), url_params, body_obj, self.parm_names)
+        templated = endpoint.template is not None
+        args, kwargs = assemble(
+            parse_query(scope["query_string"]), [] if templated else url_params, body_obj, self.parm_names
+        )
+        if templated:
+            kwargs.update(route.path_values)  # a template's names are the URL's: never overridden by query or body
         info = RequestInfo(
             method=method,
             path=scope["path"],
@@ -119,11 +132,12 @@ class ServiceDispatcher:
             module=endpoint.module,
             event=scope.get("aws.event"),
             context=scope.get("aws.context"),
+            root_path=(scope.get("root_path") or "").rstrip("/"),
         )
         token = set_current(info)
         try:
             mapped = isinstance(body_obj, dict) and "__map__" in body_obj  # names given by the caller win
-            named_url = [] if mapped else list(zip(self.parm_names, url_params, strict=False))
+            named_url = [] if mapped or templated else list(zip(self.parm_names, url_params, strict=False))
             args, kwargs = plan.bind(args, kwargs, info, body_obj, named_url)
             result = await self._invoke(endpoint, args, kwargs)
         finally:
@@ -169,3 +183,9 @@ class ServiceDispatcher:
             err.detail = f"API '{endpoint.api}' raised {type(exc).__name__}: {exc}"
             err.extra["traceback"] = traceback.format_exception(exc)
         return err
+
+
+def _header_text(text: str, limit: int = 300) -> str:
+    """A reason as one header line: printable ASCII only, bounded (it may quote a plugin's source)."""
+    flat = "".join(c if 32 <= ord(c) < 127 else "?" for c in " ".join(text.split()))
+    return flat[:limit]

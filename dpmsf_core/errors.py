@@ -101,10 +101,28 @@ class UnprocessableArguments(DPMSFError):
     status, title, slug = 422, "Unprocessable Content", "invalid-arguments"
 
     def __init__(self, detail: str, errors: list[dict[str, Any]] | None = None, **kw: Any) -> None:
-        self.errors = list(errors or [])
-        if self.errors:
-            kw.setdefault("extra", {"errors": self.errors})
+        # one shape for every 422, whoever raised it: {"loc": [where, ...], "msg": why, "input": what (if known)}
+        self.errors = [error_entry(e) for e in errors or ()] or [{"loc": [], "msg": detail}]
+        kw.setdefault("extra", {"errors": self.errors})
         super().__init__(detail, **kw)
+
+
+def error_entry(found: dict[str, Any]) -> dict[str, Any]:
+    """``{"param": "limit", "reason": ...}`` or ``{"line": 3, "column": 1, "msg": ...}`` -> the ``loc``/``msg``
+    shape; an entry already in it is kept as it is."""
+    if "loc" in found and "msg" in found and set(found) <= {"loc", "msg", "input"}:
+        return found
+    loc = list(found.get("loc") or ())
+    if not loc and "param" in found:
+        loc = [found["param"]]
+    if not loc and "line" in found:
+        loc = ["body", found["line"], *([found["column"]] if found.get("column") is not None else [])]
+    entry: dict[str, Any] = {"loc": loc, "msg": str(found.get("msg") or found.get("reason") or "invalid")}
+    for key in ("input", "value"):
+        if key in found:
+            entry["input"] = found[key]
+            break
+    return entry
 
 
 class FunctionFailed(DPMSFError):

@@ -16,6 +16,7 @@ ALLOWED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 DEFAULT_METHODS = ("GET", "POST")
 EVENT_SOURCES = ("sqs", "sns", "s3", "eventbridge", "schedule", "dynamodb", "any")
 _API_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.~-]*$")
+_PLACEHOLDER = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
 ENDPOINT_ATTR = "__dpmsf_endpoint__"
 EVENT_ATTR = "__dpmsf_event__"
@@ -29,6 +30,18 @@ class EndpointSpec:
     methods: tuple[str, ...]
     auth: bool | None = None  # None: follow DPMSF_REQUIRE_TOKENS
     summary: str | None = None
+    # path="tasks/{task_id}": the URL segments after the API name, literals and {name} placeholders; None takes
+    # any segments (parm_1, parm_2, ... or, for a typed function, its parameters in order)
+    template: tuple[str, ...] | None = None
+
+    @property
+    def path_params(self) -> tuple[str, ...]:
+        """The names of the template's placeholders, in URL order: what OpenAPI documents as ``in: path``."""
+        return tuple(seg[1:-1] for seg in self.template or () if is_placeholder(seg))
+
+    def route(self) -> str:
+        """``tasks/{task_id}`` (with a template) or ``tasks``: the URL after the module, for docs and messages."""
+        return "/".join((self.api, *(self.template or ())))
 
 
 @dataclass(frozen=True)
@@ -79,19 +92,85 @@ def exposure(definitions: Iterable[Definition]) -> Exposure:
             for d in found
             if d.own_function and not d.name.startswith("_")
         ]
-    seen: dict[str, str] = {}
+    kept: list[tuple[str, EndpointSpec]] = []
     endpoints: list[tuple[str, EndpointSpec]] = []
     duplicates: list[str] = []
     for name, spec in candidates:
-        if spec.api in seen:
-            duplicates.append(
-                f"API {spec.api!r} is declared by both {seen[spec.api]}() and {name}(); {seen[spec.api]}() is kept"
-            )
+        clash = next((other for other, known in kept if _overlaps(known, spec)), None)
+        if clash is not None:
+            where = f"API {spec.route()!r}" + (f" ({'|'.join(spec.methods)})" if spec.template is not None else "")
+            duplicates.append(f"{where} is declared by both {clash}() and {name}(); {clash}() is kept")
             continue
-        seen[spec.api] = name
+        kept.append((name, spec))
         endpoints.append((name, spec))
     events = tuple((d.name, ev) for d in found for ev in d.events)
     return Exposure(tuple(endpoints), events, tuple(duplicates), introspection=not marked)
+
+
+def _overlaps(a: EndpointSpec, b: EndpointSpec) -> bool:
+    """Two endpoints of one API may share a module when a request can tell them apart: by their templates'
+    shape (``tasks`` and ``tasks/{task_id}``), or by method (GET and POST ``tasks``). Without a template, one per API.
+    """
+    if a.api != b.api:
+        return False
+    if a.template is None or b.template is None:
+        return a.template is None and b.template is None
+    shape_a = [None if is_placeholder(seg) else seg for seg in a.template]
+    shape_b = [None if is_placeholder(seg) else seg for seg in b.template]
+    return shape_a == shape_b and bool(set(a.methods) & set(b.methods))
+
+
+def is_placeholder(segment: str) -> bool:
+    return _PLACEHOLDER.match(segment) is not None
+
+
+def parse_path(path: str, api: str | None, func: Callable[..., Any] | None = None) -> tuple[str, tuple[str, ...]]:
+    """``path="tasks/{task_id}"`` -> ``("tasks", ("{task_id}",))``: the API name, then the segments after it.
+
+    Checked when the plugin loads: the first segment is the API name (the same as ``API=`` if both are given),
+    placeholders are ``{identifier}``, each once, and each a parameter of ``func`` (unless it takes ``**kwargs``).
+    """
+    if not isinstance(path, str):
+        raise PluginError(f"path={path!r} must be a string such as 'tasks/{{task_id}}'")
+    segments = [s for s in path.strip().strip("/").split("/")]
+    if not segments or not segments[0] or any(not s for s in segments):
+        raise PluginError(f"path={path!r} is not a URL template such as 'tasks/{{task_id}}' (no empty segments)")
+    head, rest = segments[0], tuple(segments[1:])
+    if is_placeholder(head):
+        raise PluginError(f"path={path!r} must start with the API name, e.g. 'tasks/{{task_id}}'")
+    check_api_name(head)
+    if api is not None and api != head:
+        raise PluginError(f"path={path!r} starts with {head!r} but API={api!r}: give one of them, or the same name")
+    names: list[str] = []
+    for seg in rest:
+        if is_placeholder(seg):
+            names.append(seg[1:-1])
+        elif "{" in seg or "}" in seg:
+            raise PluginError(f"path={path!r}: {seg!r} is neither a literal nor a whole '{{name}}' placeholder")
+        elif not _API_NAME.match(seg):
+            raise PluginError(f"path={path!r}: {seg!r} is not a valid URL segment (letters, digits, '-_.~')")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise PluginError(f"path={path!r} names {{{repeated[0]}}} twice")
+    if func is not None and names:
+        _check_placeholders(path, names, func)
+    return head, rest
+
+
+def _check_placeholders(path: str, names: list[str], func: Callable[..., Any]) -> None:
+    import inspect
+
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    takes = {n for n, p in params.items() if p.kind is not inspect.Parameter.POSITIONAL_ONLY}
+    missing = [n for n in names if n not in takes]
+    if missing:
+        fname = getattr(func, "__name__", "the function")
+        raise PluginError(f"path={path!r} names {{{missing[0]}}}, which {fname}() does not take as a parameter")
 
 
 def first_doc_line(doc: str | None) -> str | None:
@@ -146,8 +225,14 @@ class Expose:
         method: str | Iterable[str] | None = None,
         API: str | None = None,
         auth: bool | None = None,
+        path: str | None = None,
     ) -> Any:
-        """Mark ``func`` as an HTTP endpoint; usable bare (``@expose.endpoint``) or called."""
+        """Mark ``func`` as an HTTP endpoint; usable bare (``@expose.endpoint``) or called.
+
+        ``path="tasks/{task_id}"`` names the API (``tasks``) and the URL segments after it: ``{task_id}`` binds
+        to the parameter of that name, converted and validated by its annotation. Endpoints of one API with
+        templates may share it by method or by shape (``tasks`` for GET and POST, ``tasks/{task_id}`` for PUT).
+        """
         methods = parse_methods(method)
         if auth is not None and not isinstance(auth, bool):
             raise PluginError(f"auth={auth!r} must be True, False or omitted")
@@ -155,8 +240,13 @@ class Expose:
         def mark(f: F) -> F:
             if not callable(f):
                 raise PluginError(f"@expose.endpoint applied to {f!r}, which is not a function")
+            api, template = (API or f.__name__, None) if path is None else parse_path(path, API, f)
             spec = EndpointSpec(
-                api=check_api_name(API or f.__name__), methods=methods, auth=auth, summary=first_doc_line(f.__doc__)
+                api=check_api_name(api),
+                methods=methods,
+                auth=auth,
+                summary=first_doc_line(f.__doc__),
+                template=template,
             )
             setattr(f, ENDPOINT_ATTR, spec)
             return f

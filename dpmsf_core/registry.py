@@ -286,6 +286,7 @@ class Registry:
             reports=tuple(reports),
             version=self.snapshot.version + 1,
             problems=tuple(problems),
+            stale={r.name: r.error or "" for r in reports if r.status == "stale"},
         )
         log.info(
             "plugins: %d modules serving, %d endpoints (version %d)",
@@ -347,12 +348,11 @@ class Registry:
                 return _Record(cand, previous.meta, previous.entry, str(exc), stale=True)
             return _Record(cand, meta, None, str(exc))
         public = meta.alias or cand.name
-        endpoints = {
-            spec.api: Endpoint(
-                spec, func, public, meta.tenant, trusted=trusted, doc=getattr(func, "__dpmsf_doc__", None)
-            )
-            for spec, func in loaded.endpoints
-        }
+        routes: dict[str, list[Endpoint]] = {}
+        for spec, func in loaded.endpoints:
+            ep = Endpoint(spec, func, public, meta.tenant, trusted=trusted, doc=getattr(func, "__dpmsf_doc__", None))
+            routes.setdefault(spec.api, []).append(ep)
+        endpoints = {api: eps[0] for api, eps in routes.items()}
         entry = ModuleEntry(
             public,
             cand.name,
@@ -364,6 +364,7 @@ class Registry:
             endpoints,
             loaded.events,
             time.time(),
+            {api: tuple(eps) for api, eps in routes.items()},
         )
         for dup in loaded.duplicates:
             log.warning("plugin %s: %s", cand.path, dup)

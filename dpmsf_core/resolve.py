@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from .errors import Conflict, NotFound
+from .errors import Conflict, MethodNotAllowed, NotFound
 from .registry import Endpoint, ModuleEntry, Snapshot
 
 SERVICES_PREFIX = "/rest/services"
@@ -21,6 +22,17 @@ def visible_to(tenant: str | None, admin_id: str | None) -> Callable[[str | None
     return visible
 
 
+@dataclass(frozen=True)
+class Route:
+    """What a URL (and method) resolved to: the endpoint, the URL segments after its API name, the values of its
+    path template by name (empty without one), and every method the URL answers (``Allow``)."""
+
+    endpoint: Endpoint
+    params: list[str]
+    path_values: dict[str, str] = field(default_factory=dict)
+    allow: tuple[str, ...] = ()
+
+
 def resolve(
     snapshot: Snapshot,
     segments: list[str],
@@ -29,6 +41,24 @@ def resolve(
     visible: Callable[[str | None], bool] = lambda owner: owner is None,
 ) -> tuple[Endpoint, list[str]]:
     """``[module-or-alias, api, p1..]`` or ``[api, p1..]``; qualified wins when both segments match."""
+    route = resolve_route(snapshot, segments, max_url_params=max_url_params, visible=visible)
+    return route.endpoint, route.params
+
+
+def resolve_route(
+    snapshot: Snapshot,
+    segments: list[str],
+    *,
+    max_url_params: int,
+    visible: Callable[[str | None], bool] = lambda owner: owner is None,
+    method: str | None = None,
+) -> Route:
+    """The endpoint for a URL and method: first the API (qualified or not), then among its routes the one whose
+    template fits the remaining segments and whose methods include ``method``.
+
+    404 when no template fits, 405 (with every method the URL answers) when one fits but not for ``method``;
+    ``OPTIONS`` without a route declaring it resolves to the first that fits (the caller answers the preflight).
+    """
     if not segments:
         raise NotFound("Name an API: /rest/services/<api>/ or /rest/services/<module>/<api>/ (see __dir__).")
     first = segments[0]
@@ -59,9 +89,40 @@ def resolve(
             )
         endpoint = found[0]
         params = segments[1:]
-    if len(params) > max_url_params:
-        raise NotFound(f"API '{endpoint.api}' takes at most {max_url_params} URL parameters; got {len(params)}.")
-    return endpoint, params
+    routes = snapshot.modules[endpoint.module].routes.get(endpoint.api, (endpoint,))
+    if len(routes) == 1 and endpoint.template is None:
+        if len(params) > max_url_params:
+            raise NotFound(f"API '{endpoint.api}' takes at most {max_url_params} URL parameters; got {len(params)}.")
+        return Route(endpoint, params, {}, tuple(endpoint.allow()))
+    return _pick(routes, params, method, max_url_params)
+
+
+def _pick(routes: tuple[Endpoint, ...], params: list[str], method: str | None, max_url_params: int) -> Route:
+    """Among one API's routes: templates that fit exactly come first, then the one without a template."""
+    fitting: list[tuple[Endpoint, dict[str, str]]] = []
+    for ep in sorted(routes, key=lambda e: e.template is None):
+        values = ep.match(params)
+        if values is not None and (ep.template is not None or len(params) <= max_url_params):
+            fitting.append((ep, values))
+    if not fitting:
+        first = routes[0]
+        shapes = ", ".join(dict.fromkeys(f"{SERVICES_PREFIX}/{first.module}/{ep.route()}/" for ep in routes))
+        got = "/".join([first.api, *params])
+        raise NotFound(f"API '{first.api}' answers {shapes}; not .../{got}/.")
+    allow = list(dict.fromkeys(m for ep, _ in fitting for m in ep.methods))
+    allow += [m for m in ("HEAD", "OPTIONS") if m not in allow and (m == "OPTIONS" or "GET" in allow)]
+    if method is None:
+        return Route(fitting[0][0], params, fitting[0][1], tuple(allow))
+    for ep, values in fitting:
+        if method in ep.methods or (method == "HEAD" and "GET" in ep.methods):
+            return Route(ep, params, values, tuple(allow))
+    if method == "OPTIONS":
+        return Route(fitting[0][0], params, fitting[0][1], tuple(allow))
+    first = fitting[0][0]
+    raise MethodNotAllowed(
+        f"{SERVICES_PREFIX}/{first.module}/{'/'.join([first.api, *params])}/ answers {', '.join(allow)}; not {method}.",
+        allow,
+    )
 
 
 def _unknown(

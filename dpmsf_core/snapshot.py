@@ -15,7 +15,21 @@ from .params import CallPlan
 class Endpoint:
     """One callable API of one module; its ``plan`` (how arguments bind) is built when the module loads."""
 
-    __slots__ = ("api", "auth", "doc", "func", "is_async", "methods", "module", "plan", "summary", "tenant", "trusted")
+    __slots__ = (
+        "api",
+        "auth",
+        "doc",
+        "func",
+        "is_async",
+        "methods",
+        "module",
+        "path_params",
+        "plan",
+        "summary",
+        "template",
+        "tenant",
+        "trusted",
+    )
 
     def __init__(
         self,
@@ -30,6 +44,8 @@ class Endpoint:
         self.methods = spec.methods
         self.auth = spec.auth
         self.summary = spec.summary
+        self.template = spec.template  # None: any URL segments; else exactly these (literals and {name})
+        self.path_params = spec.path_params  # placeholder names in URL order (OpenAPI ``in: path``)
         self.func = func
         self.module = module
         self.tenant = tenant
@@ -46,8 +62,29 @@ class Endpoint:
             allowed.append("OPTIONS")
         return allowed
 
+    def match(self, segments: list[str]) -> dict[str, str] | None:
+        """The template's values for the URL segments after the API name, or None when they do not fit it.
+
+        Without a template every list fits (with no values: they arrive as ``parm_1``... or positionally).
+        """
+        if self.template is None:
+            return {}
+        if len(segments) != len(self.template):
+            return None
+        values: dict[str, str] = {}
+        for pattern, segment in zip(self.template, segments, strict=True):
+            if pattern.startswith("{") and pattern.endswith("}"):
+                values[pattern[1:-1]] = segment
+            elif pattern != segment:
+                return None
+        return values
+
+    def route(self) -> str:
+        """``tasks/{task_id}``: the URL after the module name, as declared (the API name alone without a template)."""
+        return "/".join((self.api, *(self.template or ())))
+
     def __repr__(self) -> str:
-        return f"<Endpoint {self.module}/{self.api} {'|'.join(self.methods)}>"
+        return f"<Endpoint {self.module}/{self.route()} {'|'.join(self.methods)}>"
 
 
 @dataclass
@@ -64,6 +101,13 @@ class ModuleEntry:
     endpoints: dict[str, Endpoint]
     events: list[tuple[EventSpec, Callable[..., Any]]]
     loaded_at: float
+    # every endpoint of each API, in module order: more than one when templates or methods tell them apart
+    # (``tasks`` GET and POST, ``tasks/{task_id}``); ``endpoints`` holds the first of each
+    routes: dict[str, tuple[Endpoint, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.routes:
+            self.routes = {api: (ep,) for api, ep in self.endpoints.items()}
 
 
 @dataclass
@@ -100,17 +144,24 @@ class ModuleReport:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Everything a request needs to resolve a URL, frozen at one moment."""
+    """Everything a request needs to resolve a URL, frozen at one moment.
+
+    ``by_api`` maps an API name to the first endpoint of it in each module that has it (one per module, so its
+    length tells an ambiguous unqualified name); the module's ``routes`` hold the others.
+    """
 
     modules: dict[str, ModuleEntry]
     by_api: dict[str, tuple[Endpoint, ...]]
     reports: tuple[ModuleReport, ...]
     version: int
     problems: tuple[str, ...] = ()
+    stale: dict[str, str] = field(default_factory=dict)  # public module name -> why its newer file did not load
 
     def endpoints(self) -> Iterable[Endpoint]:
+        """Every endpoint of every module, each route of an API on its own."""
         for entry in self.modules.values():
-            yield from entry.endpoints.values()
+            for routes in entry.routes.values():
+                yield from routes
 
     def events(self) -> list[tuple[EventSpec, Callable[..., Any]]]:
         return [ev for entry in self.modules.values() for ev in entry.events]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
@@ -22,7 +21,7 @@ from motoserver import client as moto_client
 
 from dpmsf_core import store
 from dpmsf_core.context import RequestInfo, reset_current, set_current
-from dpmsf_core.errors import ConfigError, HTTPError, MethodNotAllowed, ServiceUnavailable, UnprocessableArguments
+from dpmsf_core.errors import ConfigError, ServiceUnavailable, UnprocessableArguments
 from dpmsf_core.store import Collection, DynamoDBStore, SQLiteStore, make_store
 from dpmsf_core.tenancy.replay import create_dynamodb_table
 
@@ -385,85 +384,6 @@ def test_configure_and_lazy_default(
     with as_tenant("t1"):
         assert notes.get(saved["id"]) == saved
     configured.close()
-
-
-# -- the bundled todo plugin, called directly (HTTP-level tests belong to the app) ---------------------------------
-
-
-@pytest.fixture
-def todo(tmp_path: Path, unconfigured: None) -> Iterator[Any]:
-    """plugins/todo.py on a fresh SQLite store, and ``call(method, *args, tenant=..., **kwargs)``."""
-    spec = importlib.util.spec_from_file_location("todo_under_test", ROOT / "plugins" / "todo.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    backend = SQLiteStore(tmp_path / "todo.db")
-    store.configure(backend)
-
-    def call(method: str, *args: Any, tenant: str | None = None, **kwargs: Any) -> Any:
-        path = "/rest/services/todo/tasks/" + (f"{kwargs['parm_1']}/" if "parm_1" in kwargs else "")
-        info = RequestInfo(method=method, path=path, headers={}, query={}, body=b"", tenant=tenant)
-        token = set_current(info)
-        try:
-            return module.tasks(*args, **kwargs)
-        finally:
-            reset_current(token)
-
-    yield call
-    backend.close()
-
-
-def body(response: Any) -> Any:
-    return json.loads(response.body)
-
-
-def test_todo_crud(todo: Any) -> None:
-    assert body(todo("GET")) == {"results": [], "cursor": None}
-    created = todo("POST", title="Write docs")
-    assert created.status_code == 201
-    task = body(created)["results"]
-    assert task == {"id": task["id"], "title": "Write docs", "description": "", "done": False}
-    assert created.headers["location"] == f"/rest/services/todo/tasks/{task['id']}/"
-    assert todo("GET", parm_1=task["id"]) == task
-    updated = todo("PUT", parm_1=task["id"], done=True, description="all of it")
-    assert updated == {**task, "done": True, "description": "all of it"}
-    assert body(todo("GET"))["results"] == [updated]
-    assert todo("DELETE", parm_1=task["id"]).status_code == 204
-    for method in ("GET", "PUT", "DELETE"):
-        with pytest.raises(HTTPError) as info:
-            todo(method, parm_1=task["id"])
-        assert info.value.status == 404
-
-
-def test_todo_validation(todo: Any) -> None:
-    for bad in ({}, {"title": ""}, {"title": 3}, {"title": "x", "done": "yes"}, {"title": "x", "colour": "red"}):
-        with pytest.raises(UnprocessableArguments) as info:
-            todo("POST", **bad)
-        assert info.value.status == 422
-    task = body(todo("POST", title="x"))["results"]
-    for bad in ({"done": "true"}, {"description": 1}, {"title": None}):
-        with pytest.raises(UnprocessableArguments, match=next(iter(bad))):
-            todo("PUT", parm_1=task["id"], **bad)
-    with pytest.raises(UnprocessableArguments, match="limit"):
-        todo("GET", limit="ten")
-    with pytest.raises(MethodNotAllowed):
-        todo("PUT", title="no id")
-    with pytest.raises(MethodNotAllowed):
-        todo("POST", parm_1=task["id"], title="id given")
-    with pytest.raises(HTTPError):
-        todo("GET", parm_1=task["id"], parm_2="extra")
-
-
-def test_todo_paging_and_tenants(todo: Any) -> None:
-    for i in range(3):
-        todo("POST", title=f"mine {i}", tenant="tenant-a")
-    todo("POST", title="theirs", tenant="tenant-b")
-    first = body(todo("GET", limit="2", tenant="tenant-a"))
-    rest = body(todo("GET", limit="2", cursor=first["cursor"], tenant="tenant-a"))
-    assert len(first["results"]) == 2 and len(rest["results"]) == 1 and rest["cursor"] is None
-    assert [t["title"] for t in body(todo("GET", tenant="tenant-b"))["results"]] == ["theirs"]
-    with pytest.raises(HTTPError):
-        todo("GET", parm_1=first["results"][0]["id"], tenant="tenant-b")
 
 
 def test_sqlite_store_files_are_private(tmp_path: Path) -> None:

@@ -48,12 +48,7 @@ class DiscoveryDocs:
             if not visible(ep.tenant):
                 continue
             unique = len([e for e in snapshot.by_api.get(ep.api, ()) if visible(e.tenant)]) == 1
-            shown_ep = describe_endpoint(ep, unique=unique, require_tokens=self.settings.require_tokens)
-            if ep.template is not None:  # path="tasks/{task_id}": the URL as declared, and its path parameters
-                after = "".join(f"{seg}/" for seg in ep.template)
-                shown_ep.update(url=shown_ep["url"] + after, qualified_url=shown_ep["qualified_url"] + after)
-                shown_ep["path_params"] = list(ep.path_params)
-            endpoints.append(shown_ep)
+            endpoints.append(describe_endpoint(ep, unique=unique, require_tokens=self.settings.require_tokens))
         prefix = mount_prefix(root_path, self.settings.base_path)
         if prefix:
             for shown_ep in endpoints:

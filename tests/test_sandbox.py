@@ -263,6 +263,22 @@ def test_a_busy_loop_hits_the_cpu_limit_and_the_guest_is_replaced(pool: SandboxP
     still_serving(pool)
 
 
+def test_store_requests_do_not_buy_more_cpu(tmp_path: Path) -> None:
+    from dpmsf_core import store
+
+    store.configure(store.SQLiteStore(tmp_path / "store.db"))
+    limits = SandboxLimits(cpu_seconds=0.5, wall_seconds=8, memory_mb=128)
+    try:
+        with SandboxPool(size=1, limits=limits, store=serve_store) as own:
+            started = time.monotonic()
+            with pytest.raises(GatewayTimeout, match="CPU time limit of 0.5 s"):
+                call(own, "spin_between_store_calls")
+            assert time.monotonic() - started < 2.5  # about twice the budget, never the 6 s of work or the wall
+            assert call(own, "add", 40, 2) == 42
+    finally:
+        store.configure(None)
+
+
 def test_sleeping_past_the_wall_limit_is_killed(pool: SandboxPool) -> None:
     started = time.monotonic()
     with pytest.raises(GatewayTimeout, match="time limit of 0.3 s"):

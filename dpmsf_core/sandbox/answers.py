@@ -20,7 +20,7 @@ from ..errors import (
     TenantFunctionError,
 )
 from . import worker as worker_module
-from .process import SandboxLimits, WorkerDied, WorkerProcess, WorkerTimedOut
+from .process import CPUOverBudget, SandboxLimits, WorkerDied, WorkerProcess, WorkerTimedOut
 
 log = logging.getLogger("dpmsf.sandbox")
 
@@ -30,6 +30,9 @@ def breach(worker: WorkerProcess, function: str, wall: float, exc: Exception, li
     if isinstance(exc, WorkerDied):
         return death(worker, function, limits)
     worker.kill()
+    if isinstance(exc, CPUOverBudget):
+        cpu = limits.cpu_seconds
+        return GatewayTimeout(f"sandboxed function '{function}' used more than its CPU time limit of {cpu:g} s")
     if isinstance(exc, WorkerTimedOut):
         return GatewayTimeout(f"sandboxed function '{function}' ran past its time limit of {wall:g} s")
     return FunctionFailed(f"sandboxed function '{function}' broke the sandbox protocol")

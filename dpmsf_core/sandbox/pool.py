@@ -34,6 +34,7 @@ from .guests import Guests
 from .process import (
     UNPRIVILEGED,
     BadFrame,
+    CPUOverBudget,
     SandboxLimits,
     WorkerDied,
     WorkerProcess,
@@ -245,10 +246,12 @@ class SandboxPool:
         limit = self.limits.max_output_bytes + _ENVELOPE_BYTES
         try:
             worker.send_bytes(payload, plan.deadline)
+            spent_from = None
             while True:
                 answer = self._checked(worker.receive(plan.deadline, limit), plan)
                 if answer.get("op") != "store":
                     break
+                spent_from = self._store_request(worker, spent_from)
                 worker.send(self._serve_store(plan.tenant, answer), plan.deadline)
             if not worker.quiet():
                 raise BadFrame()
@@ -263,10 +266,12 @@ class SandboxPool:
         limit = self.limits.max_output_bytes + _ENVELOPE_BYTES
         try:
             await worker.send_bytes_async(payload, plan.deadline)
+            spent_from = None
             while True:
                 answer = self._checked(await worker.receive_async(plan.deadline, limit), plan)
                 if answer.get("op") != "store":
                     break
+                spent_from = self._store_request(worker, spent_from)
                 reply = await asyncio.to_thread(self._serve_store, plan.tenant, answer)  # a backend may block
                 await worker.send_bytes_async(marshal.dumps(reply), plan.deadline)
             if not worker.quiet():
@@ -286,13 +291,24 @@ class SandboxPool:
         """Retire a guest before its lifetime RLIMIT_CPU could end a call that kept within its own budget."""
         if worker.calls % 64:
             return False
-        try:
-            with open(f"/proc/{worker.pid}/stat", "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[1].split()
-            used = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError):
+        used = worker.cpu_seconds()
+        if used is None:
             return worker.calls >= 4096
         return used + 64 * self.limits.cpu_seconds + 1 >= self.limits.worker_cpu_seconds
+
+    def _store_request(self, worker: WorkerProcess, spent_from: float | None) -> float | None:
+        """Before serving a store request: the CPU reading the call's budget counts from (the first request's).
+
+        The guest's host restarts its CPU deadline on every read, store replies included, so a call that keeps
+        asking the store could otherwise compute until its wall time; here its CPU between the first store request
+        and this one must stay within one call budget (so a call gets at most about twice its budget in all).
+        """
+        now = worker.cpu_seconds()
+        if now is None or spent_from is None:
+            return now
+        if now - spent_from > self.limits.cpu_seconds:
+            raise CPUOverBudget()
+        return spent_from
 
     def _serve_store(self, tenant: str | None, request: dict[str, Any]) -> dict[str, Any]:
         """One document-store request of a guest, for the call's tenant; the guest chooses nothing else."""

@@ -22,6 +22,8 @@ from typing import Any
 from ..errors import DPMSFError
 from . import runtime
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
 log = logging.getLogger("dpmsf.sandbox")
 
 _HERE = os.path.dirname(os.path.realpath(__file__))
@@ -56,6 +58,10 @@ class WorkerDied(Exception):
 
 class WorkerTimedOut(Exception):
     """No answer before the wall-time deadline."""
+
+
+class CPUOverBudget(WorkerTimedOut):
+    """The guest used more CPU within one call than the call's budget (store requests do not buy it more)."""
 
 
 class BadFrame(Exception):
@@ -155,6 +161,15 @@ class WorkerProcess:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time the worker process has used so far (user + system), from ``/proc``; None if unreadable."""
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        except (OSError, ValueError, IndexError):
+            return None
 
     def send(self, obj: dict[str, Any], deadline: float) -> None:
         self.send_bytes(marshal.dumps(obj), deadline)

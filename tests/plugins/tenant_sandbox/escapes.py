@@ -232,6 +232,17 @@ def spin():
 
 
 @expose.endpoint
+def spin_between_store_calls(rounds: int = 20):
+    """Each store reply used to restart the CPU budget: compute 0.3 s, ask the store, again and again."""
+    for _ in range(rounds):
+        until = time.monotonic() + 0.3
+        while time.monotonic() < until:
+            pass
+        store.collection("notes").get("k")
+    return "computed past the budget"
+
+
+@expose.endpoint
 def nap(seconds):
     time.sleep(seconds)
     return "rested"

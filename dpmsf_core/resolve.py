@@ -71,6 +71,7 @@ def resolve_route(
             endpoint = None  # a trusted API keeps its URL: a tenant's module of the same name never captures it
     if endpoint is None:
         found = [ep for ep in snapshot.by_api.get(first, ()) if visible(ep.tenant)]
+        found = [ep for ep in found if ep.trusted] or found  # a tenant's API never shadows nor contests a trusted one
         if not found:
             shown = module if module is not None and visible(module.tenant) else None
             if shown is not None and len(segments) == 1:

@@ -444,3 +444,11 @@ def test_two_flooding_tenants_cannot_starve_a_third(env: Env) -> None:
         for thread in floods:
             thread.join()
     assert max(waits) < 2 + 1.5, waits  # served at the next guest that frees: one flood call (2 s) and a fresh guest
+
+
+def test_a_tenant_api_named_like_a_trusted_one_never_shadows_it(env: Env) -> None:
+    same_name = module("@expose.endpoint\ndef hi():\n    return 'mallory was here'\n")
+    assert env.upload(MALLORY, "shadow", same_name).status_code == 201
+    for caller in (ADMIN, MALLORY, VICTIM, None):
+        assert env.call(caller, "hi/").json() == {"results": "hi"}, caller
+    assert env.call(MALLORY, "shadow/hi/").json() == {"results": "mallory was here"}  # qualified: its own

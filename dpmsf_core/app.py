@@ -24,6 +24,7 @@ from .discovery import resolve_folder
 from .dispatch import ServiceDispatcher
 from .errors import DPMSFError, FunctionFailed, NotFound
 from .exchange import Receive, Responder, Scope, Send, request_headers
+from .logconfig import RequestLog, current_request
 from .registry import Registry
 from .resolve import SERVICES_PREFIX
 from .tenancy.security import LazySecurity
@@ -99,6 +100,8 @@ class DPMSFApp:
             ctx = scope.get("aws.context")
             rid = getattr(ctx, "aws_request_id", None) or os.urandom(12).hex()
         responder = Responder(send, rid, scope["method"], headers.get("origin"), self.settings.cors_origins)
+        trace = headers.get("x-cloud-trace-context") or headers.get("traceparent")
+        logged = current_request.set(RequestLog(rid, scope, trace, start))  # every log line names this request
         try:
             await self._route(scope, receive, responder, headers, rid)
         except DPMSFError as exc:
@@ -109,17 +112,25 @@ class DPMSFApp:
             if self.settings.debug:
                 err.extra["traceback"] = traceback.format_exception(exc)
             await responder.problem(err, scope.get("root_path", "") + scope.get("path", ""))
-        if access_log.isEnabledFor(logging.INFO):
-            client = scope.get("client") or ("-", 0)
-            access_log.info(
-                '%s "%s %s" %d %.1fms rid=%s',
-                client[0],
-                scope["method"],
-                scope.get("path"),
-                responder.status,
-                (time.perf_counter() - start) * 1000,
-                rid,
-            )
+        finally:
+            if access_log.isEnabledFor(logging.INFO):
+                client = scope.get("client") or ("-", 0)
+                latency = (time.perf_counter() - start) * 1000
+                access_log.info(
+                    '%s "%s %s" %d %.1fms',
+                    client[0],
+                    scope["method"],
+                    scope.get("path"),
+                    responder.status,
+                    latency,
+                    extra={
+                        "status": responder.status,
+                        "method": scope["method"],
+                        "path": scope.get("path"),
+                        "latency_ms": latency,
+                    },
+                )
+            current_request.reset(logged)
 
     async def _route(
         self, scope: Scope, receive: Receive, responder: Responder, headers: dict[str, str], rid: str

@@ -6,5 +6,11 @@ from .app import DPMSFApp, create_app
 
 
 def create() -> DPMSFApp:
-    """A fresh app from the environment; used by ``dpmsf serve --workers N`` in each worker process."""
+    """A fresh app from the environment; used by ``dpmsf serve --workers N`` in each worker process.
+
+    A plain ``uvicorn dpmsf_core.asgi:create --factory`` command line gets our log format for its lines too.
+    """
+    from .logconfig import ensure_configured
+
+    ensure_configured()
     return create_app()

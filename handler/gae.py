@@ -1,5 +1,12 @@
-"""Google App Engine entry point: ``gunicorn -k uvicorn_worker.UvicornWorker handler.gae:app`` (see app.yaml)."""
+"""Google App Engine entry point: ``gunicorn -c python:dpmsf_core.gunicorn_conf -k uvicorn_worker.UvicornWorker
+handler.gae:app`` (app.yaml); the same app serves the container image (Dockerfile) on Cloud Run.
+
+Logging is configured before the plugins load, so that their errors are Cloud Logging entries too (a no-op when
+gunicorn already applied ``dpmsf_core.gunicorn_conf``).
+"""
 
 from dpmsf_core import create_app
+from dpmsf_core.logconfig import ensure_configured
 
+ensure_configured()
 app = create_app()

@@ -30,9 +30,17 @@ def gae_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.skip(reason)
     port = free_port()
     state = tmp_path_factory.mktemp("gae")
-    # app.yaml's env_variables apply (DPMSF_REPLAY_STORE: one SQLite file for both workers); ours win where set
-    env = {**os.environ, "DPMSF_STATE_DIR": str(state), "ADMIN_ID": ADMIN, "DPMSF_ADMIN_KEY": ADMIN_KEY}
-    env.pop("DPMSF_REPLAY_STORE", None)
+    # app.yaml's env_variables apply; ours win where set. Its Firestore stores become SQLite files here, each one
+    # shared by both workers (the Firestore defaults run against the emulator in test_app_yaml_firestore_defaults).
+    env = {
+        **os.environ,
+        "DPMSF_STATE_DIR": str(state),
+        "ADMIN_ID": ADMIN,
+        "DPMSF_ADMIN_KEY": ADMIN_KEY,
+        "DPMSF_TENANTS": f"sqlite:///{state}/tenants.db",
+        "DPMSF_STORE": f"sqlite:///{state}/store.db",
+        "DPMSF_REPLAY_STORE": f"sqlite:///{state}/replay.db",
+    }
     env.pop("AWS_LAMBDA_FUNCTION_NAME", None)
     log = (state / "server.log").open("w")
     proc = subprocess.Popen(
@@ -85,7 +93,7 @@ def test_errors_are_problem_json(gae_server: str) -> None:
 
 @pytest.mark.slow
 def test_a_token_is_single_use_across_both_workers(gae_server: str) -> None:
-    """app.yaml runs two gunicorn workers: the replay store it names is one SQLite file, shared by both."""
+    """app.yaml runs two gunicorn workers: one replay store (Firestore there, one SQLite file here) for both."""
     token = mint(ADMIN, ADMIN_KEY)
     codes = [
         httpx.get(gae_server + "/rest/services/hello-world/", headers={"authorization": f"Bearer {token}"}, timeout=10)
@@ -105,6 +113,7 @@ def test_gcprunner_applies_app_yaml_and_binds_loopback() -> None:
         timeout=30,
         check=True,
     ).stdout
-    assert "DPMSF_STATE_DIR=/tmp/dpmsf\n" in out and "DPMSF_REPLAY_STORE=sqlite:////tmp/dpmsf-replay.db\n" in out
+    assert "DPMSF_STATE_DIR=/tmp/dpmsf\n" in out and "DPMSF_REPLAY_STORE=firestore://dpmsf-replay\n" in out
+    assert "DPMSF_TENANTS=firestore://dpmsf-tenants\n" in out and "DPMSF_STORE=firestore://dpmsf-store\n" in out
     assert "DPMSF_REQUIRE_TOKENS=1\n" in out  # the caller's environment wins over app.yaml
     assert "-b 127.0.0.1:$PORT" in out and "PORT=8080\n" in out

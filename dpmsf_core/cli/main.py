@@ -51,11 +51,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             Path(os.environ.get("DPMSF_STATE_DIR", ".dpmsf")) / "replay.db"
         )
     settings = Settings.from_env()  # fail fast, with one line, before uvicorn starts
+    from ..logconfig import dict_config
+
+    log_config = dict_config(args.log_level, access=args.access_log)  # one format, uvicorn's lines and every worker's
     common: dict[str, Any] = {
         "host": args.host,
         "port": args.port,
         "log_level": args.log_level,
-        "access_log": False,
+        "log_config": log_config,
+        "access_log": False,  # ours (dpmsf.access) has the request id, endpoint and latency
         "proxy_headers": True,
     }
     if args.workers > 1:
@@ -63,8 +67,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     from ..app import create_app
 
+    _configure_local_logging(log_config)  # before the plugins load: their errors are logged in the same format
     app = create_app(settings)
-    _configure_local_logging(args.log_level, args.access_log)
     count = sum(1 for _ in app.registry.snapshot.endpoints())
     print(f"DPMSF: {count} endpoints from {', '.join(app.registry.folders)}", file=sys.stderr)
     print(
@@ -75,11 +79,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _configure_local_logging(level: str, access: bool) -> None:
-    import logging
+def _configure_local_logging(log_config: dict[str, Any]) -> None:
+    import logging.config
 
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("dpmsf.access").setLevel("INFO" if access else "WARNING")
+    logging.config.dictConfig(log_config)
 
 
 def cmd_routes(args: argparse.Namespace) -> int:

@@ -37,7 +37,7 @@ def gcs_client(client: Any = None) -> Any:
     if client is not None:
         return client
     try:
-        from google.cloud import storage
+        import google.cloud.storage as storage
     except ImportError as exc:
         raise ConfigError(
             "A gs:// plugin path needs google-cloud-storage. Install it with: pip install 'dpmsf[gcp]'."
@@ -103,7 +103,7 @@ class GCSPluginSource(MirroredSource):
 
     def _fetch(self, rel: str, version: str) -> tuple[bytes, str | None]:
         """The generation the listing saw, pinned: what lands on disk is exactly the version recorded."""
-        from google.cloud import storage
+        import google.cloud.storage as storage
 
         blob = storage.Blob(self.prefix + rel, self.client.bucket(self.bucket), generation=int(version))
         return blob.download_as_bytes(timeout=_TIMEOUT, retry=None), None
@@ -125,7 +125,7 @@ class GCSPluginStore:
         return self._client
 
     def _blob(self, name: str, generation: int | None = None) -> Any:
-        from google.cloud import storage
+        import google.cloud.storage as storage
 
         key = f"{self.prefix}{check_module_name(name)}.py"
         return storage.Blob(key, self.client.bucket(self.bucket_name), generation=generation)

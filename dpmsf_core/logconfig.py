@@ -1,0 +1,137 @@
+"""One log format for every line of a server process: ours, uvicorn's and gunicorn's, in every worker.
+
+Locally a readable line, ``2026-12-02 01:07:33.123 INFO  [rid] logger: message`` (``[-]`` outside a request);
+on Google Cloud (``GAE_SERVICE`` or ``K_SERVICE`` set) one JSON object per line that Cloud Logging groups by
+request (``dpmsf_core/gcp/cloudlogging.py``). ``DPMSF_LOG_FORMAT=text|json`` overrides the choice.
+
+The request a line belongs to comes from ``current_request``, a context variable the app sets for each HTTP
+request (copied into the threads that run sync functions), so a plugin's own ``logging`` calls carry the
+request id too. Where it is installed: ``dpmsf serve`` hands ``dict_config()`` to uvicorn (which applies it in
+every worker), ``dpmsf_core.gunicorn_conf`` hands it to gunicorn (App Engine, the Dockerfile), and
+``ensure_configured()`` in ``handler/gae.py`` and ``dpmsf_core.asgi:create`` covers a plain ``uvicorn`` or
+``gunicorn`` command line. On Lambda, Powertools owns logging (``aws/observability.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import os
+import time
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "CONFIG_FILE",
+    "LocalFormatter",
+    "RequestLog",
+    "current_request",
+    "dict_config",
+    "ensure_configured",
+    "log_format",
+    "make_formatter",
+]
+
+# dict_config() as a file, for a plain ``uvicorn --workers N --log-config <it>`` (its parent process's lines too).
+CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "logging.json")
+
+# The loggers servers log under: each gets our handler and does not propagate (no line printed twice).
+SERVER_LOGGERS = ("uvicorn", "gunicorn.error")
+ACCESS_LOGGERS = ("uvicorn.access", "gunicorn.access")
+
+
+@dataclass(frozen=True)
+class RequestLog:
+    """What a log line says about the request it is written in; the endpoint is read from the scope when the line
+    is written, because dispatch records it (``scope["dpmsf.endpoint"]``) after the request began."""
+
+    request_id: str
+    scope: Mapping[str, Any]
+    trace_header: str | None = None  # X-Cloud-Trace-Context, else traceparent
+    started: float = 0.0  # time.perf_counter() at the start of the request
+
+    @property
+    def endpoint(self) -> str | None:
+        found = self.scope.get("dpmsf.endpoint")
+        return str(found) if found else None
+
+
+current_request: ContextVar[RequestLog | None] = ContextVar("dpmsf_request", default=None)
+
+
+def log_format(env: Mapping[str, str] | None = None) -> str:
+    """``json`` on Google Cloud (App Engine sets ``GAE_SERVICE``, Cloud Run ``K_SERVICE``), else ``text``."""
+    env = os.environ if env is None else env
+    chosen = (env.get("DPMSF_LOG_FORMAT") or "").strip().lower()
+    if chosen in ("text", "json"):
+        return chosen
+    return "json" if env.get("GAE_SERVICE") or env.get("K_SERVICE") else "text"
+
+
+class LocalFormatter(logging.Formatter):
+    """``2026-12-02 01:07:33.123 INFO  [rid] name: message``: time, level and request id on every line."""
+
+    default_time_format = "%Y-%m-%d %H:%M:%S"
+    default_msec_format = "%s.%03d"
+    dpmsf_format = "text"
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-5s [%(request_id)s] %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        request = current_request.get()
+        record.request_id = request.request_id if request is not None else "-"
+        return super().format(record)
+
+
+def make_formatter() -> logging.Formatter:
+    """The formatter for this process's environment (``log_format()``), chosen where it runs: a worker, the master."""
+    if log_format() == "json":
+        from .gcp.cloudlogging import CloudLoggingFormatter
+
+        return CloudLoggingFormatter()
+    return LocalFormatter()
+
+
+def dict_config(level: str = "INFO", *, access: bool = True) -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` document: one stderr handler with our formatter, for the root logger and
+    every server logger. ``access``: our one line per request (``dpmsf.access``)."""
+    level = level.upper()
+    handler = ["dpmsf"]
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,  # loggers made at import (dpmsf.*) keep working
+        "formatters": {"dpmsf": {"()": f"{__name__}.make_formatter"}},
+        "handlers": {"dpmsf": {"class": "logging.StreamHandler", "formatter": "dpmsf", "stream": "ext://sys.stderr"}},
+        "root": {"level": level, "handlers": handler},
+        "loggers": {
+            **{name: {"level": level, "handlers": handler, "propagate": False} for name in SERVER_LOGGERS},
+            "uvicorn.error": {"level": level, "handlers": [], "propagate": True},  # to "uvicorn": one line
+            # The servers' own access lines are dropped: ours (dpmsf.access) is the one line per request, with the
+            # request id, endpoint and latency (uvicorn's worker under gunicorn shares gunicorn.access's handlers).
+            **{name: {"handlers": [], "propagate": False} for name in ACCESS_LOGGERS},
+            "dpmsf.access": {"level": "INFO" if access else "WARNING"},
+        },
+    }
+
+
+def installed() -> bool:
+    """True when the root logger already writes through one of our formatters (configured by the server)."""
+    return any(getattr(h.formatter, "dpmsf_format", None) for h in logging.getLogger().handlers)
+
+
+def ensure_configured(level: str | None = None) -> None:
+    """Install ``dict_config()`` unless the server already did (then its level and access choice stand)."""
+    if not installed():
+        logging.config.dictConfig(dict_config(level or os.environ.get("DPMSF_LOG_LEVEL") or "INFO"))
+
+
+def elapsed_ms(request: RequestLog) -> float:
+    """Milliseconds since the request began."""
+    return (time.perf_counter() - request.started) * 1000
+
+
+if __name__ == "__main__":  # ``uvicorn ... --log-config "$(python -m dpmsf_core.logconfig)"``
+    print(CONFIG_FILE)

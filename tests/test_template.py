@@ -160,7 +160,9 @@ def test_least_privilege(template: dict[str, Any], function: dict[str, Any]) -> 
 def test_app_yaml() -> None:
     app = yaml.safe_load((ROOT / "app.yaml").read_text())
     assert app["runtime"] == "python312"
-    assert app["entrypoint"] == "gunicorn -k uvicorn_worker.UvicornWorker -w 2 -b :$PORT handler.gae:app"
+    assert app["entrypoint"] == (
+        "gunicorn -c python:dpmsf_core.gunicorn_conf -k uvicorn_worker.UvicornWorker -w 2 -b :$PORT handler.gae:app"
+    )
     assert app["env_variables"]["DPMSF_PLUGINS"] == "."
     assert all(isinstance(v, str) for v in app["env_variables"].values())  # App Engine wants strings
 

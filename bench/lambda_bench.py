@@ -1,11 +1,15 @@
 """Lambda figures of the serverless issue, side by side with FastAPI + Mangum in the same run; prints ratios.
 
-    .venv/bin/python bench/lambda_bench.py [--cold-runs 10] [--warm-calls 2000]
+    .venv/bin/python bench/lambda_bench.py [--cold-runs 10] [--warm-calls 2000] [--artifact .aws-sam/build/DpmsfFunction]
 
 (a) cold start: a fresh interpreter imports the handler module and serves one REST v1 GET; wall time (whole
     process, as Lambda's init + first invoke) and peak RSS (getrusage in the child); median of N runs.
 (b) warm invoke: µs per call for REST v1 GET/POST and HTTP API v2 GET, sync and async functions.
-Targets (issue 3) against FastAPI + Mangum(app): cold <= 0.6x wall and <= 0.8x RSS; warm <= 0.6x.
+Targets against FastAPI + Mangum(app): cold <= 0.6x wall and <= 0.8x RSS, warm <= 0.6x (the serverless issue);
+cold <= 0.2x on the built artefact, warm <= 0.25x (the performance issue). ``--artifact`` adds a cold start of the
+folder `sam build` (or `dpmsf package`) built for this interpreter's Python, run as Lambda runs it: ``python -I -S``
+with only that folder on sys.path, its bundled plugins, cwd in it. The child reads its event from a JSON file, so
+no variant pays for the test helpers' imports.
 DPMSF runs as on Lambda (AWS_LAMBDA_FUNCTION_NAME set: sync functions inline, Powertools Logger + Metrics on,
 their output to /dev/null); the "no Powertools" row shows what they cost.
 """
@@ -42,11 +46,15 @@ async def hello_async(*args, **kwargs):
 COLD = """
 import json, resource, sys, time
 t0 = time.perf_counter()
-sys.path[:0] = [{root!r}, {tests!r}]
+sys.path[:0] = {path!r}
 {import_line}
-from eventdata import lambda_context, load_event
-event = load_event("apigw_v1", path="/rest/services/hello-sync/", query={{"name": "cold"}})
-out = handler(event, lambda_context())
+class Context:  # what Lambda passes: attributes only
+    function_name, memory_limit_in_mb, aws_request_id = "bench", 512, "c0ffee00-0000-4000-8000-000000000000"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:bench"
+    def get_remaining_time_in_millis(self): return 29000
+with open({event!r}) as fh:
+    event = json.load(fh)
+out = handler(event, Context())
 assert out["statusCode"] == 200, out
 ms = (time.perf_counter() - t0) * 1000
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -84,24 +92,34 @@ sys.__stderr__.write("RESULT " + json.dumps(result) + "\\n")
 
 DPMSF_IMPORT = "from handler.aws_lambda import handler"
 FASTAPI_IMPORT = "sys.path.insert(0, {bench!r}); from baseline_lambda_app import {name} as handler"
+ARTIFACT = "dpmsf (built artefact)"
 
 
-def variants(plugins: Path) -> dict[str, tuple[str, dict[str, str]]]:
+def variants(plugins: Path, artifact: Path | None) -> dict[str, tuple[str, dict[str, str]]]:
     lam = {"AWS_LAMBDA_FUNCTION_NAME": "bench", "AWS_REGION": "us-east-1"}
     dp = {**lam, "DPMSF_PLUGINS": str(plugins), "POWERTOOLS_METRICS_NAMESPACE": "Bench"}
     bench = str(ROOT / "bench")
-    return {
+    table = {
         "fastapi+mangum": (FASTAPI_IMPORT.format(bench=bench, name="handler"), lam),
         "fastapi+mangum(lifespan=off)": (FASTAPI_IMPORT.format(bench=bench, name="handler_lifespan_off"), lam),
         "dpmsf": (DPMSF_IMPORT, dp),
         "dpmsf (no Powertools)": (DPMSF_IMPORT, {"DPMSF_PLUGINS": str(plugins), "DPMSF_SYNC_INLINE": "1"}),
     }
+    if artifact is not None:  # what `sam build` / `dpmsf package` ships: its own plugins, bytecode, dependencies
+        table[ARTIFACT] = (DPMSF_IMPORT, {**lam, "POWERTOOLS_METRICS_NAMESPACE": "Bench"})
+    return table
 
 
-def run_child(code: str, env: dict[str, str], state: str) -> dict:
+def run_child(code: str, env: dict[str, str], state: str, *, isolated: bool = False, cwd: str | None = None) -> dict:
     full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": state, "DPMSF_STATE_DIR": state, **env}
+    python = [sys.base_prefix + "/bin/python3", "-I", "-S"] if isolated else [PY]
     proc = subprocess.run(
-        [PY, "-c", code], cwd=state, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        [*python, "-c", code],
+        cwd=cwd or state,
+        env=full_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     lines = [x for x in proc.stderr.splitlines() if x.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -109,12 +127,25 @@ def run_child(code: str, env: dict[str, str], state: str) -> dict:
     return json.loads(lines[-1][len("RESULT ") :])
 
 
-def cold(name: str, import_line: str, env: dict[str, str], runs: int, state: str) -> dict[str, float]:
-    code = COLD.format(root=str(ROOT), tests=str(ROOT / "tests"), import_line=import_line)
+def cold_event(folder: Path, path: str) -> str:
+    """One REST v1 GET event as Lambda delivers it, in a file: the child reads it with json alone."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from eventdata import load_event
+
+    target = folder / "cold_event.json"
+    target.write_text(json.dumps(load_event("apigw_v1", path=path, query={"name": "cold"})))
+    return str(target)
+
+
+def cold(
+    name: str, import_line: str, env: dict[str, str], runs: int, state: str, event: str, path: list[str]
+) -> dict[str, float]:
+    code = COLD.format(path=path, import_line=import_line, event=event)
+    isolated = name == ARTIFACT  # as on Lambda: the artefact alone on sys.path, no site-packages
     walls, inner, rss = [], [], []
     for _ in range(runs):
         t = time.perf_counter()
-        r = run_child(code, env, state)
+        r = run_child(code, env, state, isolated=isolated, cwd=path[0] if isolated else None)  # Lambda: /var/task
         walls.append((time.perf_counter() - t) * 1000)
         inner.append(r["ms"])
         rss.append(r["rss"])
@@ -125,6 +156,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cold-runs", type=int, default=10)
     parser.add_argument("--warm-calls", type=int, default=2000)
+    parser.add_argument(
+        "--artifact",
+        type=Path,
+        help="also start the folder `sam build` or `dpmsf package` built (for this Python), with python -I -S",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dpmsf-lambda-bench-") as tmp:
         plugins = Path(tmp) / "plugins"
@@ -132,10 +168,20 @@ def main() -> int:
         (plugins / "bench_plugin.py").write_text(PLUGIN)
         state = str(Path(tmp) / "state")
         os.makedirs(state)
-        table = variants(plugins)
+        table = variants(plugins, args.artifact)
+        event = cold_event(Path(tmp), "/rest/services/hello-sync/")
+        sources = {name: [str(ROOT), str(ROOT / "bench")] for name in table}
+        if args.artifact is not None:
+            sources[ARTIFACT] = [str(args.artifact.resolve())]
+            event_bundled = cold_event(Path(tmp) / "state", "/rest/services/hello-world/")
 
         print(f"(a) cold start: fresh process, import handler + one REST v1 GET; median of {args.cold_runs}")
-        colds = {name: cold(name, imp, env, args.cold_runs, state) for name, (imp, env) in table.items()}
+        colds = {
+            name: cold(
+                name, imp, env, args.cold_runs, state, event_bundled if name == ARTIFACT else event, sources[name]
+            )
+            for name, (imp, env) in table.items()
+        }
         base = colds["fastapi+mangum"]
         print(f"{'':32} {'process wall':>13} {'import+invoke':>14} {'peak RSS':>10}   ratios vs fastapi+mangum")
         for name, c in colds.items():
@@ -146,10 +192,12 @@ def main() -> int:
         print(f"(b) warm invoke: µs per call (best of 3 rounds of {args.warm_calls})")
         warms = {}
         for name, (imp, env) in table.items():
+            if name == ARTIFACT:
+                continue  # its plugins are the bundled ones: the warm cases need the bench plugin
             code = WARM.format(root=str(ROOT), tests=str(ROOT / "tests"), import_line=imp, calls=args.warm_calls)
             warms[name] = run_child(code, env, state)
         cases = list(warms["fastapi+mangum"])
-        names = list(table)
+        names = [n for n in table if n != ARTIFACT]
         print(f"{'case':14}" + "".join(f"{n[:22]:>24}" for n in names) + "   dpmsf/fastapi+mangum  dpmsf/lifespan=off")
         for case in cases:
             row = "".join(f"{warms[n][case]:24.1f}" for n in names)

@@ -189,11 +189,17 @@ class CallPlan:
             ) from None
         if self._adapters:
             errors: list[dict[str, Any]] = []
+            sent: dict[str, Any] = {}  # a JSON body's values are checked as JSON; the rest is text to convert
+            if body is not None and request is not None and _is_json(request.header("content-type")):
+                sent = body
             for name, value in list(bound.arguments.items()):
                 if name not in self._adapters:
                     continue
+                from_json = bool(sent) and (
+                    (name in sent and sent[name] is value) or (name == self.model_param and name not in sent)
+                )
                 try:
-                    bound.arguments[name] = self._validate(name, value)
+                    bound.arguments[name] = self._validate(name, value, from_json=from_json)
                 except _Invalid as exc:
                     errors.extend(
                         {"loc": ["arguments", name, *loc], "msg": msg, "input": _short(bad)}
@@ -205,18 +211,22 @@ class CallPlan:
                 raise UnprocessableArguments(f"Invalid value for {names}: {first}", errors=errors)
         return list(bound.args), dict(bound.kwargs)
 
-    def _validate(self, name: str, value: Any) -> Any:
+    def _validate(self, name: str, value: Any, *, from_json: bool = False) -> Any:
+        """Query, URL and form values are text, converted by the annotation ("3" is an int); a JSON body's values
+        are checked as JSON, strictly (``false`` is not an int, ``"3"`` is not one either), as OpenAPI says."""
         adapter = self._adapters[name]
         if adapter is None:
             from pydantic import TypeAdapter  # only functions with typed signatures pay for pydantic
 
             adapter = self._adapters[name] = TypeAdapter(self._hints[name])
         hint = self._hints[name]
-        if isinstance(value, str) and _is_collection_hint(hint):
+        if isinstance(value, str) and _is_collection_hint(hint) and not from_json:
             value = [value]  # one query value for a list parameter
         from pydantic import ValidationError
 
         try:
+            if from_json:
+                return adapter.validate_json(json.dumps(_integral(value)), strict=True)
             return adapter.validate_python(value)
         except ValidationError as exc:  # every error, with the field path inside the value (a model's field)
             found = [
@@ -262,6 +272,23 @@ def _is_collection_hint(hint: Any) -> bool:
     if origin is typing.Union or type(hint).__name__ == "UnionType":
         return any(_is_collection_hint(arg) for arg in typing.get_args(hint))
     return False
+
+
+def _integral(value: Any) -> Any:
+    """``463.0`` -> ``463``, at any depth: JSON (and JSON Schema's ``integer``) does not tell them apart."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    return value
+
+
+def _is_json(content_type: str | None) -> bool:
+    """The body was parsed as JSON (``parse_body``): no content type, ``application/json`` or ``*+json``."""
+    ctype = (content_type or "").split(";", 1)[0].strip().lower()
+    return ctype in ("", "application/json", "text/json") or ctype.endswith("+json")
 
 
 def _is_request_type(hint: Any) -> bool:

@@ -37,9 +37,10 @@ class TaskChanges(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    title: Annotated[str, Field(min_length=1, pattern=r"\S")] | None = None
-    description: str | None = None
-    done: bool | None = None
+    # None only marks "not given": the types say no null (so OpenAPI offers none) and a null sent is refused below
+    title: Annotated[str, Field(min_length=1, pattern=r"\S")] = None  # type: ignore[assignment]
+    description: str = None  # type: ignore[assignment]
+    done: bool = None  # type: ignore[assignment]
 
     @field_validator("*", mode="before")
     @classmethod

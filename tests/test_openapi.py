@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+
 import httpx
+from conftest import ROOT
 
 
 def test_openapi_types_and_descriptions(bundled_client: httpx.Client) -> None:
@@ -18,18 +21,101 @@ def test_openapi_types_and_descriptions(bundled_client: httpx.Client) -> None:
     assert params["times"]["schema"] == {"type": "integer", "default": 1, "minimum": 1, "maximum": 100}
     assert params["shout"]["schema"]["type"] == "boolean"
     assert greet["get"]["summary"].startswith("Typed parameters")
+    assert "Also served unqualified: `GET /rest/services/greet/`." in greet["get"]["description"]
     body = greet["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["required"] == ["name"] and "times" in body["properties"]
-    order = spec["paths"]["/rest/services/showcase/order/"]["post"]["requestBody"]["content"]["application/json"]
-    assert order["schema"]["properties"]["order"]["properties"]["item"] == {
-        "title": "Item",
-        "type": "string",
-        "maxLength": 100,
+    assert "additionalProperties" not in body  # unknown keys are dropped by the server, not refused
+    # a single pydantic model parameter takes the whole body: the body's schema is the model's
+    order = spec["paths"]["/rest/services/showcase/order/"]["post"]["requestBody"]
+    assert order == {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "title": "Order",
+                    "type": "object",
+                    "properties": {
+                        "item": {"title": "Item", "type": "string", "maxLength": 100},
+                        "quantity": {
+                            "title": "Quantity",
+                            "type": "integer",
+                            "default": 1,
+                            "minimum": 1,
+                            "maximum": 1000,
+                        },
+                    },
+                    "required": ["item"],
+                }
+            }
+        },
     }
-    assert "/rest/services/greet/" in spec["paths"]  # unique: the short URL too
-    assert "/rest/services/api-name/" not in spec["paths"]  # ambiguous: only qualified
+
+
+def test_one_operation_per_endpoint_and_method(bundled_client: httpx.Client) -> None:
+    spec = bundled_client.get("/openapi.json").json()
+    listed = bundled_client.get("/rest/services/__dir__/").json()["endpoints"]
+    operations = [(method, path) for path, ops in spec["paths"].items() for method in ops]
+    assert sorted(operations) == sorted((m.lower(), e["qualified_url"]) for e in listed for m in e["methods"])
+    assert "/rest/services/greet/" not in spec["paths"]  # the unqualified URL is a note, not a second operation
     ids = [op["operationId"] for path in spec["paths"].values() for op in path.values()]
     assert len(ids) == len(set(ids))
+
+
+def test_module_docstrings_are_tag_descriptions(bundled_client: httpx.Client) -> None:
+    source = (ROOT / "plugins" / "todo.py").read_text(encoding="utf-8")
+    tags = {t["name"]: t for t in bundled_client.get("/openapi.json").json()["tags"]}
+    assert tags["todo"] == {"name": "todo", "description": ast.get_docstring(ast.parse(source))}
+    assert tags["v1"]["description"].startswith("Version 1 of a small API, published under the alias ``v1``")
+
+
+def test_path_parameters_and_real_content_types(bundled_client: httpx.Client) -> None:
+    paths = bundled_client.get("/openapi.json").json()["paths"]
+    one = paths["/rest/services/todo/tasks/{task_id}/"]
+    assert set(one) == {"get", "put", "delete"} and set(paths["/rest/services/todo/tasks/"]) == {"get", "post"}
+    assert one["get"]["parameters"] == [
+        {
+            "name": "task_id",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"},
+        }
+    ]
+    # a bare Response passes through: any media type (image/png is not JSON), or none at all (204)
+    png = paths["/rest/services/showcase/png/"]["get"]["responses"]
+    assert png["2XX"]["content"] == {"*/*": {"schema": {}}} and png["204"] == {"description": "No content"}
+    assert "200" not in png
+    greet = paths["/rest/services/showcase/greet/"]["get"]["responses"]
+    assert greet["200"]["content"]["application/json"]["schema"] == {
+        "type": "object",
+        "properties": {"results": {"type": "string"}},  # from the return annotation
+        "required": ["results"],
+    }
+    statuses = {code: sorted(op["responses"]) for code, op in paths["/rest/services/showcase/greet/"].items()}
+    errors = ["401", "403", "404", "422", "500", "503", "504", "default"]
+    assert statuses == {"get": sorted(["200", *errors]), "post": sorted(["200", "400", "413", "415", *errors])}
+    assert "502" in paths["/rest/services/polyglot/hello-node/"]["get"]["responses"]  # a program behind it
+    problem = paths["/rest/services/showcase/item/"]["get"]["responses"]["default"]  # raise HTTPError(404, ...)
+    assert problem["content"] == {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+
+
+def test_request_schemas_are_what_the_server_enforces(bundled_client: httpx.Client) -> None:
+    paths = bundled_client.get("/openapi.json").json()["paths"]
+    free = paths["/rest/services/hello/hello-world/"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert free["properties"]["args"]["type"] == ["array", "null"]  # {"args": null} means no positional arguments
+    post = bundled_client.post
+    assert post("/rest/services/hello-world/", json={"args": None}).json()["results"]["args"] == []
+    assert post("/rest/services/hello-world/", json={"args": 5}).status_code == 422
+    add = "/rest/services/introspected/add/"
+    assert paths[add]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["b"] == {
+        "type": "integer",
+        "default": 0,
+    }
+    # JSON values are checked as JSON: false and "1" are not integers there (a query's text is converted)
+    assert post(add, json={"a": False}).status_code == 422
+    assert post(add, json={"a": "1"}).json()["errors"][0]["loc"] == ["arguments", "a"]
+    assert post(add, json={"a": 463.0, "b": 1}).json() == {"results": 464}  # JSON does not tell 463.0 from 463
+    assert bundled_client.get(add, params={"a": "1", "b": "2"}).json() == {"results": 3}
+    assert post(add, data={"a": "1", "b": "2"}).json() == {"results": 3}  # a form's values are text too
 
 
 def test_docs_page(bundled_client: httpx.Client) -> None:

@@ -1,6 +1,6 @@
 """Lambda figures of the serverless issue, side by side with FastAPI + Mangum in the same run; prints ratios.
 
-    .venv/bin/python bench/lambda_bench.py [--cold-runs 10] [--warm-calls 2000] [--artifact .aws-sam/build/DpmsfFunction]
+    .venv/bin/python bench/lambda_bench.py [--cold-runs 10] [--warm-calls 2000] [--artifact FOLDER]
 
 (a) cold start: a fresh interpreter imports the handler module and serves one REST v1 GET; wall time (whole
     process, as Lambda's init + first invoke) and peak RSS (getrusage in the child); median of N runs.
@@ -92,6 +92,7 @@ sys.__stderr__.write("RESULT " + json.dumps(result) + "\\n")
 
 DPMSF_IMPORT = "from handler.aws_lambda import handler"
 FASTAPI_IMPORT = "sys.path.insert(0, {bench!r}); from baseline_lambda_app import {name} as handler"
+POWERTOOLS_IMPORT = "sys.path.insert(0, {bench!r}); from baseline_powertools_app import handler"
 ARTIFACT = "dpmsf (built artefact)"
 
 
@@ -102,6 +103,10 @@ def variants(plugins: Path, artifact: Path | None) -> dict[str, tuple[str, dict[
     table = {
         "fastapi+mangum": (FASTAPI_IMPORT.format(bench=bench, name="handler"), lam),
         "fastapi+mangum(lifespan=off)": (FASTAPI_IMPORT.format(bench=bench, name="handler_lifespan_off"), lam),
+        "powertools resolver": (
+            POWERTOOLS_IMPORT.format(bench=bench),
+            {**lam, "POWERTOOLS_METRICS_NAMESPACE": "Bench"},
+        ),
         "dpmsf": (DPMSF_IMPORT, dp),
         "dpmsf (no Powertools)": (DPMSF_IMPORT, {"DPMSF_PLUGINS": str(plugins), "DPMSF_SYNC_INLINE": "1"}),
     }
@@ -198,13 +203,15 @@ def main() -> int:
             warms[name] = run_child(code, env, state)
         cases = list(warms["fastapi+mangum"])
         names = [n for n in table if n != ARTIFACT]
-        print(f"{'case':14}" + "".join(f"{n[:22]:>24}" for n in names) + "   dpmsf/fastapi+mangum  dpmsf/lifespan=off")
+        print(f"{'case':14}" + "".join(f"{n[:22]:>24}" for n in names) + "   dpmsf/fastapi+mangum  dpmsf/powertools")
         for case in cases:
             row = "".join(f"{warms[n][case]:24.1f}" for n in names)
             r1 = warms["dpmsf"][case] / warms["fastapi+mangum"][case]
-            r2 = warms["dpmsf"][case] / warms["fastapi+mangum(lifespan=off)"][case]
-            print(f"{case:14}{row}   {r1:20.2f}x  {r2:17.2f}x")
-        print("target: dpmsf <= 0.60x fastapi+mangum")
+            r2 = warms["dpmsf"][case] / warms["powertools resolver"][case]
+            print(f"{case:14}{row}   {r1:20.2f}x  {r2:15.2f}x")
+        pt = [warms["powertools resolver"][c] / warms["fastapi+mangum"][c] for c in cases]
+        print(f"powertools resolver / fastapi+mangum: {min(pt):.2f}x to {max(pt):.2f}x")
+        print("targets: dpmsf <= 0.25x fastapi+mangum, at or below the Powertools resolver")
     return 0
 
 

@@ -105,6 +105,9 @@ class DPMSFApp:
         try:
             await self._route(scope, receive, responder, headers, rid)
         except DPMSFError as exc:
+            if isinstance(exc.extra.get("candidates"), list):  # a 409's qualified URLs resolve where the client is
+                root = _root_path(scope, self.settings)
+                exc.extra["candidates"] = [root + c for c in exc.extra["candidates"]]
             await responder.problem(exc, scope.get("root_path", "") + scope.get("path", ""))
         except Exception as exc:  # never a traceback to the caller unless debug
             log.exception("unhandled error serving %s %s (request %s)", scope["method"], scope.get("path"), rid)

@@ -28,7 +28,9 @@ public class Hello {
             if (c == '{' || c == '[') { depth++; continue; }
             if (c == '}' || c == ']') { depth--; continue; }
             if (c != '"' || depth != 1) { if (c == '"') { inString = true; } continue; }
-            int end = json.indexOf('"', i + 1);
+            int end = i + 1;  // the key's closing quote: an escaped one (\") is part of the key
+            while (end < json.length() && json.charAt(end) != '"') { end += json.charAt(end) == '\\' ? 2 : 1; }
+            if (end >= json.length()) { return null; }
             String found = json.substring(i + 1, end);
             int colon = end + 1;
             while (colon < json.length() && Character.isWhitespace(json.charAt(colon))) { colon++; }

@@ -1,15 +1,23 @@
-"""gunicorn settings for App Engine and the container image (``gunicorn -c python:dpmsf_core.gunicorn_conf``).
+"""gunicorn settings for App Engine and the container image (``gunicorn -c dpmsf_core/gunicorn_conf.py``).
 
 Only logging: gunicorn's own lines, its uvicorn workers' lines and the app's share one format (JSON for
 Cloud Logging on Google Cloud, a readable line elsewhere; see ``dpmsf_core/logconfig.py``). The rest of the
 command line (workers, bind, worker class) stays in app.yaml and the Dockerfile, where it is read.
+
+gunicorn loads this file by path before it puts the app's folder on ``sys.path``, and App Engine does not install
+the project (only requirements.txt), so the folder above ``dpmsf_core`` is put there first.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
-from dpmsf_core.logconfig import dict_config
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from dpmsf_core.logconfig import dict_config  # noqa: E402  (needs the path above)
 
 loglevel = (os.environ.get("DPMSF_LOG_LEVEL") or "info").lower()
 logconfig_dict = dict_config(loglevel)

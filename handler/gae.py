@@ -1,4 +1,4 @@
-"""Google App Engine entry point: ``gunicorn -c python:dpmsf_core.gunicorn_conf -k uvicorn_worker.UvicornWorker
+"""Google App Engine entry point: ``gunicorn -c dpmsf_core/gunicorn_conf.py -k uvicorn_worker.UvicornWorker
 handler.gae:app`` (app.yaml); the same app serves the container image (Dockerfile) on Cloud Run.
 
 Logging is configured before the plugins load, so that their errors are Cloud Logging entries too (a no-op when

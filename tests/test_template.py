@@ -161,7 +161,7 @@ def test_app_yaml() -> None:
     app = yaml.safe_load((ROOT / "app.yaml").read_text())
     assert app["runtime"] == "python312"
     assert app["entrypoint"] == (
-        "gunicorn -c python:dpmsf_core.gunicorn_conf -k uvicorn_worker.UvicornWorker -w 2 -b :$PORT handler.gae:app"
+        "gunicorn -c dpmsf_core/gunicorn_conf.py -k uvicorn_worker.UvicornWorker -w 2 -b :$PORT handler.gae:app"
     )
     assert app["env_variables"]["DPMSF_PLUGINS"] == "."
     assert all(isinstance(v, str) for v in app["env_variables"].values())  # App Engine wants strings
@@ -184,6 +184,7 @@ def test_gcprunner_runs_the_app_yaml_entrypoint(tmp_path: Path) -> None:
     """gcprunner.sh in a copy whose app.yaml serves a tiny ASGI app echoing the App Engine variables."""
     shutil.copy(ROOT / "gcprunner.sh", tmp_path / "gcprunner.sh")
     (tmp_path / ".venv").symlink_to(BIN.parent)
+    (tmp_path / "dpmsf_core").symlink_to(ROOT / "dpmsf_core")  # the entrypoint's gunicorn settings file
     (tmp_path / "echoenv.py").write_text(
         textwrap.dedent(
             """

@@ -7,6 +7,7 @@ import importlib.machinery
 import importlib.util
 import inspect
 import os
+import re
 import sys
 import time
 import types
@@ -92,6 +93,31 @@ def scan_folder(folder: str, index: int) -> Iterator[Candidate]:
                     yield Candidate(name, init, folder, index, True, package_signature(entry.path))
         except OSError:
             continue
+
+
+def change_reason(old: Candidate | None, new: Candidate) -> str:
+    """Why a module is loaded again, for the reload log: ``added``, ``edited (120 -> 134 bytes)``..."""
+    if old is None:
+        return "added"
+    if new.is_package:
+        return "changed (a file of the package)"
+    if old.signature[1] != new.signature[1]:
+        return f"edited ({old.signature[1]} -> {new.signature[1]} bytes)"
+    return "edited (same size, newer)" if old.signature[0] != new.signature[0] else "replaced (same size and time)"
+
+
+_STAMP = re.compile(rb'^__tenant__ = "([A-Za-z0-9._:-]{1,128})"$', re.MULTILINE)
+UNKNOWN_OWNER = "?"  # owner of an unreadable upload without our stamp: visible to the admin only
+
+
+def stamped_owner(path: str) -> str:
+    """The tenant line the upload endpoint writes (``__tenant__ = "<id>"``), read without parsing the module."""
+    try:
+        with open(path, "rb") as fh:
+            found = _STAMP.search(fh.read(1 << 20))
+    except OSError:
+        return UNKNOWN_OWNER
+    return found.group(1).decode() if found else UNKNOWN_OWNER
 
 
 def read_metadata(path: str) -> Metadata:

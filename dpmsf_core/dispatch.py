@@ -83,7 +83,13 @@ class ServiceDispatcher:
             if method not in ("GET", "HEAD", "OPTIONS"):
                 raise MethodNotAllowed("__dir__ answers GET only.", ["GET", "HEAD", "OPTIONS"])
             tenant = self.security.tenant_for_read(headers)
-            await responder.json(200, self.directory(tenant, scope.get("root_path") or ""))
+            listing = self.directory(tenant, scope.get("root_path") or "")
+            if parse_query(scope["query_string"]).get("pretty", "0") not in ("", "0", "false", "no"):
+                import json  # ?pretty=1: indented, for reading in a terminal or a browser tab
+
+                await responder.send(200, json.dumps(listing, indent=2, default=str).encode() + b"\n", JSON)
+            else:
+                await responder.json(200, listing)
             return
 
         token = bearer(headers)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import threading
 import time
@@ -16,12 +15,14 @@ from .discovery import (
     Candidate,
     LoadedModule,
     Metadata,
+    change_reason,
     collect,
     import_module,
     module_name_for,
     package_signature,
     read_metadata,
     scan_folder,
+    stamped_owner,
 )
 from .errors import PluginError
 from .snapshot import EMPTY, Endpoint, ModuleEntry, ModuleReport, Snapshot
@@ -40,20 +41,6 @@ __all__ = [
 log = logging.getLogger("dpmsf.registry")
 
 RECENT_CHANGE_WINDOW = 2.0  # seconds: file-system mtimes are coarse, so a just-changed folder is re-checked
-
-
-_STAMP = re.compile(rb'^__tenant__ = "([A-Za-z0-9._:-]{1,128})"$', re.MULTILINE)
-UNKNOWN_OWNER = "?"  # owner of an unreadable upload without our stamp: visible to the admin only
-
-
-def _stamped_owner(path: str) -> str:
-    """The tenant line the upload endpoint writes (``__tenant__ = "<id>"``), read without parsing the module."""
-    try:
-        with open(path, "rb") as fh:
-            found = _STAMP.search(fh.read(1 << 20))
-    except OSError:
-        return UNKNOWN_OWNER
-    return found.group(1).decode() if found else UNKNOWN_OWNER
 
 
 class UntrustedLoader(Protocol):
@@ -99,6 +86,17 @@ def _report(
         sorted(entry.endpoints) if entry else [],
         [ev.name for ev, _ in entry.events] if entry else [],
     )
+
+
+def _log_reload(cand: Candidate, previous: _Record | None, record: _Record) -> None:
+    """One line per module a reload touched: what happened to its file, and what serves now."""
+    why = change_reason(previous.candidate if previous else None, cand)
+    if record.error is None:
+        apis = ", ".join(sorted(record.entry.endpoints)) if record.entry else ""
+        log.info("reload: %s %s: loaded%s", cand.path, why, f"; serving {apis}" if apis else "")
+    else:
+        keeps = "the previous version keeps serving" if record.stale else "not served"
+        log.warning("reload: %s %s: failed to load, %s", cand.path, why, keeps)
 
 
 class Registry:
@@ -249,6 +247,8 @@ class Registry:
                 else:
                     record = self._load(cand, previous, meta)
                 changed = True
+                if self.snapshot is not EMPTY and public not in modules:  # start-up has its own summary line
+                    _log_reload(cand, previous, record)
             public = record.meta.alias or cand.name
             trusted = self._is_trusted(record.meta)
             owner = modules.get(public)
@@ -273,6 +273,9 @@ class Registry:
             if path not in records:
                 changed = True
                 self._forget_module(old.candidate)
+                if not os.path.exists(path):
+                    served = ", ".join(sorted(old.entry.endpoints)) if old.entry else ""
+                    log.info("reload: %s removed%s", path, f"; no longer served: {served}" if served else "")
         self._records = records
         if not changed and self.snapshot is not EMPTY:
             return self.snapshot
@@ -291,7 +294,7 @@ class Registry:
         log.info(
             "plugins: %d modules serving, %d endpoints (version %d)",
             len(modules),
-            sum(len(v) for v in by_api.values()),
+            sum(len(eps) for entry in modules.values() for eps in entry.routes.values()),
             self.snapshot.version,
         )
         return self.snapshot
@@ -308,7 +311,7 @@ class Registry:
             if previous is not None:
                 return previous.meta, str(exc)
             # an upload that no longer parses still belongs to whoever it was stamped for (and to nobody else)
-            return Metadata(tenant=_stamped_owner(cand.path) if owned else None), str(exc)
+            return Metadata(tenant=stamped_owner(cand.path) if owned else None), str(exc)
         if meta.tenant is None and owned:
             # an upload always carries its owner's id; one without is not ours to trust (nor to run at all)
             return meta, f"{cand.path}: an uploaded module without an owner (__tenant__) is not loaded"

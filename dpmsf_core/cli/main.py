@@ -42,8 +42,6 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     if args.plugins:
         os.environ["DPMSF_PLUGINS"] = args.plugins
     if args.workers > 1 and not os.environ.get("DPMSF_REPLAY_STORE"):
@@ -62,20 +60,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "access_log": False,  # ours (dpmsf.access) has the request id, endpoint and latency
         "proxy_headers": True,
     }
+    from . import serving  # the banner is printed once the port is bound, not before
+
     if args.workers > 1:
-        uvicorn.run("dpmsf_core.asgi:create", factory=True, workers=args.workers, **common)
+        banner = serving.banner_lines(args.host, args.port, None, [os.environ.get("DPMSF_PLUGINS", ".")])
+        serving.run("dpmsf_core.asgi:create", common, args.workers, lambda: banner)
         return 0
     from ..app import create_app
 
     _configure_local_logging(log_config)  # before the plugins load: their errors are logged in the same format
     app = create_app(settings)
     count = sum(1 for _ in app.registry.snapshot.endpoints())
-    print(f"DPMSF: {count} endpoints from {', '.join(app.registry.folders)}", file=sys.stderr)
-    print(
-        f"DPMSF: http://{args.host}:{args.port}/rest/services/__dir__/  docs: http://{args.host}:{args.port}/docs",
-        file=sys.stderr,
-    )
-    uvicorn.run(app, **common)
+    serving.run(app, common, 1, lambda: serving.banner_lines(args.host, args.port, count, app.registry.folders))
     return 0
 
 
@@ -86,8 +82,11 @@ def _configure_local_logging(log_config: dict[str, Any]) -> None:
 
 
 def cmd_routes(args: argparse.Namespace) -> int:
+    import logging
+
     from ..app import create_app
 
+    logging.getLogger("dpmsf.registry").setLevel(logging.CRITICAL)  # each broken plugin is listed once, below
     app = create_app(_settings(args))
     directory = app.directory()
     rows = [
@@ -175,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Any]:
     """Commands that live beside the features they drive (tokens, tenants, Lambda tools)."""
     out = []
-    for module in ("dpmsf_core.cli.security", "dpmsf_core.cli.aws"):
+    for module in ("dpmsf_core.cli.init", "dpmsf_core.cli.security", "dpmsf_core.cli.aws", "dpmsf_core.cli.cost"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ImportError:

@@ -1,0 +1,82 @@
+"""Run uvicorn for ``dpmsf serve`` and print the banner only once the port is bound, so that what it says is true
+(a port in use fails before any banner), with one or several workers. Imported by ``dpmsf serve`` only."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+
+
+def banner_lines(host: str, port: int, endpoints: int | None, folders: list[str]) -> list[str]:
+    """What ``dpmsf serve`` prints when it is ready; says how to reach ``dpmsf`` when it is not on PATH."""
+    base = f"http://{host}:{port}"
+    lines = []
+    if endpoints is not None:
+        lines.append(f"DPMSF: {endpoints} endpoints from {', '.join(folders)}")
+    lines.append(f"DPMSF: {base}/rest/services/__dir__/  docs: {base}/docs")
+    hint = path_hint()
+    if hint:
+        lines.append(f"DPMSF: {hint}")
+    return lines
+
+
+def path_hint() -> str | None:
+    """None when ``dpmsf`` on PATH is this one; else the exact way to run it (``.venv/bin/dpmsf``, ``activate``)."""
+    here = os.path.join(os.path.dirname(sys.executable), "dpmsf")
+    found = shutil.which("dpmsf")
+    if found and os.path.realpath(found) == os.path.realpath(here):
+        return None
+    if not os.path.exists(here):
+        return None  # run as ``python -m dpmsf_core``: nothing installed to point at
+    shown = os.path.relpath(here) if not os.path.relpath(here).startswith("..") else here
+    activate = os.path.join(os.path.dirname(shown), "activate")
+    return f"'dpmsf' is not on your PATH: run {shown}, or 'source {activate}' first"
+
+
+def run(app: Any, options: dict[str, Any], workers: int, banner: Callable[[], list[str]]) -> None:
+    """``uvicorn.run(app, **options)``, plus the banner after the listening socket exists."""
+
+    def show() -> None:
+        for line in banner():
+            print(line, file=sys.stderr, flush=True)
+
+    if workers > 1:
+        from uvicorn.supervisors import Multiprocess
+
+        config = uvicorn.Config(app, workers=workers, factory=True, **options)
+        sock = config.bind_socket()  # the supervisor binds once; every worker serves that socket
+        show()
+        kwargs: dict[str, Any] = {"sockets": [sock]}
+        if "target" in inspect.signature(Multiprocess).parameters:  # uvicorn before 0.30 wanted the target too
+            kwargs["target"] = uvicorn.Server(config).run
+        try:
+            Multiprocess(config, **kwargs).run()
+        except KeyboardInterrupt:
+            pass
+        return
+    server = _BannerServer(uvicorn.Config(app, **options), show)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    if not server.started:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE: the port was taken, or the app's startup failed
+
+
+class _BannerServer(uvicorn.Server):
+    """A uvicorn server that announces itself after ``startup`` bound the port (and not if it could not)."""
+
+    def __init__(self, config: Any, show: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._show = show
+
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if not self.should_exit:
+            self._show()

@@ -1,0 +1,145 @@
+"""``dpmsf init``: a project of one's own, proven as a newcomer meets it: a fresh virtual environment with DPMSF
+installed from a wheel (not this checkout), ``dpmsf init demo``, the project's own tests, then its server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import ROOT, free_port
+
+from dpmsf_core.cli.init import SERVE, TEST, write_project
+
+EXPECTED_FILES = [
+    ".gitignore",
+    "README.md",
+    "app.yaml",
+    "infra/template.yaml",
+    "plugins/greetings.py",
+    "pyproject.toml",
+    "requirements.txt",
+    "tests/test_greetings.py",
+]
+
+
+def _pypi_reachable() -> bool:
+    try:
+        socket.create_connection(("pypi.org", 443), timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
+def _run(argv: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DPMSF_", "VIRTUAL_ENV", "PYTHON"))}
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """A wheel of this checkout, built once, installed with pytest and httpx into a new virtual environment
+    (once per test session): what ``pip install dpmsf`` gives a newcomer. Returns (venv, wheel, build output)."""
+    if not _pypi_reachable():
+        pytest.skip("pypi.org is not reachable: the fresh virtual environment cannot install DPMSF's dependencies")
+    base = tmp_path_factory.mktemp("fresh")
+    wheels = base / "wheels"
+    built = _run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(wheels), str(ROOT)], base)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    (wheel,) = wheels.glob("dpmsf-*.whl")
+    venv = base / "venv"
+    made = _run([sys.executable, "-m", "venv", str(venv)], base)
+    assert made.returncode == 0, made.stderr
+    print("installing DPMSF and its dependencies into a fresh virtual environment...", file=sys.stderr)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    installed = _run([*pip, str(wheel), "pytest", "httpx"], base)
+    assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
+    return venv, wheel, built.stdout + built.stderr
+
+
+def test_our_metadata_builds_without_warnings(fresh_venv: tuple[Path, Path, str]) -> None:
+    _, _, output = fresh_venv
+    assert "SetuptoolsDeprecationWarning" not in output and "License classifiers are deprecated" not in output
+    assert "`project.license` as a TOML table is deprecated" not in output
+
+
+@pytest.mark.slow
+def test_a_new_project_passes_its_own_tests_and_serves(fresh_venv: tuple[Path, Path, str], tmp_path: Path) -> None:
+    venv, wheel, _ = fresh_venv
+    dpmsf = str(venv / "bin" / "dpmsf")
+    assert _run([dpmsf, "--version"], tmp_path).stdout.strip() == "dpmsf 0.1.0"
+    made = _run([dpmsf, "init", "demo"], tmp_path)
+    assert made.returncode == 0, made.stderr
+    demo = tmp_path / "demo"
+    assert sorted(str(p.relative_to(demo)) for p in demo.rglob("*") if p.is_file()) == EXPECTED_FILES
+    assert (demo / "requirements.txt").read_text().splitlines()[-1] == f"dpmsf[gae] @ {wheel.as_uri()}"
+    assert "demo" in (demo / "README.md").read_text().splitlines()[0]
+
+    tested = _run([str(venv / "bin" / "python"), "-m", "pytest", "-p", "no:cacheprovider"], demo, timeout=300)
+    assert tested.returncode == 0, tested.stdout[-3000:] + tested.stderr[-3000:]
+    assert "2 passed" in tested.stdout
+
+    port = free_port()
+    with _serving([dpmsf, "serve", "--plugins", "plugins", "--port", str(port)], demo) as banner:
+        assert banner == f"DPMSF: 2 endpoints from {demo / 'plugins'}"
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            assert client.get("/rest/services/greetings/es/?name=Ada").json() == {
+                "results": {"greeting": "¡Hola, Ada!"}
+            }
+
+
+class _serving:
+    """A server subprocess: the context value is its first banner line, read once the port is bound."""
+
+    def __init__(self, argv: list[str], cwd: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DPMSF_", "VIRTUAL_ENV", "PYTHON"))}
+        self.proc = subprocess.Popen(
+            argv, cwd=cwd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True
+        )
+
+    def __enter__(self) -> str:
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + 60
+        lines: list[str] = []
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line.rstrip("\n"))
+            if line.startswith("DPMSF: "):
+                return line.rstrip("\n")
+        self.__exit__()
+        raise AssertionError("no banner:\n" + "\n".join(lines))
+
+    def __exit__(self, *exc: object) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(15)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+def test_init_writes_the_files_and_refuses_a_full_folder(tmp_path: Path) -> None:
+    written = write_project(tmp_path / "mine", "mine")
+    assert sorted(str(p.relative_to(tmp_path / "mine")) for p in written) == EXPECTED_FILES
+    assert "{{" not in "".join(p.read_text() for p in written)
+    readme = (tmp_path / "mine" / "README.md").read_text()
+    assert f"\n{SERVE}\n{TEST}\n" in readme  # the same two commands as dpmsf init prints
+    again = subprocess.run(
+        [sys.executable, "-m", "dpmsf_core", "init", str(tmp_path / "mine")], capture_output=True, text=True
+    )
+    assert again.returncode == 1 and "is not an empty folder; nothing written" in again.stderr
+
+
+def test_the_generated_template_lints_clean(tmp_path: Path) -> None:
+    write_project(tmp_path, "lintme")
+    cfn_lint = Path(sys.executable).parent / "cfn-lint"
+    linted = subprocess.run(
+        [str(cfn_lint), "--", str(tmp_path / "infra" / "template.yaml")], capture_output=True, text=True, timeout=120
+    )
+    assert linted.returncode == 0, linted.stdout + linted.stderr

@@ -1,0 +1,170 @@
+"""Errors where a newcomer looks (issue 12): a stale module says so on its answers and in ``__dir__``, reloads log
+what changed and why, ``__dir__?pretty=1`` indents, ``dpmsf routes`` lists each broken plugin once, the banner
+comes after the port is bound; over a real server and the real CLI."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import ROOT, free_port
+
+GOOD = """
+from dpmsf_core import expose
+
+@expose.endpoint(method="GET", API="live")
+def live():
+    return {value!r}
+"""
+
+
+def test_a_stale_module_says_so_on_every_answer_and_in_dir(
+    plugin_dir: Any, make_app: Callable[..., Any], serve: Callable[[Any], httpx.Client]
+) -> None:
+    plugin_dir.write("live.py", GOOD.format(value="one"))
+    client = serve(make_app(plugin_dir.path))
+    assert "dpmsf-stale" not in client.get("/rest/services/live/").headers
+
+    plugin_dir.write("live.py", "from dpmsf_core import expose\n\nraise RuntimeError('half-written')\n")
+    r = client.get("/rest/services/live/")
+    assert r.json() == {"results": "one"}  # the last good version serves...
+    assert r.headers["dpmsf-stale"] == "live.py, line 3: import raised RuntimeError: half-written"  # ...and says so
+    listing = client.get("/rest/services/__dir__/").json()
+    (module,) = listing["modules"]
+    assert (module["status"], module["error"]) == (
+        "stale",
+        "live.py, line 3: import raised RuntimeError: half-written",
+    )
+    assert listing["problems"] == ["live.py, line 3: import raised RuntimeError: half-written"]
+    assert client.get("/rest/services/live/").headers["x-request-id"]
+
+    plugin_dir.write("live.py", GOOD.format(value="two"))
+    r = client.get("/rest/services/live/")
+    assert r.json() == {"results": "two"} and "dpmsf-stale" not in r.headers
+    assert client.get("/rest/services/__dir__/").json()["problems"] == []
+
+
+def test_a_module_that_never_loaded_answers_503_with_file_line_and_reason(
+    plugin_dir: Any, make_app: Callable[..., Any], serve: Callable[[Any], httpx.Client]
+) -> None:
+    plugin_dir.write("broken.py", "x = 1\ny = 1 / 0\n")
+    r = serve(make_app(plugin_dir.path)).get("/rest/services/broken/anything/")
+    assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json"
+    assert r.json()["detail"] == (
+        "Module 'broken' failed to load: broken.py, line 2: import raised ZeroDivisionError: division by zero"
+    )
+
+
+def test_a_reload_logs_which_modules_changed_and_why(
+    plugin_dir: Any,
+    make_app: Callable[..., Any],
+    serve: Callable[[Any], httpx.Client],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first = plugin_dir.write("live.py", GOOD.format(value="one"))
+    client = serve(make_app(plugin_dir.path))
+    caplog.set_level(logging.INFO, logger="dpmsf.registry")
+    caplog.clear()
+    size = first.stat().st_size
+    plugin_dir.write("live.py", GOOD.format(value="longer"))
+    plugin_dir.write("more.py", GOOD.replace('API="live"', 'API="more"').format(value=1))
+    client.get("/rest/services/live/")
+    plugin_dir.write("live.py", "def broken(:\n")
+    client.get("/rest/services/live/")
+    plugin_dir.remove("more.py")
+    client.get("/rest/services/live/")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reload:")]
+    path = plugin_dir.path / "live.py"
+    more = plugin_dir.path / "more.py"
+    assert lines == [
+        f"reload: {path} edited ({size} -> {size + 3} bytes): loaded; serving live",
+        f"reload: {more} added: loaded; serving more",
+        f"reload: {path} edited ({size + 3} -> 13 bytes): failed to load, the previous version keeps serving",
+        f"reload: {more} removed; no longer served: more",
+    ]
+
+
+def test_dir_pretty_indents(
+    plugin_dir: Any, make_app: Callable[..., Any], serve: Callable[[Any], httpx.Client]
+) -> None:
+    plugin_dir.write("live.py", GOOD.format(value="one"))
+    client = serve(make_app(plugin_dir.path))
+    compact = client.get("/rest/services/__dir__/")
+    pretty = client.get("/rest/services/__dir__/?pretty=1")
+    assert pretty.headers["content-type"] == "application/json"
+    assert pretty.text == json.dumps(compact.json(), indent=2) + "\n"
+    assert "\n" not in compact.text
+
+
+def _cli(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("DPMSF_")}
+    return subprocess.run(
+        [sys.executable, "-m", "dpmsf_core", *args],
+        cwd=cwd,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_routes_prints_each_broken_plugin_once(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text("import nothing_of_that_name\n", encoding="utf-8")
+    (tmp_path / "v1_copy.py").write_text('__alias__ = "v1"\n\ndef f():\n    return 1\n', encoding="utf-8")
+    done = _cli("routes", "--plugins", f"{tmp_path}:.", env={"DPMSF_STATE_DIR": str(tmp_path / "state")})
+    assert done.returncode == 0
+    assert done.stderr.splitlines() == [
+        "! broken.py: error: broken.py, line 1: import raised ModuleNotFoundError: "
+        "No module named 'nothing_of_that_name'",
+        "! v1_copy.py: conflict: module name 'v1' of v1_copy.py is already taken by sample_v1.py; "
+        "this one is not loaded",
+    ]
+
+
+def test_no_banner_when_the_port_is_taken(tmp_path: Path) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        done = _cli("serve", "--port", str(port), "--plugins", str(tmp_path), env={"DPMSF_STATE_DIR": str(tmp_path)})
+    assert done.returncode == 3
+    assert "address already in use" in done.stderr and "DPMSF: " not in done.stderr
+
+
+@pytest.mark.slow
+def test_the_banner_comes_once_the_port_answers(tmp_path: Path) -> None:
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("DPMSF_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dpmsf_core", "serve", "--port", str(port), "--plugins", str(tmp_path)],
+        cwd=tmp_path,
+        env={**base, "DPMSF_STATE_DIR": str(tmp_path / "state")},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        while not line.startswith("DPMSF: "):
+            assert line, "the server ended without a banner"
+            line = proc.stderr.readline()
+        assert line == f"DPMSF: 0 endpoints from {tmp_path}\n"
+        # printed after the bind: the port answers at once
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).json()["service"] == "dpmsf"
+        assert proc.stderr.readline() == (
+            f"DPMSF: http://127.0.0.1:{port}/rest/services/__dir__/  docs: http://127.0.0.1:{port}/docs\n"
+        )
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        if proc.stderr is not None:
+            proc.stderr.close()

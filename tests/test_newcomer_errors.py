@@ -168,3 +168,43 @@ def test_the_banner_comes_once_the_port_answers(tmp_path: Path) -> None:
         proc.wait(15)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+ADMIN = "00000000-0000-4000-8000-000000000001"
+COPY_OF_README = """
+from dpmsf_core import expose
+
+__alias__ = "v1"
+
+
+@expose.endpoint(method="GET", API="mine")
+def mine():
+    return 1
+"""
+
+
+def test_an_upload_whose_alias_is_taken_is_told_so(
+    make_app: Callable[..., Any], serve: Callable[[Any], httpx.Client]
+) -> None:
+    from dpmsf_core.tenancy.tokens import mint
+
+    app = make_app(".", env={"ADMIN_ID": ADMIN})  # the bundled plugins: sample_v1.py serves alias v1
+    client = serve(app)
+    key = app.get_security().tenants.get(ADMIN).key
+    r = client.put(
+        "/rest/admin/plugins/mine", content=COPY_OF_README, headers={"authorization": f"Bearer {mint(ADMIN, key)}"}
+    )
+    assert r.status_code == 409 and r.headers["content-type"] == "application/problem+json"
+    assert r.json()["detail"] == (
+        "The __alias__ 'v1' is served by sample_v1.py already; this module would not load. Choose another __alias__."
+    )
+    assert app.admin.store.list() == []
+    r = client.put(
+        "/rest/admin/plugins/hello",
+        content="def f():\n    return 1\n",
+        headers={"authorization": f"Bearer {mint(ADMIN, key)}"},
+    )
+    assert r.status_code == 409 and "module name 'hello' is served by hello.py" in r.json()["detail"]
+    fixed = COPY_OF_README.replace('"v1"', '"mine_v1"')
+    r = client.put("/rest/admin/plugins/mine", content=fixed, headers={"authorization": f"Bearer {mint(ADMIN, key)}"})
+    assert r.status_code == 201 and r.json()["results"]["status"] == "loaded"

@@ -81,6 +81,8 @@ class PluginUpload:
             if not admin:
                 _check_names_free(self.registry.snapshot, {name, meta.alias or name}, tenant)
                 _check_readable(source, name)
+            else:  # the admin's module would lose a public name another trusted file serves: say so, store nothing
+                _check_trusted_name_free(self.registry.snapshot, meta.alias or name, self.folder, name)
             # Conditional: created only if still absent, replaced only if still the version whose owner we checked.
             self.store.put(name, source, expect=stored[1] if stored else None)
             status = self._reload(name)
@@ -148,6 +150,20 @@ def _check_names_free(snapshot: Any, names: set[str], tenant: str) -> None:
                 f"The module name '{sorted(taken)[0]}' is taken by another owner; choose another name"
                 + (" or __alias__." if report.name in names else ".")
             )
+
+
+def _check_trusted_name_free(snapshot: Any, public: str, folder: str, name: str) -> None:
+    """409 when another trusted module (a bundled one, say) serves ``public``: this upload would never load."""
+    holder = snapshot.modules.get(public)
+    if holder is None or not holder.trusted:
+        return
+    if os.path.realpath(holder.path) == os.path.realpath(os.path.join(folder, f"{name}.py")):
+        return  # this very upload, replaced
+    what = "__alias__" if public != name else "module name"
+    raise Conflict(
+        f"The {what} '{public}' is served by {os.path.basename(holder.path)} already; "
+        f"this module would not load. Choose another {'__alias__' if public != name else 'name'}."
+    )
 
 
 def _owner(source: str | None) -> str | None:

@@ -1,7 +1,9 @@
 """DPMSF: drop a Python module in a plugins folder; its functions are REST endpoints.
 
-The public surface is ``__all__``: what plugins and users import. Everything else in the package may move
-between versions. Heavy parts (the app, the store, commands) load on first use, so that a plugin importing
+The public surface is ``__all__``: what plugins and users import (``expose``, the errors a function raises,
+``RequestInfo`` and ``current``, ``store``, ``run_program``, ``create_app`` and the ``testing`` helpers).
+Everything else in the package (``dpmsf_core.errors``, ``dpmsf_core.context``, ...) may move between versions.
+Heavy parts (the app, the store, commands) load on first use, so that a plugin importing
 ``expose`` costs nothing more.
 """
 
@@ -23,7 +25,7 @@ from .errors import (
 from .expose import expose
 
 if TYPE_CHECKING:
-    from . import store
+    from . import store, testing
     from .app import DPMSFApp
     from .commands import ProgramResult, run_program, run_program_sync
 
@@ -44,6 +46,7 @@ __all__ = [
     "run_program",
     "run_program_sync",
     "store",
+    "testing",
 ]
 __version__ = "0.1.0"
 
@@ -56,11 +59,11 @@ def create_app(settings: Any = None, **overrides: Any) -> DPMSFApp:
 
 
 def __getattr__(name: str) -> Any:
-    """``dpmsf_core.store`` and ``dpmsf_core.run_program`` are imported on first use."""
+    """``dpmsf_core.store``, ``dpmsf_core.testing`` and ``dpmsf_core.run_program`` are imported on first use."""
     from importlib import import_module  # not ``from . import``: that would ask this very function again
 
-    if name == "store":
-        return import_module(f"{__name__}.store")
+    if name in ("store", "testing"):
+        return import_module(f"{__name__}.{name}")
     if name in ("run_program", "run_program_sync", "ProgramResult"):
         return getattr(import_module(f"{__name__}.commands"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -73,3 +73,21 @@ def test_paging(client: Any) -> None:
     first = client.get(BASE + "?limit=2").json()
     rest = client.get(BASE, params={"limit": 2, "cursor": first["cursor"]}).json()
     assert len(first["results"]) == 2 and len(rest["results"]) == 1 and rest["cursor"] is None
+
+
+def test_todo_uses_the_public_api_only() -> None:
+    import ast
+
+    import dpmsf_core
+
+    tree = ast.parse((plugin_folder() / "todo.py").read_text(encoding="utf-8"))
+    ours = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module == "dpmsf_core"]
+    deeper = [
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dpmsf_core.")
+    ]
+    assert deeper == [] and ours, "todo.py imports dpmsf_core internals"
+    imported = {alias.name for node in ours for alias in node.names}
+    assert imported <= set(dpmsf_core.__all__), imported - set(dpmsf_core.__all__)
+    assert all(getattr(dpmsf_core, name) is not None for name in dpmsf_core.__all__)

@@ -208,3 +208,22 @@ def test_an_upload_whose_alias_is_taken_is_told_so(
     fixed = COPY_OF_README.replace('"v1"', '"mine_v1"')
     r = client.put("/rest/admin/plugins/mine", content=fixed, headers={"authorization": f"Bearer {mint(ADMIN, key)}"})
     assert r.status_code == 201 and r.json()["results"]["status"] == "loaded"
+
+
+def test_the_readmes_first_plugin_loads_beside_the_bundled_ones(tmp_path: Path) -> None:
+    from dpmsf_core.testing import http_client, plugin_folder
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Writing plugins") :]
+    example = section[section.index("```python\n") + len("```python\n") : section.index("```\n", 10)]
+    name = example.splitlines()[0].removeprefix("# plugins/")
+    (tmp_path / name).write_text(example, encoding="utf-8")
+    with http_client([plugin_folder(), tmp_path]) as client:
+        listing = client.get("/rest/services/__dir__/").json()
+        assert [m for m in listing["modules"] if m["status"] != "loaded"] == []
+        assert listing["problems"] == []
+        assert client.get("/rest/services/welcome/?name=Ada").json()["results"] == {"welcome": "Ada"}
+        assert client.get("/rest/services/welcome_v1/welcome/fr/?name=Ada").json()["results"] == {
+            "welcome": "Ada",
+            "lang": "fr",
+        }

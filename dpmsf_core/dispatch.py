@@ -162,16 +162,17 @@ class ServiceDispatcher:
 
     async def _invoke(self, endpoint: Endpoint, args: list[Any], kwargs: dict[str, Any]) -> Any:
         timeout = self.settings.function_timeout or None
-        deadline = asyncio.timeout(timeout)  # None: no limit; ``expired()`` tells our timeout from the plugin's own
+        if timeout is None:  # on Lambda, which enforces its own: no timer, so a call that never waits needs no loop
+            try:
+                return await self._call(endpoint, args, kwargs)
+            except DPMSFError:
+                raise
+            except Exception as exc:
+                raise self._failed(endpoint, exc) from None
+        deadline = asyncio.timeout(timeout)  # ``expired()`` tells our timeout from the plugin's own
         try:
             async with deadline:
-                if endpoint.is_async:
-                    return await endpoint.func(*args, **kwargs)
-                if self.settings.sync_inline:
-                    return endpoint.func(*args, **kwargs)
-                loop = asyncio.get_running_loop()
-                call = functools.partial(contextvars.copy_context().run, endpoint.func, *args, **kwargs)
-                return await loop.run_in_executor(self.executor, call)
+                return await self._call(endpoint, args, kwargs)
         except DPMSFError:
             raise
         except TimeoutError as exc:
@@ -180,6 +181,15 @@ class ServiceDispatcher:
             raise self._failed(endpoint, exc) from None
         except Exception as exc:
             raise self._failed(endpoint, exc) from None
+
+    async def _call(self, endpoint: Endpoint, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        if endpoint.is_async:
+            return await endpoint.func(*args, **kwargs)
+        if self.settings.sync_inline:
+            return endpoint.func(*args, **kwargs)
+        loop = asyncio.get_running_loop()
+        call = functools.partial(contextvars.copy_context().run, endpoint.func, *args, **kwargs)
+        return await loop.run_in_executor(self.executor, call)
 
     def _failed(self, endpoint: Endpoint, exc: Exception) -> FunctionFailed:
         """A function's own exception: logged in full; the caller learns nothing of it unless debug is on."""

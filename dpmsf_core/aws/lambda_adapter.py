@@ -14,7 +14,8 @@ event shape wrong are fixed here, in small subclasses of its handlers, rather th
 - a response over Lambda's payload limit is answered with a problem+json 500 instead of a failed invocation;
 - an event Mangum cannot read (a field missing or of the wrong type, ``isBase64Encoded`` with a body that is not
   base64, a CloudFront record without its request) is answered 400 problem+json and logged with the reason;
-- the event loop is the adapter's own, so an ``asyncio.run`` elsewhere in the process can't unset it.
+- the event loop is the adapter's own, so an ``asyncio.run`` elsewhere in the process can't unset it; and the
+  app is stepped eagerly (``eager.py``): a request that never waits (most do not) costs no loop cycle.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from mangum.handlers import ALB, APIGateway, HTTPGateway
 from mangum.protocols import HTTPCycle
 from mangum.types import Response, Scope
 
+from .eager import run_eagerly
 from .events import dispatch_event, event_source
 from .observability import Observer, observer
 
@@ -153,6 +155,8 @@ class LambdaAdapter(Mangum):
         )
         self.loop = asyncio.new_event_loop()
         self.watcher = watcher
+        # asyncio.timeout needs a task: with a function timeout set, every request runs as one
+        self.eager = not getattr(getattr(app, "settings", None), "function_timeout", 0)
 
     def close(self) -> None:
         """Close the event loop and the app (tests, ``dpmsf invoke``); Lambda simply freezes the container."""
@@ -173,7 +177,12 @@ class LambdaAdapter(Mangum):
         except Exception as exc:  # a malformed event (a field missing or of the wrong type, bad base64): a 400
             return malformed_answer(event, exc, context)
         asyncio.set_event_loop(self.loop)
-        response: Response = HTTPCycle(scope, body)(self.app)
+        cycle = HTTPCycle(scope, body)
+        if self.eager:
+            run_eagerly(cycle.run(self.app), self.loop)
+        else:
+            self.loop.run_until_complete(cycle.run(self.app))
+        response: Response = {"status": cycle.status, "headers": cycle.headers, "body": cycle.body}
         try:
             out = handler(response)
         except Exception as exc:  # the event's own fields (cookies, multi-value mode) could not carry the answer

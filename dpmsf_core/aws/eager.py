@@ -1,0 +1,59 @@
+"""Run a coroutine eagerly: step it in place, and hand it to the event loop only if it actually waits.
+
+On Lambda a warm invoke of a plain function never waits for anything: the body is already in memory, the answer
+goes to a buffer. Running it as a task costs a full loop cycle anyway (a task, the ready queue, an ``epoll``
+call, the done callback), a large part of a warm invoke. Here the first step runs directly, with the loop set as
+the running loop (so ``get_running_loop``, futures and ``create_task`` work as usual) and in a copy of the
+context, as a task's would be; if the coroutine finishes, that was all. If it waits on a future (a thread, a
+timer, a socket), the rest runs as a task on the loop, exactly as asyncio would have run it. Callbacks it left
+ready or timers it scheduled get one loop iteration, so background work still makes progress.
+
+What does not exist during the first step is a current task: ``asyncio.current_task()`` is None and
+``asyncio.timeout`` refuses to start there, so the dispatcher uses no timer when no timeout is set (on Lambda,
+which enforces its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from asyncio import events
+from collections.abc import Coroutine
+from typing import Any
+
+
+def run_eagerly(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> Any:
+    """``loop.run_until_complete(coro)``, without the loop when ``coro`` never waits."""
+    context = contextvars.copy_context()
+    previous = events._get_running_loop()
+    events._set_running_loop(loop)
+    try:
+        awaited = context.run(coro.send, None)
+    except StopIteration as done:
+        if getattr(loop, "_ready", True) or getattr(loop, "_scheduled", True):
+            events._set_running_loop(previous)
+            loop.run_until_complete(asyncio.sleep(0))  # what the coroutine left behind makes progress
+        return done.value
+    finally:
+        events._set_running_loop(previous)
+    return loop.run_until_complete(loop.create_task(_resume(coro, awaited), context=context))
+
+
+async def _resume(coro: Coroutine[Any, Any, Any], awaited: Any) -> Any:
+    """The rest of a coroutine that was stepped outside the loop, driven as ``asyncio.Task`` drives one."""
+    while True:
+        try:
+            if awaited is None:  # a bare yield: give the loop one turn
+                await asyncio.sleep(0)
+            elif asyncio.isfuture(awaited):
+                awaited._asyncio_future_blocking = False
+                try:
+                    await awaited
+                except BaseException:  # the coroutine reads the outcome from the future itself
+                    pass
+            else:
+                awaited = coro.throw(RuntimeError(f"Task got bad yield: {awaited!r}"))
+                continue
+            awaited = coro.send(None)
+        except StopIteration as done:
+            return done.value

@@ -5,7 +5,8 @@ Bounded for CI: few examples per operation and a fixed seed, so a run is reprodu
 deeper by hand, run the same command with ``--max-examples 200`` and another ``--seed``.
 
 One rule the document cannot express is allowed, for one operation, in the config below: the todo list's
-``cursor`` must be one a previous list returned (opaque), so an arbitrary cursor is a 422.
+``cursor`` must be one a previous list returned (opaque), so an arbitrary cursor is a 422. The polyglot
+endpoints whose program is not installed (Node, a JDK) answer 502 by design; they are left out, saying so.
 """
 
 from __future__ import annotations
@@ -34,6 +35,19 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403",
 """
 
 
+PROGRAMS = {"hello-node": ("node",), "hello-java": ("java", "javac"), "hello-shell": ("sh",)}
+
+
+def missing_programs() -> list[str]:
+    """``--exclude-path`` options for the polyglot endpoints whose program this machine lacks (they answer 502)."""
+    out = []
+    for api, tools in PROGRAMS.items():
+        if any(shutil.which(tool) is None for tool in tools):
+            print(f"schemathesis: leaving out /rest/services/polyglot/{api}/ ({' or '.join(tools)} not installed)")
+            out += ["--exclude-path", f"/rest/services/polyglot/{api}/"]
+    return out
+
+
 def schemathesis() -> list[str]:
     found = shutil.which("schemathesis", path=os.path.dirname(sys.executable)) or shutil.which("schemathesis")
     if found is None:
@@ -41,12 +55,14 @@ def schemathesis() -> list[str]:
     return [found]
 
 
+@pytest.mark.timeout(360)
 def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
     command = schemathesis()
     (tmp_path / "schemathesis.toml").write_text(CONFIG, encoding="utf-8")
     with http_client(str(ROOT / "plugins"), DPMSF_STATE_DIR=str(tmp_path / "state")) as client:
         spec = client.get("/openapi.json").json()
-        operations = sum(len(ops) for ops in spec["paths"].values())
+        excluded = missing_programs()
+        operations = sum(len(ops) for path, ops in spec["paths"].items() if path not in excluded)
         args = [
             *command,
             "--config-file",
@@ -64,13 +80,16 @@ def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
             "--workers",
             "1",
             "--request-timeout",
-            "30",
+            "60",
+            "--max-response-time",  # "all" includes a response-time check; a JVM on a busy CI machine is slow
+            "60",
             "--no-color",
+            *excluded,
         ]
         done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     out = done.stdout + done.stderr
     assert done.returncode == 0, f"schemathesis found something ({' '.join(args)}):\n{out[-12000:]}"
     tested = re.search(r"Tested:\s*(\d+)", out)
-    assert tested is not None and int(tested.group(1)) == operations > 30, out[-3000:]
+    assert tested is not None and int(tested.group(1)) == operations > 25, out[-3000:]
     counted = re.search(r"(\d+) generated, (\d+) passed", out)
     assert counted is not None and counted.group(1) == counted.group(2) and int(counted.group(1)) > 500, out[-3000:]

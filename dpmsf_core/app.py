@@ -18,13 +18,14 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .config import BUNDLED_PLUGINS, Settings
+from .config import BUNDLED_PLUGINS, Settings, on_lambda
 from .directory import DiscoveryDocs
 from .discovery import resolve_folder
 from .dispatch import ServiceDispatcher
 from .errors import DPMSFError, FunctionFailed, NotFound
 from .exchange import Receive, Responder, Scope, Send, request_headers
 from .logconfig import RequestLog, current_request
+from .metrics import EndpointUsage, memory_mb
 from .registry import Registry
 from .resolve import SERVICES_PREFIX
 from .tenancy.security import LazySecurity
@@ -42,7 +43,7 @@ _DOCS_ASSETS = "/docs/"  # Swagger UI's script and style, served by us: /docs wo
 
 
 class DPMSFApp:
-    """Routes ``/rest/services/...``, ``/rest/admin/...``, ``/docs``, ``/openapi.json`` and ``/`` to their parts."""
+    """Routes ``/rest/services/...``, ``/rest/admin/...``, ``/docs``, ``/openapi.json``, ``/metrics`` and ``/``."""
 
     def __init__(
         self,
@@ -58,6 +59,8 @@ class DPMSFApp:
         self.services = ServiceDispatcher(settings, registry, self.security, self.docs.directory)
         self.admin = upload
         self.on_shutdown: list[Callable[[], Any]] = [self.services.close]
+        # per-endpoint cost at /metrics; on Lambda the same figures are EMF metrics (aws/observability.py)
+        self.usage = None if on_lambda() else EndpointUsage(memory_mb())
 
     def directory(self, tenant: str | None = None) -> dict[str, Any]:
         return self.docs.directory(tenant)
@@ -116,6 +119,8 @@ class DPMSFApp:
                 err.extra["traceback"] = traceback.format_exception(exc)
             await responder.problem(err, scope.get("root_path", "") + scope.get("path", ""))
         finally:
+            if self.usage is not None:
+                self.usage.record(scope.get("dpmsf.endpoint"), responder.status, time.perf_counter() - start)
             if access_log.isEnabledFor(logging.INFO):
                 client = scope.get("client") or ("-", 0)
                 latency = (time.perf_counter() - start) * 1000
@@ -153,6 +158,12 @@ class DPMSFApp:
         elif path == "/openapi.json":
             tenant = self.security.tenant_for_read(headers)
             await responder.json(200, self.openapi(tenant, _root_path(scope, self.settings)))
+        elif path == "/metrics" and self.usage is not None and scope["method"] in ("GET", "HEAD"):
+            from .metrics import CONTENT_TYPE, metrics_page
+
+            tenant = self.security.tenant_for_read(headers)  # guarded like __dir__
+            page = metrics_page(self.usage, self.registry.refresh(), tenant, self.settings.admin_id)
+            await responder.send(200, page, CONTENT_TYPE.encode())
         elif path in ("/docs", "/docs/"):
             from .openapi import swagger_html
 

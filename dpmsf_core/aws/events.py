@@ -200,7 +200,9 @@ def _dispatch_batch(event: dict[str, Any], source: str, candidates: list[Handler
 
     # All records failing is reported like any partial failure instead of raising: Lambda retries them all.
     processor = BatchProcessor(event_type=event_type, raise_on_entire_batch_failure=False, logger=logger)
-    response = dict(process_partial_response(event=event, record_handler=record_handler, processor=processor))
+    response: dict[str, Any] = dict(
+        process_partial_response(event=event, record_handler=record_handler, processor=processor)
+    )
     if malformed:
         response["batchItemFailures"] = [*response.get("batchItemFailures", []), *malformed]
     return response

@@ -6,8 +6,10 @@ set by Lambda with ``Tracing: Active``) and ``POWERTOOLS_TRACE_DISABLED`` is not
 setting (service name, log level, namespace, sampling, ...) applies as Powertools documents it.
 
 Metrics (EMF, one flush per invocation), dimension ``endpoint`` (``module.api``; ``-`` when no endpoint
-was resolved): ``Requests`` (Count), ``Latency`` (Milliseconds), ``Errors`` (5xx, Count) and ``ClientErrors``
-(4xx, Count) when they happen; for non-HTTP events, dimension ``source``, ``Events`` and ``EventFailures``.
+was resolved): ``Requests`` (Count: invocations), ``Latency`` (Milliseconds: the duration of serving it),
+``GBSeconds`` (duration x ``AWS_LAMBDA_FUNCTION_MEMORY_SIZE`` / 1024: what Lambda bills; ``dpmsf cost LOGFILE``
+adds them up per endpoint), ``Errors`` (5xx, Count) and ``ClientErrors`` (4xx, Count) when they happen;
+for non-HTTP events, dimension ``source``, ``Events`` and ``EventFailures``.
 The per-request access line is off on Lambda unless ``DPMSF_ACCESS_LOG=1``.
 """
 
@@ -20,6 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from ..config import on_lambda
+from ..metrics import gb_seconds, memory_mb
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
@@ -98,6 +101,7 @@ class PowertoolsObserver:
             # access logs already cover it. DPMSF_ACCESS_LOG=1 brings it back.
             logging.getLogger("dpmsf.access").setLevel(logging.WARNING)
         self.metrics = Metrics(namespace=env.get("POWERTOOLS_METRICS_NAMESPACE") or "DPMSF", service=service)
+        self.memory_mb = memory_mb(env)  # set by Lambda; the template's default elsewhere (serverless-offline)
         self.tracer: Any = None
         disabled = (env.get("POWERTOOLS_TRACE_DISABLED") or "").strip().lower() in _TRUE
         if env.get("AWS_XRAY_DAEMON_ADDRESS") and not disabled:
@@ -129,6 +133,7 @@ class PowertoolsObserver:
         metrics.add_dimension(name="endpoint", value=label)
         metrics.add_metric(name="Requests", unit=unit.Count, value=1)
         metrics.add_metric(name="Latency", unit=unit.Milliseconds, value=round(seconds * 1000, 3))
+        metrics.add_metric(name="GBSeconds", unit=unit.NoUnit, value=round(gb_seconds(seconds, self.memory_mb), 9))
         if status >= 500:  # only when it happened: every add_metric costs ~5 µs (alarms: treat missing as 0)
             metrics.add_metric(name="Errors", unit=unit.Count, value=1)
         elif status >= 400:

@@ -1,13 +1,14 @@
-"""The one copy of the plumbing every backend needs: URLs, a SQLite connection per thread, AWS clients and errors.
+"""The one copy of the plumbing every backend needs: URLs, a SQLite connection per thread, AWS and Firestore clients.
 
 Used by the document store, the replay store, the tenant registry, the upload stores and the S3 plugin source.
-Nothing here imports boto3 until a client is asked for.
+Nothing here imports boto3 or google-cloud-firestore until a client is asked for.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -20,16 +21,26 @@ from .errors import ConfigError
 __all__ = [
     "BackendURL",
     "BackendURLError",
+    "FirestorePerProcess",
     "SQLitePerThread",
     "aws_client",
     "aws_error",
     "aws_error_code",
+    "firestore_id",
+    "firestore_no_document",
     "parse_backend_url",
 ]
 
 # -- backend URLs --------------------------------------------------------------------------------------------------
 
-_FORMS = {"memory": "memory", "sqlite": "sqlite:///path/to/file.db", "dynamodb": "dynamodb://table-name"}
+_FORMS = {
+    "memory": "memory",
+    "sqlite": "sqlite:///path/to/file.db",
+    "dynamodb": "dynamodb://table-name",
+    "firestore": "firestore://collection",
+}
+_FIRESTORE_COLLECTION = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}$")
+_FIRESTORE_DATABASE = re.compile(r"^(\(default\)|[a-z][a-z0-9-]{0,62})$")
 
 
 class BackendURLError(ConfigError, ValueError):
@@ -38,15 +49,18 @@ class BackendURLError(ConfigError, ValueError):
 
 @dataclass(frozen=True)
 class BackendURL:
-    """``kind`` is ``memory``, ``sqlite`` or ``dynamodb``; ``target`` the SQLite path or the table name."""
+    """``kind`` is ``memory``, ``sqlite``, ``dynamodb`` or ``firestore``; ``target`` the SQLite path, the table name
+    or the Firestore root collection; ``database`` the Firestore database (None: ``(default)``)."""
 
     kind: str
     target: str = ""
     endpoint_url: str | None = None
+    database: str | None = None
 
 
 def parse_backend_url(url: str, what: str, kinds: Sequence[str] = ("memory", "sqlite", "dynamodb")) -> BackendURL:
-    """``memory``, ``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or ``dynamodb://table[?endpoint_url=...]``.
+    """``memory``, ``sqlite:///relative.db``, ``sqlite:////abs/path.db``, ``dynamodb://table[?endpoint_url=...]`` or
+    ``firestore://collection[?database=name]`` (the project is the environment's: ``GOOGLE_CLOUD_PROJECT``).
 
     ``what`` names the setting in the error: ``Store URL has value 'x'. Choices are: ...``.
     """
@@ -60,8 +74,22 @@ def parse_backend_url(url: str, what: str, kinds: Sequence[str] = ("memory", "sq
         options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         if parts.netloc and not parts.path and set(options) <= {"endpoint_url"}:
             return BackendURL("dynamodb", parts.netloc, options.get("endpoint_url"))
+    if "firestore" in kinds and raw.startswith("firestore://"):
+        parts = urlsplit(raw)
+        options = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}  # '?database=': bad
+        database = options.get("database")
+        if (
+            _FIRESTORE_COLLECTION.match(parts.netloc)
+            and not re.match(r"^__.*__$", parts.netloc)  # reserved by Firestore
+            and not parts.path
+            and set(options) <= {"database"}
+            and (database is None or _FIRESTORE_DATABASE.match(database))
+        ):
+            return BackendURL("firestore", parts.netloc, database=database)
     choices = "|".join(_FORMS[k] for k in kinds)
     local = " (add '?endpoint_url=http://...' for a local DynamoDB)" if "dynamodb" in kinds else ""
+    if "firestore" in kinds:
+        local += " (Firestore: '?database=name' for a named database; the emulator from FIRESTORE_EMULATOR_HOST)"
     raise BackendURLError(f"{what} has value {url!r}. Choices are: {choices}{local}")
 
 
@@ -137,3 +165,69 @@ def aws_error_code(exc: BaseException) -> str | None:
     """The code of a botocore ClientError (``NoSuchKey``, ``PreconditionFailed``, ``404``); None for anything else."""
     found = aws_error(exc)
     return found[0] if found else None
+
+
+# -- Firestore -----------------------------------------------------------------------------------------------------
+
+_FIRESTORE_TRANSIENT = ("ServiceUnavailable", "InternalServerError", "TooManyRequests", "Aborted", "DeadlineExceeded")
+
+
+class FirestorePerProcess:
+    """One google-cloud-firestore ``Client`` per process (gRPC channels do not survive ``fork()``), made on first use.
+
+    The library is imported then, so a cold start that never touches Firestore skips it (about 0.4 s). The project
+    and credentials are the environment's (``GOOGLE_CLOUD_PROJECT``, Application Default Credentials; on App Engine
+    both come from the runtime); ``FIRESTORE_EMULATOR_HOST`` points every client at the emulator.
+    ``options()`` are the ``retry``/``timeout`` keywords of each call: the library's default retries a refused
+    connection for 300 s, so every call passes a policy that gives up after ``timeout`` seconds in all.
+    """
+
+    def __init__(self, database: str | None = None, *, client: Any = None, timeout: float = 10.0) -> None:
+        self.database = database
+        self.timeout = timeout
+        self._given = client
+        self._client: Any = None
+        self._pid = 0
+        self._lock = threading.Lock()
+        self._options: dict[str, Any] | None = None
+
+    def client(self) -> Any:
+        """This process's client (the one given to the constructor, if any)."""
+        if self._given is not None:
+            return self._given
+        if self._client is None or self._pid != os.getpid():
+            with self._lock:
+                if self._client is None or self._pid != os.getpid():
+                    from google.cloud import firestore
+
+                    self._client, self._pid = firestore.Client(database=self.database), os.getpid()
+        return self._client
+
+    def options(self) -> dict[str, Any]:
+        """``retry=`` (transient errors, jittered backoff, ``timeout`` s in all) and ``timeout=`` for each call."""
+        if self._options is None:
+            from google.api_core import exceptions
+            from google.api_core.retry import Retry, if_exception_type
+
+            transient = if_exception_type(*(getattr(exceptions, name) for name in _FIRESTORE_TRANSIENT))
+            retry = Retry(predicate=transient, initial=0.05, maximum=1.0, multiplier=2.0, timeout=self.timeout)
+            self._options = {"retry": retry, "timeout": self.timeout}
+        return self._options
+
+
+def firestore_id(value: str) -> str:
+    """``value`` as a Firestore document or collection id: ``%`` and ``/`` percent-escaped, and the forms Firestore
+    reserves (``.``, ``..``, ``__x__``) escaped on their first character. One-to-one, so ids never collide."""
+    escaped = value.replace("%", "%25").replace("/", "%2F")
+    if escaped in (".", "..") or (escaped.startswith("__") and escaped.endswith("__")):
+        escaped = f"%{ord(escaped[0]):02X}{escaped[1:]}"
+    return escaped
+
+
+_NO_DOCUMENT = re.compile(r"^(\d+ )?no (document|entity) to (update|delete)", re.IGNORECASE)
+
+
+def firestore_no_document(exc: BaseException) -> bool:
+    """True for the NotFound of a write that required an existing document; False for any other NotFound (a
+    missing database is also a NotFound, and must not pass for a missing document)."""
+    return type(exc).__name__ == "NotFound" and bool(_NO_DOCUMENT.match(str(getattr(exc, "message", "")) or ""))

@@ -124,6 +124,9 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"Config '{name}' has value '{raw}'. Not a valid bool. Choices are: 1|0|true|false|yes|no|on|off")
 
 
+_SHARED = ("dynamodb", "firestore")  # backends every instance of a deployment can share
+
+
 def _backend_url(env: Mapping[str, str], name: str, default: str, kinds: tuple[str, ...]) -> str:
     raw = (env.get(name) or "").strip()
     if not raw:
@@ -218,9 +221,9 @@ def _parse(env: Mapping[str, str]) -> Settings:
         gcs_refresh=_float(env, "DPMSF_GCS_REFRESH", 30.0),
         reload=_bool(env, "DPMSF_RELOAD", True),
         state_dir=(env.get("DPMSF_STATE_DIR") or "").strip() or state_default,
-        replay_store=_backend_url(env, "DPMSF_REPLAY_STORE", replay_default, ("memory", "sqlite", "dynamodb")),
-        tenants=_backend_url(env, "DPMSF_TENANTS", dyn_default, ("sqlite", "dynamodb")),
-        store=_backend_url(env, "DPMSF_STORE", dyn_default, ("sqlite", "dynamodb")),
+        replay_store=_backend_url(env, "DPMSF_REPLAY_STORE", replay_default, ("memory", "sqlite", *_SHARED)),
+        tenants=_backend_url(env, "DPMSF_TENANTS", dyn_default, ("sqlite", *_SHARED)),
+        store=_backend_url(env, "DPMSF_STORE", dyn_default, ("sqlite", *_SHARED)),
         upload_dir=(env.get("DPMSF_UPLOAD_DIR") or "").strip(),
         upload_max=_int(env, "DPMSF_UPLOAD_MAX", 256_000, minimum=1),
         sandbox_workers=_int(env, "DPMSF_SANDBOX_WORKERS", 2, minimum=1),

@@ -1,4 +1,5 @@
-"""Replay stores: a token id is accepted once, even when threads or processes race for it."""
+"""Replay stores: a token id is accepted once, even when threads or processes race for it (SQLite, DynamoDB on a
+moto server, Firestore on Google's emulator)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import pytest
 
 from dpmsf_core.tenancy.replay import (
     DynamoDBReplayStore,
+    FirestoreReplayStore,
     MemoryReplayStore,
     ReplayStore,
     SQLiteReplayStore,
@@ -27,6 +30,7 @@ from dpmsf_core.tenancy.replay import (
 
 ROOT = Path(__file__).resolve().parents[1]
 LATER = time.time() + 3600
+pytest_plugins = ["firestore_emulator"]
 
 
 @pytest.fixture
@@ -36,12 +40,15 @@ def table(dynamodb: Any) -> str:
     return name
 
 
-@pytest.fixture(params=["memory", "sqlite", "dynamodb"])
+@pytest.fixture(params=["memory", "sqlite", "dynamodb", "firestore"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> ReplayStore:
     if request.param == "memory":
         return MemoryReplayStore()
     if request.param == "sqlite":
         return SQLiteReplayStore(str(tmp_path / "replay.db"))
+    if request.param == "firestore":
+        request.getfixturevalue("firestore_env")
+        return FirestoreReplayStore("dpmsf")
     return DynamoDBReplayStore(request.getfixturevalue("table"), client=request.getfixturevalue("dynamodb"))
 
 
@@ -131,6 +138,96 @@ def test_sqlite_processes_race_one_winner(tmp_path: Path) -> None:
     assert sum(1 for out in outputs if out) >= 1
 
 
+_FIRESTORE_WORKER = """
+import sys, threading
+from dpmsf_core.tenancy.replay import FirestoreReplayStore
+store = FirestoreReplayStore(sys.argv[1])
+jtis = sys.argv[2].split(",")
+won, lock, barrier = [], threading.Lock(), threading.Barrier(4)
+store.claim("warm-up-" + sys.argv[3], 4e9)  # the gRPC channel is open before the race starts
+def work(offset):
+    barrier.wait()
+    for jti in jtis[offset:] + jtis[:offset]:  # each thread starts elsewhere: every id is contended
+        if store.claim(jti, 4e9):
+            with lock:
+                won.append(jti)
+threads = [threading.Thread(target=work, args=(n * len(jtis) // 4,)) for n in range(4)]
+print("ready", flush=True)
+sys.stdin.readline()
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(",".join(won), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_firestore_two_worker_processes_race_one_winner(firestore_env: str) -> None:
+    """Two worker processes (4 threads each) claim the same 200 ids at once: each id has exactly one winner."""
+    jtis = [uuid.uuid4().hex for _ in range(200)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _FIRESTORE_WORKER, "race", ",".join(jtis), str(n)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for n in range(2)
+    ]
+    try:
+        for worker in workers:
+            assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        outputs = [worker.communicate(timeout=60)[0].strip() for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    assert [worker.returncode for worker in workers] == [0, 0]
+    per_worker = [[j for j in out.split(",") if j] for out in outputs]
+    wins = Counter(j for won in per_worker for j in won)
+    assert wins == Counter(dict.fromkeys(jtis, 1))
+    assert all(per_worker), f"one worker won every id: {[len(w) for w in per_worker]}"  # they did race
+    print(
+        f"firestore replay race: 2 processes x 4 threads, {len(jtis)} ids, wins per process",
+        [len(w) for w in per_worker],
+    )
+
+
+def test_firestore_document_shape(firestore_env: str) -> None:
+    from google.cloud import firestore
+
+    jti = uuid.uuid4().hex
+    assert FirestoreReplayStore("tokens").claim(jti, 1_700_000_060.5)
+    snapshot = firestore.Client().collection("tokens").document(f"token#{jti}").get()
+    assert snapshot.to_dict() == {"expires_at": datetime(2023, 11, 14, 22, 14, 21, tzinfo=UTC)}  # a TTL timestamp
+    assert [d.id for d in firestore.Client().collection("tokens").stream()] == [f"token#{jti}"]
+
+
+def test_firestore_ids_that_firestore_would_refuse(firestore_env: str) -> None:
+    store = FirestoreReplayStore("tokens")
+    for jti in ("a/b", "..", ".", "__x__", "%2F", "a%2Fb"):
+        assert store.claim(jti, LATER) is True, jti
+        assert store.claim(jti, LATER) is False, jti
+
+
+def test_firestore_unreachable_raises_quickly(monkeypatch: pytest.MonkeyPatch) -> None:
+    from google.api_core.exceptions import GoogleAPIError
+    from motoserver import free_port
+
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{free_port()}")
+    started = time.monotonic()
+    with pytest.raises(GoogleAPIError):
+        FirestoreReplayStore("tokens", timeout=0.5).claim("x", LATER)
+    assert time.monotonic() - started < 5  # the library's own default would retry for 300 s
+
+
 @pytest.mark.slow
 def test_dynamodb_threads_race_one_winner(table: str, dynamodb: Any) -> None:
     store = DynamoDBReplayStore(table, client=dynamodb)
@@ -198,6 +295,14 @@ def test_make_replay_store(tmp_path: Path, moto_url: str, aws_env: None, table: 
     assert dynamo.claim("x", LATER) and not dynamo.claim("x", LATER)
 
 
+def test_make_replay_store_firestore(firestore_env: str) -> None:
+    made = make_replay_store("firestore://dpmsf-tokens")
+    assert isinstance(made, FirestoreReplayStore) and made.collection == "dpmsf-tokens"
+    assert made.claim("x", LATER) and not made.claim("x", LATER)
+    named = make_replay_store("firestore://dpmsf?database=other-db")
+    assert isinstance(named, FirestoreReplayStore) and named._firestore.database == "other-db"
+
+
 def test_make_replay_store_relative_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     store = make_replay_store("sqlite:///replay.db")
@@ -215,6 +320,11 @@ def test_make_replay_store_relative_sqlite(tmp_path: Path, monkeypatch: pytest.M
         "dynamodb://",
         "dynamodb://t/x",
         "dynamodb://t?region=x",
+        "firestore://",
+        "firestore://a/b",
+        "firestore://__x__",
+        "firestore://a?project=p",
+        "firestore://a?database=Bad_Name",
         "Memory",
     ],
 )
@@ -223,10 +333,10 @@ def test_make_replay_store_rejects_bad_urls(url: str) -> None:
         make_replay_store(url)
 
 
-def test_importing_security_modules_leaves_boto3_out() -> None:
+def test_importing_security_modules_leaves_boto3_and_firestore_out() -> None:
     modules = "dpmsf_core.tenancy.replay, dpmsf_core.tenancy.tokens, dpmsf_core.tenancy.tenants, dpmsf_core.client"
-    code = f"import sys, {modules}; print('boto3' in sys.modules)"
+    code = f"import sys, {modules}; print('boto3' in sys.modules, 'google.cloud.firestore' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
     )
-    assert out.stdout.strip() == "False", out.stderr
+    assert out.stdout.strip() == "False False", out.stderr

@@ -1,4 +1,5 @@
-"""The per-tenant document store, on SQLite and on DynamoDB (a real moto server on 127.0.0.1)."""
+"""The per-tenant document store, on SQLite, on DynamoDB (a real moto server on 127.0.0.1) and on Firestore (Google's
+emulator on 127.0.0.1)."""
 
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ from motoserver import client as moto_client
 from dpmsf_core import store
 from dpmsf_core.context import RequestInfo, reset_current, set_current
 from dpmsf_core.errors import ConfigError, ServiceUnavailable, UnprocessableArguments
-from dpmsf_core.store import Collection, DynamoDBStore, SQLiteStore, make_store
+from dpmsf_core.store import Collection, DynamoDBStore, FirestoreStore, SQLiteStore, make_store
 from dpmsf_core.tenancy.replay import create_dynamodb_table
 
 ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ["firestore_emulator"]
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +57,15 @@ def table(dynamodb: Any) -> str:
     return name
 
 
-@pytest.fixture(params=["sqlite", "dynamodb"])
+@pytest.fixture(params=["sqlite", "dynamodb", "firestore"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     if request.param == "sqlite":
         sqlite = SQLiteStore(tmp_path / "state" / "store.db")
         yield sqlite
         sqlite.close()
+    elif request.param == "firestore":
+        request.getfixturevalue("firestore_env")
+        yield FirestoreStore("dpmsf")
     else:
         yield DynamoDBStore(request.getfixturevalue("table"), client=request.getfixturevalue("dynamodb"))
 
@@ -249,8 +254,11 @@ def test_concurrent_updates_lose_nothing(backend: Any) -> None:
     assert backend.get("_", "things", "counter") == {f"w{n}": 7 for n in range(4)}
 
 
-def test_importing_the_store_leaves_boto3_out() -> None:
-    code = "import sys, dpmsf_core.store; assert 'boto3' not in sys.modules, 'boto3 imported'"
+def test_importing_the_store_leaves_boto3_and_firestore_out() -> None:
+    code = (
+        "import sys, dpmsf_core.store; assert 'boto3' not in sys.modules, 'boto3 imported';"
+        " assert 'google.cloud.firestore' not in sys.modules, 'google-cloud-firestore imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=30)
 
 
@@ -259,6 +267,66 @@ def test_dynamodb_item_shape(table: str, dynamodb: Any) -> None:
     item = dynamodb.get_item(TableName=table, Key={"pk": {"S": "store#tenant-1#tasks"}, "sk": {"S": "t1"}})["Item"]
     assert json.loads(item["doc"]["S"]) == {"price": 0.1, "n": [1, 2]}
     assert item["tenant"] == {"S": "tenant-1"} and item["collection"] == {"S": "tasks"}
+
+
+def test_firestore_document_shape(firestore_env: str) -> None:
+    from google.cloud import firestore
+
+    FirestoreStore("dpmsf").put("tenant-1", "tasks", "t1", {"price": 0.1, "n": [[1, 2]], "big": 2**70})
+    path = "dpmsf/store#tenant-1/tasks/t1"  # a subcollection per tenant and collection
+    document = firestore.Client().document(path).get().to_dict()
+    assert json.loads(document.pop("doc")) == {"price": 0.1, "n": [[1, 2]], "big": 2**70}  # what maps could not hold
+    assert document.pop("updated_at") > 1e9
+    assert document == {"id": "t1", "tenant": "tenant-1", "collection": "tasks"}
+
+
+def test_firestore_ids_firestore_would_refuse(firestore_env: str) -> None:
+    """Ids with '/', '.', '..', '__x__' or '%' are escaped in document names, kept as given, ordered as given."""
+    backend = FirestoreStore("dpmsf")
+    ids = sorted(["a/b", ".", "..", "__x__", "%2F", "a%2Fb", "ü", "a"])
+    for doc_id in ids:
+        assert backend.put("_", "..", doc_id, {"v": doc_id}) == {"v": doc_id}  # '..' as a collection name too
+    for doc_id in ids:
+        assert backend.get("_", "..", doc_id) == {"v": doc_id}
+    first, cursor = backend.list("_", "..", limit=5)
+    rest, last = backend.list("_", "..", limit=5, cursor=cursor)
+    assert [d["v"] for d in first + rest] == ids and last is None
+    assert backend.update("_", "..", "a/b", {"w": 1}) == {"v": "a/b", "w": 1}
+    assert backend.delete("_", "..", "__x__") and backend.get("_", "..", "__x__") is None
+
+
+def test_firestore_unreachable_is_503(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{free_port()}")
+    down = FirestoreStore("dpmsf", timeout=0.5)
+    started = time.monotonic()
+    for call in (
+        lambda: down.put("_", "c", "d", {"a": 1}),
+        lambda: down.get("_", "c", "d"),
+        lambda: down.update("_", "c", "d", {"a": 1}),
+        lambda: down.delete("_", "c", "d"),
+        lambda: down.list("_", "c"),
+    ):
+        with pytest.raises(ServiceUnavailable) as info:
+            call()
+        assert info.value.status == 503
+        assert (
+            info.value.detail
+            == "The document store is unavailable: Firestore answered ServiceUnavailable until the 0.5 s timeout."
+        )
+    assert time.monotonic() - started < 10  # the library's default policy retries a refused connection for 300 s
+
+
+def test_firestore_without_credentials_is_503(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No emulator, no Application Default Credentials: a 503 that says so, not a traceback."""
+    for name in ("FIRESTORE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # no gcloud login to find
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("GCE_METADATA_HOST", f"127.0.0.1:{free_port()}")  # no metadata server either
+    monkeypatch.setenv("GCE_METADATA_IP", f"127.0.0.1:{free_port()}")
+    with pytest.raises(ServiceUnavailable) as info:
+        FirestoreStore("dpmsf", timeout=0.5).get("_", "c", "d")
+    assert info.value.detail == "The document store is unavailable: Firestore answered DefaultCredentialsError."
 
 
 def test_sqlite_unreachable_is_503(tmp_path: Path) -> None:
@@ -356,9 +424,24 @@ def test_make_store(tmp_path: Path, moto_url: str, aws_env: None, table: str) ->
         "dynamodb://",
         "dynamodb://t/x",
         "dynamodb://t?x=1",
+        "firestore://",
+        "firestore://c/sub",
+        "firestore://c?endpoint_url=http://x",
+        "firestore://c?database=",
+        "firestore://c?database=UPPER",
+        "firestore://__c__",
+        "firestore://.",
     ):
         with pytest.raises(ConfigError, match="Store URL has value .*. Choices are: sqlite:///"):  # a ValueError too
             make_store(bad)
+
+
+def test_make_store_firestore(firestore_env: str) -> None:
+    made = make_store("firestore://dpmsf-store")
+    assert isinstance(made, FirestoreStore) and made.collection == "dpmsf-store"
+    assert made.put("_", "c", "d", {"ok": 3}) == {"ok": 3} and made.get("_", "c", "d") == {"ok": 3}
+    named = make_store("firestore://dpmsf?database=(default)")
+    assert isinstance(named, FirestoreStore) and named.get("_", "c", "d") is None  # another root collection
 
 
 def test_configure_and_lazy_default(

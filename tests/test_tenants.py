@@ -1,14 +1,16 @@
-"""Tenant registries (memory, SQLite, moto DynamoDB) and the cached key lookup the token verifier uses."""
+"""Tenant registries (memory, SQLite, moto DynamoDB, Firestore emulator) and the cached key lookup of the verifier."""
 
 from __future__ import annotations
 
 import re
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dpmsf_core.errors import Forbidden, Unauthorized
+from dpmsf_core.tenancy.keys import MasterKey
 from dpmsf_core.tenancy.replay import MemoryReplayStore, create_dynamodb_table
 from dpmsf_core.tenancy.tenants import (
     DynamoDBTenantRegistry,
@@ -21,7 +23,10 @@ from dpmsf_core.tenancy.tenants import (
     make_tenant_registry,
     tenant_id,
 )
+from dpmsf_core.tenancy.tenants_firestore import FirestoreTenantRegistry
 from dpmsf_core.tenancy.tokens import TenantKey, TokenVerifier, decode_key, generate_key, mint
+
+pytest_plugins = ["firestore_emulator"]
 
 TID = "6f1c1b1e-8a8e-4c57-9a53-0d5c6f3f4a10"
 MASTER = generate_key()  # DPMSF_MASTER_KEY of the DynamoDB registries in these tests
@@ -34,12 +39,15 @@ def table(moto_url: str, aws_env: None) -> str:
     return name
 
 
-@pytest.fixture(params=["memory", "sqlite", "dynamodb"])
+@pytest.fixture(params=["memory", "sqlite", "dynamodb", "firestore"])
 def registry(request: pytest.FixtureRequest, tmp_path: Path) -> TenantRegistry:
     if request.param == "memory":
         return MemoryTenantRegistry()
     if request.param == "sqlite":
         return SQLiteTenantRegistry(str(tmp_path / "tenants.db"))
+    if request.param == "firestore":
+        request.getfixturevalue("firestore_env")
+        return FirestoreTenantRegistry("dpmsf", master_key=MASTER)
     return DynamoDBTenantRegistry(
         request.getfixturevalue("table"), endpoint_url=request.getfixturevalue("moto_url"), master_key=MASTER
     )
@@ -161,7 +169,65 @@ def test_make_tenant_registry(tmp_path: Path, table: str, moto_url: str) -> None
     assert dynamo.get(dynamo.add().id) is not None
 
 
-@pytest.mark.parametrize("url", ["", "postgres://x", "sqlite://", "dynamodb://"])
+def _firestore_document(collection: str, tid: str) -> dict[str, Any]:
+    from google.cloud import firestore
+
+    return firestore.Client().collection(collection).document(f"tenant#{tid}").get().to_dict()
+
+
+def test_firestore_document_shape(firestore_env: str) -> None:
+    tenant = FirestoreTenantRegistry("dpmsf", master_key=MASTER).add(name="acme", tenant_id=TID)
+    document = _firestore_document("dpmsf", TID)
+    wrapped = document.pop("key")
+    assert wrapped.startswith("wrap1:") and tenant.key not in wrapped  # the key is stored wrapped, never in clear
+    assert MasterKey(MASTER).unwrap(TID, wrapped) == tenant.key
+    assert document.pop("created_at") > 1e9
+    assert document == {"kind": "tenant", "id": TID, "name": "acme", "enabled": True, "admin": False}
+
+
+def test_firestore_list_ignores_other_documents(firestore_env: str) -> None:
+    from dpmsf_core.store import FirestoreStore
+    from dpmsf_core.tenancy.replay import FirestoreReplayStore
+
+    registry = FirestoreTenantRegistry("dpmsf", master_key=MASTER)
+    FirestoreReplayStore("dpmsf").claim(uuid.uuid4().hex, 4e9)  # the three stores may share one root collection
+    tenant = registry.add()
+    FirestoreStore("dpmsf").put(tenant.id, "tasks", "t1", {"title": "x"})
+    assert registry.list() == [tenant]
+
+
+def test_firestore_clear_key_is_wrapped_when_read(firestore_env: str, caplog: pytest.LogCaptureFixture) -> None:
+    from google.cloud import firestore
+
+    key = generate_key()
+    firestore.Client().collection("dpmsf").document(f"tenant#{TID}").set(
+        {"kind": "tenant", "id": TID, "name": "old", "key": key, "enabled": True, "admin": False, "created_at": 1000.0}
+    )
+    registry = FirestoreTenantRegistry("dpmsf", master_key=MASTER)
+    with caplog.at_level("WARNING", logger="dpmsf.tenants"):
+        assert [t.key for t in registry.list()] == [key]
+    stored = _firestore_document("dpmsf", TID)["key"]
+    assert key not in stored and MasterKey(MASTER).unwrap(TID, stored) == key
+    assert [r.getMessage() for r in caplog.records] == [
+        f"tenant collection dpmsf: wrapped the key of tenant {TID}, stored in clear by an older version"
+    ]
+    assert registry.get(TID) == Tenant(id=TID, key=key, enabled=True, name="old")
+
+
+def test_firestore_registry_requires_a_master_key(firestore_env: str) -> None:
+    with pytest.raises(ValueError, match="Firestore tenant registry 'dpmsf' needs DPMSF_MASTER_KEY"):
+        make_tenant_registry("firestore://dpmsf")
+
+
+def test_make_tenant_registry_firestore(firestore_env: str) -> None:
+    made = make_tenant_registry("firestore://dpmsf-tenants", master_key=MASTER)
+    assert isinstance(made, FirestoreTenantRegistry) and made.collection == "dpmsf-tenants"
+    assert made.get(made.add().id) is not None
+
+
+@pytest.mark.parametrize(
+    "url", ["", "postgres://x", "sqlite://", "dynamodb://", "firestore://", "firestore://a/b", "firestore://a?x=1"]
+)
 def test_make_tenant_registry_rejects_bad_urls(url: str) -> None:
     with pytest.raises(ValueError, match=re.escape(f"Tenant registry URL has value {url!r}. Choices are: memory|")):
         make_tenant_registry(url)

@@ -19,7 +19,10 @@ Backends, chosen with ``make_store(url)`` and installed by the app with ``config
 
 - ``sqlite:///path.db``      one machine, several worker processes (WAL; ``sqlite:////abs/path.db`` is absolute),
 - ``dynamodb://table-name``  the single DPMSF table: ``pk="store#<tenant>#<collection>"``, ``sk=<id>``, the
-                             document as a JSON string in ``doc``; add ``?endpoint_url=http://...`` for a local one.
+                             document as a JSON string in ``doc``; add ``?endpoint_url=http://...`` for a local one,
+- ``firestore://collection`` a Firestore root collection, a subcollection per tenant and collection
+                             (``<collection>/store#<tenant>/<name>/<id>``); ``?database=name`` for a named database,
+                             the project from ``GOOGLE_CLOUD_PROJECT``, the emulator from ``FIRESTORE_EMULATOR_HOST``.
 
 Without ``configure()``, the first use reads ``DPMSF_STORE`` (default ``sqlite:///.dpmsf/store.db``, relative to
 the working directory).
@@ -38,6 +41,7 @@ from .._backends import parse_backend_url
 from ..context import current_tenant
 from ..errors import UnprocessableArguments
 from .dynamodb import DynamoDBStore
+from .firestore import FirestoreStore
 from .sqlite import SQLiteStore
 from .validation import ANONYMOUS_TENANT, DEFAULT_URL, MAX_DOC_BYTES, MAX_ID_LENGTH, MAX_LIMIT, check_key, encode_doc
 
@@ -48,6 +52,7 @@ __all__ = [
     "ANONYMOUS_TENANT",
     "Collection",
     "DynamoDBStore",
+    "FirestoreStore",
     "SQLiteStore",
     "StoreBackend",
     "collection",
@@ -87,10 +92,13 @@ class StoreBackend(Protocol):
 
 
 def make_store(url: str) -> StoreBackend:
-    """``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or ``dynamodb://table[?endpoint_url=...]``."""
-    found = parse_backend_url(url, "Store URL", ("sqlite", "dynamodb"))
+    """``sqlite:///relative.db``, ``sqlite:////abs/path.db``, ``dynamodb://table[?endpoint_url=...]`` or
+    ``firestore://collection[?database=name]``."""
+    found = parse_backend_url(url, "Store URL", ("sqlite", "dynamodb", "firestore"))
     if found.kind == "sqlite":
         return SQLiteStore(found.target)
+    if found.kind == "firestore":
+        return FirestoreStore(found.target, database=found.database)
     return DynamoDBStore(found.target, endpoint_url=found.endpoint_url)
 
 

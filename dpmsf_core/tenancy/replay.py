@@ -6,7 +6,12 @@ after ``expires_at`` because the verifier rejects the token by then anyway. Back
 - ``memory``                 one process (a dict with a lock),
 - ``sqlite:///path.db``      one machine, several processes (``sqlite:////abs/path.db`` is absolute),
 - ``dynamodb://table-name``  Lambda: conditional PutItem on ``pk="token#<jti>"``, ``sk="token"``,
-                             TTL attribute ``expires_at``; add ``?endpoint_url=http://...`` for a local DynamoDB.
+                             TTL attribute ``expires_at``; add ``?endpoint_url=http://...`` for a local DynamoDB,
+- ``firestore://collection`` App Engine: ``create()`` of document ``token#<jti>`` in that root collection (it fails
+                             when the document exists), with ``expires_at`` as a timestamp for a TTL policy
+                             (``gcloud firestore fields ttls update expires_at --collection-group=COLLECTION
+                             --enable-ttl``); ``?database=name`` for a named database; the project is
+                             ``GOOGLE_CLOUD_PROJECT``.
 
 The SQLite file (and its ``-wal``/``-shm``) is created 0600 in a 0700 folder (``state_files``): the ids of used
 tokens are not secrets, but nobody else should be able to fill or empty the store.
@@ -20,13 +25,15 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from .._backends import SQLitePerThread, aws_client, parse_backend_url
+from .._backends import FirestorePerProcess, SQLitePerThread, aws_client, firestore_id, parse_backend_url
 from .state_files import private_sqlite
 
 __all__ = [
     "DynamoDBReplayStore",
+    "FirestoreReplayStore",
     "MemoryReplayStore",
     "ReplayStore",
     "SQLiteReplayStore",
@@ -155,6 +162,31 @@ class DynamoDBReplayStore:
         return True
 
 
+class FirestoreReplayStore:
+    """Used token ids as documents ``token#<jti>`` of a Firestore root collection, written with ``create()``: the
+    write fails when the document exists, so of any number of concurrent claims exactly one wins. A TTL policy on
+    ``expires_at`` (a timestamp, one second after the token's expiry) deletes them; until it does, a claim of an
+    expired id answers False, which is harmless since the verifier rejects the expired token anyway.
+    """
+
+    def __init__(
+        self, collection: str, *, database: str | None = None, client: Any = None, timeout: float = 10.0
+    ) -> None:
+        self.collection = collection
+        self._firestore = FirestorePerProcess(database, client=client, timeout=timeout)
+
+    def claim(self, jti: str, expires_at: float) -> bool:
+        from google.api_core.exceptions import AlreadyExists
+
+        when = datetime.fromtimestamp(int(expires_at) + 1, UTC)
+        ref = self._firestore.client().collection(self.collection).document(f"token#{firestore_id(jti)}")
+        try:
+            ref.create({"expires_at": when}, **self._firestore.options())
+        except AlreadyExists:  # also when a retried create had in fact landed: refusing is the safe side
+            return False
+        return True
+
+
 def create_dynamodb_table(table_name: str, *, client: Any = None, endpoint_url: str | None = None) -> None:
     """Create the single DPMSF table (pk/sk strings, on-demand, TTL on ``expires_at``) for local use and tests."""
     client = aws_client("dynamodb", endpoint_url, client=client)
@@ -175,9 +207,11 @@ def create_dynamodb_table(table_name: str, *, client: Any = None, endpoint_url: 
 
 def make_replay_store(url: str, *, state_dir: str | os.PathLike[str] | None = None) -> ReplayStore:
     """The replay store named by ``url`` (see the module docstring); ``state_dir`` as for SQLiteReplayStore."""
-    found = parse_backend_url(url, "Replay store URL")
+    found = parse_backend_url(url, "Replay store URL", ("memory", "sqlite", "dynamodb", "firestore"))
     if found.kind == "memory":
         return MemoryReplayStore()
     if found.kind == "sqlite":
         return SQLiteReplayStore(found.target, state_dir=state_dir)
+    if found.kind == "firestore":
+        return FirestoreReplayStore(found.target, database=found.database)
     return DynamoDBReplayStore(found.target, endpoint_url=found.endpoint_url)

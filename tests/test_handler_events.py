@@ -132,3 +132,34 @@ def test_unknown_events_are_answered_without_crashing(
         out = handler(event, lambda_context())
     assert isinstance(out, dict)
     assert caplog.records  # logged, not silently dropped
+
+
+@pytest.mark.parametrize(
+    ("name", "ids"),
+    [
+        pytest.param("sqs", lambda rec: rec["messageId"], id="sqs"),
+        pytest.param("dynamodb_stream", lambda rec: rec["dynamodb"]["SequenceNumber"], id="dynamodb-stream"),
+    ],
+)
+def test_records_of_a_function_that_failed_to_load_are_failed_not_deleted(
+    tmp_path: Path, name: str, ids: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The module meant to take these records does not import: every record comes back in batchItemFailures
+    (retried, then dead-lettered), not reported handled (Lambda would delete them)."""
+    folder = tmp_path / "p"
+    folder.mkdir()
+    source = "sqs" if name == "sqs" else "dynamodb"
+    (folder / "orders.py").write_text(
+        f"from dpmsf_core import expose\nimport no_such_module_here\n\n\n@expose.event(source={source!r})\n"
+        "def take(record):\n    pass\n"
+    )
+    settings = Settings.from_env({"DPMSF_PLUGINS": str(folder), "DPMSF_STATE_DIR": str(tmp_path)}, dotenv=None)
+    handler = build_handler(create_app(settings))
+    event = load_event(name)
+    try:
+        with caplog.at_level(logging.WARNING):
+            out = handler(event, lambda_context())
+    finally:
+        handler.close()
+    assert out == {"batchItemFailures": [{"itemIdentifier": ids(rec)} for rec in event["Records"]]}
+    assert f"No @expose.event function takes these {len(event['Records'])} {source} record(s)" in caplog.text

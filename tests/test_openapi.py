@@ -148,3 +148,42 @@ def test_mounts_into_a_fastapi_app(make_app, plugin_dir, serve) -> None:
     client = serve(outer)
     assert client.get("/health").json() == {"ok": True}
     assert client.get("/rest/services/plugged/?x=21").json() == {"results": 42}
+
+
+NESTED = '''
+"""Orders with lines: a nested model."""
+from pydantic import BaseModel
+from dpmsf_core import expose
+
+
+class Line(BaseModel):
+    sku: str
+    quantity: int = 1
+
+
+class Basket(BaseModel):
+    lines: list[Line]
+
+
+@expose.endpoint(method="POST", path="baskets/{basket_id}")
+def put_basket(basket_id: int, basket: Basket) -> int:
+    """Store a basket."""
+    return basket_id + sum(line.quantity for line in basket.lines)
+'''
+
+
+def test_nested_models_are_shared_components(make_app, plugin_dir, serve) -> None:
+    plugin_dir.write("shop.py", NESTED)
+    client = serve(make_app(plugin_dir.path))
+    spec = client.get("/openapi.json").json()
+    op = spec["paths"]["/rest/services/shop/baskets/{basket_id}/"]["post"]
+    assert op["parameters"] == [{"name": "basket_id", "in": "path", "required": True, "schema": {"type": "integer"}}]
+    body = op["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["lines"]["items"] == {"$ref": "#/components/schemas/Line"}  # resolvable from the root
+    assert spec["components"]["schemas"]["Line"]["required"] == ["sku"]
+    assert op["responses"]["200"]["content"]["application/json"]["schema"]["properties"]["results"] == {
+        "type": "integer"
+    }
+    assert spec["tags"] == [{"name": "shop", "description": "Orders with lines: a nested model."}]
+    r = client.post("/rest/services/shop/baskets/10/", json={"lines": [{"sku": "a", "quantity": 2}, {"sku": "b"}]})
+    assert r.json() == {"results": 13}

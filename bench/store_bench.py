@@ -11,8 +11,18 @@
     the same kind of file. List is GET with 20 tasks present and ``?limit=20``; create is POST of a JSON task (wrk
     with a Lua script). Targets are interleaved over several rounds; each figure is the median of the rounds.
     Ratios DPMSF / FastAPI: throughput target >= 0.8x.
+(c) the three store backends side by side, 1,000 documents in the collection (``--backend-docs``), one thread, the
+    same calls on each: SQLiteStore on a temp file, DynamoDBStore on a moto server and FirestoreStore on Google's
+    Firestore emulator (``gcloud emulators firestore start``), both on 127.0.0.1 and started here: get of a random
+    existing id, put replacing a random existing document, and a list page of 100 starting after a random id.
+    The two emulators are not the cloud services (no network round trip, no replication): the figures compare the
+    code paths and client libraries, not DynamoDB with Firestore.
 
-Needs `wrk` (Debian package `wrk`). Every server is uvicorn with one worker, access log off, on 127.0.0.1.
+    .venv/bin/python bench/store_bench.py --backends-only [--backend-docs 1000] [--backend-calls 300]
+
+Needs `wrk` (Debian package `wrk`) for (b), and the Google Cloud CLI with its Firestore emulator for the Firestore
+column of (c) (the column says why when it is missing). Every server is uvicorn with one worker, access log off, on
+127.0.0.1.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from servers import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "tests"))  # motoserver.py, firestore_emulator.py: the servers the tests start
 PY = sys.executable
 TENANT = "_"
 COLLECTION = "tasks"
@@ -109,6 +120,79 @@ def store_latency(base: Path, docs: int, calls: int) -> dict[str, tuple[float, f
     return rows
 
 
+# -- (c) SQLite, DynamoDB on moto, Firestore on its emulator, side by side ------------------------------------------
+
+BACKEND_OPS = ("get", "put (replace)", "list page (100)")
+
+
+def backend_latency(backend: object, docs: int, calls: int) -> dict[str, tuple[float, float]]:
+    """p50/p99 in µs of get, put and a list page on ``backend`` after filling it with ``docs`` documents."""
+    from dpmsf_core.store.validation import encode_cursor
+
+    ids = sorted(uuid.uuid4().hex for _ in range(docs))
+    for n, doc_id in enumerate(ids):  # through the backend itself: each stores what it stores
+        backend.put(TENANT, COLLECTION, doc_id, task_doc(n, doc_id))
+    page, cursor = backend.list(TENANT, COLLECTION, limit=1000)
+    assert len(page) == docs and cursor is None, (len(page), cursor)
+    rng = random.Random(7)
+    pick = [rng.choice(ids) for _ in range(calls)]
+    starts = [encode_cursor(rng.choice(ids[: docs - 100])) for _ in range(calls)]
+    for doc_id, start in zip(pick[:50], starts[:50], strict=True):  # warm-up: connections, caches, JIT
+        backend.get(TENANT, COLLECTION, doc_id)
+        backend.list(TENANT, COLLECTION, 100, start)
+    return {
+        "get": timed(backend.get, [(TENANT, COLLECTION, i) for i in pick]),
+        "put (replace)": timed(backend.put, [(TENANT, COLLECTION, i, task_doc(n, i)) for n, i in enumerate(pick)]),
+        "list page (100)": timed(backend.list, [(TENANT, COLLECTION, 100, c) for c in starts]),
+    }
+
+
+def backends_side_by_side(tmp: Path, docs: int, calls: int) -> None:
+    import contextlib
+    import os
+
+    from firestore_emulator import PROJECT, EmulatorMissing, firestore_emulator_process
+    from motoserver import client as moto_client
+    from motoserver import moto_server
+
+    from dpmsf_core.store import DynamoDBStore, FirestoreStore
+    from dpmsf_core.tenancy.replay import create_dynamodb_table
+
+    columns: dict[str, dict[str, tuple[float, float]] | str] = {}
+    sqlite = SQLiteStore(tmp / "backends" / "store.db")
+    columns["SQLite (file)"] = backend_latency(sqlite, docs, calls)
+    sqlite.close()
+    with moto_server() as url:
+        dynamodb = moto_client("dynamodb", url)
+        create_dynamodb_table("dpmsf-bench", client=dynamodb)
+        columns["DynamoDB (moto)"] = backend_latency(DynamoDBStore("dpmsf-bench", client=dynamodb), docs, calls)
+    with contextlib.ExitStack() as stack:
+        try:
+            host = stack.enter_context(firestore_emulator_process())
+        except EmulatorMissing as exc:
+            columns["Firestore (emulator)"] = f"not run: {exc}"
+        else:
+            os.environ["FIRESTORE_EMULATOR_HOST"], os.environ["GOOGLE_CLOUD_PROJECT"] = host, PROJECT
+            columns["Firestore (emulator)"] = backend_latency(FirestoreStore("dpmsf-bench"), docs, calls)
+    print(
+        f"\n(c) store latency, {docs} documents in the collection, {calls} calls each, one thread"
+        " (p50 / p99, ms; moto and the Firestore emulator on 127.0.0.1)"
+    )
+    print(f"    {'operation':<18}" + "".join(f"{name:>24}" for name in columns))
+    for op in BACKEND_OPS:
+        cells = []
+        for figures in columns.values():
+            if isinstance(figures, str):
+                cells.append(f"{'-':>24}")
+            else:
+                p50, p99 = figures[op]
+                cells.append(f"{p50 / 1000:>12.2f} / {p99 / 1000:<9.2f}")
+        print(f"    {op:<18}" + "".join(cells), flush=True)
+    for name, figures in columns.items():
+        if isinstance(figures, str):
+            print(f"    {name}: {figures}")
+
+
 # -- (b) todo over HTTP ---------------------------------------------------------------------------------------------
 
 
@@ -161,12 +245,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--docs", type=int, default=10_000)
     parser.add_argument("--calls", type=int, default=5_000)
+    parser.add_argument("--backend-docs", type=int, default=1_000, help="(c): documents in the collection")
+    parser.add_argument("--backend-calls", type=int, default=300, help="(c): timed calls per operation and backend")
+    parser.add_argument("--backends-only", action="store_true", help="only (c), the three backends side by side")
     opts = parser.parse_args()
-    if not shutil.which("wrk"):
-        sys.exit("bench needs wrk: apt-get install wrk")
+    if not opts.backends_only and not shutil.which("wrk"):
+        sys.exit("bench needs wrk: apt-get install wrk (or run only (c) with --backends-only)")
     tmp = Path(tempfile.mkdtemp(prefix="dpmsf-store-bench-"))
     try:
-        run(tmp, opts)
+        if not opts.backends_only:
+            run(tmp, opts)
+        backends_side_by_side(tmp, opts.backend_docs, opts.backend_calls)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -28,6 +28,7 @@ import pytest
 from conformance.cases import CASES, MAX_BODY, NO_BODY, Case
 from conformance.emulator import EmulatorUnavailable, serverless_offline
 
+from dpmsf_core.cli.cost import endpoint_costs
 from dpmsf_core.testing import LambdaInvoker, http_client, lambda_invoker
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # the first run installs serverless (npm ci)
@@ -202,6 +203,7 @@ def answers() -> Iterator[dict[str, dict[str, dict[str, Any]] | str]]:
     results: dict[str, dict[str, dict[str, Any]] | str] = {}
     with http_client(PLUGINS, **ENV) as client:
         results["uvicorn"] = run_cases(http_sender(client, ""), "")
+        results["uvicorn /metrics"] = {"invocations": _local_invocations(client.get("/metrics").text)}
     for name, kind, root in (("lambda-rest-stage", "rest", "/Prod"), ("lambda-http-api", "http", "")):
         with lambda_invoker(PLUGINS, **ENV) as plain:
             invoker = _Invoker(plain.handler)
@@ -216,10 +218,44 @@ def answers() -> Iterator[dict[str, dict[str, dict[str, Any]] | str]]:
                     results["sls-http-api"] = run_cases(http_sender(client, ""), "")
                 with httpx.Client(base_url=flat.url, timeout=30) as client:
                     results["sls-rest-no-stage"] = run_cases(http_sender(client, ""), "")
+            # stopped: their logs are complete. The handler's EMF lines, as `dpmsf cost` reads them
+            for name, instance in (("sls-rest-stage + sls-http-api EMF", staged), ("sls-rest-no-stage EMF", flat)):
+                costs = endpoint_costs(instance.log.read_text(errors="replace").splitlines())
+                results[name] = {"invocations": {c.endpoint: c.invocations for c in costs}}
         except EmulatorUnavailable as exc:
-            for name in TARGETS:
+            for name in (*TARGETS, "sls-rest-stage + sls-http-api EMF", "sls-rest-no-stage EMF"):
                 results.setdefault(name, str(exc))
+        _write_table(results, REPO / "build" / "conformance.md")
         yield results
+
+
+def _write_table(results: dict[str, Any], path: Path) -> None:
+    """``build/conformance.md``: per case and target, the status and whether the answer equals uvicorn's."""
+    ref = results["uvicorn"]
+    rows = ["| case | " + " | ".join(TARGETS) + " |", "|---" * (len(TARGETS) + 1) + "|"]
+    for case in CASES:
+        cells = []
+        for target in TARGETS:
+            got = results.get(target)
+            if isinstance(got, str) or got is None:
+                cells.append("skipped")
+            else:
+                same = "same" if got[case.id] == ref[case.id] else "DIFFERS"
+                cells.append(f"{got[case.id]['status']} {same}")
+        rows.append(f"| {case.id} | " + " | ".join(cells) + " |")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(rows) + "\n")
+
+
+def _local_invocations(text: str) -> dict[str, int]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        sample.labels["endpoint"]: int(sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "dpmsf_endpoint_invocations_total"
+    }
 
 
 def _ran(answers: dict[str, Any], target: str) -> dict[str, dict[str, Any]]:
@@ -282,3 +318,12 @@ def test_target_answers_equal_uvicorns(answers: dict[str, Any], target: str) -> 
         cid: {"uvicorn": reference[cid], target: got[cid]} for cid in reference if got[cid] != reference[cid]
     }
     assert not differences, f"differ: {sorted(differences)}\n" + json.dumps(differences, indent=1)[:6000]
+
+
+def test_per_endpoint_invocations_agree_between_metrics_and_emf(answers: dict[str, Any]) -> None:
+    """Item 6 end to end: uvicorn's ``/metrics`` and the EMF lines the handler wrote behind the emulator, read by
+    ``dpmsf cost``, count the same calls per endpoint (the staged instance served two targets: twice as many)."""
+    local = _ran(answers, "uvicorn /metrics")["invocations"]
+    assert local["hello.hello-world"] == sum(1 for c in CASES if "/hello-world" in c.path)
+    assert _ran(answers, "sls-rest-no-stage EMF")["invocations"] == local
+    assert _ran(answers, "sls-rest-stage + sls-http-api EMF")["invocations"] == {k: 2 * v for k, v in local.items()}

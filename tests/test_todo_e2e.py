@@ -125,7 +125,7 @@ def test_todo_through_the_lambda_handler(tmp_path: Path, monkeypatch: pytest.Mon
         assert call("alb", "DELETE", f"{BASE}{task['id']}/")["statusCode"] == 204
         assert call("function_url", "GET", f"{BASE}{task['id']}/")["statusCode"] == 404
     finally:
-        app.close()
+        handler.close()  # its event loop, then the app
 
 
 def test_polyglot_endpoints_over_http(bundled_client: httpx.Client) -> None:

@@ -227,3 +227,23 @@ def test_the_readmes_first_plugin_loads_beside_the_bundled_ones(tmp_path: Path) 
             "welcome": "Ada",
             "lang": "fr",
         }
+
+
+@pytest.mark.parametrize(
+    ("given", "shape"),
+    [
+        (
+            {"loc": ["arguments", "a"], "msg": "bad", "input": "x"},
+            {"loc": ["arguments", "a"], "msg": "bad", "input": "x"},
+        ),
+        ({"param": "id"}, {"loc": ["id"], "msg": "invalid"}),
+        ({"param": "collection", "value": "x y"}, {"loc": ["collection"], "msg": "invalid", "input": "x y"}),
+        ({"line": 3, "column": 7, "msg": "invalid syntax"}, {"loc": ["body", 3, 7], "msg": "invalid syntax"}),
+        ({"param": "limit", "reason": "not an integer"}, {"loc": ["limit"], "msg": "not an integer"}),
+    ],
+)
+def test_every_422_has_one_errors_shape(given: dict[str, Any], shape: dict[str, Any]) -> None:
+    from dpmsf_core import UnprocessableArguments
+
+    assert UnprocessableArguments("bad", errors=[given]).problem()["errors"] == [shape]
+    assert UnprocessableArguments("no details").problem()["errors"] == [{"loc": [], "msg": "no details"}]

@@ -37,6 +37,13 @@ __all__ = ["LambdaContext", "LambdaInvoker", "http_client", "lambda_invoker"]
 
 def _settings(plugins: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], env: Mapping[str, str]) -> Settings:
     folders = [plugins] if isinstance(plugins, str | os.PathLike) else list(plugins)
+    for folder in folders:  # a typo in a test's folder would otherwise serve nothing, silently
+        name = os.fspath(folder)
+        if not isinstance(name, str):
+            raise TypeError(f"plugins={folder!r}: expected a folder path (str or os.PathLike), or a list of them")
+        for entry in name.split(":"):
+            if entry and entry != "." and "://" not in entry and not os.path.isdir(entry):
+                raise FileNotFoundError(f"plugins={entry!r}: no such folder (relative to {os.getcwd()})")
     environ = {"DPMSF_PLUGINS": ":".join(os.fspath(f) for f in folders), **env}
     environ.setdefault("DPMSF_STATE_DIR", tempfile.mkdtemp(prefix="dpmsf-test-"))  # never your real state
     return Settings.from_env(environ, dotenv=None)

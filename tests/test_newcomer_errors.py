@@ -247,3 +247,15 @@ def test_every_422_has_one_errors_shape(given: dict[str, Any], shape: dict[str, 
 
     assert UnprocessableArguments("bad", errors=[given]).problem()["errors"] == [shape]
     assert UnprocessableArguments("no details").problem()["errors"] == [{"loc": [], "msg": "no details"}]
+
+
+def test_the_test_client_refuses_a_folder_that_is_not_there(tmp_path: Path) -> None:
+    from dpmsf_core.testing import http_client, lambda_invoker
+
+    missing = tmp_path / "plugins-typo"
+    with pytest.raises(FileNotFoundError, match="plugins-typo'\\): no such folder|plugins-typo': no such folder"):
+        with http_client(missing):
+            pass
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        with lambda_invoker([tmp_path, missing]):
+            pass

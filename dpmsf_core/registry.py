@@ -136,6 +136,9 @@ class Registry:
         with self._lock:
             for source in self.sources:
                 self._sync_source(source, force=True)
+            for folder in self.folders:
+                if not os.path.isdir(folder):  # served once it appears; said now, since it may be a typo
+                    log.warning("plugin folder %s does not exist: nothing is served from it yet", folder)
             return self._rebuild()
 
     def refresh(self) -> Snapshot:

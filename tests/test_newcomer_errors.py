@@ -259,3 +259,8 @@ def test_the_test_client_refuses_a_folder_that_is_not_there(tmp_path: Path) -> N
     with pytest.raises(FileNotFoundError, match="no such folder"):
         with lambda_invoker([tmp_path, missing]):
             pass
+
+
+def test_routes_names_a_plugin_folder_that_is_not_there(tmp_path: Path) -> None:
+    done = _cli("routes", "--plugins", str(tmp_path / "typo"), env={"DPMSF_STATE_DIR": str(tmp_path / "state")})
+    assert done.returncode == 0 and done.stderr.splitlines() == [f"! {tmp_path / 'typo'}: no such plugin folder"]

@@ -97,6 +97,9 @@ def cmd_routes(args: argparse.Namespace) -> int:
     print(f"{'METHODS':<{widths[0]}}  {'URL':<{widths[1]}}  {'ENDPOINT':<{widths[2]}}  DOC")
     for methods, url, name, doc in sorted(rows, key=lambda r: r[1]):
         print(f"{methods:<{widths[0]}}  {url:<{widths[1]}}  {name:<{widths[2]}}  {doc}")
+    for folder in app.registry.folders:
+        if not os.path.isdir(folder):
+            print(f"! {folder}: no such plugin folder", file=sys.stderr)
     for module in directory["modules"]:
         if module["status"] != "loaded":
             print(f"! {module['source']}: {module['status']}: {module['error']}", file=sys.stderr)

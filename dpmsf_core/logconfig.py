@@ -15,7 +15,6 @@ every worker), ``dpmsf_core.gunicorn_conf`` hands it to gunicorn (App Engine, th
 from __future__ import annotations
 
 import logging
-import logging.config
 import os
 import time
 from collections.abc import Mapping
@@ -125,6 +124,8 @@ def installed() -> bool:
 def ensure_configured(level: str | None = None) -> None:
     """Install ``dict_config()`` unless the server already did (then its level and access choice stand)."""
     if not installed():
+        import logging.config  # here, not at the top: the app imports this module on Lambda's cold start too
+
         logging.config.dictConfig(dict_config(level or os.environ.get("DPMSF_LOG_LEVEL") or "INFO"))
 
 

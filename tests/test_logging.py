@@ -7,8 +7,6 @@ import json
 import logging
 import os
 import re
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -18,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import free_port
+from serverproc import running
 
 from dpmsf_core.gcp.cloudlogging import CloudLoggingFormatter, trace_fields
 from dpmsf_core.logconfig import CONFIG_FILE, RequestLog, current_request, dict_config, log_format
@@ -45,34 +44,12 @@ def plugins(tmp_path: Path) -> Path:
 
 @contextmanager
 def server(command: list[str], port: int, env: dict[str, str], log: Path) -> Iterator[str]:
-    """Run a real server process, wait until it answers, stop it with SIGTERM (its shutdown lines are logged too)."""
+    """A real server process with a clean environment (no DPMSF_/GAE_ settings of ours leak in)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("DPMSF_", "GAE_", "K_SERVICE"))}
     full_env.update({"PATH": f"{BIN}:{os.environ['PATH']}", **env})
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            command, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 40
-            while True:
-                if proc.poll() is not None:
-                    pytest.fail(f"{command[0]} exited with {proc.returncode}: {log.read_text()}")
-                try:
-                    httpx.get(base + "/", timeout=1)
-                    break
-                except httpx.TransportError:
-                    if time.monotonic() > deadline:
-                        pytest.fail(f"{command[0]} not answering on {port}: {log.read_text()}")
-                    time.sleep(0.2)
-            yield base
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    base = f"http://127.0.0.1:{port}"
+    with running(command, ROOT, full_env, log, base + "/"):
+        yield base
 
 
 def exercise(base: str) -> None:

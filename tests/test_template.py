@@ -61,12 +61,31 @@ def test_globals(template: dict[str, Any]) -> None:
     assert template["Parameters"]["MasterKey"]["NoEcho"] is True
 
 
-def test_function_code_and_handler(function: dict[str, Any]) -> None:
+def test_function_code_and_handler(template: dict[str, Any], function: dict[str, Any]) -> None:
+    """sam build copies only infra/ (the Makefile) and runs `dpmsf package` in the repository root."""
     assert function["Handler"] == "handler.aws_lambda.handler"
-    code_dir = (TEMPLATE.parent / function["CodeUri"]).resolve()
-    assert code_dir == ROOT
-    for needed in ("requirements.txt", "dpmsf_core", "handler", "plugins"):
-        assert (code_dir / needed).exists(), needed
+    assert (TEMPLATE.parent / function["CodeUri"]).resolve() == TEMPLATE.parent
+    assert sorted(p.name for p in TEMPLATE.parent.iterdir() if not p.name.startswith(".")) == [
+        "Makefile",
+        "template.yaml",
+    ]
+    metadata = template["Resources"]["DpmsfFunction"]["Metadata"]
+    assert metadata["BuildMethod"] == "makefile"
+    assert (TEMPLATE.parent / metadata["WorkingDirectory"]).resolve() == ROOT
+    assert (ROOT / "dpmsf_core" / "__main__.py").is_file()  # what the Makefile runs with -m
+
+
+def test_makefile_builds_for_the_template_runtime(template: dict[str, Any]) -> None:
+    from dpmsf_core.packaging import LAMBDA_PLATFORM, LAMBDA_PYTHON
+
+    makefile = (TEMPLATE.parent / "Makefile").read_text()
+    variables = dict(re.findall(r"^([A-Z_]+) \?= ?(.*)$", makefile, flags=re.M))
+    runtime = template["Globals"]["Function"]["Runtime"]
+    assert runtime == f"python{variables['RUNTIME_PYTHON']}" == f"python{LAMBDA_PYTHON}"
+    assert template["Globals"]["Function"]["Architectures"] == ["x86_64"]
+    assert variables["PLATFORM"] == LAMBDA_PLATFORM == "manylinux2014_x86_64"
+    recipe = makefile.split("build-DpmsfFunction:", 1)[1]
+    assert "-m dpmsf_core package --strict --deps pip" in recipe and '--out "$(ARTIFACTS_DIR)"' in recipe
 
 
 def test_proxy_routes_queue_and_schedule(template: dict[str, Any], function: dict[str, Any]) -> None:

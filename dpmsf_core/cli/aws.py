@@ -1,4 +1,4 @@
-"""`dpmsf invoke` (the Lambda handler on one event, like `sam local invoke` without Docker) and `dpmsf package`."""
+"""`dpmsf invoke` (the Lambda handler on one event, like `sam local invoke` without Docker), `dpmsf package`."""
 
 from __future__ import annotations
 
@@ -38,20 +38,25 @@ def cmd_invoke(args: argparse.Namespace) -> int:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
-    from ..packaging import BUNDLED_PLUGINS, build
+    from ..packaging import BUNDLED_PLUGINS, PackagingError, Target, build
 
     plugins = [Path(p) for p in args.plugins.split(":") if p] if args.plugins else [BUNDLED_PLUGINS]
     plugins = [BUNDLED_PLUGINS if str(p) == "." else p for p in plugins]
-    artifact = build(
-        args.out,
-        plugins,
-        make_zip=args.zip,
-        deps=args.deps,
-        platform=args.platform,
-        python_version=args.python_version,
-        sandbox=args.sandbox,
-        log=lambda line: print(line, file=sys.stderr),
-    )
+    try:
+        artifact = build(
+            args.out,
+            plugins,
+            target=Target(python=args.python_version, platform=args.platform),
+            make_zip=args.zip,
+            deps=args.deps,
+            sandbox=args.sandbox,
+            target_python=args.target_python,
+            strict=args.strict,
+            log=lambda line: print(line, file=sys.stderr),
+        )
+    except PackagingError as exc:
+        print(f"dpmsf package: {exc}", file=sys.stderr)
+        return 2
     print(artifact.summary())
     return 0
 
@@ -62,6 +67,8 @@ def register(sub: Any) -> None:
     p.add_argument("--plugins", help="plugin folders, ':'-separated ('.' = bundled); default DPMSF_PLUGINS")
     p.set_defaults(func=cmd_invoke)
 
+    from ..packaging import LAMBDA_PLATFORM, LAMBDA_PYTHON
+
     p = sub.add_parser("package", help="build a self-contained Lambda folder (and zip): core, deps, plugins, .pyc")
     p.add_argument("--plugins", help="plugin folders to bundle into plugins/, ':'-separated ('.' = bundled)")
     p.add_argument("--out", default="build/lambda", help="output folder (default build/lambda; zip beside it)")
@@ -70,13 +77,29 @@ def register(sub: Any) -> None:
         "--deps",
         default="pip",
         choices=["pip", "venv", "none"],
-        help="pip install --target (default), copy from this environment (fast, offline), or none",
+        help="pip wheels for the target (default), copy from this environment (same Python and CPU only), or none",
     )
-    p.add_argument("--platform", help="pip wheels for Lambda: manylinux2014_x86_64 or manylinux2014_aarch64")
-    p.add_argument("--python-version", help="the Lambda runtime's Python, e.g. 3.12 (with --platform)")
+    p.add_argument(
+        "--platform",
+        default=LAMBDA_PLATFORM,
+        help=f"the target's pip platform tag (default {LAMBDA_PLATFORM}; manylinux2014_aarch64 for arm64)",
+    )
+    p.add_argument(
+        "--python-version", default=LAMBDA_PYTHON, help=f"the Lambda runtime's Python (default {LAMBDA_PYTHON})"
+    )
+    p.add_argument("--target-python", help="that Python's interpreter (default: pythonX.Y on PATH, or pyenv's)")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail without the target's interpreter (it compiles the bytecode and import-checks every dependency)",
+    )
     p.add_argument(
         "--sandbox",
         action="store_true",
         help="include the WebAssembly sandbox for tenant modules, precompiled for this CPU (+~35 MB)",
     )
     p.set_defaults(func=cmd_package)
+
+    from .deploy import register as register_deploy
+
+    register_deploy(sub)

@@ -110,6 +110,30 @@ def test_plain_uvicorn_with_workers_and_our_log_config(plugins: Path, tmp_path: 
 
 
 @pytest.mark.slow
+def test_gunicorn_locally_writes_the_readable_format(plugins: Path, tmp_path: Path) -> None:
+    """app.yaml's command line outside Google Cloud (no GAE_SERVICE): gunicorn's own lines are readable too."""
+    port = free_port()
+    log = tmp_path / "server.log"
+    command = [
+        str(BIN / "gunicorn"),
+        "-c",
+        "dpmsf_core/gunicorn_conf.py",
+        "-k",
+        "uvicorn_worker.UvicornWorker",
+        "-w",
+        "2",
+        "-b",
+        f"127.0.0.1:{port}",
+        "handler.gae:app",
+    ]
+    env = {"DPMSF_STATE_DIR": str(tmp_path / "state"), "DPMSF_PLUGINS": str(plugins)}
+    with server(command, port, env, log) as base:
+        exercise(base)
+    lines = assert_text_lines(log, 2)
+    assert any(" gunicorn.error: Booting worker with pid: " in line for line in lines)
+
+
+@pytest.mark.slow
 def test_app_engine_lines_are_cloud_logging_json(plugins: Path, tmp_path: Path) -> None:
     """gcprunner.sh: app.yaml's entrypoint (gunicorn, 2 uvicorn workers), GAE_SERVICE set as on App Engine."""
     port = free_port()

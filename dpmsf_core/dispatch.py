@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import functools
 import logging
+import os
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -60,11 +61,22 @@ class ServiceDispatcher:
         """A call to a module that failed to load is a 503 saying why (to whom may see where), not a 404."""
         if not segments:
             return
-        for report in snapshot.reports:
-            if report.status == "error" and segments[0] in (report.name, report.real_name) and visible(report.tenant):
-                own = tenant is not None and (tenant == self.settings.admin_id or tenant == report.tenant)
-                why = report.error if own else without_paths(report.error)
-                raise ServiceUnavailable(f"Module '{report.name}' failed to load: {why}")
+        failed = [r for r in snapshot.reports if r.status == "error" and visible(r.tenant)]
+        for report in failed:
+            if segments[0] in (report.name, report.real_name):
+                raise ServiceUnavailable(f"Module '{report.name}' failed to load: {self._why(report, tenant)}")
+        owned = self.registry.owned_folders  # uploads: whose they are is the security layer's to say, not ours
+        plain = [r for r in failed if os.path.realpath(r.folder) not in owned]
+        for report in plain[:50]:  # an unqualified API name that a module which failed to load mentions
+            if _declares(report.source, segments[0]):
+                raise ServiceUnavailable(
+                    f"API '{segments[0]}' is probably in module '{report.name}', which failed to load: "
+                    f"{self._why(report, tenant)}"
+                )
+
+    def _why(self, report: Any, tenant: str | None) -> str | None:
+        own = tenant is not None and (tenant == self.settings.admin_id or tenant == report.tenant)
+        return report.error if own else without_paths(report.error)
 
     def _mark_stale(self, snapshot: Any, endpoint: Endpoint, responder: Responder) -> None:
         """A module whose newer file failed to load still serves its last good version: every answer says so."""
@@ -205,3 +217,18 @@ def _header_text(text: str, limit: int = 300) -> str:
     """A reason as one header line: printable ASCII only, bounded (it may quote a plugin's source)."""
     flat = "".join(c if 32 <= ord(c) < 127 else "?" for c in " ".join(text.split()))
     return flat[:limit]
+
+
+def _declares(path: str, api: str) -> bool:
+    """Whether a module's source names ``api`` as an endpoint (``def api(``, ``API="api"``, ``path="api/..."``),
+    read as text: the module could not be imported. Only on the way to a 404, so its cost does not matter."""
+    import re
+
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            source = fh.read(1 << 20)
+    except OSError:
+        return False
+    name = re.escape(api)
+    found = re.search(rf"^\s*(?:async\s+)?def\s+{name}\s*\(|\b(?:API|path)\s*=\s*[\"']{name}[\"'/]", source, re.M)
+    return found is not None

@@ -264,3 +264,30 @@ def test_the_test_client_refuses_a_folder_that_is_not_there(tmp_path: Path) -> N
 def test_routes_names_a_plugin_folder_that_is_not_there(tmp_path: Path) -> None:
     done = _cli("routes", "--plugins", str(tmp_path / "typo"), env={"DPMSF_STATE_DIR": str(tmp_path / "state")})
     assert done.returncode == 0 and done.stderr.splitlines() == [f"! {tmp_path / 'typo'}: no such plugin folder"]
+
+
+def test_an_api_of_a_module_that_failed_to_load_answers_503_naming_the_module(
+    plugin_dir: Any, make_app: Callable[..., Any], serve: Callable[[Any], httpx.Client]
+) -> None:
+    plugin_dir.write(
+        "calc.py",
+        """
+        from dpmsf_core import expose
+        import not_installed_anywhere
+
+        @expose.endpoint(method="GET")
+        def divide(a: float, b: float):
+            return a / b
+
+        @expose.endpoint(API="square-root")
+        def root(x: float):
+            return x ** 0.5
+        """,
+    )
+    client = serve(make_app(plugin_dir.path))
+    why = "calc.py, line 3: import raised ModuleNotFoundError: No module named 'not_installed_anywhere'"
+    for api in ("divide", "square-root"):
+        r = client.get(f"/rest/services/{api}/9/3/")
+        assert r.status_code == 503
+        assert r.json()["detail"] == f"API '{api}' is probably in module 'calc', which failed to load: {why}"
+    assert client.get("/rest/services/multiply/").status_code == 404

@@ -1,11 +1,12 @@
-"""Powertools Logger, Metrics and Tracer on Lambda; nothing at all elsewhere (the app's access log is the local line).
+"""Powertools Logger and Tracer, and EMF metrics, on Lambda; nothing elsewhere (the local line is the access log).
 
 Imported cheaply: Powertools loads only when :func:`observer` is asked for on Lambda (``AWS_LAMBDA_FUNCTION_NAME``),
 and the Tracer (with ``aws_xray_sdk``) only when X-Ray is active for the function (``AWS_XRAY_DAEMON_ADDRESS``,
 set by Lambda with ``Tracing: Active``) and ``POWERTOOLS_TRACE_DISABLED`` is not true. Every ``POWERTOOLS_*``
 setting (service name, log level, namespace, sampling, ...) applies as Powertools documents it.
 
-Metrics (EMF, one flush per invocation), dimension ``endpoint`` (``module.api``; ``-`` when no endpoint
+Metrics (EMF lines written by ``emf.py`` in Powertools' shape, at a fraction of its cost; one write per
+invocation), dimension ``endpoint`` (``module.api``; ``-`` when no endpoint
 was resolved): ``Requests`` (Count: invocations), ``Latency`` (Milliseconds: the duration of serving it),
 ``GBSeconds`` (duration x ``AWS_LAMBDA_FUNCTION_MEMORY_SIZE`` / 1024: what Lambda bills; ``dpmsf cost LOGFILE``
 adds them up per endpoint), ``Errors`` (5xx, Count) and ``ClientErrors`` (4xx, Count) when they happen;
@@ -85,11 +86,11 @@ class PowertoolsObserver:
     """Logger (JSON, Lambda context, correlation id), Metrics (EMF) and, when X-Ray is on, Tracer."""
 
     def __init__(self, env: Mapping[str, str], *, patch_aws: bool = False) -> None:
-        from aws_lambda_powertools import Logger, Metrics
-        from aws_lambda_powertools.metrics import MetricUnit
+        from aws_lambda_powertools import Logger
+
+        from .emf import EMFWriter
 
         service = env.get("POWERTOOLS_SERVICE_NAME") or "dpmsf"
-        self.units = MetricUnit
         self.logger = Logger(service=service)
         if self.logger.name != "dpmsf":
             from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
@@ -100,7 +101,7 @@ class PowertoolsObserver:
             # A JSON access line per request costs ~25 µs; Lambda's REPORT line, the metrics and API Gateway's
             # access logs already cover it. DPMSF_ACCESS_LOG=1 brings it back.
             logging.getLogger("dpmsf.access").setLevel(logging.WARNING)
-        self.metrics = Metrics(namespace=env.get("POWERTOOLS_METRICS_NAMESPACE") or "DPMSF", service=service)
+        self.metrics = EMFWriter(env)
         self.memory_mb = memory_mb(env)  # set by Lambda; the template's default elsewhere (serverless-offline)
         self.tracer: Any = None
         disabled = (env.get("POWERTOOLS_TRACE_DISABLED") or "").strip().lower() in _TRUE
@@ -112,15 +113,19 @@ class PowertoolsObserver:
     def wrap(self, handler: Handler) -> Handler:
         logger = self.logger
 
+        metrics = self.metrics
+
         @functools.wraps(handler)
         def correlated(event: dict[str, Any], context: Any) -> dict[str, Any]:
             logger.set_correlation_id(correlation_id(event))
-            return handler(event, context)
+            try:
+                return handler(event, context)
+            finally:
+                metrics.flush()
 
         wrapped: Handler = correlated
         if self.tracer is not None:
             wrapped = self.tracer.capture_lambda_handler(wrapped)
-        wrapped = self.metrics.log_metrics(wrapped, capture_cold_start_metric=True, raise_on_empty_metrics=False)
         wrapped = logger.inject_lambda_context(wrapped, clear_state=True)
         for name in ("app", "adapter", "close"):
             if hasattr(handler, name):
@@ -129,21 +134,11 @@ class PowertoolsObserver:
 
     def request(self, scope: Mapping[str, Any], status: int, seconds: float) -> None:
         label = endpoint_label(scope)
-        metrics, unit = self.metrics, self.units
-        metrics.add_dimension(name="endpoint", value=label)
-        metrics.add_metric(name="Requests", unit=unit.Count, value=1)
-        metrics.add_metric(name="Latency", unit=unit.Milliseconds, value=round(seconds * 1000, 3))
-        metrics.add_metric(name="GBSeconds", unit=unit.NoUnit, value=round(gb_seconds(seconds, self.memory_mb), 9))
-        if status >= 500:  # only when it happened: every add_metric costs ~5 µs (alarms: treat missing as 0)
-            metrics.add_metric(name="Errors", unit=unit.Count, value=1)
-        elif status >= 400:
-            metrics.add_metric(name="ClientErrors", unit=unit.Count, value=1)
+        self.metrics.request(label, status, seconds * 1000, gb_seconds(seconds, self.memory_mb))
         if self.tracer is not None:
             self.tracer.put_annotation(key="endpoint", value=label)
             self.tracer.put_annotation(key="status", value=status)
 
     def event(self, source: str, result: Any) -> None:
-        self.metrics.add_dimension(name="source", value=source)
-        self.metrics.add_metric(name="Events", unit=self.units.Count, value=1)
         failures = len(result.get("batchItemFailures") or ()) if isinstance(result, dict) else 0
-        self.metrics.add_metric(name="EventFailures", unit=self.units.Count, value=failures)
+        self.metrics.event(source, failures)

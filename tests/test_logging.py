@@ -18,7 +18,7 @@ import pytest
 from conftest import free_port
 from serverproc import running
 
-from dpmsf_core.gcp.cloudlogging import CloudLoggingFormatter, trace_fields
+from dpmsf_core.gcp.cloudlogging import CloudLoggingFormatter, project_id, trace_fields
 from dpmsf_core.logconfig import CONFIG_FILE, RequestLog, current_request, dict_config, log_format
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -277,3 +277,37 @@ def test_log_format_choice(env: dict[str, str], expected: str) -> None:
 def test_shipped_log_config_file_is_dict_config() -> None:
     """The file a plain uvicorn command line reads is what dpmsf serve and gunicorn use (no drift)."""
     assert json.loads(Path(CONFIG_FILE).read_text()) == dict_config()
+
+
+def test_cloud_run_project_comes_from_the_metadata_server() -> None:
+    """Cloud Run sets K_SERVICE but no project variable: the formatter asks the metadata server (GCE_METADATA_HOST,
+    the variable google-auth honours too), here a loopback stand-in answering as Google documents."""
+    import http.server
+    import threading
+
+    seen: list[str | None] = []
+
+    class Metadata(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Metadata-Flavor"))
+            ok = self.path == "/computeMetadata/v1/project/project-id"
+            self.send_response(200 if ok else 404)
+            self.end_headers()
+            self.wfile.write(b"run-project" if ok else b"")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metadata)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        host = f"127.0.0.1:{httpd.server_address[1]}"
+        assert project_id({"K_SERVICE": "dpmsf", "GCE_METADATA_HOST": host}) == "run-project"
+        assert seen == ["Google"]
+        assert project_id({"K_SERVICE": "dpmsf", "GOOGLE_CLOUD_PROJECT": "set"}) == "set"  # no call then
+        assert project_id({"GAE_APPLICATION": "e~gae-project"}) == "gae-project"
+        assert project_id({}) == "-" and len(seen) == 1  # off Google Cloud: never asked
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert project_id({"K_SERVICE": "dpmsf", "GCE_METADATA_HOST": host}) == "-"  # unreachable: no project, no hang

@@ -26,10 +26,27 @@ _SEVERITY = {"WARN": "WARNING", "FATAL": "CRITICAL"}
 
 
 def project_id(env: Any = None) -> str:
-    """``GOOGLE_CLOUD_PROJECT`` (set on App Engine and by gcprunner.sh), else the id inside ``GAE_APPLICATION``."""
+    """``GOOGLE_CLOUD_PROJECT`` (set on App Engine and by gcprunner.sh), else the id inside ``GAE_APPLICATION``,
+    else, on Cloud Run (``K_SERVICE``, which sets no project variable), the metadata server's answer."""
     env = os.environ if env is None else env
     found = env.get("GOOGLE_CLOUD_PROJECT") or env.get("GAE_APPLICATION", "").partition("~")[2]
+    if not found and env.get("K_SERVICE"):
+        found = _metadata_project(env.get("GCE_METADATA_HOST") or "metadata.google.internal")
     return str(found or "-")
+
+
+def _metadata_project(host: str) -> str | None:
+    """``/computeMetadata/v1/project/project-id`` (once, at start-up, 1 s at most); None when unreachable."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://{host}/computeMetadata/v1/project/project-id", headers={"Metadata-Flavor": "Google"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=1) as answer:
+            return answer.read().decode("ascii").strip() or None
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
 
 
 def trace_fields(header: str | None, project: str) -> dict[str, Any]:

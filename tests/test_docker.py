@@ -274,6 +274,7 @@ def test_the_dockerfile_app_runs_from_exactly_what_it_copies(tmp_path: Path) -> 
             "DPMSF_STORE": f"sqlite:///{state}/store.db",
             "DPMSF_REPLAY_STORE": f"sqlite:///{state}/replay.db",
             "K_SERVICE": "dpmsf",  # as on Cloud Run: Cloud Logging JSON lines
+            "GOOGLE_CLOUD_PROJECT": "demo-dpmsf",  # else the formatter would ask Cloud Run's metadata server
         }
     )
     shell, flag, line = _cmd("Dockerfile")

@@ -291,3 +291,11 @@ def test_an_api_of_a_module_that_failed_to_load_answers_503_naming_the_module(
         assert r.status_code == 503
         assert r.json()["detail"] == f"API '{api}' is probably in module 'calc', which failed to load: {why}"
     assert client.get("/rest/services/multiply/").status_code == 404
+
+
+@pytest.mark.parametrize("command", ["serve", "routes", "openapi", "new", "init"])
+def test_help_shows_defaults_that_mean_something(command: str) -> None:
+    flat = " ".join(_cli(command, "--help").stdout.split())  # argparse wraps lines
+    assert "(default: None)" not in flat and "(default: True)" not in flat and "(default: False)" not in flat
+    if command == "serve":
+        assert "unset: DPMSF_PLUGINS, else '.'" in flat and "no log line per request (default: one per request)" in flat

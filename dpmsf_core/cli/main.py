@@ -132,17 +132,27 @@ def cmd_new(args: argparse.Namespace) -> int:
     return 0
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help, except where there is none to show (``None``, an on/off flag): the help
+    text says what happens then ("unset: DPMSF_PLUGINS, else '.'")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="dpmsf",
         description="Dynamic Pluggable Microservices Framework",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"dpmsf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    defaults = argparse.ArgumentDefaultsHelpFormatter
+    defaults = HelpFormatter
     plugins_help = "plugin folders, ':'-separated ('.' = the bundled ones); unset: DPMSF_PLUGINS, else '.'"
 
     p = sub.add_parser("serve", help="run the local server (uvicorn)", formatter_class=defaults)
@@ -153,7 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="log level"
     )
-    p.add_argument("--no-access-log", dest="access_log", action="store_false", help="no log line per request")
+    p.add_argument(
+        "--no-access-log",
+        dest="access_log",
+        action="store_false",
+        help="no log line per request (default: one per request)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("routes", help="list every endpoint", formatter_class=defaults)

@@ -444,6 +444,20 @@ def test_make_store_firestore(firestore_env: str) -> None:
     assert isinstance(named, FirestoreStore) and named.get("_", "c", "d") is None  # another root collection
 
 
+def test_settings_accept_firestore_urls_and_name_the_variable_of_a_bad_one() -> None:
+    from dpmsf_core.config import Settings
+
+    urls = {
+        "DPMSF_TENANTS": "firestore://dpmsf-tenants",
+        "DPMSF_REPLAY_STORE": "firestore://dpmsf-replay?database=prod-db",
+        "DPMSF_STORE": "firestore://dpmsf-store",
+    }
+    settings = Settings.from_env(urls, dotenv=None)
+    assert (settings.tenants_url, settings.replay_store, settings.store_url) == tuple(urls.values())
+    with pytest.raises(ConfigError, match=r"Config 'DPMSF_STORE' has value 'firestore://a/b'\. Choices are: sqlite"):
+        Settings.from_env({"DPMSF_STORE": "firestore://a/b"}, dotenv=None)
+
+
 def test_configure_and_lazy_default(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unconfigured: None, as_tenant: Any
 ) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
 import tempfile
 import threading
@@ -41,7 +42,7 @@ def _settings(plugins: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
         name = os.fspath(folder)
         if not isinstance(name, str):
             raise TypeError(f"plugins={folder!r}: expected a folder path (str or os.PathLike), or a list of them")
-        for entry in name.split(":"):
+        for entry in re.split(r":(?!//)", name):  # s3:// and gs:// entries stay whole
             if entry and entry != "." and "://" not in entry and not os.path.isdir(entry):
                 raise FileNotFoundError(f"plugins={entry!r}: no such folder (relative to {os.getcwd()})")
     environ = {"DPMSF_PLUGINS": ":".join(os.fspath(f) for f in folders), **env}

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,8 +93,26 @@ def _wait_ready(proc: subprocess.Popen[bytes], log: Path, port: int, deadline: f
     raise RuntimeError(f"serverless-offline did not start in time:\n{log.read_text()[-3000:]}")
 
 
-@contextmanager
-def _instance(service: Path, config: str, env: Mapping[str, str], extra: list[str]) -> Iterator[Instance]:
+@dataclass
+class _Started:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def stop(self) -> None:
+        """SIGTERM to its whole process group (node and the python3 handlers it spawned), SIGKILL if it lingers."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(10)
+
+
+def _start(service: Path, config: str, env: Mapping[str, str], extra: list[str]) -> _Started:
     http_port, lambda_port = _free_port(), _free_port()
     log = service / f"{Path(config).stem}.log"
     cli = service / "node_modules" / "serverless" / "bin" / "serverless.js"
@@ -104,19 +122,7 @@ def _instance(service: Path, config: str, env: Mapping[str, str], extra: list[st
         # its own session: the python3 handler processes it spawns (through a shell) stop with it
         proc = subprocess.Popen(argv, cwd=service, env=dict(env), stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # fmt: skip
-    try:
-        _wait_ready(proc, log, http_port, time.monotonic() + 90)
-        yield Instance(f"http://127.0.0.1:{http_port}", log)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(10)
+    return _Started(proc, http_port, log)
 
 
 @contextmanager
@@ -135,7 +141,14 @@ def serverless_offline(env: Mapping[str, str], state: Path) -> Iterator[dict[str
         "SLS_DEPRECATION_DISABLE": "*",
         "CONFORMANCE_STATE": str(state),
     }
-    with ExitStack() as stack:
-        staged = stack.enter_context(_instance(service, CONFIGS[0], {**environ, "CONFORMANCE_REST_BASE": "/dev"}, []))
-        flat = stack.enter_context(_instance(service, CONFIGS[1], environ, ["--noPrependStageInUrl"]))
-        yield {"staged": staged, "flat": flat}
+    started: dict[str, _Started] = {}
+    try:  # both start at once, then both are waited for
+        started["staged"] = _start(service, CONFIGS[0], {**environ, "CONFORMANCE_REST_BASE": "/dev"}, [])
+        started["flat"] = _start(service, CONFIGS[1], environ, ["--noPrependStageInUrl"])
+        deadline = time.monotonic() + 90
+        for one in started.values():
+            _wait_ready(one.proc, one.log, one.port, deadline)
+        yield {name: Instance(f"http://127.0.0.1:{one.port}", one.log) for name, one in started.items()}
+    finally:
+        for one in started.values():
+            one.stop()

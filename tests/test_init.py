@@ -143,3 +143,20 @@ def test_the_generated_template_lints_clean(tmp_path: Path) -> None:
         [str(cfn_lint), "--", str(tmp_path / "infra" / "template.yaml")], capture_output=True, text=True, timeout=120
     )
     assert linted.returncode == 0, linted.stdout + linted.stderr
+
+
+@pytest.mark.slow
+def test_the_generated_template_passes_sam_validate_lint(tmp_path: Path) -> None:
+    from samcli import sam_env, sam_executable
+
+    write_project(tmp_path, "samcheck")
+    done = subprocess.run(
+        [str(sam_executable()), "validate", "--lint", "--template-file", str(tmp_path / "infra" / "template.yaml")],
+        cwd=tmp_path,
+        env=sam_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "is a valid SAM Template" in done.stdout + done.stderr

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import ROOT, free_port
+from samcli import unavailable
 
 from dpmsf_core.cli.init import SERVE, TEST, write_project
 
@@ -46,8 +47,8 @@ def _run(argv: list[str], cwd: Path, timeout: float = 600) -> subprocess.Complet
 def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     """A wheel of this checkout, built once, installed with pytest and httpx into a new virtual environment
     (once per test session): what ``pip install dpmsf`` gives a newcomer. Returns (venv, wheel, build output)."""
-    if not _pypi_reachable():
-        pytest.skip("pypi.org is not reachable: the fresh virtual environment cannot install DPMSF's dependencies")
+    if not _pypi_reachable():  # skipped locally; in CI (.ci/run sets DPMSF_REQUIRE_SAM=1) a failure
+        unavailable("pypi.org is not reachable: the fresh virtual environment cannot install DPMSF's dependencies")
     base = tmp_path_factory.mktemp("fresh")
     wheels = base / "wheels"
     built = _run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(wheels), str(ROOT)], base)

@@ -97,7 +97,7 @@ class DPMSFApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
-        headers = request_headers(scope)
+        headers = scope.get("dpmsf.headers") or request_headers(scope)  # the Lambda adapter has them decoded
         rid = headers.get("x-request-id")
         if rid is None or not _REQUEST_ID.match(rid):
             ctx = scope.get("aws.context")

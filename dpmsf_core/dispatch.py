@@ -133,9 +133,7 @@ class ServiceDispatcher:
         plan = endpoint.plan
         body_obj = parse_body(body, headers.get("content-type"), raw_ok=plan.accepts_raw_body)
         templated = endpoint.template is not None
-        args, kwargs = assemble(
-            parse_query(scope["query_string"]), [] if templated else url_params, body_obj, self.parm_names
-        )
+        args, kwargs = assemble(_query(scope), [] if templated else url_params, body_obj, self.parm_names)
         if templated:
             kwargs.update(route.path_values)  # a template's names are the URL's: never overridden by query or body
         info = RequestInfo(
@@ -211,6 +209,12 @@ class ServiceDispatcher:
             err.detail = f"API '{endpoint.api}' raised {type(exc).__name__}: {exc}"
             err.extra["traceback"] = traceback.format_exception(exc)
         return err
+
+
+def _query(scope: Scope) -> dict[str, Any]:
+    """The query parameters: parsed already by the Lambda adapter (``dpmsf.query``), else from ``query_string``."""
+    parsed = scope.get("dpmsf.query")
+    return parsed if parsed is not None else parse_query(scope["query_string"])
 
 
 def _header_text(text: str, limit: int = 300) -> str:

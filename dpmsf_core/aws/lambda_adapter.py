@@ -27,10 +27,12 @@ import logging
 import time
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol, cast
+from urllib.parse import urlencode
 
 from mangum import Mangum
 from mangum.adapter import DEFAULT_TEXT_MIME_TYPES
 from mangum.handlers import ALB, APIGateway, HTTPGateway
+from mangum.handlers.utils import strip_api_gateway_path
 from mangum.protocols import HTTPCycle
 from mangum.types import Response, Scope
 
@@ -75,16 +77,72 @@ def _identity_fixed(event: dict[str, Any]) -> dict[str, Any]:
 
 
 class RestAPI(APIGateway):
-    """REST API (payload 1.0): null-safe; the stage missing from ``path`` becomes ``root_path``."""
+    """REST API (payload 1.0): null-safe; the stage missing from ``path`` becomes ``root_path``.
+
+    The scope is Mangum's, field for field, built in one pass: the merged headers are also handed to the app as
+    ``dpmsf.headers`` and the query as ``dpmsf.query`` (what it would otherwise decode and parse back out of the
+    bytes built here), and ``multiValueHeaders``, a superset of ``headers``, is read alone when it holds them all.
+    """
 
     def __init__(self, event: dict[str, Any], context: Any, config: Any) -> None:
         super().__init__(_identity_fixed(_without_nulls(event, ("headers", "multiValueHeaders"))), context, config)
 
     @cached_property
     def scope(self) -> Scope:
-        scope = super().scope
-        scope["root_path"] = _root_path(self.event, self.config["api_gateway_base_path"])
-        return scope
+        event = self.event
+        base = self.config["api_gateway_base_path"]
+        headers = _rest_headers(event)
+        query, raw_query = _rest_query(event)
+        server = headers.get("host", "mangum")
+        port = headers.get("x-forwarded-port", 80)
+        if ":" in server:
+            server, port = server.split(":", 1)
+        return {
+            "type": "http",
+            "http_version": "1.1",
+            "method": event["httpMethod"],
+            "headers": [[k.encode(), v.encode()] for k, v in headers.items()],
+            "path": strip_api_gateway_path(event["path"], api_gateway_base_path=base),
+            "raw_path": None,
+            "root_path": _root_path(event, base),
+            "scheme": headers.get("x-forwarded-proto", "https"),
+            "query_string": raw_query,
+            "server": (server, int(port)),
+            "client": ((event["requestContext"].get("identity") or {}).get("sourceIp"), 0),
+            "asgi": {"version": "3.0", "spec_version": "2.0"},
+            "aws.event": event,
+            "aws.context": self.context,
+            "dpmsf.headers": headers,
+            "dpmsf.query": query,
+        }
+
+
+def _rest_headers(event: dict[str, Any]) -> dict[str, str]:
+    """Mangum's merge: ``headers`` lower-cased, then every ``multiValueHeaders`` entry joined with ", "."""
+    single = event.get("headers") or {}
+    multi = event.get("multiValueHeaders") or {}
+    merged = (
+        {}
+        if len(multi) >= len(single) and all(k in multi for k in single)
+        else {k.lower(): v for k, v in single.items()}
+    )
+    for k, v in multi.items():
+        merged[k.lower()] = ", ".join(v) if isinstance(v, list) else ""
+    return merged
+
+
+def _rest_query(event: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """The query as the app parses it (a repeated key is a list) and as Mangum encodes it for ``query_string``."""
+    params = event.get("multiValueQueryStringParameters") or event.get("queryStringParameters") or {}
+    if not params:
+        return {}, b""
+    parsed: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, list):
+            parsed[key] = value[0] if len(value) == 1 else list(value)
+        else:
+            parsed[key] = value
+    return parsed, urlencode(params, doseq=True).encode()
 
 
 class HTTPAPI(HTTPGateway):

@@ -141,6 +141,19 @@ def test_package_with_pip_for_the_lambda_runtime_from_another_python(tmp_path: P
     check_artifact(out, tmp_path, python)
 
 
+def test_the_build_needs_only_the_standard_library(tmp_path: Path) -> None:
+    """infra/Makefile falls back to a bare python3: `dpmsf package` must start without any third-party package."""
+    code = (
+        "import runpy, sys; sys.path.insert(0, sys.argv[1]); sys.argv = ['dpmsf', 'package', '--help'];"
+        "runpy.run_module('dpmsf_core', run_name='__main__')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code, str(ROOT)], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: dpmsf package")
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [

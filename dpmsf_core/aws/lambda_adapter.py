@@ -33,10 +33,9 @@ from mangum import Mangum
 from mangum.adapter import DEFAULT_TEXT_MIME_TYPES
 from mangum.handlers import ALB, APIGateway, HTTPGateway
 from mangum.handlers.utils import strip_api_gateway_path
-from mangum.protocols import HTTPCycle
 from mangum.types import Response, Scope
 
-from .eager import run_eagerly
+from .cycle import BufferedCycle
 from .events import dispatch_event, event_source
 from .observability import Observer, observer
 
@@ -235,12 +234,7 @@ class LambdaAdapter(Mangum):
         except Exception as exc:  # a malformed event (a field missing or of the wrong type, bad base64): a 400
             return malformed_answer(event, exc, context)
         asyncio.set_event_loop(self.loop)
-        cycle = HTTPCycle(scope, body)
-        if self.eager:
-            run_eagerly(cycle.run(self.app), self.loop)
-        else:
-            self.loop.run_until_complete(cycle.run(self.app))
-        response: Response = {"status": cycle.status, "headers": cycle.headers, "body": cycle.body}
+        response = cast(Response, BufferedCycle(scope, body, eager=self.eager)(self.app, self.loop))
         try:
             out = handler(response)
         except Exception as exc:  # the event's own fields (cookies, multi-value mode) could not carry the answer

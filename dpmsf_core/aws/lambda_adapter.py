@@ -100,7 +100,7 @@ class RestAPI(APIGateway):
             "type": "http",
             "http_version": "1.1",
             "method": event["httpMethod"],
-            "headers": [[k.encode(), v.encode()] for k, v in headers.items()],
+            "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
             "path": strip_api_gateway_path(event["path"], api_gateway_base_path=base),
             "raw_path": None,
             "root_path": _root_path(event, base),
@@ -120,13 +120,11 @@ def _rest_headers(event: dict[str, Any]) -> dict[str, str]:
     """Mangum's merge: ``headers`` lower-cased, then every ``multiValueHeaders`` entry joined with ", "."""
     single = event.get("headers") or {}
     multi = event.get("multiValueHeaders") or {}
-    merged = (
-        {}
-        if len(multi) >= len(single) and all(k in multi for k in single)
-        else {k.lower(): v for k, v in single.items()}
-    )
-    for k, v in multi.items():
-        merged[k.lower()] = ", ".join(v) if isinstance(v, list) else ""
+    joined = {k.lower(): ", ".join(v) if type(v) is list else "" for k, v in multi.items()}
+    if multi.keys() >= single.keys():  # API Gateway sends both, multiValueHeaders a superset
+        return joined
+    merged = {k.lower(): v for k, v in single.items()}
+    merged.update(joined)
     return merged
 
 

@@ -151,8 +151,8 @@ class HTTPAPI(HTTPGateway):
 
     @cached_property
     def scope(self) -> Scope:
-        scope = super().scope
         event = self.event
+        scope = self._scope_v2() if event.get("version") == "2.0" else super().scope
         rc = event["requestContext"]
         if ".lambda-url." not in (rc.get("domainName") or ""):
             # API Gateway HTTP APIs decode the path before invoking us; Mangum decoded it a second time.
@@ -168,6 +168,36 @@ class HTTPAPI(HTTPGateway):
                 scope["path"] = scope["path"][len(prefix) :] or "/"
                 scope["root_path"] = prefix + scope["root_path"]
         return scope
+
+    def _scope_v2(self) -> Scope:
+        """Mangum's payload 2.0 scope, field for field, with the headers also handed over decoded."""
+        event = self.event
+        http = event["requestContext"]["http"]
+        headers = {k.lower(): v for k, v in event["headers"].items()}
+        cookies = event.get("cookies")
+        if cookies:
+            headers["cookie"] = "; ".join(cookies)
+        server = headers.get("host", "mangum")
+        port = headers.get("x-forwarded-port", 80)
+        if ":" in server:
+            server, port = server.split(":", 1)
+        return {
+            "type": "http",
+            "method": http["method"],
+            "http_version": "1.1",
+            "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+            "path": strip_api_gateway_path(http["path"], api_gateway_base_path=self.config["api_gateway_base_path"]),
+            "raw_path": None,
+            "root_path": "",
+            "scheme": headers.get("x-forwarded-proto", "https"),
+            "query_string": (event.get("rawQueryString") or "").encode(),
+            "server": (server, int(port)),
+            "client": (http["sourceIp"], 0),
+            "asgi": {"version": "3.0", "spec_version": "2.0"},
+            "aws.event": event,
+            "aws.context": self.context,
+            "dpmsf.headers": headers,
+        }
 
 
 class LoadBalancer(ALB):

@@ -27,7 +27,6 @@ import logging
 import time
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol, cast
-from urllib.parse import urlencode
 
 from mangum import Mangum
 from mangum.adapter import DEFAULT_TEXT_MIME_TYPES
@@ -38,6 +37,7 @@ from mangum.types import Response, Scope
 from .cycle import BufferedCycle
 from .events import dispatch_event, event_source
 from .observability import Observer, observer
+from .scope import LazyScope
 
 if TYPE_CHECKING:
     from ..app import DPMSFApp
@@ -91,29 +91,30 @@ class RestAPI(APIGateway):
         event = self.event
         base = self.config["api_gateway_base_path"]
         headers = _rest_headers(event)
-        query, raw_query = _rest_query(event)
+        query, params = _rest_query(event)
         server = headers.get("host", "mangum")
         port = headers.get("x-forwarded-port", 80)
         if ":" in server:
             server, port = server.split(":", 1)
-        return {
-            "type": "http",
-            "http_version": "1.1",
-            "method": event["httpMethod"],
-            "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
-            "path": strip_api_gateway_path(event["path"], api_gateway_base_path=base),
-            "raw_path": None,
-            "root_path": _root_path(event, base),
-            "scheme": headers.get("x-forwarded-proto", "https"),
-            "query_string": raw_query,
-            "server": (server, int(port)),
-            "client": ((event["requestContext"].get("identity") or {}).get("sourceIp"), 0),
-            "asgi": {"version": "3.0", "spec_version": "2.0"},
-            "aws.event": event,
-            "aws.context": self.context,
-            "dpmsf.headers": headers,
-            "dpmsf.query": query,
-        }
+        return LazyScope(
+            {
+                "type": "http",
+                "http_version": "1.1",
+                "method": event["httpMethod"],
+                "path": strip_api_gateway_path(event["path"], api_gateway_base_path=base),
+                "raw_path": None,
+                "root_path": _root_path(event, base),
+                "scheme": headers.get("x-forwarded-proto", "https"),
+                "server": (server, int(port)),
+                "client": ((event["requestContext"].get("identity") or {}).get("sourceIp"), 0),
+                "asgi": {"version": "3.0", "spec_version": "2.0"},
+                "aws.event": event,
+                "aws.context": self.context,
+                "dpmsf.headers": headers,
+                "dpmsf.query": query,
+                "dpmsf.params": params,  # query_string, if read, is encoded from these
+            }
+        )
 
 
 def _rest_headers(event: dict[str, Any]) -> dict[str, str]:
@@ -128,18 +129,16 @@ def _rest_headers(event: dict[str, Any]) -> dict[str, str]:
     return merged
 
 
-def _rest_query(event: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-    """The query as the app parses it (a repeated key is a list) and as Mangum encodes it for ``query_string``."""
+def _rest_query(event: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The query as the app parses it (a repeated key is a list), and the parameters Mangum encodes."""
     params = event.get("multiValueQueryStringParameters") or event.get("queryStringParameters") or {}
-    if not params:
-        return {}, b""
     parsed: dict[str, Any] = {}
     for key, value in params.items():
-        if isinstance(value, list):
+        if type(value) is list:
             parsed[key] = value[0] if len(value) == 1 else list(value)
         else:
             parsed[key] = value
-    return parsed, urlencode(params, doseq=True).encode()
+    return parsed, params
 
 
 class HTTPAPI(HTTPGateway):
@@ -181,23 +180,26 @@ class HTTPAPI(HTTPGateway):
         port = headers.get("x-forwarded-port", 80)
         if ":" in server:
             server, port = server.split(":", 1)
-        return {
-            "type": "http",
-            "method": http["method"],
-            "http_version": "1.1",
-            "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
-            "path": strip_api_gateway_path(http["path"], api_gateway_base_path=self.config["api_gateway_base_path"]),
-            "raw_path": None,
-            "root_path": "",
-            "scheme": headers.get("x-forwarded-proto", "https"),
-            "query_string": (event.get("rawQueryString") or "").encode(),
-            "server": (server, int(port)),
-            "client": (http["sourceIp"], 0),
-            "asgi": {"version": "3.0", "spec_version": "2.0"},
-            "aws.event": event,
-            "aws.context": self.context,
-            "dpmsf.headers": headers,
-        }
+        return LazyScope(
+            {
+                "type": "http",
+                "method": http["method"],
+                "http_version": "1.1",
+                "path": strip_api_gateway_path(
+                    http["path"], api_gateway_base_path=self.config["api_gateway_base_path"]
+                ),
+                "raw_path": None,
+                "root_path": "",
+                "scheme": headers.get("x-forwarded-proto", "https"),
+                "query_string": (event.get("rawQueryString") or "").encode(),
+                "server": (server, int(port)),
+                "client": (http["sourceIp"], 0),
+                "asgi": {"version": "3.0", "spec_version": "2.0"},
+                "aws.event": event,
+                "aws.context": self.context,
+                "dpmsf.headers": headers,
+            }
+        )
 
 
 class LoadBalancer(ALB):

@@ -115,9 +115,21 @@ class PowertoolsObserver:
 
         metrics = self.metrics
 
+        cold = [True]
+
         @functools.wraps(handler)
         def correlated(event: dict[str, Any], context: Any) -> dict[str, Any]:
-            logger.set_correlation_id(correlation_id(event))
+            # The keys Logger.inject_lambda_context adds, in one call: the decorator builds a model of the context,
+            # checks for durable contexts, sampling and log buffers on every invoke (~45k instructions)
+            logger.append_keys(
+                cold_start=cold[0],
+                function_name=getattr(context, "function_name", None),
+                function_memory_size=getattr(context, "memory_limit_in_mb", None),
+                function_arn=getattr(context, "invoked_function_arn", None),
+                function_request_id=getattr(context, "aws_request_id", None),
+                correlation_id=correlation_id(event),
+            )
+            cold[0] = False
             try:
                 return handler(event, context)
             finally:
@@ -126,8 +138,6 @@ class PowertoolsObserver:
         wrapped: Handler = correlated
         if self.tracer is not None:
             wrapped = self.tracer.capture_lambda_handler(wrapped)
-        # no clear_state: it rebuilt the formatter on every invoke (~50k instructions); we append no per-call keys
-        wrapped = logger.inject_lambda_context(wrapped)
         for name in ("app", "adapter", "close"):
             if hasattr(handler, name):
                 setattr(wrapped, name, getattr(handler, name))

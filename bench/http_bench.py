@@ -185,7 +185,11 @@ def main() -> None:
     print(f"sync p99 dpmsf / fastapi                           {ratio('dpmsf sync', 'fastapi sync', 1):6.2f}x  <= 1.2x")
     print(
         f"HTTP throughput 1000 modules / 1 module            "
-        f"{ratio('dpmsf async, 1000 modules', 'dpmsf async', 0):6.2f}x  (latency <= 1.2x)"
+        f"{ratio('dpmsf async, 1000 modules', 'dpmsf async', 0):6.2f}x  >= 0.9x"
+    )
+    print(
+        f"HTTP p99 1000 modules / 1 module                   "
+        f"{ratio('dpmsf async, 1000 modules', 'dpmsf async', 1):6.2f}x  <= 1.2x"
     )
     print(f"in-process request, 1 module                      {one_us:7.1f} us")
     print(f"in-process request, 1000 modules                  {many_us:7.1f} us  ({many_us / one_us:.2f}x, <= 1.2x)")

@@ -108,7 +108,10 @@ def variants(plugins: Path, artifact: Path | None) -> dict[str, tuple[str, dict[
             {**lam, "POWERTOOLS_METRICS_NAMESPACE": "Bench"},
         ),
         "dpmsf": (DPMSF_IMPORT, dp),
-        "dpmsf (no Powertools)": (DPMSF_IMPORT, {"DPMSF_PLUGINS": str(plugins), "DPMSF_SYNC_INLINE": "1"}),
+        "dpmsf (no Powertools)": (
+            DPMSF_IMPORT,
+            {"DPMSF_PLUGINS": str(plugins), "DPMSF_SYNC_INLINE": "1", "DPMSF_FUNCTION_TIMEOUT": "0"},  # as on Lambda
+        ),
     }
     if artifact is not None:  # what `sam build` / `dpmsf package` ships: its own plugins, bytecode, dependencies
         table[ARTIFACT] = (DPMSF_IMPORT, {**lam, "POWERTOOLS_METRICS_NAMESPACE": "Bench"})

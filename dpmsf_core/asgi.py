@@ -10,7 +10,8 @@ def create() -> DPMSFApp:
 
     A plain ``uvicorn dpmsf_core.asgi:create --factory`` command line gets our log format for its lines too.
     """
-    from .logconfig import ensure_configured
+    from .logconfig import ensure_configured, uvicorn_choices
 
-    ensure_configured()
+    level, access = uvicorn_choices()
+    ensure_configured(level, access=access)
     return create_app()

@@ -121,12 +121,24 @@ def installed() -> bool:
     return any(getattr(h.formatter, "dpmsf_format", None) for h in logging.getLogger().handlers)
 
 
-def ensure_configured(level: str | None = None) -> None:
+def ensure_configured(level: str | None = None, *, access: bool = True) -> None:
     """Install ``dict_config()`` unless the server already did (then its level and access choice stand)."""
     if not installed():
         import logging.config  # here, not at the top: the app imports this module on Lambda's cold start too
 
-        logging.config.dictConfig(dict_config(level or os.environ.get("DPMSF_LOG_LEVEL") or "INFO"))
+        logging.config.dictConfig(dict_config(level or os.environ.get("DPMSF_LOG_LEVEL") or "INFO", access=access))
+
+
+def uvicorn_choices() -> tuple[str | None, bool]:
+    """The ``--log-level`` and ``--no-access-log`` a plain ``uvicorn`` command line was given, so our format keeps
+    them: uvicorn sets its loggers' level and, without access log, empties ``uvicorn.access``'s handlers."""
+    import sys
+
+    if "uvicorn" not in sys.modules:
+        return None, True
+    error, access = logging.getLogger("uvicorn.error"), logging.getLogger("uvicorn.access")
+    level = logging.getLevelName(error.level) if error.level else None
+    return level, bool(access.handlers) or access.propagate
 
 
 def elapsed_ms(request: RequestLog) -> float:

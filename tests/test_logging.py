@@ -110,6 +110,21 @@ def test_plain_uvicorn_with_workers_and_our_log_config(plugins: Path, tmp_path: 
 
 
 @pytest.mark.slow
+def test_plain_uvicorn_keeps_its_own_level_and_no_access_log(plugins: Path, tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "server.log"
+    command = [str(BIN / "uvicorn"), "dpmsf_core.asgi:create", "--factory", "--port", str(port)]
+    command += ["--no-access-log", "--log-level", "warning"]
+    env = {"DPMSF_STATE_DIR": str(tmp_path / "state"), "DPMSF_PLUGINS": str(plugins)}
+    with server(command, port, env, log) as base:
+        exercise(base)
+    lines = log.read_text().splitlines()
+    assert [line for line in lines if not TEXT_LINE.match(line)] == []
+    assert not any(" INFO " in line for line in lines)  # --log-level warning: no access lines, no start-up chatter
+    assert any(re.search(r" WARNING \[req-0\] plugin.chatty: inside the function$", line) for line in lines)
+
+
+@pytest.mark.slow
 def test_gunicorn_locally_writes_the_readable_format(plugins: Path, tmp_path: Path) -> None:
     """app.yaml's command line outside Google Cloud (no GAE_SERVICE): gunicorn's own lines are readable too."""
     port = free_port()

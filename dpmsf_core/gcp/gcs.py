@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import BadRequest, ConfigError, Conflict
 from ..mirror import MirroredSource, parse_bucket_url
-from ..upload.stores import ANY_VERSION
+from ..upload.stores import ANY_VERSION, VersionedStore
 from ..upload.validation import check_module_name
 
 MANIFEST_NAME = ".gcs-manifest.json"
@@ -109,7 +109,7 @@ class GCSPluginSource(MirroredSource):
         return blob.download_as_bytes(timeout=_TIMEOUT, retry=None), None
 
 
-class GCSPluginStore:
+class GCSPluginStore(VersionedStore):
     """Uploaded modules as objects ``<prefix><name>.py``, the same prefix a ``gs://`` plugin path reads."""
 
     def __init__(self, url: str, *, client: Any = None) -> None:
@@ -147,11 +147,6 @@ class GCSPluginStore:
             if _is_status(exc, 412):  # PreconditionFailed: someone else's write came first
                 raise Conflict(f"Plugin '{name}' was created or changed by someone else meanwhile.") from None
             raise
-
-    def get(self, name: str) -> str | None:
-        """The stored source, or None when there is no such object."""
-        found = self.get_versioned(name)
-        return found[0] if found else None
 
     def get_versioned(self, name: str) -> tuple[str, str] | None:
         """The source and its generation (what ``put(expect=...)`` sends as ``ifGenerationMatch``), read together."""

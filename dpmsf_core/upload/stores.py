@@ -62,7 +62,19 @@ class PluginStore(Protocol):
 # -- backends ------------------------------------------------------------------------------------------------
 
 
-class FolderPluginStore:
+class VersionedStore:
+    """What every store shares: ``get`` is ``get_versioned`` without the version."""
+
+    def get_versioned(self, name: str) -> tuple[str, str] | None:
+        raise NotImplementedError
+
+    def get(self, name: str) -> str | None:
+        """The stored source, or None when there is none."""
+        found = self.get_versioned(name)
+        return found[0] if found else None
+
+
+class FolderPluginStore(VersionedStore):
     """Uploaded modules as ``<folder>/<name>.py``, written atomically so the reloader never reads half a file."""
 
     def __init__(self, folder: str | Path) -> None:
@@ -108,11 +120,6 @@ class FolderPluginStore:
 
         return hold()
 
-    def get(self, name: str) -> str | None:
-        """The stored source, or None."""
-        found = self.get_versioned(name)
-        return found[0] if found else None
-
     def get_versioned(self, name: str) -> tuple[str, str] | None:
         """The source and its SHA-256 (the version ``put(expect=...)`` compares)."""
         import hashlib
@@ -147,7 +154,7 @@ def _is_upload_name(name: str) -> bool:
     return True
 
 
-class S3PluginStore:
+class S3PluginStore(VersionedStore):
     """Uploaded modules as objects ``<prefix><name>.py`` in S3, the same prefix an ``s3://`` plugin path reads."""
 
     def __init__(self, url: str, *, client: Any = None, endpoint_url: str | None = None) -> None:
@@ -187,11 +194,6 @@ class S3PluginStore:
             if aws_error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey"):
                 raise Conflict(f"Plugin '{name}' was created or changed by someone else meanwhile.") from None
             raise
-
-    def get(self, name: str) -> str | None:
-        """The stored source, or None when there is no such object."""
-        found = self.get_versioned(name)
-        return found[0] if found else None
 
     def get_versioned(self, name: str) -> tuple[str, str] | None:
         """The source and its ETag (the version ``put(expect=...)`` sends as ``If-Match``)."""

@@ -124,7 +124,14 @@ def is_placeholder(segment: str) -> bool:
     return _PLACEHOLDER.match(segment) is not None
 
 
-def parse_path(path: str, api: str | None, func: Callable[..., Any] | None = None) -> tuple[str, tuple[str, ...]]:
+def parse_path(
+    path: str,
+    api: str | None,
+    func: Callable[..., Any] | None = None,
+    *,
+    takes: set[str] | None = None,
+    fname: str = "the function",
+) -> tuple[str, tuple[str, ...]]:
     """``path="tasks/{task_id}"`` -> ``("tasks", ("{task_id}",))``: the API name, then the segments after it.
 
     Checked when the plugin loads: the first segment is the API name (the same as ``API=`` if both are given),
@@ -154,6 +161,8 @@ def parse_path(path: str, api: str | None, func: Callable[..., Any] | None = Non
         raise PluginError(f"path={path!r} names {{{repeated[0]}}} twice")
     if func is not None and names:
         _check_placeholders(path, names, func)
+    elif takes is not None and names:  # a tenant module, read without running it: its parameters from the AST
+        check_placeholders(path, names, takes, fname)
     return head, rest
 
 
@@ -167,9 +176,13 @@ def _check_placeholders(path: str, names: list[str], func: Callable[..., Any]) -
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
     takes = {n for n, p in params.items() if p.kind is not inspect.Parameter.POSITIONAL_ONLY}
+    check_placeholders(path, names, takes, getattr(func, "__name__", "the function"))
+
+
+def check_placeholders(path: str, names: Sequence[str], takes: set[str], fname: str) -> None:
+    """Every placeholder of ``path`` is one of the parameters ``fname`` takes by name (a load error if not)."""
     missing = [n for n in names if n not in takes]
     if missing:
-        fname = getattr(func, "__name__", "the function")
         raise PluginError(f"path={path!r} names {{{missing[0]}}}, which {fname}() does not take as a parameter")
 
 

@@ -452,3 +452,18 @@ def test_a_tenant_api_named_like_a_trusted_one_never_shadows_it(env: Env) -> Non
     for caller in (ADMIN, MALLORY, VICTIM, None):
         assert env.call(caller, "hi/").json() == {"results": "hi"}, caller
     assert env.call(MALLORY, "shadow/hi/").json() == {"results": "mallory was here"}  # qualified: its own
+
+
+def test_a_tenant_module_takes_path_templates(env: Env) -> None:
+    source = module(
+        '@expose.endpoint(path="notes/{note_id}")\ndef note(note_id: int):\n'
+        '    return {"id": note_id, "type": type(note_id).__name__}\n'
+    )
+    assert env.upload(VICTIM, "notes_mod", source).status_code == 201
+    assert env.call(VICTIM, "notes_mod/notes/7/").json() == {"results": {"id": 7, "type": "int"}}
+    bad = env.call(VICTIM, "notes_mod/notes/seven/")
+    assert bad.status_code == 422 and bad.json()["errors"][0]["loc"][-1] == "note_id"
+    assert env.call(VICTIM, "notes_mod/notes/").status_code == 404
+    refused = module('@expose.endpoint(path="notes/{other}")\ndef f(note_id: int):\n    return 1\n')
+    r = env.upload(VICTIM, "bad_path", refused)
+    assert r.status_code == 422 and "does not take as a parameter" in r.json()["detail"]

@@ -234,3 +234,34 @@ def test_syntax_error_names_file_and_line() -> None:
 def test_unreadable_file_is_a_plugin_error(tmp_path: Path) -> None:
     with pytest.raises(PluginError, match="cannot read the module"):
         inspect_file(str(tmp_path / "missing.py"))
+
+
+def test_path_templates_read_as_an_import_would_declare_them() -> None:
+    source = """
+    from dpmsf_core import expose
+
+    @expose.endpoint(path="notes/{note_id}", method="GET|PUT")
+    def note(note_id: int, body: str = ""):
+        '''One note.'''
+
+    @expose.endpoint(path="notes/{year}/{slug}")
+    def archived(**kw): ...
+    """
+    namespace: dict[str, object] = {}
+    exec(textwrap.dedent(source), namespace)
+    imported = {name: endpoint_spec(namespace[name]) for name in ("note", "archived")}
+    assert specs(source) == imported
+    assert specs(source)["note"].template == ("{note_id}",) and specs(source)["note"].api == "notes"
+
+
+@pytest.mark.parametrize(
+    ("decorator", "message"),
+    [
+        ('@expose.endpoint(path="notes/{other}")', "names {other}, which f() does not take as a parameter"),
+        ('@expose.endpoint(path="notes/{note_id}", API="tasks")', "starts with 'notes' but API='tasks'"),
+        ('@expose.endpoint(path="{note_id}")', "must start with the API name"),
+    ],
+)
+def test_a_bad_path_template_is_refused_with_the_reason(decorator: str, message: str) -> None:
+    with pytest.raises(PluginError, match=message.replace("{", r"\{").replace("(", r"\(").replace(")", r"\)")):
+        read(f"from dpmsf_core import expose\n\n{decorator}\ndef f(note_id: int):\n    pass\n")

@@ -19,11 +19,12 @@ from ..expose import (
     exposure,
     first_doc_line,
     parse_methods,
+    parse_path,
 )
 from .annotations import resolve_annotation
 
 _PKG = "dpmsf_core"
-_ENDPOINT_KEYWORDS = ("method", "API", "auth")
+_ENDPOINT_KEYWORDS = ("method", "API", "auth", "path")
 _EVENT_KEYWORDS = ("source", "match", "name")
 
 
@@ -249,7 +250,7 @@ class _Inspector:
                 yield target.attr, call
 
     def _endpoint_spec(self, func: ast.FunctionDef | ast.AsyncFunctionDef, call: ast.Call | None) -> EndpointSpec:
-        values: dict[str, Any] = {"method": None, "API": None, "auth": None}
+        values: dict[str, Any] = {"method": None, "API": None, "auth": None, "path": None}
         if call is not None:
             values.update(self._keywords(func, call, "endpoint", _ENDPOINT_KEYWORDS))
         try:
@@ -258,9 +259,12 @@ class _Inspector:
             if auth is not None and not isinstance(auth, bool):
                 raise PluginError(f"auth={auth!r} must be True, False or omitted")
             api = values["API"] if values["API"] is not None else func.name
-            spec = EndpointSpec(
-                api=check_api_name(api), methods=methods, auth=auth, summary=first_doc_line(ast.get_docstring(func))
-            )
+            template: tuple[str, ...] | None = None
+            if values["path"] is not None:  # a trusted module's rules, the parameters read from the AST
+                takes = None if func.args.kwarg else {a.arg for a in [*func.args.args, *func.args.kwonlyargs]}
+                api, template = parse_path(values["path"], values["API"], takes=takes, fname=func.name)
+            doc = first_doc_line(ast.get_docstring(func))
+            spec = EndpointSpec(api=check_api_name(api), methods=methods, auth=auth, summary=doc, template=template)
         except PluginError as exc:
             raise self._error(func, str(exc)) from None
         return spec
@@ -286,7 +290,7 @@ class _Inspector:
         self, func: ast.FunctionDef | ast.AsyncFunctionDef, call: ast.Call, what: str, allowed: tuple[str, ...]
     ) -> dict[str, Any]:
         if what == "endpoint" and call.args:
-            raise self._error(func, "@expose.endpoint(...) takes keyword arguments only: method=, API=, auth=")
+            raise self._error(func, "@expose.endpoint(...) takes keyword arguments only: method=, API=, auth=, path=")
         out: dict[str, Any] = {}
         for kw in call.keywords:
             if kw.arg is None:

@@ -174,6 +174,9 @@ def main() -> int:
         plugins = Path(tmp) / "plugins"
         plugins.mkdir()
         (plugins / "bench_plugin.py").write_text(PLUGIN)
+        aged = time.time() - 60  # as deployed (Lambda's files are old): no file was just changed
+        for path in (plugins / "bench_plugin.py", plugins):
+            os.utime(path, (aged, aged))
         state = str(Path(tmp) / "state")
         os.makedirs(state)
         table = variants(plugins, args.artifact)

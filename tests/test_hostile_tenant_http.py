@@ -434,7 +434,7 @@ def test_two_flooding_tenants_cannot_starve_a_third(env: Env) -> None:
     try:
         time.sleep(2.5)  # both floods have queued calls older than the victim's
         waits = []
-        for _ in range(3):
+        for _ in range(5):
             started = time.monotonic()
             r = env.call(VICTIM, "fine/ok/")
             waits.append(time.monotonic() - started)
@@ -443,7 +443,9 @@ def test_two_flooding_tenants_cannot_starve_a_third(env: Env) -> None:
         stop.set()
         for thread in floods:
             thread.join()
-    assert max(waits) < 2 + 1.5, waits  # served at the next guest that frees: one flood call (2 s) and a fresh guest
+    # Served at the next guest that frees: at most one flood call (2 s), a fresh guest and its first call. Served
+    # by ticket (before), the floods' older calls kept going first: 5 s within three tries.
+    assert max(waits) < 2 * 2 + 0.5, waits
 
 
 def test_a_tenant_api_named_like_a_trusted_one_never_shadows_it(env: Env) -> None:

@@ -94,17 +94,7 @@ def main() -> None:
     store.set_wasi(wasi)
     store.set_limits(memory_size=int(config["memory_mb"]) * 1024 * 1024)
     budget = max(1, round(float(config["cpu_seconds"]) / TICK)) + 1
-    store.set_epoch_deadline(budget)
-    # Epochs count wall time, and start-up (~0.2 s of CPU) runs our guest program only: no tenant code, which
-    # arrives with the first call. So the clock starts at the first read; until then a loaded host cannot make a
-    # fresh guest miss its budget (the server's start timeout and RLIMIT_CPU still bound start-up).
-
-    def tick() -> None:
-        while True:
-            time.sleep(TICK)
-            engine.increment_epoch()
-
-    ticker = threading.Thread(target=tick, name="dpmsf-epoch", daemon=True)
+    store.set_epoch_deadline(budget)  # start-up (~0.2 s) runs under the same budget as a call
 
     import ctypes
     import select
@@ -154,8 +144,6 @@ def main() -> None:
         # Deadlines only ever move forward (now + budget), so the copy that compiled code caches is never later
         # than the real one: lowering a deadline from inside a running function would not take effect.
         store.set_epoch_deadline(budget)
-        if not ticker.is_alive():
-            ticker.start()
         offset = 0
         for ptr, size in spans:
             if offset >= len(data):
@@ -194,6 +182,12 @@ def main() -> None:
             "wasi_snapshot_preview1", name, wasmtime.FuncType([i32] * 4, [i32]), func, access_caller=True
         )
 
+    def tick() -> None:
+        while True:
+            time.sleep(TICK)
+            engine.increment_epoch()
+
+    threading.Thread(target=tick, name="dpmsf-epoch", daemon=True).start()
     instance = linker.instantiate(store, module)
     start = instance.exports(store)["_start"]
     assert isinstance(start, wasmtime.Func)

@@ -96,6 +96,17 @@ POWERTOOLS_IMPORT = "sys.path.insert(0, {bench!r}); from baseline_powertools_app
 ARTIFACT = "dpmsf (built artefact)"
 
 
+def plugin_folder(base: Path) -> Path:
+    """``base/plugins`` with the bench plugin, its files aged as deployed ones are (none was just changed)."""
+    plugins = base / "plugins"
+    plugins.mkdir()
+    (plugins / "bench_plugin.py").write_text(PLUGIN)
+    aged = time.time() - 60
+    for path in (plugins / "bench_plugin.py", plugins):
+        os.utime(path, (aged, aged))
+    return plugins
+
+
 def variants(plugins: Path, artifact: Path | None) -> dict[str, tuple[str, dict[str, str]]]:
     lam = {"AWS_LAMBDA_FUNCTION_NAME": "bench", "AWS_REGION": "us-east-1"}
     dp = {**lam, "DPMSF_PLUGINS": str(plugins), "POWERTOOLS_METRICS_NAMESPACE": "Bench"}
@@ -171,12 +182,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dpmsf-lambda-bench-") as tmp:
-        plugins = Path(tmp) / "plugins"
-        plugins.mkdir()
-        (plugins / "bench_plugin.py").write_text(PLUGIN)
-        aged = time.time() - 60  # as deployed (Lambda's files are old): no file was just changed
-        for path in (plugins / "bench_plugin.py", plugins):
-            os.utime(path, (aged, aged))
+        plugins = plugin_folder(Path(tmp))
         state = str(Path(tmp) / "state")
         os.makedirs(state)
         table = variants(plugins, args.artifact)

@@ -19,12 +19,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lambda_bench import PLUGIN  # noqa: E402  # the same functions at the same URLs
+from lambda_bench import plugin_folder  # noqa: E402  # the same functions at the same URLs
 
 CHILD = """
 import sys
@@ -71,12 +70,7 @@ def main() -> int:
     if not shutil.which("valgrind"):
         sys.exit("this bench needs valgrind: apt-get install valgrind")
     with tempfile.TemporaryDirectory(prefix="dpmsf-instructions-") as tmp:
-        plugins = Path(tmp) / "plugins"
-        plugins.mkdir()
-        (plugins / "bench_plugin.py").write_text(PLUGIN)
-        aged = time.time() - 60  # as deployed (Lambda's files are old): no file was just changed
-        for path in (plugins / "bench_plugin.py", plugins):
-            os.utime(path, (aged, aged))
+        plugins = plugin_folder(Path(tmp))
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": tmp,

@@ -426,3 +426,21 @@ def test_the_worker_seccomp_filter_refuses_what_a_guest_host_never_needs(tmp_pat
     finally:
         victim.kill()
         victim.wait()
+
+
+def test_a_start_that_ran_out_of_time_is_tried_once_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dpmsf_core.sandbox import pool as pool_module
+    from dpmsf_core.sandbox.process import StartOutOfTime
+
+    real, attempts = pool_module.WorkerProcess, []
+
+    def flaky(*args: Any) -> Any:
+        attempts.append(1)
+        if len(attempts) == 1:  # what a busy host can do to the first start
+            raise StartOutOfTime("sandbox worker did not start (workerdied, status 124)")
+        return real(*args)
+
+    monkeypatch.setattr(pool_module, "WorkerProcess", flaky)
+    with SandboxPool(size=1, limits=LIMITS) as fresh:
+        assert call(fresh, "add", 40, 2) == 42
+    assert len(attempts) == 2

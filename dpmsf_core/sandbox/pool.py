@@ -36,6 +36,7 @@ from .process import (
     BadFrame,
     CPUOverBudget,
     SandboxLimits,
+    StartOutOfTime,
     WorkerDied,
     WorkerProcess,
     WorkerTimedOut,
@@ -100,7 +101,7 @@ class SandboxPool:
         self.run_as: int | None = None
         if run_as is not None or os.geteuid() == 0:
             self.python, self.run_as = unprivileged_python(python, run_as or UNPRIVILEGED, self.compiled)
-        self.guests = Guests(size, lambda: WorkerProcess(self.python, self.limits, self.compiled, self.run_as))
+        self.guests = Guests(size, self._start_worker)
         # Calls that wait for a guest hold a thread: their own pool (not asyncio's small default one), entered
         # round robin across tenants (admission.py), and a cap per tenant on calls in flight or waiting, so no
         # tenant's flood takes every thread or piles up unbounded.
@@ -109,6 +110,15 @@ class SandboxPool:
         self._threads = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="dpmsf-sandbox")
         self._gate = FairGate(threads)
         self._in_flight: dict[str, int] = {}
+
+    def _start_worker(self) -> WorkerProcess:
+        """A fresh worker. Start-up runs under a call's CPU budget, which epochs count in wall time: on a busy host
+        it can run out before the guest is ready (no tenant code has run yet), so it gets one more try."""
+        try:
+            return WorkerProcess(self.python, self.limits, self.compiled, self.run_as)
+        except StartOutOfTime as exc:
+            log.warning("sandbox worker start ran out of time, starting another: %s", str(exc)[:200])
+            return WorkerProcess(self.python, self.limits, self.compiled, self.run_as)
 
     # -- public -------------------------------------------------------------------------------------------------
 

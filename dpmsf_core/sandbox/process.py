@@ -21,6 +21,7 @@ from typing import Any
 
 from ..errors import DPMSFError
 from . import runtime
+from . import worker as worker_module
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -62,6 +63,10 @@ class WorkerTimedOut(Exception):
 
 class CPUOverBudget(WorkerTimedOut):
     """The guest used more CPU within one call than the call's budget (store requests do not buy it more)."""
+
+
+class StartOutOfTime(DPMSFError):
+    """The guest ran out of its CPU budget while starting: epochs count wall time, so a busy host can cause it."""
 
 
 class BadFrame(Exception):
@@ -151,7 +156,8 @@ class WorkerProcess:
             code = self.exit_status() if isinstance(exc, WorkerDied) else None
             why = self.stderr_tail()
             self.kill()
-            raise DPMSFError(
+            error = StartOutOfTime if code == worker_module.EXIT_CPU else DPMSFError
+            raise error(
                 f"sandbox worker did not start ({type(exc).__name__.strip('_').lower()}, status {code}): {why}"
             ) from None
         if ready.get("op") != "ready":

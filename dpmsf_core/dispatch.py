@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import functools
 import logging
 import os
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Settings
 from .context import RequestInfo, reset_current, set_current
@@ -31,6 +29,9 @@ from .resolve import resolve_route, visible_to
 from .responses import encode_results, is_framework_response
 from .tenancy.security import LazySecurity, bearer
 
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
 log = logging.getLogger("dpmsf")
 
 
@@ -49,11 +50,22 @@ class ServiceDispatcher:
         self.security = security
         self.directory = directory
         self.parm_names = settings.url_parm_names
-        self.executor = ThreadPoolExecutor(max_workers=40, thread_name_prefix="dpmsf-sync")
+        self._executor: ThreadPoolExecutor | None = None
         self._visible_anon = visible_to(None, settings.admin_id)
 
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The pool sync functions run in, made on first use: on Lambda they run inline and it is never needed
+        (``concurrent.futures`` and ``asyncio`` stay out of a cold start)."""
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(max_workers=40, thread_name_prefix="dpmsf-sync")
+        return self._executor
+
     def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _refuse_failed_module(
         self, snapshot: Any, segments: list[str], tenant: str | None, visible: Callable[[str | None], bool]
@@ -179,6 +191,8 @@ class ServiceDispatcher:
                 raise
             except Exception as exc:
                 raise self._failed(endpoint, exc) from None
+        import asyncio  # a timer needs the loop; the untimed path above never imports it
+
         deadline = asyncio.timeout(timeout)  # ``expired()`` tells our timeout from the plugin's own
         try:
             async with deadline:
@@ -197,6 +211,8 @@ class ServiceDispatcher:
             return await endpoint.func(*args, **kwargs)
         if self.settings.sync_inline:
             return endpoint.func(*args, **kwargs)
+        import asyncio
+
         loop = asyncio.get_running_loop()
         call = functools.partial(contextvars.copy_context().run, endpoint.func, *args, **kwargs)
         return await loop.run_in_executor(self.executor, call)

@@ -31,6 +31,7 @@ from .resolve import SERVICES_PREFIX
 from .tenancy.security import LazySecurity
 
 if TYPE_CHECKING:
+    from .sandbox.loader import SandboxedLoader
     from .tenancy.security import Security
     from .upload.handler import PluginUpload
 
@@ -225,6 +226,26 @@ def _root_path(scope: Scope, settings: Settings) -> str:
     return root if _SAFE_ROOT.match(root) else ""
 
 
+class _SandboxOnDemand:
+    """The registry's loader for tenant modules, imported when the first one is read: most deployments have none,
+    and a cold start should not pay for the sandbox's imports."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._loader: SandboxedLoader | None = None
+
+    def __call__(self, candidate: Any, meta: Any) -> Any:
+        if self._loader is None:
+            from .sandbox.loader import SandboxedLoader
+
+            self._loader = SandboxedLoader(self.settings)
+        return self._loader(candidate, meta)
+
+    def close(self) -> None:
+        if self._loader is not None:
+            self._loader.close()
+
+
 def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
     """Build an app from ``settings`` (default: environment and ``.env``); plugins load now, once.
 
@@ -264,9 +285,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
         from .upload.handler import plan_upload
 
         target = plan_upload(settings, folders, sources)
-    from .sandbox.loader import SandboxedLoader
-
-    loader = SandboxedLoader(settings)
+    loader = _SandboxOnDemand(settings)
     registry = Registry(
         folders,
         admin_id=settings.admin_id,

@@ -23,6 +23,7 @@ from .errors import (
     Unauthorized,
 )
 from .exchange import JSON, Receive, Responder, Scope, read_body
+from .lazyloop import ensure_running_loop
 from .params import assemble, parse_body, parse_query
 from .registry import Endpoint, Registry
 from .resolve import resolve_route, visible_to
@@ -171,6 +172,7 @@ class ServiceDispatcher:
         finally:
             reset_current(token)
         if is_framework_response(result):
+            ensure_running_loop()  # a streaming response runs in a task group
             await responder.passthrough(result, scope, receive)
         else:
             body = encode_results(result, endpoint.api)
@@ -208,9 +210,11 @@ class ServiceDispatcher:
 
     async def _call(self, endpoint: Endpoint, args: list[Any], kwargs: dict[str, Any]) -> Any:
         if endpoint.is_async:
+            ensure_running_loop()  # a Lambda request is stepped without a loop until something needs one
             return await endpoint.func(*args, **kwargs)
         if self.settings.sync_inline:
             return endpoint.func(*args, **kwargs)
+        ensure_running_loop()
         import asyncio
 
         loop = asyncio.get_running_loop()

@@ -6,16 +6,17 @@ import asyncio
 from typing import Any
 
 from dpmsf_core.aws.cycle import BufferedCycle
+from dpmsf_core.lazyloop import LazyLoop
 
 SCOPE = {"type": "http", "method": "GET", "path": "/x"}
 
 
 def run(app: Any, *, eager: bool = True) -> dict[str, Any]:
-    loop = asyncio.new_event_loop()
+    lazy = LazyLoop()  # made only if the app waits (the disconnect, a sleep)
     try:
-        return BufferedCycle(dict(SCOPE), b"hello", eager=eager)(app, loop)
+        return BufferedCycle(dict(SCOPE), b"hello", eager=eager)(app, lazy)
     finally:
-        loop.close()
+        lazy.close()
 
 
 def test_chunks_are_joined_and_the_app_may_wait_for_the_disconnect() -> None:

@@ -8,12 +8,15 @@ gets a 500, and one that fails half-way keeps nothing of what it sent.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Coroutine, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..lazyloop import LazyLoop, ensure_running_loop
 from .eager import run_eagerly
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger("dpmsf.lambda")
 _FAILED_HEADERS = [[b"content-type", b"text/plain; charset=utf-8"]]
@@ -21,7 +24,7 @@ App = Callable[..., Coroutine[Any, Any, None]]
 
 
 class BufferedCycle:
-    """``cycle(app, loop)`` runs the app on ``scope`` and ``body`` and returns Mangum's response dict."""
+    """``cycle(app, lazy_loop)`` runs the app on ``scope`` and ``body`` and returns Mangum's response dict."""
 
     __slots__ = ("_body", "_chunks", "_complete", "_done", "_eager", "_pending", "headers", "scope", "status")
 
@@ -36,13 +39,11 @@ class BufferedCycle:
         self.status = 0
         self.headers: list[Any] = []
 
-    def __call__(
-        self, app: Callable[..., Coroutine[Any, Any, None]], loop: asyncio.AbstractEventLoop
-    ) -> dict[str, Any]:
+    def __call__(self, app: Callable[..., Coroutine[Any, Any, None]], lazy: LazyLoop) -> dict[str, Any]:
         if self._eager:
-            run_eagerly(self._run(app), loop)
+            run_eagerly(self._run(app), lazy)
         else:
-            loop.run_until_complete(self._run(app))
+            lazy.get().run_until_complete(self._run(app))
         if self._chunks is None:
             return {"status": 500, "headers": list(_FAILED_HEADERS), "body": b"Internal Server Error"}
         return {"status": self.status, "headers": self.headers, "body": b"".join(self._chunks)}
@@ -61,6 +62,9 @@ class BufferedCycle:
             return {"type": "http.request", "body": self._body, "more_body": False}
         if not self._complete:  # the client "disconnects" once the whole answer is buffered
             if self._done is None:
+                ensure_running_loop()
+                import asyncio
+
                 self._done = asyncio.get_running_loop().create_future()
             await self._done
         return {"type": "http.disconnect"}

@@ -20,14 +20,16 @@ name, the EventBridge ``detail-type`` / ``source``, or the rule name of a schedu
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 from collections.abc import Callable
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..expose import EventSpec
+
+if TYPE_CHECKING:
+    import asyncio
 
 logger = logging.getLogger("dpmsf.events")
 
@@ -275,6 +277,8 @@ class _Caller:
         return result
 
     def _await(self, awaitable: Any) -> Any:
+        import asyncio  # only an async event function needs it: a cold start for a sync one never imports it
+
         try:
             asyncio.get_running_loop()
         except RuntimeError:

@@ -35,15 +35,19 @@ import os
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._backends import parse_backend_url
 from ..context import current_tenant
 from ..errors import UnprocessableArguments
-from .dynamodb import DynamoDBStore
-from .firestore import FirestoreStore
-from .sqlite import SQLiteStore
 from .validation import ANONYMOUS_TENANT, DEFAULT_URL, MAX_DOC_BYTES, MAX_ID_LENGTH, MAX_LIMIT, check_key, encode_doc
+
+if TYPE_CHECKING:
+    from .dynamodb import DynamoDBStore
+    from .firestore import FirestoreStore
+    from .sqlite import SQLiteStore
+
+_BACKENDS = {"DynamoDBStore": "dynamodb", "FirestoreStore": "firestore", "SQLiteStore": "sqlite"}
 
 __all__ = [
     "MAX_DOC_BYTES",
@@ -96,10 +100,25 @@ def make_store(url: str) -> StoreBackend:
     ``firestore://collection[?database=name]``."""
     found = parse_backend_url(url, "Store URL", ("sqlite", "dynamodb", "firestore"))
     if found.kind == "sqlite":
+        from .sqlite import SQLiteStore
+
         return SQLiteStore(found.target)
     if found.kind == "firestore":
+        from .firestore import FirestoreStore
+
         return FirestoreStore(found.target, database=found.database)
+    from .dynamodb import DynamoDBStore
+
     return DynamoDBStore(found.target, endpoint_url=found.endpoint_url)
+
+
+def __getattr__(name: str) -> Any:
+    """The backend classes load with their module, on first use: a cold start that never stores imports none."""
+    if name in _BACKENDS:
+        from importlib import import_module
+
+        return getattr(import_module(f"{__name__}.{_BACKENDS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 _backend: StoreBackend | None = None

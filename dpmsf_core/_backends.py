@@ -9,14 +9,16 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import sqlite3
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import sqlite3
 
 __all__ = [
     "BackendURL",
@@ -112,6 +114,8 @@ class SQLitePerThread:
         """This thread's connection, opened on first use."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None or self._local.pid != os.getpid():
+            import sqlite3  # on first use: a Lambda cold start that stores nothing never loads it
+
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None)
             try:
                 conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
@@ -129,6 +133,8 @@ class SQLitePerThread:
         conn = getattr(self._local, "conn", None)
         self._local.conn = None
         if conn is not None:
+            import sqlite3
+
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
 

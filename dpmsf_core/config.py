@@ -6,7 +6,6 @@ import base64
 import binascii
 import os
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -182,6 +181,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
     admin_id = (env.get("ADMIN_ID") or "").strip() or None
     if admin_id:
         try:
+            import uuid  # only with ADMIN_ID set (it imports platform)
+
             admin_id = str(uuid.UUID(admin_id))
         except ValueError:
             raise ConfigError(f"Config 'ADMIN_ID' has value '{admin_id}'. Not a valid UUID.") from None

@@ -5,10 +5,9 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as _dt
-import decimal
 import enum
 import json
-import uuid
+import sys
 from pathlib import PurePath
 from typing import Any
 
@@ -18,9 +17,11 @@ from .errors import FunctionFailed
 def _default(value: Any) -> Any:
     if isinstance(value, _dt.datetime | _dt.date | _dt.time):
         return value.isoformat()
-    if isinstance(value, decimal.Decimal):
+    decimal = sys.modules.get("decimal")  # a Decimal (or a UUID) exists only once its module is imported: ours
+    if decimal is not None and isinstance(value, decimal.Decimal):  # need not be, for every cold start
         return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, uuid.UUID | PurePath):
+    uuid = sys.modules.get("uuid")
+    if isinstance(value, PurePath) or (uuid is not None and isinstance(value, uuid.UUID)):
         return str(value)
     if isinstance(value, enum.Enum):
         return value.value

@@ -1,9 +1,11 @@
-"""Powertools Logger and Tracer, and EMF metrics, on Lambda; nothing elsewhere (the local line is the access log).
+"""Powertools' JSON log lines, its Tracer, and EMF metrics, on Lambda; nothing elsewhere (the local line is the access
+log).
 
-Imported cheaply: Powertools loads only when :func:`observer` is asked for on Lambda (``AWS_LAMBDA_FUNCTION_NAME``),
-and the Tracer (with ``aws_xray_sdk``) only when X-Ray is active for the function (``AWS_XRAY_DAEMON_ADDRESS``,
-set by Lambda with ``Tracing: Active``) and ``POWERTOOLS_TRACE_DISABLED`` is not true. Every ``POWERTOOLS_*``
-setting (service name, log level, namespace, sampling, ...) applies as Powertools documents it.
+Imported cheaply: the log lines are Powertools Logger's, written by ``jsonlog`` (Powertools' own Logger when a
+setting only it honours is set, such as sampling); the Tracer (with ``aws_xray_sdk``) loads only when X-Ray is
+active for the function (``AWS_XRAY_DAEMON_ADDRESS``, set by Lambda with ``Tracing: Active``) and
+``POWERTOOLS_TRACE_DISABLED`` is not true. Every ``POWERTOOLS_*`` setting (service name, log level, namespace,
+sampling, ...) applies as Powertools documents it.
 
 Metrics (EMF lines written by ``emf.py`` in Powertools' shape, at a fraction of its cost; one write per
 invocation), dimension ``endpoint`` (``module.api``; ``-`` when no endpoint
@@ -48,6 +50,28 @@ def observer(settings: Any = None, env: Mapping[str, str] | None = None) -> Obse
     return PowertoolsObserver(env, patch_aws=_uses_aws(settings))
 
 
+def _logger(service: str, env: Mapping[str, str]) -> Any:
+    """Powertools' JSON lines for the ``dpmsf`` loggers (``jsonlog``: its format without its import cost), or
+    Powertools' Logger itself when a setting only it honours is set."""
+    from .jsonlog import JSONLogger, wants_powertools
+
+    if not wants_powertools(env):
+        logger = JSONLogger(service, env)
+        if service != "dpmsf":
+            logging.getLogger("dpmsf")
+            logger.copy_config_to("dpmsf")
+        return logger
+    from aws_lambda_powertools import Logger
+
+    powertools = Logger(service=service)
+    if powertools.name != "dpmsf":
+        from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+
+        logging.getLogger("dpmsf")  # make sure it is registered
+        copy_config_to_registered_loggers(source_logger=powertools, include={"dpmsf"})
+    return powertools
+
+
 def endpoint_label(scope: Mapping[str, Any]) -> str:
     """``module.api`` of the endpoint the app resolved for this request (``scope["dpmsf.endpoint"]``), else ``-``."""
     endpoint = scope.get("dpmsf.endpoint")
@@ -86,17 +110,10 @@ class PowertoolsObserver:
     """Logger (JSON, Lambda context, correlation id), Metrics (EMF) and, when X-Ray is on, Tracer."""
 
     def __init__(self, env: Mapping[str, str], *, patch_aws: bool = False) -> None:
-        from aws_lambda_powertools import Logger
-
         from .emf import EMFWriter
 
         service = env.get("POWERTOOLS_SERVICE_NAME") or "dpmsf"
-        self.logger = Logger(service=service)
-        if self.logger.name != "dpmsf":
-            from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
-
-            logging.getLogger("dpmsf")  # make sure it is registered
-            copy_config_to_registered_loggers(source_logger=self.logger, include={"dpmsf"})
+        self.logger = _logger(service, env)
         if (env.get("DPMSF_ACCESS_LOG") or "").strip().lower() not in _TRUE:
             # A JSON access line per request costs ~25 µs; Lambda's REPORT line, the metrics and API Gateway's
             # access logs already cover it. DPMSF_ACCESS_LOG=1 brings it back.

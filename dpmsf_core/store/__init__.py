@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -177,7 +176,11 @@ class Collection:
 
     def create(self, doc: dict[str, Any], id: str | None = None) -> dict[str, Any]:
         """Store a new document under ``id`` or a fresh uuid4 hex id, kept in the document as ``"id"``."""
-        return self.put(id if id is not None else uuid.uuid4().hex, doc)
+        if id is None:
+            import uuid  # here: it imports platform, and most cold starts never create a document
+
+            id = uuid.uuid4().hex
+        return self.put(id, doc)
 
     def update(self, id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
         """Shallow-merge ``changes``; None if there is no document ``id``. The id itself cannot change."""

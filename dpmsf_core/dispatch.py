@@ -102,7 +102,7 @@ class ServiceDispatcher:
     ) -> None:
         method: str = scope["method"]
         segments = [s for s in rest.split("/") if s]
-        snapshot = self.registry.refresh()
+        snapshot = self.registry.refresh_routing()  # modules from the packaged manifest import when first called
         if segments and segments[0] == "__dir__" and len(segments) == 1:
             scope["dpmsf.endpoint"] = "__dir__"
             if method not in ("GET", "HEAD", "OPTIONS"):
@@ -124,6 +124,13 @@ class ServiceDispatcher:
             route = resolve_route(
                 snapshot, segments, max_url_params=self.settings.num_url_parms, visible=visible, method=method
             )
+            turns = 0
+            while route.endpoint.deferred:  # its module imports now: what it really serves (or its error) decides
+                turns += 1
+                snapshot = self.registry.materialize(route.endpoint.module) if turns < 4 else self.registry.refresh()
+                route = resolve_route(
+                    snapshot, segments, max_url_params=self.settings.num_url_parms, visible=visible, method=method
+                )
         except NotFound:
             self._refuse_failed_module(snapshot, segments, tenant, visible)
             raise

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .deferred import Deferrals, same_routes
 from .discovery import (
     Candidate,
     LoadedModule,
@@ -19,13 +20,13 @@ from .discovery import (
     collect,
     import_module,
     module_name_for,
-    package_signature,
     read_metadata,
     scan_folder,
     stamped_owner,
 )
 from .errors import PluginError
 from .snapshot import EMPTY, Endpoint, ModuleEntry, ModuleReport, Snapshot
+from .watch import FolderWatch
 
 __all__ = [
     "EMPTY",
@@ -40,7 +41,9 @@ __all__ = [
 
 log = logging.getLogger("dpmsf.registry")
 
-RECENT_CHANGE_WINDOW = 2.0  # seconds: file-system mtimes are coarse, so a just-changed folder is re-checked
+
+def _every(name: str) -> bool:
+    return True
 
 
 class UntrustedLoader(Protocol):
@@ -120,13 +123,11 @@ class Registry:
         self.untrusted_loader = untrusted_loader
         self.sources = list(sources)
         self.reload = reload
-        self.sweep_interval = sweep_interval
-        self._clock = clock
+        self._watch = FolderWatch(self.folders, sweep_interval, clock)
         self._lock = threading.RLock()
         self._records: dict[str, _Record] = {}
-        self._folder_mtimes: dict[str, int] = {}
-        self._folder_names: dict[str, set[str]] = {}
-        self._last_sweep = 0.0
+        self._deferrals = Deferrals(self.owned_folders)  # modules the packaged manifest describes
+        self._manifest_differs = False
         self.snapshot: Snapshot = EMPTY
 
     # -- public -------------------------------------------------------------------------------------------------
@@ -142,31 +143,41 @@ class Registry:
             return self._rebuild()
 
     def refresh(self) -> Snapshot:
-        """The per-request check: a stat per folder, a full sweep at most every ``sweep_interval`` seconds."""
+        """``refresh_routing``, with every module imported: what ``__dir__``, OpenAPI, metrics and events see."""
+        snapshot = self.refresh_routing()
+        if not snapshot.deferred:
+            return snapshot
+        with self._lock:
+            return self._rebuild(materialize=_every)
+
+    def materialize(self, public: str) -> Snapshot:
+        """Import module ``public`` if it is still served from the manifest, publish and return the snapshot.
+
+        A failed import leaves it an error report, as at start-up without a manifest; its real routes replace
+        the manifest's (with a warning if they differ). The caller resolves its URL again against the result.
+        """
+        with self._lock:
+            if public not in self.snapshot.deferred:
+                return self.snapshot
+            self._manifest_differs = False
+            snapshot = self._rebuild(materialize=lambda name: name == public)
+            if self._manifest_differs:  # it describes another environment than this one: none of it is trusted
+                snapshot = self._rebuild(materialize=_every)
+            return snapshot
+
+    def refresh_routing(self) -> Snapshot:
+        """The per-request check: a stat per folder, a full sweep at most every ``sweep_interval`` seconds.
+
+        Modules the packaged manifest describes may still be deferred (``Endpoint.deferred``): enough to resolve
+        a URL; the dispatcher materializes the one it calls.
+        """
         if not self.reload:
             return self.snapshot
         changed = False
         for source in self.sources:
             if self._sync_source(source):
                 changed = True
-        wall = time.time()
-        suspicious = False
-        for folder in self.folders:
-            try:
-                mtime = os.stat(folder).st_mtime_ns
-            except OSError:
-                mtime = -1
-            if mtime != self._folder_mtimes.get(folder):
-                changed = True
-                break
-            if wall - mtime / 1e9 < RECENT_CHANGE_WINDOW:
-                suspicious = True  # a second change within the mtime's granularity would not move it
-        if not changed:
-            now = self._clock()
-            if suspicious or now - self._last_sweep >= self.sweep_interval:
-                self._last_sweep = now
-                changed = self._files_changed() or self._listing_changed()
-        if changed:
+        if changed or self._watch.changed(r.candidate for r in self._records.values()):
             with self._lock:
                 return self._rebuild()
         return self.snapshot
@@ -187,43 +198,12 @@ class Registry:
             return False
         return bool(getattr(result, "changed", False))
 
-    def _files_changed(self) -> bool:
-        for record in self._records.values():
-            cand = record.candidate
-            try:
-                if cand.is_package:
-                    sig = package_signature(os.path.dirname(cand.path))
-                else:
-                    st = os.stat(cand.path)
-                    sig = (st.st_mtime_ns, st.st_size, st.st_ino)
-            except OSError:
-                return True
-            if sig != cand.signature:
-                return True
-        return False
-
-    def _listing_changed(self) -> bool:
-        for folder in self.folders:
-            try:
-                names = {n for n in os.listdir(folder) if n.endswith(".py") or "." not in n}
-            except OSError:
-                names = set()
-            if names != self._folder_names.get(folder, set()):
-                return True
-        return False
-
     def _is_trusted(self, meta: Metadata) -> bool:
         return meta.tenant is None or (self.admin_id is not None and meta.tenant == self.admin_id)
 
-    def _rebuild(self) -> Snapshot:
-        for folder in self.folders:
-            try:
-                self._folder_mtimes[folder] = os.stat(folder).st_mtime_ns
-                self._folder_names[folder] = {n for n in os.listdir(folder) if n.endswith(".py") or "." not in n}
-            except OSError:
-                self._folder_mtimes[folder] = -1
-                self._folder_names[folder] = set()
-        self._last_sweep = self._clock()
+    def _rebuild(self, materialize: Callable[[str], bool] | None = None) -> Snapshot:
+        """Scan, import what changed (and the deferred modules ``materialize`` names), publish if anything did."""
+        self._watch.seen()
         candidates: list[Candidate] = []
         for index, folder in enumerate(self.folders):
             candidates.extend(scan_folder(folder, index))
@@ -238,7 +218,12 @@ class Registry:
             previous = self._records.get(cand.path)
             if previous is not None and previous.candidate.signature == cand.signature:
                 record = previous
+                if materialize is not None and _is_deferred(record) and materialize(record.meta.alias or cand.name):
+                    record = self._materialized(record)
+                    changed = True
             else:
+                if _is_deferred(previous):
+                    previous = None  # edited before its first call: imported as new, nothing to keep serving
                 meta, meta_error = metas[cand.path]
                 public = meta.alias or cand.name
                 if public in modules:
@@ -248,7 +233,11 @@ class Registry:
                     keep = previous.entry if previous else None
                     record = _Record(cand, meta, keep, meta_error, stale=keep is not None)
                 else:
-                    record = self._load(cand, previous, meta)
+                    deferred = self._deferrals.entry(cand, meta) if previous is None else None
+                    if deferred is not None:
+                        record = _Record(cand, Metadata(meta.alias, None), deferred, None)
+                    else:
+                        record = self._load(cand, previous, meta)
                 changed = True
                 if self.snapshot is not EMPTY and public not in modules:  # start-up has its own summary line
                     _log_reload(cand, previous, record)
@@ -282,6 +271,7 @@ class Registry:
         self._records = records
         if not changed and self.snapshot is not EMPTY:
             return self.snapshot
+        imported_later = frozenset(name for name, entry in modules.items() if entry.deferred)
         by_api: dict[str, list[Endpoint]] = {}
         for entry in modules.values():
             for ep in entry.endpoints.values():
@@ -293,14 +283,25 @@ class Registry:
             version=self.snapshot.version + 1,
             problems=tuple(problems),
             stale={r.name: r.error or "" for r in reports if r.status == "stale"},
+            deferred=imported_later,
         )
-        log.info(
-            "plugins: %d modules serving, %d endpoints (version %d)",
+        log.log(
+            logging.INFO if materialize is None else logging.DEBUG,
+            "plugins: %d modules serving, %d endpoints (version %d)%s",
             len(modules),
             sum(len(eps) for entry in modules.values() for eps in entry.routes.values()),
             self.snapshot.version,
+            f"; {len(imported_later)} imported on first call (manifest)" if imported_later else "",
         )
         return self.snapshot
+
+    def _materialized(self, record: _Record) -> _Record:
+        """Import a deferred module now: its real entry, or the error an import at start-up would have left."""
+        assert record.entry is not None
+        loaded = self._load(record.candidate, None, record.meta)
+        if loaded.entry is not None and not same_routes(loaded.entry, record.entry):
+            self._manifest_differs = True
+        return loaded
 
     def _metadata(self, cand: Candidate) -> tuple[Metadata, str | None]:
         """``__alias__``/``__tenant__`` (unchanged files reuse what was read), and why they are unusable if so."""
@@ -391,3 +392,7 @@ class Registry:
         qualname = module_name_for(cand)
         for key in [k for k in sys.modules if k == qualname or k.startswith(qualname + ".")]:
             del sys.modules[key]
+
+
+def _is_deferred(record: _Record | None) -> bool:
+    return record is not None and record.entry is not None and record.entry.deferred

@@ -13,11 +13,17 @@ from .params import CallPlan
 
 
 class Endpoint:
-    """One callable API of one module; its ``plan`` (how arguments bind) is built when the module loads."""
+    """One callable API of one module; its ``plan`` (how arguments bind) is built when the module loads.
+
+    A ``deferred`` endpoint (``routing_only``) comes from the packaged manifest: it resolves URLs like the real
+    one but has no function, plan or doc until ``Registry.materialize`` imports its module (reading them before
+    raises AttributeError rather than calling something else).
+    """
 
     __slots__ = (
         "api",
         "auth",
+        "deferred",
         "doc",
         "func",
         "is_async",
@@ -53,6 +59,23 @@ class Endpoint:
         self.is_async = inspect.iscoroutinefunction(func)
         self.doc = doc if doc is not None else inspect.getdoc(func)
         self.plan = CallPlan(func)
+        self.deferred = False
+
+    @classmethod
+    def routing_only(cls, spec: EndpointSpec, module: str, tenant: str | None, trusted: bool = True) -> Endpoint:
+        """The routing data of an endpoint whose module is not imported yet."""
+        ep = cls.__new__(cls)
+        ep.api = spec.api
+        ep.methods = spec.methods
+        ep.auth = spec.auth
+        ep.summary = spec.summary
+        ep.template = spec.template
+        ep.path_params = spec.path_params
+        ep.module = module
+        ep.tenant = tenant
+        ep.trusted = trusted
+        ep.deferred = True
+        return ep
 
     def allow(self) -> list[str]:
         allowed = list(self.methods)
@@ -104,6 +127,7 @@ class ModuleEntry:
     # every endpoint of each API, in module order: more than one when templates or methods tell them apart
     # (``tasks`` GET and POST, ``tasks/{task_id}``); ``endpoints`` holds the first of each
     routes: dict[str, tuple[Endpoint, ...]] = field(default_factory=dict)
+    deferred: bool = False  # from the manifest: imported on its first call (its events hold no functions yet)
 
     def __post_init__(self) -> None:
         if not self.routes:
@@ -156,6 +180,7 @@ class Snapshot:
     version: int
     problems: tuple[str, ...] = ()
     stale: dict[str, str] = field(default_factory=dict)  # public module name -> why its newer file did not load
+    deferred: frozenset[str] = frozenset()  # public names of modules served from the manifest, not imported yet
 
     def endpoints(self) -> Iterable[Endpoint]:
         """Every endpoint of every module, each route of an API on its own."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from samcli import unavailable
 
+from dpmsf_core.manifest import MANIFEST_NAME
 from dpmsf_core.packaging import LAMBDA_PYTHON, PackagingError, Target, build, find_python
 from dpmsf_core.packaging.dependencies import copy_from_environment
 from dpmsf_core.packaging.target import check_imports, check_native_code, machine_arch, running_python
@@ -37,9 +38,11 @@ class Context:
 
 event = json.load(open(sys.argv[2]))
 out = handler(event, Context())
+mods = [m for m in ("boto3", "fastapi", "pydantic") if m in sys.modules]
+plugins = sorted(m for m in sys.modules if m.startswith("dpmsf_plugins."))
 import dpmsf_core, pydantic_core
-mods = [m for m in ("boto3", "fastapi") if m in sys.modules]
-print("RESULT " + json.dumps({"out": out, "core": dpmsf_core.__file__, "heavy": mods, "path": sys.path}))
+result = {"out": out, "core": dpmsf_core.__file__, "heavy": mods, "plugins": plugins, "path": sys.path}
+print("RESULT " + json.dumps(result))
 """
 
 
@@ -78,6 +81,12 @@ def check_artifact(folder: Path, tmp_path: Path, python: str = sys.executable) -
         "results": {"hello": "alice", "args": [], "kwargs": {"name": "alice", "tag": ["a", "b"]}}
     }
     assert result["heavy"] == []
+    assert result["plugins"] == ["dpmsf_plugins.hello"]  # the manifest routes it: no other plugin is imported
+    listed = {m["file"] for m in json.loads((folder / "plugins" / MANIFEST_NAME).read_text())["modules"]}
+    bundled = {p.name for p in (ROOT / "plugins").glob("*.py")} | {
+        f"{p.name}/__init__.py" for p in (ROOT / "plugins").iterdir() if (p / "__init__.py").is_file()
+    }
+    assert listed == bundled
 
 
 def test_package_from_this_environment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

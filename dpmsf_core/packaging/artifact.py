@@ -8,6 +8,9 @@ the repository goes in: no local state (``.dpmsf``), tests, bench or build folde
 Bytecode is compiled by the target's own interpreter (a ``.pyc`` only loads in the version that wrote it) with
 ``unchecked-hash`` invalidation: the code is read-only on Lambda and zip timestamps are unreliable, so every
 import uses the ``.pyc`` without a stat or a recompile.
+
+``plugins/.dpmsf-manifest.json`` (``packaging.manifest``) records what each bundled plugin serves, found by
+importing them at build time, so that a cold start imports only the plugin its request calls.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import dependencies
+from .manifest import write_manifest
 from .target import PackagingError, Target, check_imports, check_native_code, find_python, top_level_modules
 
 CORE_DIR = Path(__file__).resolve().parent.parent
@@ -51,6 +55,7 @@ class Artifact:
     bytecode: bool = False
     python: str | None = None  # the target interpreter that compiled and checked it
     imports_checked: int = 0
+    manifest_modules: int | None = None  # plugins the routing manifest lists (None: built without one)
 
     def summary(self) -> str:
         line = f"{self.folder}: {self.files} files, {_mib(self.size)} unpacked"
@@ -137,6 +142,7 @@ def build(
             artifact.imports_checked = check_imports(folder, python, {*modules, *_OWN_MODULES}, Path(scratch))
     else:
         log(f"dpmsf package: no bytecode and no import check: Python {target.python} was not found here")
+    artifact.manifest_modules = write_manifest(folder / "plugins", python or sys.executable, [folder], log)
     manifest = {
         "python": target.python,
         "platform": target.platform,

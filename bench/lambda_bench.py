@@ -97,12 +97,18 @@ ARTIFACT = "dpmsf (built artefact)"
 
 
 def plugin_folder(base: Path) -> Path:
-    """``base/plugins`` with the bench plugin, its files aged as deployed ones are (none was just changed)."""
+    """``base/plugins`` with the bench plugin as a deployed one is: compiled (``dpmsf package`` ships ``.pyc``) and
+    its files aged (none was just changed). Else the first import writes ``__pycache__``, the folder looks freshly
+    changed, and for two seconds every request re-checks it (hot reload's guard against coarse mtimes)."""
+    import compileall
+
     plugins = base / "plugins"
     plugins.mkdir()
     (plugins / "bench_plugin.py").write_text(PLUGIN)
     aged = time.time() - 60
-    for path in (plugins / "bench_plugin.py", plugins):
+    os.utime(plugins / "bench_plugin.py", (aged, aged))  # before compiling: the .pyc records the source's mtime
+    compileall.compile_dir(str(plugins), quiet=1)
+    for path in (*plugins.rglob("*"), plugins):
         os.utime(path, (aged, aged))
     return plugins
 

@@ -29,6 +29,7 @@ class LazyLoop:
             import asyncio
 
             self.loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self.loop)  # for get_event_loop() outside a request; inside one it is running
         return self.loop
 
     def close(self) -> None:

@@ -53,19 +53,23 @@ class EMFWriter:
         self._cold = _definitions(namespace, ["function_name", "service"], [("ColdStart", "Count")])
         self._pending: list[str] = []
         self._cold_start = True
+        self._labels: dict[str, str] = {}  # endpoint -> its JSON text: a few per deployment, one per request
 
     def request(self, endpoint: str, status: int, milliseconds: float, gb_seconds: float) -> None:
         """One HTTP request's metrics, under its ``endpoint`` dimension (``module.api``)."""
         if self.disabled:
             return
         kind, extra = "ok", ""
+        label = self._labels.get(endpoint)
+        if label is None:
+            label = self._labels[endpoint] = json.dumps(endpoint)
         if status >= 500:
             kind, extra = "server", ',"Errors":[1.0]'
         elif status >= 400:
             kind, extra = "client", ',"ClientErrors":[1.0]'
         self._pending.append(
             f'{{"_aws":{{"Timestamp":{int(time.time() * 1000)},"CloudWatchMetrics":{self._requests[kind]}}},'
-            f'"endpoint":{json.dumps(endpoint)},"service":{self._service},"Requests":[1.0],'
+            f'"endpoint":{label},"service":{self._service},"Requests":[1.0],'
             f'"Latency":[{round(milliseconds, 3)!r}],"GBSeconds":[{round(gb_seconds, 9)!r}]{extra}}}'
         )
 

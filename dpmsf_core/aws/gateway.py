@@ -10,7 +10,6 @@ payload 1.0 on an HTTP API, Lambda@Edge) keep Mangum's handlers (``mangum_handle
 from __future__ import annotations
 
 import base64
-from functools import cached_property
 from typing import Any
 from urllib.parse import unquote
 
@@ -34,10 +33,22 @@ TEXT_MIME_TYPES = [
 class _Handler:
     """What Mangum's handlers share: the event, the Lambda context, the adapter's config, the request body."""
 
+    _scope: Any = None
+
     def __init__(self, event: dict[str, Any], context: Any, config: Any) -> None:
         self.event = event
         self.context = context
         self.config = config
+
+    @property
+    def scope(self) -> Any:
+        """Built once (``functools.cached_property`` would take a lock on every first read, on 3.11)."""
+        if self._scope is None:
+            self._scope = self._build_scope()
+        return self._scope
+
+    def _build_scope(self) -> Any:
+        raise NotImplementedError
 
     @property
     def body(self) -> bytes:
@@ -77,7 +88,7 @@ def strip_api_gateway_path(path: str, *, api_gateway_base_path: str) -> str:
             base = f"/{base}"
         if path.startswith(base):
             path = path[len(base) :]
-    return unquote(path)
+    return unquote(path) if "%" in path else path
 
 
 def multi_value_headers(pairs: list[Any]) -> tuple[dict[str, str], dict[str, list[str]]]:
@@ -123,7 +134,7 @@ def text_or_base64(body: bytes, headers: dict[str, str], text_mime_types: list[s
 
 
 def _without(headers: dict[str, Any], excluded: list[str]) -> dict[str, Any]:
-    return {k: v for k, v in headers.items() if k not in excluded} if excluded else headers
+    return {k: v for k, v in headers.items() if k not in excluded}
 
 
 class RestAPI(_Handler):
@@ -146,16 +157,17 @@ class RestAPI(_Handler):
         headers, multi = multi_value_headers(response["headers"])
         body, is_base64 = text_or_base64(response["body"], headers, self.config["text_mime_types"])
         excluded = self.config["exclude_headers"]
+        if excluded:
+            headers, multi = _without(headers, excluded), _without(multi, excluded)
         return {
             "statusCode": response["status"],
-            "headers": _without(headers, excluded),
-            "multiValueHeaders": _without(multi, excluded),
+            "headers": headers,
+            "multiValueHeaders": multi,
             "body": body,
             "isBase64Encoded": is_base64,
         }
 
-    @cached_property
-    def scope(self) -> dict[str, Any]:
+    def _build_scope(self) -> dict[str, Any]:
         event = self.event
         base = self.config["api_gateway_base_path"]
         headers = _rest_headers(event)
@@ -220,8 +232,7 @@ class HTTPAPI(_Handler):
     def infer(cls, event: Any, context: Any, config: Any) -> bool:
         return "version" in event and "requestContext" in event and event["version"] == "2.0"
 
-    @cached_property
-    def scope(self) -> dict[str, Any]:
+    def _build_scope(self) -> dict[str, Any]:
         return http_api_paths(self._scope_v2(), self.event, self.config)
 
     def __call__(self, response: dict[str, Any]) -> dict[str, Any]:

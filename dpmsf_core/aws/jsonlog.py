@@ -182,6 +182,7 @@ class JSONLogger:
         self.name = service
         self.level = log_level(env)
         self.formatter = PowertoolsShapedFormatter(service)
+        self.append_keys = self.formatter.log_format.update  # once per invoke: a plain dict update, nothing more
         self.handler = logging.StreamHandler(stream or sys.stdout)
         self.handler.setFormatter(self.formatter)
         logger = logging.getLogger(service)
@@ -191,9 +192,6 @@ class JSONLogger:
             if type(handler).__name__ == "LogCaptureHandler" and type(handler).__module__ == "_pytest.logging":
                 continue  # as Powertools: pytest's caplog keeps seeing records
             handler.addFilter(_SuppressFilter(service))
-
-    def append_keys(self, **keys: Any) -> None:
-        self.formatter.append_keys(**keys)
 
     def copy_config_to(self, name: str) -> None:
         logger = logging.getLogger(name)

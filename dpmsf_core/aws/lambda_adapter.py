@@ -100,9 +100,6 @@ class LambdaAdapter:
             body = handler.body
         except Exception as exc:  # a malformed event (a field missing or of the wrong type, bad base64): a 400
             return malformed_answer(event, exc, context)
-        loop = self.lazy_loop.loop
-        if loop is not None:  # for get_event_loop() users: an asyncio.run elsewhere may have unset it
-            _set_event_loop(loop)
         response = BufferedCycle(scope, body, eager=self.eager)(self.app, self.lazy_loop)
         try:
             out = handler(response)
@@ -118,12 +115,6 @@ class LambdaAdapter:
         if self.watcher is not None:
             self.watcher.request(scope, response["status"], time.perf_counter() - start)
         return out
-
-
-def _set_event_loop(loop: Any) -> None:
-    import asyncio
-
-    asyncio.set_event_loop(loop)
 
 
 def malformed_answer(event: Any, exc: BaseException, context: Any = None) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from dpmsf_core.context import RequestInfo
@@ -106,3 +108,12 @@ def test_async_function_signature() -> None:
         pass
 
     assert CallPlan(f).bind([], {"x": "1.5"}, request(), None) == ([1.5], {})
+
+
+@given(st.text(alphabet="ab=&;é1 ?#", max_size=12))
+def test_a_query_with_nothing_to_decode_parses_as_parse_qsl_does(raw: str) -> None:
+    from urllib.parse import parse_qsl
+
+    from dpmsf_core.params import _plain_pairs
+
+    assert _plain_pairs(raw) == parse_qsl(raw, keep_blank_values=True)

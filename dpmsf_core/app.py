@@ -23,7 +23,7 @@ from .directory import DiscoveryDocs
 from .discovery import resolve_folder
 from .dispatch import ServiceDispatcher
 from .errors import DPMSFError, FunctionFailed, NotFound
-from .exchange import Receive, Responder, Scope, Send, request_headers
+from .exchange import Receive, Responder, Scope, Send, request_headers, scope_get
 from .logconfig import RequestLog, current_request
 from .metrics import EndpointUsage, memory_mb
 from .registry import Registry
@@ -98,10 +98,10 @@ class DPMSFApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
-        headers = scope.get("dpmsf.headers") or request_headers(scope)  # the Lambda adapter has them decoded
+        headers = scope_get(scope, "dpmsf.headers") or request_headers(scope)  # the Lambda adapter has them decoded
         rid = headers.get("x-request-id")
         if rid is None or not _REQUEST_ID.match(rid):
-            ctx = scope.get("aws.context")
+            ctx = scope_get(scope, "aws.context")
             rid = getattr(ctx, "aws_request_id", None) or os.urandom(12).hex()
         responder = Responder(send, rid, scope["method"], headers.get("origin"), self.settings.cors_origins)
         trace = headers.get("x-cloud-trace-context") or headers.get("traceparent")
@@ -121,7 +121,7 @@ class DPMSFApp:
             await responder.problem(err, scope.get("root_path", "") + scope.get("path", ""))
         finally:
             if self.usage is not None:
-                self.usage.record(scope.get("dpmsf.endpoint"), responder.status, time.perf_counter() - start)
+                self.usage.record(scope_get(scope, "dpmsf.endpoint"), responder.status, time.perf_counter() - start)
             if access_log.isEnabledFor(logging.INFO):
                 client = scope.get("client") or ("-", 0)
                 latency = (time.perf_counter() - start) * 1000

@@ -22,7 +22,7 @@ from .errors import (
     ServiceUnavailable,
     Unauthorized,
 )
-from .exchange import JSON, Receive, Responder, Scope, read_body
+from .exchange import JSON, Receive, Responder, Scope, read_body, scope_get
 from .lazyloop import ensure_running_loop
 from .params import assemble, parse_body, parse_query
 from .registry import Endpoint, Registry
@@ -166,9 +166,9 @@ class ServiceDispatcher:
             request_id=rid,
             api=endpoint.api,
             module=endpoint.module,
-            event=scope.get("aws.event"),
-            context=scope.get("aws.context"),
-            root_path=(scope.get("root_path") or "").rstrip("/"),
+            event=scope_get(scope, "aws.event"),
+            context=scope_get(scope, "aws.context"),
+            root_path=(scope_get(scope, "root_path") or "").rstrip("/"),
         )
         token = set_current(info)
         try:
@@ -240,7 +240,7 @@ class ServiceDispatcher:
 
 def _query(scope: Scope) -> dict[str, Any]:
     """The query parameters: parsed already by the Lambda adapter (``dpmsf.query``), else from ``query_string``."""
-    parsed = scope.get("dpmsf.query")
+    parsed = scope_get(scope, "dpmsf.query")
     return parsed if parsed is not None else parse_query(scope["query_string"])
 
 

@@ -14,6 +14,9 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 JSON = b"application/json"
+# A scope's own keys, read as from a plain dict: the Lambda adapter's LazyScope overrides ``get`` in Python to build
+# ``headers``/``query_string`` on demand, which no other key needs (a few per request on the hot path).
+scope_get = dict.get
 _EXPOSE = b"X-Request-Id, X-DPMSF-Next-Token"
 
 log = logging.getLogger("dpmsf")

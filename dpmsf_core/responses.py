@@ -40,17 +40,25 @@ def _default(value: Any) -> Any:
 
 
 _encoder = json.JSONEncoder(default=_default, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# the C encoder ``_encoder.encode`` would build anew on every call, built once; without ``markers`` (it keeps the
+# ids of the containers being written, and after a failed call its leftovers could refuse a later value): a value
+# that contains itself then fails as RecursionError instead of ValueError (see ``encode_results``)
+_c_encode = json.encoder.c_make_encoder and json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+    None, _default, json.encoder.encode_basestring, None, ":", ",", False, False, False
+)
 
 
 def dumps(value: Any) -> bytes:
-    return _encoder.encode(value).encode("utf-8")
+    if _c_encode is None:  # an interpreter without the C accelerator
+        return _encoder.encode(value).encode("utf-8")
+    return "".join(_c_encode(value, 0)).encode("utf-8")
 
 
 def encode_results(value: Any, api: str) -> bytes:
     """The 200 body; a value JSON cannot carry answers 500 naming the type instead of a half-written body."""
     try:
         return dumps({"results": value})
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise FunctionFailed(f"API '{api}' returned a value that is not JSON-encodable: {exc}") from None
 
 

@@ -31,8 +31,7 @@ def run_eagerly(coro: Coroutine[Any, Any, Any], lazy: LazyLoop) -> Any:
     loop = lazy.loop
     if loop is None:
         return _step_without_loop(coro, lazy, context)
-    from asyncio import events
-
+    events = _asyncio_events()
     previous = events._get_running_loop()
     events._set_running_loop(loop)
     try:
@@ -44,6 +43,19 @@ def run_eagerly(coro: Coroutine[Any, Any, Any], lazy: LazyLoop) -> Any:
     finally:
         events._set_running_loop(previous)
     return _finish(coro, awaited, loop, context)
+
+
+def _asyncio_events() -> Any:
+    """``asyncio.events``, imported once a loop exists (every warm invoke would otherwise run the import statement)."""
+    global _events
+    if _events is None:
+        from asyncio import events
+
+        _events = events
+    return _events
+
+
+_events: Any = None
 
 
 def _step_without_loop(coro: Coroutine[Any, Any, Any], lazy: LazyLoop, context: contextvars.Context) -> Any:

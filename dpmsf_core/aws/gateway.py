@@ -201,7 +201,7 @@ def _rest_headers(event: dict[str, Any]) -> dict[str, str]:
     """Mangum's merge: ``headers`` lower-cased, then every ``multiValueHeaders`` entry joined with ", "."""
     single = event.get("headers") or {}
     multi = event.get("multiValueHeaders") or {}
-    joined = {k.lower(): ", ".join(v) if type(v) is list else "" for k, v in multi.items()}
+    joined = {k.lower(): (v[0] if len(v) == 1 else ", ".join(v)) if type(v) is list else "" for k, v in multi.items()}
     if multi.keys() >= single.keys():  # API Gateway sends both, multiValueHeaders a superset
         return joined
     merged = {k.lower(): v for k, v in single.items()}
@@ -254,7 +254,10 @@ class HTTPAPI(_Handler):
         """Mangum's payload 2.0 scope, field for field, with the headers also handed over decoded."""
         event = self.event
         http = event["requestContext"]["http"]
-        headers = {k.lower(): v for k, v in event["headers"].items()}
+        given = event["headers"]
+        names = "".join(given)
+        # payload 2.0 names arrive lower-cased (API Gateway and Function URLs lower them): copied as they are then
+        headers = dict(given) if names == names.lower() else {k.lower(): v for k, v in given.items()}
         cookies = event.get("cookies")
         if cookies:
             headers["cookie"] = "; ".join(cookies)

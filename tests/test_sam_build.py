@@ -107,7 +107,13 @@ def test_only_the_runtime_is_in_the_artefact(built: Path) -> None:
     assert not {p.name for p in built.iterdir()} & {"boto3", "botocore", "s3transfer", "bin"}
     assert not [p for p in built.rglob("*") if p.suffix in (".db", ".key") or p.name == ".env"]
     shipped = sorted(p.name for p in (built / "plugins").iterdir() if p.name != "__pycache__")
-    assert shipped == sorted(p.name for p in (ROOT / "plugins").iterdir() if not p.name.startswith((".", "_")))
+    bundled = sorted(p.name for p in (ROOT / "plugins").iterdir() if not p.name.startswith((".", "_")))
+    assert shipped == sorted([*bundled, ".dpmsf-manifest.json"])  # the manifest sam build wrote (lazy imports)
+    described = json.loads((built / "plugins" / ".dpmsf-manifest.json").read_text())["modules"]
+    modules = {
+        p.removesuffix(".py") for p in bundled if p.endswith(".py") or (ROOT / "plugins" / p / "__init__.py").exists()
+    }
+    assert {m["name"] for m in described} == modules
 
 
 def test_bytecode_and_native_code_are_for_the_runtime(built: Path) -> None:

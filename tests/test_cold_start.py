@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from childproc import run_for_result
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,18 +55,7 @@ def cold_start(tmp_path: Path, **env: str) -> dict:
         "DPMSF_STATE_DIR": str(tmp_path / "state"),
         **env,
     }
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD.replace("HEAVY_MODULES", repr(HEAVY))],
-        cwd=ROOT,
-        env=clean,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT ") :])
+    return run_for_result([sys.executable, "-c", CHILD.replace("HEAVY_MODULES", repr(HEAVY))], cwd=ROOT, env=clean)
 
 
 @pytest.mark.slow

@@ -7,13 +7,13 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import sysconfig
 from pathlib import Path
 from typing import Any
 
 import pytest
+from childproc import run_for_result
 
 from dpmsf_core.manifest import MANIFEST_NAME, read_manifest
 from dpmsf_core.packaging.manifest import write_manifest
@@ -60,18 +60,7 @@ def cold(
         "DPMSF_PLUGINS": str(folder),
         **env,
     }
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, method, path, json.dumps(query or {})],
-        cwd=ROOT,
-        env=clean,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT ") :])
+    return run_for_result([sys.executable, "-c", CHILD, method, path, json.dumps(query or {})], cwd=ROOT, env=clean)
 
 
 def test_a_cold_get_imports_only_the_plugin_it_calls(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from childproc import run_for_result
 from samcli import unavailable
 
 from dpmsf_core.manifest import MANIFEST_NAME
@@ -48,18 +49,8 @@ print("RESULT " + json.dumps(result))
 
 def run_artifact(folder: Path, event: Path, tmp_path: Path, python: str = sys.executable, **env: str) -> dict:
     """Import and invoke the handler with `python -I -S` from an empty folder: nothing but the artifact."""
-    proc = subprocess.run(
-        [python, "-I", "-S", "-c", CHILD, str(folder), str(event)],
-        cwd=tmp_path,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DPMSF_STATE_DIR": str(tmp_path / "state"), **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT ") :])
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DPMSF_STATE_DIR": str(tmp_path / "state"), **env}
+    return run_for_result([python, "-I", "-S", "-c", CHILD, str(folder), str(event)], cwd=tmp_path, env=env)
 
 
 def check_artifact(folder: Path, tmp_path: Path, python: str = sys.executable) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from childproc import run_for_result
 from eventdata import load_event
 from samcli import ROOT, sam_env, sam_executable, unavailable
 
@@ -202,18 +203,9 @@ def run(built: Path, runtime_python: str, admin_key: str, tmp_path_factory: pyte
         "DPMSF_ADMIN_KEY": admin_key,
         "DPMSF_STATE_DIR": str(work / "state"),  # SQLite here instead of the stack's DynamoDB table
     }
-    proc = subprocess.run(
-        [runtime_python, "-I", "-S", "-c", CHILD, str(built), str(work / "events.json")],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    return run_for_result(
+        [runtime_python, "-I", "-S", "-c", CHILD, str(built), str(work / "events.json")], cwd=work, env=env, timeout=120
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT ") :])
 
 
 def test_it_ran_on_the_runtime_python_from_the_folder_alone(run: dict[str, Any]) -> None:

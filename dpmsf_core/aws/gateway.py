@@ -172,10 +172,6 @@ class RestAPI(_Handler):
         base = self.config["api_gateway_base_path"]
         headers = _rest_headers(event)
         query, params = _rest_query(event)
-        server = headers.get("host", "mangum")
-        port = headers.get("x-forwarded-port", 80)
-        if ":" in server:
-            server, port = server.split(":", 1)
         return LazyScope(
             {
                 "type": "http",
@@ -185,7 +181,7 @@ class RestAPI(_Handler):
                 "raw_path": None,
                 "root_path": _root_path(event, base),
                 "scheme": headers.get("x-forwarded-proto", "https"),
-                "server": (server, int(port)),
+                "server": _server(headers),
                 "client": ((event["requestContext"].get("identity") or {}).get("sourceIp"), 0),
                 "asgi": {"version": "3.0", "spec_version": "2.0"},
                 "aws.event": event,
@@ -195,6 +191,15 @@ class RestAPI(_Handler):
                 "dpmsf.params": params,  # query_string, if read, is encoded from these
             }
         )
+
+
+def _server(headers: dict[str, str]) -> tuple[str, int]:
+    """Mangum's ``get_server_and_port``: the ``Host`` header, its port or ``X-Forwarded-Port``."""
+    server = headers.get("host", "mangum")
+    port: Any = headers.get("x-forwarded-port", 80)
+    if ":" in server:
+        server, port = server.split(":", 1)
+    return server, int(port)
 
 
 def _rest_headers(event: dict[str, Any]) -> dict[str, str]:
@@ -261,10 +266,6 @@ class HTTPAPI(_Handler):
         cookies = event.get("cookies")
         if cookies:
             headers["cookie"] = "; ".join(cookies)
-        server = headers.get("host", "mangum")
-        port = headers.get("x-forwarded-port", 80)
-        if ":" in server:
-            server, port = server.split(":", 1)
         return LazyScope(
             {
                 "type": "http",
@@ -277,7 +278,7 @@ class HTTPAPI(_Handler):
                 "root_path": "",
                 "scheme": headers.get("x-forwarded-proto", "https"),
                 "query_string": (event.get("rawQueryString") or "").encode(),
-                "server": (server, int(port)),
+                "server": _server(headers),
                 "client": (http["sourceIp"], 0),
                 "asgi": {"version": "3.0", "spec_version": "2.0"},
                 "aws.event": event,

@@ -17,6 +17,7 @@ their output to /dev/null); the "no Powertools" row shows what they cost.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -54,6 +55,7 @@ class Context:  # what Lambda passes: attributes only
     def get_remaining_time_in_millis(self): return 29000
 with open({event!r}) as fh:
     event = json.load(fh)
+event = globals().get("prepare", lambda e: e)(event)  # Chalice: its route's resourcePath
 out = handler(event, Context())
 assert out["statusCode"] == 200, out
 ms = (time.perf_counter() - t0) * 1000
@@ -75,7 +77,11 @@ for fn in ("sync", "async"):
     cases[f"v2 GET {{fn}}"] = load_event("apigw_v2", path=path, query={{"name": "warm"}})
 n = {calls}
 result = {{}}
+prepare = globals().get("prepare", lambda e: e)
 for name, event in cases.items():
+    event = prepare(event)
+    if event is None:  # an event kind this framework does not serve
+        continue
     out = handler(event, ctx)
     assert out["statusCode"] == 200 and "warm" in out["body"], (name, out)
     for _ in range(200):
@@ -93,6 +99,8 @@ sys.__stderr__.write("RESULT " + json.dumps(result) + "\\n")
 DPMSF_IMPORT = "from handler.aws_lambda import handler"
 FASTAPI_IMPORT = "sys.path.insert(0, {bench!r}); from baseline_lambda_app import {name} as handler"
 POWERTOOLS_IMPORT = "sys.path.insert(0, {bench!r}); from baseline_powertools_app import handler"
+BARE_IMPORT = "sys.path.insert(0, {bench!r}); from baseline_bare_handler import handler"
+CHALICE_IMPORT = "sys.path.insert(0, {bench!r}); from baseline_chalice_app import handler, prepare"
 ARTIFACT = "dpmsf (built artefact)"
 
 
@@ -124,12 +132,15 @@ def variants(plugins: Path, artifact: Path | None) -> dict[str, tuple[str, dict[
             POWERTOOLS_IMPORT.format(bench=bench),
             {**lam, "POWERTOOLS_METRICS_NAMESPACE": "Bench"},
         ),
+        "bare handler": (BARE_IMPORT.format(bench=bench), lam),
         "dpmsf": (DPMSF_IMPORT, dp),
         "dpmsf (no Powertools)": (
             DPMSF_IMPORT,
             {"DPMSF_PLUGINS": str(plugins), "DPMSF_SYNC_INLINE": "1", "DPMSF_FUNCTION_TIMEOUT": "0"},  # as on Lambda
         ),
     }
+    if importlib.util.find_spec("chalice") is not None:  # optional: pip install chalice
+        table["chalice"] = (CHALICE_IMPORT.format(bench=bench), lam)
     if artifact is not None:  # what `sam build` / `dpmsf package` ships: its own plugins, bytecode, dependencies
         table[ARTIFACT] = (DPMSF_IMPORT, {**lam, "POWERTOOLS_METRICS_NAMESPACE": "Bench"})
     return table
@@ -223,13 +234,36 @@ def main() -> int:
         names = [n for n in table if n != ARTIFACT]
         print(f"{'case':14}" + "".join(f"{n[:22]:>24}" for n in names) + "   dpmsf/fastapi+mangum  dpmsf/powertools")
         for case in cases:
-            row = "".join(f"{warms[n][case]:24.1f}" for n in names)
+            row = "".join(f"{warms[n][case]:24.1f}" if case in warms[n] else f"{'n/a':>24}" for n in names)
             r1 = warms["dpmsf"][case] / warms["fastapi+mangum"][case]
             r2 = warms["dpmsf"][case] / warms["powertools resolver"][case]
             print(f"{case:14}{row}   {r1:20.2f}x  {r2:15.2f}x")
         pt = [warms["powertools resolver"][c] / warms["fastapi+mangum"][c] for c in cases]
         print(f"powertools resolver / fastapi+mangum: {min(pt):.2f}x to {max(pt):.2f}x")
-        print("targets: dpmsf <= 0.25x fastapi+mangum, at or below the Powertools resolver")
+        print("targets: dpmsf <= 0.25x fastapi+mangum, at or below the Powertools resolver\n")
+        print_summary(colds, warms)
+    return 0
+
+
+def print_summary(colds: dict[str, dict[str, float]], warms: dict[str, dict[str, float]]) -> None:
+    """The performance issue's table: each anchor's ratio to FastAPI + Mangum, REST v1 events."""
+    columns = [n for n in ("bare handler", "chalice", "powertools resolver", "dpmsf", ARTIFACT) if n in colds]
+    base_warm, base_cold = warms["fastapi+mangum"], colds["fastapi+mangum"]["wall"]
+
+    def warm(name: str, cases: tuple[str, ...]) -> str:
+        found = [warms[name][c] / base_warm[c] for c in cases if name in warms and c in warms[name]]
+        return " / ".join(f"{r:.2f}x" for r in found) if found else "-"
+
+    rows = [
+        ("warm invoke, sync GET", lambda n: warm(n, ("v1 GET sync",))),
+        ("warm invoke, POST / async GET", lambda n: warm(n, ("v1 POST sync", "v1 GET async"))),
+        ("cold start, one GET (wall)", lambda n: f"{colds[n]['wall'] / base_cold:.2f}x"),
+    ]
+    print("summary, ratios to fastapi+mangum (REST v1):")
+    print(f"{'figure':32}" + "".join(f"{n[:22]:>24}" for n in columns))
+    for label, cell in rows:
+        print(f"{label:32}" + "".join(f"{cell(n):>24}" for n in columns))
+
     return 0
 
 

@@ -13,7 +13,6 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
 
 from .errors import ConfigError
 
@@ -71,6 +70,8 @@ def parse_backend_url(url: str, what: str, kinds: Sequence[str] = ("memory", "sq
         return BackendURL("memory")
     if "sqlite" in kinds and raw.startswith("sqlite:///") and len(raw) > len("sqlite:///"):
         return BackendURL("sqlite", raw[len("sqlite:///") :])
+    from urllib.parse import parse_qs, urlsplit  # here: the default (SQLite) URLs never need it
+
     if "dynamodb" in kinds and raw.startswith("dynamodb://"):
         parts = urlsplit(raw)
         options = {k: v[-1] for k, v in parse_qs(parts.query).items()}

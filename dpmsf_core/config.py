@@ -8,13 +8,16 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._backends import parse_backend_url
 from .errors import ConfigError
 
-BUNDLED_PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
+if TYPE_CHECKING:
+    from pathlib import Path
+
+# a str, not a Path: pathlib imports urllib.parse and ipaddress, which a Lambda cold start does not otherwise need
+BUNDLED_PLUGINS = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "plugins")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -64,11 +67,11 @@ class Settings:
 
     @property
     def tenants_url(self) -> str:
-        return self.tenants or f"sqlite:///{Path(self.state_dir) / 'tenants.db'}"
+        return self.tenants or f"sqlite:///{os.path.join(self.state_dir, 'tenants.db')}"
 
     @property
     def store_url(self) -> str:
-        return self.store or f"sqlite:///{Path(self.state_dir) / 'store.db'}"
+        return self.store or f"sqlite:///{os.path.join(self.state_dir, 'store.db')}"
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
@@ -77,7 +80,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None, *, dotenv: str | Path | None = ".env") -> Settings:
         """Read ``env`` (default ``os.environ`` over ``.env``); raise ConfigError naming the first bad variable."""
         merged: dict[str, str] = {}
-        if dotenv and Path(dotenv).is_file():
+        if dotenv and os.path.isfile(dotenv):
             from dotenv import dotenv_values  # only paid when a .env exists
 
             merged.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})

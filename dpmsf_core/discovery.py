@@ -13,7 +13,6 @@ import time
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .errors import PluginError
@@ -274,6 +273,6 @@ def collect(module: types.ModuleType) -> LoadedModule:
     )
 
 
-def resolve_folder(entry: str, bundled: Path) -> str:
+def resolve_folder(entry: str, bundled: str | os.PathLike[str]) -> str:
     """``.`` is the bundled ``plugins/`` folder; anything else is a path (relative to the working directory)."""
-    return str(bundled) if entry == "." else str(Path(entry).expanduser().resolve())
+    return os.fspath(bundled) if entry == "." else os.path.realpath(os.path.expanduser(entry))

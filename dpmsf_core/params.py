@@ -7,7 +7,6 @@ import json
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import parse_qsl
 
 from .context import RequestInfo
 from .errors import BadRequest, UnprocessableArguments, UnsupportedMediaType
@@ -26,6 +25,12 @@ def _plain_pairs(raw: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def _decoded_pairs(raw: str) -> list[tuple[str, str]]:
+    from urllib.parse import parse_qsl  # here: a cold start whose query has nothing to decode never imports it
+
+    return parse_qsl(raw, keep_blank_values=True)
+
+
 def parse_query(raw: str | bytes) -> dict[str, Any]:
     """``a=1&a=2&b=3`` -> ``{"a": ["1", "2"], "b": "3"}``: a repeated key becomes a list."""
     if isinstance(raw, bytes):
@@ -33,9 +38,7 @@ def parse_query(raw: str | bytes) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if not raw:
         return out
-    for key, value in (
-        _plain_pairs(raw) if "%" not in raw and "+" not in raw else parse_qsl(raw, keep_blank_values=True)
-    ):
+    for key, value in _plain_pairs(raw) if "%" not in raw and "+" not in raw else _decoded_pairs(raw):
         if key in out:
             prev = out[key]
             if isinstance(prev, list):

@@ -4,24 +4,25 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import datetime as _dt
 import enum
 import json
 import sys
-from pathlib import PurePath
 from typing import Any
 
 from .errors import FunctionFailed
 
 
 def _default(value: Any) -> Any:
-    if isinstance(value, _dt.datetime | _dt.date | _dt.time):
+    _dt = sys.modules.get("datetime")  # a date exists only once its module is imported: ours need not be
+    if _dt is not None and isinstance(value, _dt.datetime | _dt.date | _dt.time):
         return value.isoformat()
     decimal = sys.modules.get("decimal")  # a Decimal (or a UUID) exists only once its module is imported: ours
     if decimal is not None and isinstance(value, decimal.Decimal):  # need not be, for every cold start
         return int(value) if value == value.to_integral_value() else float(value)
-    uuid = sys.modules.get("uuid")
-    if isinstance(value, PurePath) or (uuid is not None and isinstance(value, uuid.UUID)):
+    uuid, pathlib = sys.modules.get("uuid"), sys.modules.get("pathlib")
+    if (uuid is not None and isinstance(value, uuid.UUID)) or (
+        pathlib is not None and isinstance(value, pathlib.PurePath)
+    ):
         return str(value)
     if isinstance(value, enum.Enum):
         return value.value
@@ -29,7 +30,7 @@ def _default(value: Any) -> Any:
         return list(value)
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")
-    if isinstance(value, _dt.timedelta):
+    if _dt is not None and isinstance(value, _dt.timedelta):
         return value.total_seconds()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 from typing import Any
-from urllib.parse import unquote
 
 from .scope import LazyScope
 
@@ -88,7 +87,11 @@ def strip_api_gateway_path(path: str, *, api_gateway_base_path: str) -> str:
             base = f"/{base}"
         if path.startswith(base):
             path = path[len(base) :]
-    return unquote(path) if "%" in path else path
+    if "%" not in path:  # nothing to decode (and urllib.parse, with ipaddress, stays out of a cold start)
+        return path
+    from urllib.parse import unquote
+
+    return unquote(path)
 
 
 def multi_value_headers(pairs: list[Any]) -> tuple[dict[str, str], dict[str, list[str]]]:

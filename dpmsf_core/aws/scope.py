@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlencode
 
 _LAZY = ("headers", "query_string")
 _ABSENT = object()
@@ -26,6 +25,8 @@ class LazyScope(dict[str, Any]):
             value: Any = [(k.encode(), v.encode()) for k, v in dict.__getitem__(self, "dpmsf.headers").items()]
         elif key == "query_string" and dict.__contains__(self, "dpmsf.params"):
             params = dict.__getitem__(self, "dpmsf.params")
+            from urllib.parse import urlencode  # when something reads it: the app reads dpmsf.query
+
             value = urlencode(params, doseq=True).encode() if params else b""
         else:
             raise KeyError(key)

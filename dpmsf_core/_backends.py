@@ -11,8 +11,7 @@ import os
 import re
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import ConfigError
 
@@ -48,8 +47,7 @@ class BackendURLError(ConfigError, ValueError):
     """A backend URL that names no backend: a bad setting (ConfigError), and a bad value (ValueError) for callers."""
 
 
-@dataclass(frozen=True)
-class BackendURL:
+class BackendURL(NamedTuple):
     """``kind`` is ``memory``, ``sqlite``, ``dynamodb`` or ``firestore``; ``target`` the SQLite path, the table name
     or the Firestore root collection; ``database`` the Firestore database (None: ``(default)``)."""
 

@@ -13,7 +13,7 @@ import time
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import PluginError
 from .expose import ENDPOINT_ATTR, EVENT_ATTR, Definition, EndpointSpec, EventSpec, exposure, first_doc_line
@@ -21,8 +21,7 @@ from .expose import ENDPOINT_ATTR, EVENT_ATTR, Definition, EndpointSpec, EventSp
 PLUGIN_PACKAGE = "dpmsf_plugins"
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
     """A module file found in a plugin folder, with what changes when it is edited."""
 
     name: str  # real module name
@@ -33,8 +32,7 @@ class Candidate:
     signature: tuple[int, ...]  # (mtime_ns, size, inode) of every file that matters
 
 
-@dataclass(frozen=True)
-class Metadata:
+class Metadata(NamedTuple):
     """Module-level ``__alias__``/``__tenant__`` read with ``ast``, before anything is imported."""
 
     alias: str | None = None

@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from .errors import PluginError
 
@@ -22,8 +21,9 @@ ENDPOINT_ATTR = "__dpmsf_endpoint__"
 EVENT_ATTR = "__dpmsf_event__"
 
 
-@dataclass(frozen=True)
-class EndpointSpec:
+# The specs are NamedTuples, not frozen dataclasses: as immutable, and 0.1 ms to define instead of 0.8 ms, which
+# every Lambda cold start pays for each of them (discovery, resolve and logconfig do the same).
+class EndpointSpec(NamedTuple):
     """How one function is reachable over HTTP."""
 
     api: str
@@ -44,8 +44,7 @@ class EndpointSpec:
         return "/".join((self.api, *(self.template or ())))
 
 
-@dataclass(frozen=True)
-class EventSpec:
+class EventSpec(NamedTuple):
     """Which non-HTTP events (SQS, SNS, S3, EventBridge, schedules) a function takes."""
 
     source: str
@@ -53,8 +52,7 @@ class EventSpec:
     name: str = ""
 
 
-@dataclass(frozen=True)
-class Definition:
+class Definition(NamedTuple):
     """One module-level name as a loader found it: imported modules (``discovery.collect``) and tenant modules
     read with ``ast`` (``sandbox.reader``) both describe what they see this way, and ``exposure`` decides."""
 
@@ -65,8 +63,7 @@ class Definition:
     summary: str | None = None  # the first line of its docstring
 
 
-@dataclass(frozen=True)
-class Exposure:
+class Exposure(NamedTuple):
     """What a module exposes: endpoints and events by name, in module order, and the duplicates it dropped."""
 
     endpoints: tuple[tuple[str, EndpointSpec], ...]

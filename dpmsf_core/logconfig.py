@@ -19,8 +19,7 @@ import os
 import time
 from collections.abc import Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "CONFIG_FILE",
@@ -41,8 +40,7 @@ SERVER_LOGGERS = ("uvicorn", "gunicorn.error")
 ACCESS_LOGGERS = ("uvicorn.access", "gunicorn.access")
 
 
-@dataclass(frozen=True)
-class RequestLog:
+class RequestLog(NamedTuple):
     """What a log line says about the request it is written in; the endpoint is read from the scope when the line
     is written, because dispatch records it (``scope["dpmsf.endpoint"]``) after the request began."""
 

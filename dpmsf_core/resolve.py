@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .errors import Conflict, MethodNotAllowed, NotFound
 from .registry import Endpoint, ModuleEntry, Snapshot
@@ -22,14 +22,13 @@ def visible_to(tenant: str | None, admin_id: str | None) -> Callable[[str | None
     return visible
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(NamedTuple):
     """What a URL (and method) resolved to: the endpoint, the URL segments after its API name, the values of its
     path template by name (empty without one), and every method the URL answers (``Allow``)."""
 
     endpoint: Endpoint
     params: list[str]
-    path_values: dict[str, str] = field(default_factory=dict)
+    path_values: dict[str, str]
     allow: tuple[str, ...] = ()
 
 

@@ -46,16 +46,8 @@ class Endpoint:
         trusted: bool = True,
         doc: str | None = None,
     ) -> None:
-        self.api = spec.api
-        self.methods = spec.methods
-        self.auth = spec.auth
-        self.summary = spec.summary
-        self.template = spec.template  # None: any URL segments; else exactly these (literals and {name})
-        self.path_params = spec.path_params  # placeholder names in URL order (OpenAPI ``in: path``)
+        self._route(spec, module, tenant, trusted)
         self.func = func
-        self.module = module
-        self.tenant = tenant
-        self.trusted = trusted
         self.is_async = inspect.iscoroutinefunction(func)
         self.doc = doc if doc is not None else inspect.getdoc(func)
         self.plan = CallPlan(func)
@@ -65,17 +57,21 @@ class Endpoint:
     def routing_only(cls, spec: EndpointSpec, module: str, tenant: str | None, trusted: bool = True) -> Endpoint:
         """The routing data of an endpoint whose module is not imported yet."""
         ep = cls.__new__(cls)
-        ep.api = spec.api
-        ep.methods = spec.methods
-        ep.auth = spec.auth
-        ep.summary = spec.summary
-        ep.template = spec.template
-        ep.path_params = spec.path_params
-        ep.module = module
-        ep.tenant = tenant
-        ep.trusted = trusted
+        ep._route(spec, module, tenant, trusted)
         ep.deferred = True
         return ep
+
+    def _route(self, spec: EndpointSpec, module: str, tenant: str | None, trusted: bool) -> None:
+        """What resolving a URL needs, the same for an imported endpoint and a deferred one."""
+        self.api = spec.api
+        self.methods = spec.methods
+        self.auth = spec.auth
+        self.summary = spec.summary
+        self.template = spec.template  # None: any URL segments; else exactly these (literals and {name})
+        self.path_params = spec.path_params  # placeholder names in URL order (OpenAPI ``in: path``)
+        self.module = module
+        self.tenant = tenant
+        self.trusted = trusted
 
     def allow(self) -> list[str]:
         allowed = list(self.methods)

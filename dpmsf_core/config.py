@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._backends import parse_backend_url
 from .errors import ConfigError
+from .tenancy.quotas import Quotas
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -63,6 +64,7 @@ class Settings:
     base_path: str = ""
     sync_inline: bool = False
     function_timeout: float = 29.0  # API Gateway's integration limit; 0 = none
+    quotas: Quotas = Quotas()  # every tenant's defaults; a tenant's stored overrides are laid over them
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -238,7 +240,15 @@ def _parse(env: Mapping[str, str]) -> Settings:
         base_path=base_path,
         sync_inline=_bool(env, "DPMSF_SYNC_INLINE", lam),
         function_timeout=_float(env, "DPMSF_FUNCTION_TIMEOUT", 0.0 if lam else 29.0),  # Lambda enforces its own
+        quotas=_quotas(env),
     )
+
+
+def _quotas(env: Mapping[str, str]) -> Quotas:
+    try:
+        return Quotas.from_env(env)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _split_plugins(raw: str) -> list[str]:

@@ -72,6 +72,7 @@ class Tenant:
     enabled: bool
     name: str = ""
     admin: bool = False
+    quotas: dict[str, float] = field(default_factory=dict, hash=False)  # overrides of the operator's defaults
 
 
 class TenantNotFound(LookupError):

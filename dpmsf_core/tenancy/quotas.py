@@ -8,13 +8,17 @@ problem+json naming the quota, with ``Retry-After`` for the rate and concurrency
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from ..errors import DPMSFError
 
-__all__ = ["QUOTA_ENV", "QuotaExceeded", "Quotas"]
+__all__ = ["QUOTA_ENV", "QuotaBook", "QuotaExceeded", "Quotas"]
+
+log = logging.getLogger("dpmsf.quotas")
 
 
 @dataclass(frozen=True)
@@ -105,3 +109,41 @@ class QuotaExceeded(DPMSFError):
         extra = {"quota": quota, **(kw.pop("extra", None) or {})}
         super().__init__(detail, status=status, headers=headers, extra=extra, **kw)
         self.quota = quota
+
+
+class QuotaBook:
+    """Each tenant's quotas, read through ``lookup`` (tenant id -> its stored overrides, or None) and cached for
+    ``ttl`` seconds, as tenant keys are: a quota changed by ``dpmsf tenant quota`` holds everywhere within that.
+
+    Without a lookup (no tenant registry configured) every tenant has the defaults. A lookup that fails keeps
+    the last value it gave, or the defaults: a registry outage must not lift or tighten anyone's limits.
+    """
+
+    def __init__(
+        self,
+        defaults: Quotas | None = None,
+        lookup: Callable[[str], Mapping[str, Any] | None] | None = None,
+        ttl: float = 5.0,
+    ) -> None:
+        self.defaults = defaults or Quotas()
+        self._lookup = lookup
+        self._ttl = ttl
+        self._cache: dict[str, tuple[float, Quotas]] = {}
+
+    def for_tenant(self, tenant: str | None) -> Quotas:
+        if tenant is None or self._lookup is None:
+            return self.defaults
+        now = time.monotonic()
+        cached = self._cache.get(tenant)
+        if cached is not None and now - cached[0] < self._ttl:
+            return cached[1]
+        try:
+            quotas = self.defaults.merged(self._lookup(tenant))
+        except Exception as exc:  # any backend's failure: the last known limits stay
+            log.warning("quotas of tenant %s could not be read, keeping the last known: %s", tenant, exc)
+            quotas = cached[1] if cached is not None else self.defaults
+        if len(self._cache) > 10_000:  # bounded: tenants are many only when ids are forged; drop the oldest half
+            for key in sorted(self._cache, key=lambda k: self._cache[k][0])[:5_000]:
+                del self._cache[key]
+        self._cache[tenant] = (now, quotas)
+        return quotas

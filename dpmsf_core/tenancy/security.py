@@ -8,6 +8,7 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import Unauthorized
+from .quotas import QuotaBook
 
 log = logging.getLogger("dpmsf.security")
 
@@ -98,6 +99,8 @@ class LazySecurity:
         self.settings = settings
         self._security: Security | None = None
         self._lock = threading.Lock()
+        # every tenant's quotas: the operator's defaults, with each tenant's stored overrides laid over them
+        self.quotas = QuotaBook(settings.quotas)
 
     def __call__(self) -> Security:
         security = self._security

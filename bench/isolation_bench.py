@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/isolation_bench.py [--sections probe,fair,memory,cpu] [--seconds 8] [--docs 600]
 
+About 4 minutes with the defaults on 2 cores; ``--help`` lists every duration and size.
+
 (1) probe:  an anonymous probe (GET /rest/services/hello-world/, bundled plugins) alone, then while a tenant uploads
             hostile modules (64,000 ``x=1`` lines, ~256 kB) and refused ones (a bad method name on the last lines).
 (2) fair:   an honest tenant's trivial sandboxed call alone, then with 1, 2 and 6 flooding tenants, each keeping
@@ -334,7 +336,7 @@ def section_probe(opts: argparse.Namespace, tmp: Path, verdicts: Verdicts) -> No
         for kind, sample in uploads.items():
             print(f"    {kind + ' uploads (' + str(len(accepted) // 1000) + ' kB)':<29} {sample.line()}")
     ratio = during.pct(0.99) / alone.pct(0.99)
-    print(f"  p99 during / alone {ratio:.2f}x (target <= 1.5x and p99 <= 250 ms)", flush=True)
+    print(f"  p99 during / alone {ratio:.2f}x (target <= 1.5x, and never above 250 ms)", flush=True)
     ok = ratio <= 1.5 and during.pct(1.0) <= 250
     verdicts.add("(1) probe p99 alone", f"{alone.pct(0.99):.1f} ms", "(the floor)")
     verdicts.add("(1) probe p99 during hostile uploads", f"{during.pct(0.99):.1f} ms", f"{alone.pct(0.99):.1f} ms")

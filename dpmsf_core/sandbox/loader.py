@@ -103,9 +103,15 @@ class SandboxedLoader:
         return LoadedModule(module=None, endpoints=endpoints, events=[], duplicates=list(module.duplicates))
 
     def _call(self, module: UntrustedModule, function: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        inject = [name for name, value in kwargs.items() if isinstance(value, RequestInfo)]
-        for name in inject:
+        # the request travels as plain data and is rebuilt in the guest, at a keyword or a position
+        named = [name for name, value in kwargs.items() if isinstance(value, RequestInfo)]
+        for name in named:
             del kwargs[name]
+        inject: list[str | int] = list(named)
+        for index, value in enumerate(args):
+            if isinstance(value, RequestInfo):
+                args[index] = None
+                inject.append(index)
         info = current()
         return self.pool().call(
             source=module.source,

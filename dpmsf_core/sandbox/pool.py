@@ -170,7 +170,7 @@ class SandboxPool:
 
         Keywords: ``source``, ``path``, ``function``, ``args``, ``kwargs``, and optionally ``timeout``, ``tenant``
         (the guest's owner; default the path), ``sha256`` of the source, ``request`` (what ``RequestInfo`` holds)
-        and ``inject`` (parameters that receive it).
+        and ``inject`` (parameters that receive it: names, or positions in ``args``).
         """
         return self._call_planned(self._plan(**kwargs))
 
@@ -186,7 +186,7 @@ class SandboxPool:
         tenant: str | None = None,
         sha256: str | None = None,
         request: dict[str, Any] | None = None,
-        inject: list[str] | None = None,
+        inject: list[str | int] | None = None,
     ) -> _Call:
         wall = self.limits.wall_seconds if timeout is None else min(timeout, self.limits.wall_seconds)
         queue_deadline = time.monotonic() + 2 * wall + 1  # time to wait for a guest; the call's own starts after

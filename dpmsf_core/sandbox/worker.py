@@ -48,6 +48,7 @@ ERRNO_BADF = 8  # WASI errno values
 ERRNO_IO = 29
 ERRNO_FAULT = 21
 _STDERR_KEPT = 4096
+_MAX_WRITE = 1 << 30  # bytes one fd_write takes at most
 
 
 def cpu_time() -> float:
@@ -362,7 +363,8 @@ def main() -> None:
         except _Fault:
             return ERRNO_FAULT
         done = 0
-        for ptr, size in spans:
+        for ptr, whole in spans:
+            size = min(whole, _MAX_WRITE - done)  # a short write beyond: the count must fit the guest's u32
             if fd == 2:
                 keep = min(size, max(0, _STDERR_KEPT - len(errors)))
                 errors.extend(ctypes.string_at(base + ptr, keep))

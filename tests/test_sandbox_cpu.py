@@ -110,7 +110,7 @@ def test_reads_and_store_requests_do_not_buy_more_cpu(function: str, store_db: N
         started = time.monotonic()
         with pytest.raises(GatewayTimeout, match="CPU time limit of 0.5 s"):
             call(pool, function, 10)
-        assert time.monotonic() - started < 6  # not the 10 s of work, nor the 20 s wall
+        assert time.monotonic() - started < 9  # not the 10 s of work, nor the 20 s wall (CPU counts, not this)
         spent = used[-1]
         assert not spent.ok and spent.function == function
         assert 0.4 < spent.cpu_seconds < limits.cpu_seconds + 0.25, spent

@@ -5,6 +5,8 @@ It uses the standard library only and imports nothing of ours (the guest has no 
 calls travel to the host over the same channel as everything else.
 
 Protocol, one request at a time: 4-byte big-endian length + payload, fd 0 in and fd 1 out (the host's pipes).
+The top bit of a length this program writes marks the last frame of a call (its answer, or ``ready``); the
+worker between it and the server checks every frame's size by that kind before it leaves.
 The host writes ``marshal`` (its own data; decoding JSON costs several times more in this interpreter), the guest
 writes JSON, which is all the host ever parses from a guest.
 
@@ -14,7 +16,9 @@ writes JSON, which is all the host ever parses from a guest.
 - guest -> host, any number of ``{"op": "store", "method", "collection", "args"}``, each answered by the host
   with ``{"ok": true, "value": ...}`` or ``{"ok": false, "status", "detail", "errors"}``;
 - guest -> host, last, ``{"op": "answer", "ok": true, "result": ...}`` or
-  ``{"op": "answer", "ok": false, "kind": "error|http|violation|memory|too_large|result|load|missing", ...}``.
+  ``{"op": "answer", "ok": false, "kind": "error|http|violation|memory|too_large|result|load|missing", ...}``,
+  with ``"loaded": true`` when the module is compiled here all the same (else the host sends its source again).
+  ``inject`` names parameters, or gives positions in ``args``, that receive the ``RequestInfo``.
 
 It is one file, over 400 lines, because the guest runs it as one program text (``python -c``) with no files of
 ours beside it. Nothing here is a security boundary: the boundary is the WebAssembly instance, which has no

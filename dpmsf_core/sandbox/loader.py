@@ -78,6 +78,8 @@ class SandboxedLoader:
                         cpu_seconds=self.settings.sandbox_cpu,
                         wall_seconds=self.settings.sandbox_timeout,
                         memory_mb=self.settings.sandbox_memory_mb,
+                        # a store request carries at most one document, and the operator may allow larger ones
+                        max_store_frame_bytes=max(512 * 1024, self.settings.quotas.max_doc + 64 * 1024),
                     )
                     self._pool = SandboxPool(size=self.settings.sandbox_workers, limits=limits, store=serve_store)
         return self._pool

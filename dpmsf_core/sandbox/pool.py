@@ -115,8 +115,8 @@ class SandboxPool:
         self._in_flight: dict[str, int] = {}
 
     def _start_worker(self) -> WorkerProcess:
-        """A fresh worker. Start-up runs under a call's CPU budget, which epochs count in wall time: on a busy host
-        it can run out before the guest is ready (no tenant code has run yet), so it gets one more try."""
+        """A fresh worker. Should its start run out of its own CPU budget (no tenant code has run yet), it gets one
+        more try."""
         try:
             return WorkerProcess(self.python, self.limits, self.compiled, self.run_as)
         except StartOutOfTime as exc:

@@ -3,11 +3,12 @@
 Started by ``pool.py`` as ``python -I -S -B worker.py <config JSON>`` with an empty environment. The process is
 a second wall around the guest, not the boundary: it makes itself non-dumpable, sets ``no_new_privs``, closes
 every fd but its pipes, drops to an unprivileged uid when the server runs as root (``pool.py`` decides), caps
-its CPU time, file sizes, open files and core dumps with rlimits, and installs a seccomp filter (``seccomp.py``).
+its CPU time, data segment, file sizes, open files and core dumps with rlimits, and installs a seccomp filter
+(``seccomp.py``).
 
 The guest's stdin and stdout are this process's own fds 0 and 1, the server's pipes, so requests go from the
-server straight into the guest with no copy in between. Its stderr is kept (a few KB) and logged by nobody: it
-only says why an interpreter crashed.
+server through this process's ``fd_read`` and ``fd_write``. Its stderr is kept (4 KB, the rest is dropped without
+a copy) and logged by nobody: it only says why an interpreter crashed.
 
 Frames: both directions are 4-byte big-endian length + payload, and this process follows their boundaries.
 The server sets the top bit of a header when the frame starts a call (``CALL_FLAG``, cleared before the guest

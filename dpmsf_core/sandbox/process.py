@@ -49,7 +49,7 @@ class SandboxLimits:
     max_output_bytes: int = 1_000_000  # the result, JSON-encoded
     worker_cpu_seconds: float = 600  # a worker's lifetime CPU (RLIMIT_CPU); it is retired before reaching this
     start_cpu_seconds: float = 5  # the worker's CPU time to start its guest (about 0.3 s)
-    worker_overhead_mb: int = 320  # the worker's own memory beside the guest's (RLIMIT_DATA); 0: no limit
+    worker_overhead_mb: int = 128  # the worker's own memory beside the guest's (RLIMIT_DATA; it uses ~45); 0: none
     max_store_frame_bytes: int = 512 * 1024  # one store request of the guest (a document is at most 350 kB)
     max_call_frames: int = 1000  # frames a guest may send in one call: store requests and its answer
     max_call_bytes: int = 8 * 1024 * 1024  # bytes a guest may send in one call, all frames together

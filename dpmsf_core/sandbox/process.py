@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DPMSFError
-from . import runtime
-from . import worker as worker_module
+from . import channel, runtime
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -36,7 +35,7 @@ _SPIN = 0.0002  # seconds a waiting call spins before it sleeps (not on the even
 UNPRIVILEGED = 65534  # nobody/nogroup: the uid a root server's workers run as
 MIN_CPU_SECONDS = 0.01
 _ENVELOPE_BYTES = 64 * 1024  # room around a result for captured output and the answer's fields
-FRAME_HEADER = 4 + worker_module.STAMP_BYTES  # what the worker puts before each frame of the guest
+FRAME_HEADER = 4 + channel.STAMP_BYTES  # what the worker puts before each frame of the guest
 
 
 @dataclass(frozen=True)
@@ -80,11 +79,7 @@ class BadFrame(Exception):
 
 
 class OutputOverBudget(BadFrame):
-    """The guest sent more in one call than it may: a frame too large for its kind, too many frames or bytes."""
-
-    def __init__(self, why: str) -> None:
-        super().__init__(why)
-        self.why = why
+    """The guest sent more in one call than it may (frames or bytes); its text says which."""
 
 
 class CallOutput:
@@ -96,10 +91,8 @@ class CallOutput:
 
     def admit(self, size: int, last: bool) -> None:
         limits = self.limits
-        self.frames += 1
-        self.bytes += size
-        limit = limits.max_answer_bytes if last else limits.max_store_frame_bytes
-        if size > limit:
+        self.frames, self.bytes = self.frames + 1, self.bytes + size
+        if size > (limits.max_answer_bytes if last else limits.max_store_frame_bytes):
             raise BadFrame()  # larger than any honest frame of its kind
         if self.frames > limits.max_call_frames:
             raise OutputOverBudget(f"more than {limits.max_call_frames} frames in one call")
@@ -194,7 +187,7 @@ class WorkerProcess:
             code = self.exit_status() if isinstance(exc, WorkerDied) else None
             why = self.stderr_tail()
             self.kill()
-            error = StartOutOfTime if code == worker_module.EXIT_CPU else DPMSFError
+            error = StartOutOfTime if code == channel.EXIT_CPU else DPMSFError
             raise error(
                 f"sandbox worker did not start ({type(exc).__name__.strip('_').lower()}, status {code}): {why}"
             ) from None
@@ -221,7 +214,7 @@ class WorkerProcess:
     @staticmethod
     def _framed(data: bytes, call: bool) -> memoryview:
         """Length + payload; a call's frame is flagged so that the worker starts the call's CPU budget on it."""
-        return memoryview((len(data) | (worker_module.CALL_FLAG if call else 0)).to_bytes(4, "big") + data)
+        return memoryview((len(data) | (channel.CALL_FLAG if call else 0)).to_bytes(4, "big") + data)
 
     def send_bytes(self, data: bytes, deadline: float, *, call: bool = False) -> None:
         """Write one frame, waiting at most until ``deadline`` for a guest that reads slowly (or not at all)."""
@@ -273,7 +266,7 @@ class WorkerProcess:
     def _header(self, header: bytes, output: CallOutput) -> tuple[int, bool]:
         """The frame's size and whether it is the call's last, admitted by ``output``; the worker's CPU stamp."""
         word = int.from_bytes(header[:4], "big")
-        size, last = word & worker_module.SIZE_MASK, bool(word & worker_module.ANSWER_FLAG)
+        size, last = word & channel.SIZE_MASK, bool(word & channel.ANSWER_FLAG)
         output.admit(size, last)
         self.cpu_stamp = int.from_bytes(header[4:], "big") / 1e6
         return size, last

@@ -10,12 +10,12 @@ The guest's stdin and stdout are this process's own fds 0 and 1, the server's pi
 server through this process's ``fd_read`` and ``fd_write``. Its stderr is kept (4 KB, the rest is dropped without
 a copy) and logged by nobody: it only says why an interpreter crashed.
 
-Frames: both directions are 4-byte big-endian length + payload, and this process follows their boundaries.
-The server sets the top bit of a header when the frame starts a call (``CALL_FLAG``, cleared before the guest
-sees it); the guest sets it on its last frame of a call (``ANSWER_FLAG``). Each frame the guest writes is checked
-here before it leaves (size by kind, frames and bytes per call; past a limit this process exits with
-``EXIT_OUTPUT``) and forwarded with an 8-byte stamp after its header: this process's CPU time so far, in
-microseconds, which the server meters calls by.
+Frames (``channel.py``): both directions are 4-byte big-endian length + payload, and this process follows
+their boundaries. The server sets the top bit of a header when the frame starts a call (``CALL_FLAG``, cleared
+before the guest sees it); the guest sets it on its last frame of a call (``ANSWER_FLAG``). Each frame the guest
+writes is checked here before it leaves (size by kind, frames and bytes per call; past a limit this process exits
+with ``EXIT_FRAME`` or ``EXIT_OUTPUT``) and forwarded with an 8-byte stamp after its header: this process's CPU
+time so far, in microseconds, which the server meters calls by.
 
 CPU: a call's budget is this process's CPU time (``CLOCK_PROCESS_CPUTIME_ID``) from the moment its call frame
 arrives, whatever the guest does meanwhile (store requests, reads, writes); only the next call frame starts a
@@ -31,30 +31,12 @@ import json
 import os
 import sys
 import threading
-import time
-from collections.abc import Callable
-from typing import Any
 
-TICK = 0.01  # seconds between two looks of the watchdog at a running call's CPU time
-SPIN = 0.0002  # seconds a guest's host spins for the next request before it sleeps
-CALL_FLAG = ANSWER_FLAG = 0x8000_0000  # top bit of a frame header: a call begins (in) / a call's last frame (out)
-SIZE_MASK = 0x7FFF_FFFF
-STAMP_BYTES = 8  # the worker's CPU stamp after each header it forwards to the server
-EXIT_FRAME = 122
-EXIT_OUTPUT = 123
-EXIT_CPU = 124
-EXIT_TRAP = 125
-EXIT_START = 126
 ERRNO_BADF = 8  # WASI errno values
 ERRNO_IO = 29
 ERRNO_FAULT = 21
 _STDERR_KEPT = 4096
 _MAX_WRITE = 1 << 30  # bytes one fd_write takes at most
-
-
-def cpu_time() -> float:
-    """This process's CPU time (user + system, every thread): what ``/proc/<pid>/stat`` counts, finer."""
-    return time.clock_gettime(time.CLOCK_PROCESS_CPUTIME_ID)
 
 
 class _Fault(Exception):
@@ -93,182 +75,12 @@ def _limit(config: dict) -> None:
         resource.setrlimit(which, value)
 
 
-class _Watchdog:
-    """The running call's CPU budget, in this process's CPU time, checked by its own thread.
-
-    The store's epoch deadline stays one tick ahead of the engine's epoch, which only this watchdog moves: once a
-    call (or the start-up) has used its budget, one tick makes the guest trap at its next check. Nothing the guest
-    does moves the deadline; a new call frame does (``begin_call``), also clearing a trip that raced with the
-    end of the previous call while the guest was waiting for this one.
-    """
-
-    def __init__(self, engine: Any, store: Any, call_budget: float, start_budget: float) -> None:
-        self.engine, self.store, self.call_budget = engine, store, call_budget
-        self.cond = threading.Condition()
-        self.start, self.budget = 0.0, start_budget  # start-up counts from the process's start
-        self.tripped = self.idle = False
-
-    def begin_call(self) -> None:
-        with self.cond:
-            self.start, self.budget, self.tripped = cpu_time(), self.call_budget, False
-            self.store.set_epoch_deadline(1)  # only ever later: the epoch never moves back
-            self.cond.notify()
-
-    def waiting(self, idle: bool) -> None:
-        """The guest blocks on the server (or stops doing so): it spends no CPU meanwhile, so nobody looks."""
-        with self.cond:
-            self.idle = idle
-            if not idle:
-                self.cond.notify()
-
-    def run(self) -> None:
-        while True:
-            with self.cond:
-                while self.idle or self.tripped:
-                    self.cond.wait()
-                left = self.budget - (cpu_time() - self.start)
-                if left <= 0:
-                    self.tripped = True
-                    self.engine.increment_epoch()
-                    continue
-            time.sleep(min(TICK, left + 0.001))
-
-
-class _Inbox:
-    """fd 0 as the guest reads it, never past the end of a frame: a header with ``CALL_FLAG`` begins a call."""
-
-    def __init__(self, on_call: Callable[[], object], watchdog: _Watchdog) -> None:
-        import select
-
-        self.on_call, self.watchdog = on_call, watchdog
-        self.left = 0  # payload bytes of the current frame not yet read
-        self.pending = b""  # header bytes not yet handed to the guest (it may read fewer than 4)
-        self.ready = select.poll()
-        self.ready.register(0, select.POLLIN)
-
-    def read(self, n: int) -> bytes:
-        if n <= 0:
-            return b""
-        if not self.pending and not self.left:
-            head = self._head()
-            if len(head) < 4:
-                return b""  # the server closed the channel
-            word = int.from_bytes(head, "big")
-            if word & CALL_FLAG:
-                self.on_call()
-            self.left = word & SIZE_MASK
-            self.pending = self.left.to_bytes(4, "big")
-        if self.pending:
-            out, self.pending = self.pending[:n], self.pending[n:]
-            if n > len(out) and self.left and self.ready.poll(0):
-                out += self._payload(n - len(out))
-            return out
-        return self._payload(n)
-
-    def _payload(self, n: int) -> bytes:
-        self._wait()
-        data = os.read(0, min(n, self.left, 1 << 20))
-        self.left -= len(data)
-        return data
-
-    def _head(self) -> bytes:
-        head = b""
-        while len(head) < 4:
-            self._wait()
-            chunk = os.read(0, 4 - len(head))
-            if not chunk:
-                break
-            head += chunk
-        return head
-
-    def _wait(self) -> None:
-        """Until fd 0 has data: spin a little first (the next request of a burst comes soon, and waking a sleeping
-        process costs more than this), then sleep, telling the watchdog that the guest spends nothing."""
-        if self.ready.poll(0):
-            return
-        until = time.perf_counter() + SPIN
-        while time.perf_counter() < until:
-            if self.ready.poll(0):
-                return
-        self.watchdog.waiting(True)
-        try:
-            self.ready.poll()
-        finally:
-            self.watchdog.waiting(False)
-
-
-class _Outbox:
-    """fd 1 as the guest writes it: each frame is checked before it leaves, and forwarded with a CPU stamp.
-
-    A store request may be at most ``max_store_frame_bytes``, an answer ``max_answer_bytes``; one call may send
-    at most ``max_call_frames`` frames and ``max_call_bytes`` bytes. Past any of these the process ends here
-    (``EXIT_FRAME``, ``EXIT_OUTPUT``): the server never reads, let alone decodes, what a guest floods it with."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.max_answer = int(config["max_answer_bytes"])
-        self.max_store = int(config["max_store_frame_bytes"])
-        self.max_frames = int(config["max_call_frames"])
-        self.max_bytes = int(config["max_call_bytes"])
-        self.head = bytearray()  # the guest's next header, while incomplete
-        self.left = 0  # payload bytes of the current frame still to forward
-        self.frames = self.sent = 0
-
-    def begin_call(self) -> None:
-        self.frames = self.sent = 0
-
-    def write(self, view: memoryview) -> None:
-        while view:
-            if self.left:
-                piece = view[: self.left]
-                _write_all(piece)
-                self.left -= len(piece)
-                view = view[len(piece) :]
-                continue
-            take = view[: 4 - len(self.head)]
-            self.head += take
-            view = view[len(take) :]
-            if len(self.head) == 4:
-                header = self._checked(int.from_bytes(self.head, "big"))
-                self.head.clear()
-                piece = view[: self.left]
-                if len(piece) < 65536:  # one write for a whole small frame
-                    _write_all(header + piece)
-                else:
-                    _write_all(header, piece)
-                self.left -= len(piece)
-                view = view[len(piece) :]
-
-    def _checked(self, word: int) -> bytes:
-        size, answer = word & SIZE_MASK, bool(word & ANSWER_FLAG)
-        self.frames += 1
-        self.sent += size
-        if size > (self.max_answer if answer else self.max_store):  # larger than any honest frame of its kind
-            os.write(2, f"dpmsf sandbox guest broke the protocol: a frame of {size} bytes\n".encode())
-            os._exit(EXIT_FRAME)
-        if self.frames > self.max_frames:
-            _exit_output(f"more than {self.max_frames} frames in one call")
-        if self.sent > self.max_bytes:
-            _exit_output(f"more than {self.max_bytes} bytes in one call")
-        self.left = size
-        return bytes(self.head) + round(cpu_time() * 1e6).to_bytes(STAMP_BYTES, "big")
-
-
-def _write_all(*parts: memoryview | bytes) -> None:
-    for part in parts:
-        view = memoryview(part)
-        while view:
-            view = view[os.write(1, view) :]
-
-
-def _exit_output(why: str) -> None:
-    os.write(2, f"dpmsf sandbox guest output over its limit: {why}\n".encode())
-    os._exit(EXIT_OUTPUT)
-
-
 def main() -> None:
     config = json.loads(sys.argv[1])
     _harden()
     sys.path[:0] = config["sys_path"]
+    from dpmsf_core.sandbox import channel
+
     try:
         import wasmtime
 
@@ -284,7 +96,7 @@ def main() -> None:
         seccomp.install()  # no exec, sockets, signals, ptrace or identity changes from here on
     except Exception as exc:  # report why to the server, in the exit status and on stderr
         os.write(2, f"dpmsf sandbox worker: {type(exc).__name__}: {exc}\n".encode())
-        os._exit(EXIT_START)
+        os._exit(channel.EXIT_START)
 
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
@@ -300,14 +112,14 @@ def main() -> None:
     import ctypes
 
     u32_pair = ctypes.c_uint32 * 2
-    watchdog = _Watchdog(engine, store, float(config["cpu_seconds"]), float(config["start_cpu_seconds"]))
-    outbox = _Outbox(config)
+    watchdog = channel.Watchdog(engine, store, float(config["cpu_seconds"]), float(config["start_cpu_seconds"]))
+    outbox = channel.Outbox(config)
 
     def begin_call() -> None:
         watchdog.begin_call()
         outbox.begin_call()
 
-    inbox = _Inbox(begin_call, watchdog)
+    inbox = channel.Inbox(begin_call, watchdog)
 
     def spans_of(caller: wasmtime.Caller, iovs: int, count: int, out: int) -> tuple[int, list[tuple[int, int]]]:
         """The guest's iovec array as (pointer, size) pairs inside its memory, and the memory's base address.
@@ -332,7 +144,7 @@ def main() -> None:
         return base, spans
 
     def fd_read(caller: wasmtime.Caller, fd: int, iovs: int, count: int, nread: int) -> int:
-        """WASI ``fd_read``: only fd 0 (the server's pipe) can be read, frame by frame (``_Inbox``)."""
+        """WASI ``fd_read``: only fd 0 (the server's pipe) can be read, frame by frame (``channel.Inbox``)."""
         if fd != 0:
             return ERRNO_BADF
         try:
@@ -354,7 +166,7 @@ def main() -> None:
         return 0
 
     def fd_write(caller: wasmtime.Caller, fd: int, iovs: int, count: int, written: int) -> int:
-        """WASI ``fd_write``: fd 1 goes to the server frame by frame (``_Outbox``), straight from the guest's
+        """WASI ``fd_write``: fd 1 goes to the server frame by frame (``channel.Outbox``), straight from the guest's
         memory; of fd 2 the first few KB are kept for a crash report. Nothing is copied whole: a guest that
         writes 16 views of its whole memory costs this process no memory."""
         if fd not in (1, 2):
@@ -396,10 +208,10 @@ def main() -> None:
     except wasmtime.Trap as trap:
         interrupted = trap.trap_code == wasmtime.TrapCode.INTERRUPT
         os.write(2, errors + f"\ndpmsf sandbox guest trapped: {trap.message[:300]}\n".encode())
-        os._exit(EXIT_CPU if interrupted else EXIT_TRAP)
+        os._exit(channel.EXIT_CPU if interrupted else channel.EXIT_TRAP)
     except wasmtime.WasmtimeError as exc:
         os.write(2, errors + f"\ndpmsf sandbox guest failed: {str(exc)[:300]}\n".encode())
-        os._exit(EXIT_TRAP)
+        os._exit(channel.EXIT_TRAP)
     os._exit(0)
 
 

@@ -78,6 +78,8 @@ class SandboxedLoader:
                         cpu_seconds=self.settings.sandbox_cpu,
                         wall_seconds=self.settings.sandbox_timeout,
                         memory_mb=self.settings.sandbox_memory_mb,
+                        # a store request carries at most one document, and the operator may allow larger ones
+                        max_store_frame_bytes=max(512 * 1024, self.settings.quotas.max_doc + 64 * 1024),
                     )
                     self._pool = SandboxPool(size=self.settings.sandbox_workers, limits=limits, store=serve_store)
         return self._pool
@@ -103,9 +105,15 @@ class SandboxedLoader:
         return LoadedModule(module=None, endpoints=endpoints, events=[], duplicates=list(module.duplicates))
 
     def _call(self, module: UntrustedModule, function: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        inject = [name for name, value in kwargs.items() if isinstance(value, RequestInfo)]
-        for name in inject:
+        # the request travels as plain data and is rebuilt in the guest, at a keyword or a position
+        named = [name for name, value in kwargs.items() if isinstance(value, RequestInfo)]
+        for name in named:
             del kwargs[name]
+        inject: list[str | int] = list(named)
+        for index, value in enumerate(args):
+            if isinstance(value, RequestInfo):
+                args[index] = None
+                inject.append(index)
         info = current()
         return self.pool().call(
             source=module.source,

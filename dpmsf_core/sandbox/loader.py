@@ -12,6 +12,7 @@ from ..config import Settings
 from ..context import RequestInfo, current
 from ..discovery import Candidate, LoadedModule, Metadata
 from ..errors import FunctionFailed, PluginError, TenantFunctionError, UnprocessableArguments
+from ..tenancy.quotas import QuotaBook
 
 if TYPE_CHECKING:
     from .reader import UntrustedEndpoint, UntrustedModule
@@ -63,8 +64,9 @@ def serve_store(tenant: str, method: str, collection: str, args: list[Any]) -> A
 class SandboxedLoader:
     """The Registry's ``untrusted_loader``: never imports tenant code; the guest pool starts on first call."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, quotas: QuotaBook | None = None) -> None:
         self.settings = settings
+        self.quotas = quotas  # each tenant's rate and concurrency quotas (the app's); None: the settings' defaults
         self._pool: Any = None
         self._lock = threading.Lock()
 
@@ -79,7 +81,10 @@ class SandboxedLoader:
                         wall_seconds=self.settings.sandbox_timeout,
                         memory_mb=self.settings.sandbox_memory_mb,
                     )
-                    self._pool = SandboxPool(size=self.settings.sandbox_workers, limits=limits, store=serve_store)
+                    quotas = self.quotas or QuotaBook(self.settings.quotas)
+                    self._pool = SandboxPool(
+                        size=self.settings.sandbox_workers, limits=limits, store=serve_store, quotas=quotas
+                    )
         return self._pool
 
     def close(self) -> None:

@@ -137,7 +137,6 @@ class SandboxPool:
         self._tenants.charge(plan.owner, quotas.rate)
         backlog = await self._tenants.enter(plan.owner, quotas.concurrency, plan.deadline - time.monotonic())
         try:
-            plan = dataclasses.replace(plan, deadline=_queue_deadline(plan.wall))  # its turn at a guest starts now
             worker = None if self._gate.waiting() else self.guests.take_warm(plan.owner)
             if worker is None:
                 return await self._in_thread(plan, backlog)
@@ -148,7 +147,7 @@ class SandboxPool:
                 raise  # the pool is saturated by others: 503
             raise QuotaExceeded(  # its own parallel calls are part of the crowd: slow down
                 "concurrency",
-                f"Tenant {plan.owner}'s sandboxed call waited {2 * plan.wall + 1:.0f} s for a guest while "
+                f"Tenant {plan.owner}'s sandboxed call waited {2 * plan.wall + 1:.0f} s for its turn while "
                 f"{running - 1} more of its calls ran and {waiting} waited; try again shortly.",
                 retry_after=plan.wall,
             ) from None
@@ -202,7 +201,7 @@ class SandboxPool:
         inject: list[str] | None = None,
     ) -> _Call:
         wall = self.limits.wall_seconds if timeout is None else min(timeout, self.limits.wall_seconds)
-        queue_deadline = _queue_deadline(wall)
+        queue_deadline = time.monotonic() + 2 * wall + 1  # time to wait for a guest; the call's own starts after
         frame: dict[str, Any] = {
             "op": "call",
             "nonce": os.urandom(8).hex(),  # answers written ahead of the call, to be read later, are refused
@@ -347,11 +346,6 @@ class SandboxPool:
             return {"ok": True, "value": self.store(tenant or "_", method, collection, args)}
         except DPMSFError as exc:
             return {"ok": False, "status": exc.status, "detail": exc.detail, "errors": exc.extra.get("errors")}
-
-
-def _queue_deadline(wall: float) -> float:
-    """Until when a call may wait for its turn (at its tenant's queue, then at a guest); its wall time starts after."""
-    return time.monotonic() + 2 * wall + 1
 
 
 def _sha256(source: str) -> str:

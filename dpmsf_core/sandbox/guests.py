@@ -158,16 +158,17 @@ class Guests:
     def _victim(self, now: float, fresh: bool) -> tuple[WorkerProcess | None, float]:
         """Under the lock: the idle guest that may be recycled now, or None and when one may be.
 
-        A guest whose owner waits too goes first once its quantum ended (for a newcomer, at once). A guest whose
-        owner is not waiting is kept warm for ``_AFFINITY_WAIT`` while another guest is busy and so will free soon
-        (for a newcomer too: an occasional tenant keeps its guest between calls); then least recently used first.
+        A guest whose owner waits too goes first once its quantum ended (for a newcomer, at once), unless that owner
+        is a newcomer itself (it takes its own guest in a moment). A guest whose owner is not waiting is kept warm
+        for ``_AFFINITY_WAIT`` while another guest is busy and so will free soon (for a newcomer too: an occasional
+        tenant keeps its guest between calls); then least recently used first.
         """
         waiting = self._waiting_owners()
         quantum = max(_MIN_QUANTUM, self._start_cost)
         others_busy = self._count > len(self._idle)
         until = now + _AFFINITY_WAIT
         for worker in self._idle:
-            if worker.owner in waiting:
+            if worker.owner in waiting and worker.owner in self._served:  # a waiting newcomer takes its own
                 ends = self._bound.get(worker.pid, now - quantum) + quantum
                 if fresh or ends <= now:
                     return worker, now

@@ -165,7 +165,10 @@ def test_an_honest_tenant_waits_at_most_a_guest_turnover_while_one_two_or_six_te
             assert 503 not in flood_statuses and flood_statuses[200] > 0, report  # the floods are served too
             # Before: 2 floods made the median 1.6 s and 6 floods 3.2 s (each waited for every flood's turn).
             assert statistics.median(waits) < 3 * base + start, report
-            assert max(waits) < 3 * base + 3 * start + 0.5, report  # one flood call, then at most its own start
+            # After a pause (here: while the last floods end) its guest may have gone to a flood: then it waits for
+            # a guest to free (a flood call, or a start on a busy host) and for its own start. Starts under load are
+            # slower than the idle one measured above, hence the margin.
+            assert max(waits) < 3 * base + 4 * start + 1, report
     print("; ".join(report))
 
 

@@ -8,8 +8,9 @@ Who gets the next guest, in order:
 - otherwise, **round robin**: the waiting owner that holds the fewest guests, then the one served longest ago
   (first come, first served within one owner);
 - except that an owner keeps its own guest for the backlog it has waiting for one **quantum** after the guest was
-  bound to it (about what starting a guest costs), so flooding owners share guests by turns instead of
-  recycling one for every call (each recycle burns a start's CPU that every tenant waits for);
+  bound to it (twice what starting a guest costs), so flooding owners share guests by turns instead of
+  recycling one for every call (each recycle burns a start's CPU that every tenant waits for), and a newcomer
+  seldom finds every guest starting;
 - a backlogged owner recycles only guests that idled ``_AFFINITY_WAIT``, or whose owner is itself waiting: a
   tenant that calls now and then keeps its warm guest between calls while others flood.
 
@@ -141,6 +142,11 @@ class Guests:
             self._start_cost = 0.8 * self._start_cost + 0.2 * (time.monotonic() - started)
         return worker
 
+    def quantum(self) -> float:
+        """How long a guest serves its owner's backlog before round robin may pass it on: twice what a start costs,
+        so that at most a third of the guests' time goes to starting them, whoever floods."""
+        return max(_MIN_QUANTUM, 2 * self._start_cost)
+
     def _waiting_owners(self) -> set[str]:
         return {o for _, o in self._queue}
 
@@ -152,7 +158,7 @@ class Guests:
             return False
         if any(o not in self._served for _, o in self._queue if o != owner):  # a newcomer waits
             return False
-        quantum = max(_MIN_QUANTUM, self._start_cost)
+        quantum = self.quantum()
         return any(w.owner == owner and now - self._bound.get(w.pid, now) < quantum for w in self._idle)
 
     def _victim(self, now: float, fresh: bool) -> tuple[WorkerProcess | None, float]:
@@ -164,7 +170,7 @@ class Guests:
         tenant keeps its guest between calls); then least recently used first.
         """
         waiting = self._waiting_owners()
-        quantum = max(_MIN_QUANTUM, self._start_cost)
+        quantum = self.quantum()
         others_busy = self._count > len(self._idle)
         until = now + _AFFINITY_WAIT
         for worker in self._idle:

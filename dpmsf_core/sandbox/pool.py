@@ -135,6 +135,7 @@ class SandboxPool:
         plan = self._plan(**kwargs)
         quotas = self.quotas.for_tenant(plan.tenant)
         self._tenants.charge(plan.owner, quotas.rate)
+        crowd = sum(self._tenants.load(plan.owner))  # its calls already in flight: is it flooding?
         backlog = await self._tenants.enter(plan.owner, quotas.concurrency, plan.deadline - time.monotonic())
         try:
             worker = None if self._gate.waiting() else self.guests.take_warm(plan.owner)
@@ -143,7 +144,7 @@ class SandboxPool:
             return await self._on_loop(worker, plan)
         except NoGuestInTime:
             running, waiting = self._tenants.load(plan.owner)
-            if running + waiting <= 1:
+            if not crowd and running + waiting <= 1:
                 raise  # the pool is saturated by others: 503
             raise QuotaExceeded(  # its own parallel calls are part of the crowd: slow down
                 "concurrency",

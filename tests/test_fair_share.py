@@ -192,6 +192,7 @@ def test_a_flood_past_its_concurrency_queue_gets_429_and_another_tenant_is_serve
     assert answer.headers["content-type"] == "application/problem+json"
     assert int(answer.headers["retry-after"]) >= 1
     assert answer.json()["quota"] == "concurrency"
+    assert server.keys[2][0] not in answer.text and "/" not in answer.json()["detail"]  # no tenant id, no path
 
 
 @pytest.fixture

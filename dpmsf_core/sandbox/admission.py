@@ -61,7 +61,7 @@ class TenantGate:
                 self._buckets[owner] = (tokens, now, rate)
                 raise QuotaExceeded(
                     "rate",
-                    f"Too many requests for tenant {owner}: its rate quota is {rate:g} a second; try again shortly.",
+                    f"Too many requests for this tenant's functions: its rate quota is {rate:g} a second.",
                     retry_after=(1.0 - tokens) / rate,
                 )
             self._buckets[owner] = (tokens - 1.0, now, rate)
@@ -85,7 +85,7 @@ class TenantGate:
             if queue is not None and len(queue) >= limit:
                 raise QuotaExceeded(
                     "concurrency",
-                    f"Tenant {owner} has {running} sandboxed calls running and {len(queue)} waiting, its quota "
+                    f"This tenant's functions have {running} calls running and {len(queue)} waiting, its quota "
                     f"({concurrency} at once, {limit} waiting); try again shortly.",
                     retry_after=_RETRY_BUSY,
                 )
@@ -106,8 +106,8 @@ class TenantGate:
             if isinstance(exc, TimeoutError):
                 raise QuotaExceeded(
                     "concurrency",
-                    f"Tenant {owner}'s sandboxed call waited {timeout:.1f} s behind its own {concurrency} running "
-                    f"at once (its concurrency quota); try again shortly.",
+                    f"This call waited {timeout:.1f} s behind the tenant's own {concurrency} running at once (its "
+                    f"concurrency quota); try again shortly.",
                     retry_after=_RETRY_BUSY,
                 ) from None
             raise

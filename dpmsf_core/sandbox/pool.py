@@ -148,8 +148,8 @@ class SandboxPool:
                 raise  # the pool is saturated by others: 503
             raise QuotaExceeded(  # its own parallel calls are part of the crowd: slow down
                 "concurrency",
-                f"Tenant {plan.owner}'s sandboxed call waited {2 * plan.wall + 1:.0f} s for its turn while "
-                f"{running - 1} more of its calls ran and {waiting} waited; try again shortly.",
+                f"This call waited {2 * plan.wall + 1:.0f} s for a sandbox guest while {running - 1} more of the "
+                f"tenant's calls ran and {waiting} waited (its concurrency quota); try again shortly.",
                 retry_after=plan.wall,
             ) from None
         finally:

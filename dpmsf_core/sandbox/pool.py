@@ -24,13 +24,13 @@ from typing import Any
 
 from ..errors import (
     DPMSFError,
-    ServiceUnavailable,
     UnprocessableArguments,
 )
+from ..tenancy.quotas import QuotaBook, QuotaExceeded, Quotas
 from . import runtime
-from .admission import FairGate
+from .admission import FairGate, TenantGate
 from .answers import breach, outcome
-from .guests import Guests
+from .guests import Guests, NoGuestInTime
 from .process import (
     UNPRIVILEGED,
     BadFrame,
@@ -91,6 +91,7 @@ class SandboxPool:
         store: StoreHandler | None = None,
         run_as: int | None = None,
         on_call: Callable[[CallUsage], None] | None = None,
+        quotas: QuotaBook | None = None,
     ) -> None:
         if size < 1:
             raise ValueError(f"SandboxPool size={size!r}: need at least one worker")
@@ -105,14 +106,14 @@ class SandboxPool:
         if run_as is not None or os.geteuid() == 0:
             self.python, self.run_as = unprivileged_python(python, run_as or UNPRIVILEGED, self.compiled)
         self.guests = Guests(size, self._start_worker)
-        # Calls that wait for a guest hold a thread: their own pool (not asyncio's small default one), entered
-        # round robin across tenants (admission.py), and a cap per tenant on calls in flight or waiting, so no
-        # tenant's flood takes every thread or piles up unbounded.
-        self.max_in_flight = 2 * size + 4
+        # Each tenant's rate and concurrency quotas (admission.py) bound what its flood can take: it waits in its
+        # own short queue, then gets 429s. Calls that wait for a guest hold a thread: their own pool (not asyncio's
+        # small default one), entered round robin across tenants.
+        self.quotas = quotas or QuotaBook(Quotas())
+        self._tenants = TenantGate()
         threads = 4 * size + 8
         self._threads = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="dpmsf-sandbox")
         self._gate = FairGate(threads)
-        self._in_flight: dict[str, int] = {}
 
     def _start_worker(self) -> WorkerProcess:
         """A fresh worker. Should its start run out of its own CPU budget (no tenant code has run yet), it gets one
@@ -126,16 +127,38 @@ class SandboxPool:
     # -- public -------------------------------------------------------------------------------------------------
 
     async def call(self, **kwargs: Any) -> Any:
-        """``call_sync`` without blocking the event loop.
+        """``call_sync`` without blocking the event loop, within the tenant's rate and concurrency quotas.
 
-        With a warm guest of the tenant idle, the call is written and awaited on the event loop itself (the
-        answer's pipe is watched by the loop): no thread hop, which costs more than the guest's own work. Else,
-        it runs in a thread like ``call_sync``. Writes never block: a guest that stops reading times out.
+        The quotas are checked first (QuotaExceeded, 429, before any guest work). Then, with a warm guest of the
+        tenant idle and no other call waiting for a guest or a thread, the call is written and awaited on the event
+        loop itself (the answer's pipe is watched by the loop): no thread hop, which costs more than the guest's
+        own work. Else it takes its turn in a thread like ``call_sync``. Writes never block: a guest that stops
+        reading times out.
         """
         plan = self._plan(**kwargs)
-        worker = self.guests.take_warm(plan.owner)
-        if worker is None:
-            return await self._in_thread(plan)
+        quotas = self.quotas.for_tenant(plan.tenant)
+        self._tenants.charge(plan.owner, quotas.rate)
+        crowd = sum(self._tenants.load(plan.owner))  # its calls already in flight: is it flooding?
+        backlog = await self._tenants.enter(plan.owner, quotas.concurrency, plan.deadline - time.monotonic())
+        try:
+            worker = None if self._gate.waiting() else self.guests.take_warm(plan.owner)
+            if worker is None:
+                return await self._in_thread(plan, backlog)
+            return await self._on_loop(worker, plan)
+        except NoGuestInTime:
+            running, waiting = self._tenants.load(plan.owner)
+            if not crowd and running + waiting <= 1:
+                raise  # the pool is saturated by others: 503
+            raise QuotaExceeded(  # its own parallel calls are part of the crowd: slow down
+                "concurrency",
+                f"This call waited {2 * plan.wall + 1:.0f} s for a sandbox guest while {running - 1} more of the "
+                f"tenant's calls ran and {waiting} waited (its concurrency quota); try again shortly.",
+                retry_after=plan.wall,
+            ) from None
+        finally:
+            self._tenants.leave(plan.owner)
+
+    async def _on_loop(self, worker: WorkerProcess, plan: _Call) -> Any:
         plan = plan.started()
         keep, result, error = False, None, None
         try:
@@ -148,22 +171,13 @@ class SandboxPool:
             raise error
         return result
 
-    async def _in_thread(self, plan: _Call) -> Any:
+    async def _in_thread(self, plan: _Call, backlog: bool) -> Any:
         owner = plan.owner
-        if self._in_flight.get(owner, 0) >= self.max_in_flight:  # only touched on the event loop: no lock
-            limit = self.max_in_flight
-            raise ServiceUnavailable(f"Too many sandboxed calls of one owner in flight (at most {limit}); try again.")
-        self._in_flight[owner] = self._in_flight.get(owner, 0) + 1
-        try:
-            await self._gate.enter(owner)
-            call = functools.partial(contextvars.copy_context().run, self._call_planned, plan)
-            running = self._threads.submit(call)
-            running.add_done_callback(lambda _: self._gate.leave(owner))  # when the thread is done, even if we are not
-            return await asyncio.wrap_future(running)
-        finally:
-            self._in_flight[owner] -= 1
-            if not self._in_flight[owner]:
-                del self._in_flight[owner]
+        await self._gate.enter(owner, backlog)
+        call = functools.partial(contextvars.copy_context().run, self._call_planned, plan, backlog)
+        running = self._threads.submit(call)
+        running.add_done_callback(lambda _: self._gate.leave(owner))  # when the thread is done, even if we are not
+        return await asyncio.wrap_future(running)
 
     def call_sync(self, **kwargs: Any) -> Any:
         """``function(*args, **kwargs)`` from the module ``source`` in a guest; raises the DPMSFError to answer.
@@ -172,7 +186,9 @@ class SandboxPool:
         (the guest's owner; default the path), ``sha256`` of the source, ``request`` (what ``RequestInfo`` holds)
         and ``inject`` (parameters that receive it: names, or positions in ``args``).
         """
-        return self._call_planned(self._plan(**kwargs))
+        plan = self._plan(**kwargs)
+        self._tenants.charge(plan.owner, self.quotas.for_tenant(plan.tenant).rate)
+        return self._call_planned(plan)
 
     def _plan(
         self,
@@ -204,8 +220,8 @@ class SandboxPool:
         frame["args"], frame["kwargs"] = list(args), dict(kwargs)
         return _Call(frame, source, tenant or path, tenant, wall, queue_deadline)
 
-    def _call_planned(self, plan: _Call) -> Any:
-        worker = self.guests.acquire(plan.owner, plan.deadline)
+    def _call_planned(self, plan: _Call, backlog: bool = False) -> Any:
+        worker = self.guests.acquire(plan.owner, plan.deadline, backlog)
         plan = plan.started()
         keep, result, error = False, None, None
         try:

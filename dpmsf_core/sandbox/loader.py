@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
-from ..context import RequestInfo, current
+from ..context import RequestInfo, current, metered_call
 from ..discovery import Candidate, LoadedModule, Metadata
 from ..errors import FunctionFailed, PluginError, TenantFunctionError, UnprocessableArguments
 
@@ -79,7 +79,9 @@ class SandboxedLoader:
                         wall_seconds=self.settings.sandbox_timeout,
                         memory_mb=self.settings.sandbox_memory_mb,
                     )
-                    self._pool = SandboxPool(size=self.settings.sandbox_workers, limits=limits, store=serve_store)
+                    self._pool = SandboxPool(
+                        size=self.settings.sandbox_workers, limits=limits, store=serve_store, on_call=metered_call
+                    )
         return self._pool
 
     def close(self) -> None:

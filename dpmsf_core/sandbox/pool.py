@@ -42,6 +42,7 @@ from .process import (
     WorkerTimedOut,
     unprivileged_python,
 )
+from .usage import CallUsage
 
 log = logging.getLogger("dpmsf.sandbox")
 
@@ -89,6 +90,7 @@ class SandboxPool:
         cache_dir: str | None = None,
         store: StoreHandler | None = None,
         run_as: int | None = None,
+        on_call: Callable[[CallUsage], None] | None = None,
     ) -> None:
         if size < 1:
             raise ValueError(f"SandboxPool size={size!r}: need at least one worker")
@@ -96,6 +98,7 @@ class SandboxPool:
         self.limits = limits or SandboxLimits()
         self.python = python
         self.store = store
+        self.on_call = on_call  # told what each finished call cost (metering)
         cache = cache_dir or default_cache_dir()
         self.compiled = runtime.compiled_module(cache).path  # verified; compiled here at most once per machine
         self.run_as: int | None = None
@@ -135,11 +138,14 @@ class SandboxPool:
             return await self._in_thread(plan)
         plan = plan.started()
         keep, result, error = False, None, None
+        cpu, ok = (worker.cpu_seconds() if self.on_call is not None else None), False
         try:
             payload = self._payload(worker, plan)
             keep, result, error = await self._exchange_async(worker, payload, plan)
+            ok = error is None
             keep = keep and self._finished(worker, plan)
         finally:
+            self._report_usage(worker, plan, cpu, ok)
             self.guests.release(worker, keep)
         if error is not None:
             raise error
@@ -205,14 +211,34 @@ class SandboxPool:
         worker = self.guests.acquire(plan.owner, plan.deadline)
         plan = plan.started()
         keep, result, error = False, None, None
+        cpu, ok = (worker.cpu_seconds() if self.on_call is not None else None), False
         try:
             keep, result, error = self._exchange(worker, self._payload(worker, plan), plan)
+            ok = error is None
             keep = keep and self._finished(worker, plan)
         finally:
+            self._report_usage(worker, plan, cpu, ok)
             self.guests.release(worker, keep)
         if error is not None:
             raise error
         return result
+
+    def _report_usage(self, worker: WorkerProcess, plan: _Call, cpu_before: float | None, ok: bool) -> None:
+        """Tell ``on_call`` what the call cost: the worker's CPU clock across it. A guest killed for a breach took
+        its clock with it: it is charged its wall time, at most the CPU budget."""
+        if self.on_call is None:
+            return
+        wall = max(0.0, time.monotonic() - (plan.deadline - plan.wall))
+        after = worker.cpu_seconds()
+        if cpu_before is None or after is None:
+            cpu = min(wall, self.limits.cpu_seconds)
+        else:
+            cpu = max(0.0, after - cpu_before)
+        usage = CallUsage(plan.tenant, plan.function, cpu, wall, self.limits.memory_mb, ok)
+        try:
+            self.on_call(usage)
+        except Exception:  # metering must never fail a call
+            log.exception("on_call failed for %s", plan.function)
 
     def _payload(self, worker: WorkerProcess, plan: _Call) -> bytes:
         frame = plan.frame

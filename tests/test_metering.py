@@ -480,3 +480,13 @@ def test_a_plain_get_imports_no_metering(tmp_path: Path) -> None:
         "DPMSF_PLUGINS": ".",
     }
     assert run_for_result([sys.executable, "-c", child], cwd=ROOT, env=env) == [200, []]
+
+
+@pytest.mark.slow
+def test_an_unreadable_usage_file_is_a_503_without_a_traceback(server: Server, tmp_path: Path) -> None:
+    (tmp_path / "state" / "usage.db").mkdir(parents=True)  # not a database: the report cannot be read
+    assert server.call(BOB, "jot/", params={"text": "b"}).status_code == 200  # serving is not affected
+    r = server.usage(ADMIN)
+    assert (r.status_code, r.headers["content-type"]) == (503, "application/problem+json")
+    assert "Traceback" not in r.text and "usage.db" not in r.text
+    assert server.app.meter is not None and server.app.meter.totals()[BOB].requests == 1  # still counting

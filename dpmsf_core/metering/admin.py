@@ -8,14 +8,17 @@ the event loop.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
-from ..errors import Forbidden, MethodNotAllowed, UnprocessableArguments
+from ..errors import Forbidden, MethodNotAllowed, ServiceUnavailable, UnprocessableArguments
 from ..exchange import Responder, Scope
 from ..params import parse_query
 from ..tenancy.security import bearer, require
 from .report import parse_since, report
+
+log = logging.getLogger("dpmsf.metering")
 
 
 async def usage_report(app: Any, scope: Scope, responder: Responder, headers: dict[str, str]) -> None:
@@ -40,7 +43,11 @@ async def usage_report(app: Any, scope: Scope, responder: Responder, headers: di
     ensure_running_loop()  # on Lambda a request is stepped without a loop until it needs one
     import asyncio
 
-    usage = await asyncio.to_thread(app.get_meter().report, tenant, since)
+    try:
+        usage = await asyncio.to_thread(app.get_meter().report, tenant, since)
+    except Exception as exc:  # the usage file or the shared store cannot be read: say so, no traceback
+        log.warning("usage report failed: %s", exc)
+        raise ServiceUnavailable("The usage report is unavailable right now; the server log has the details.") from None
     await responder.json(200, report(usage, since))
 
 

@@ -490,3 +490,27 @@ def test_an_unreadable_usage_file_is_a_503_without_a_traceback(server: Server, t
     assert (r.status_code, r.headers["content-type"]) == (503, "application/problem+json")
     assert "Traceback" not in r.text and "usage.db" not in r.text
     assert server.app.meter is not None and server.app.meter.totals()[BOB].requests == 1  # still counting
+
+
+@pytest.mark.slow
+def test_on_dynamodb_usage_goes_to_the_shared_table(dynamodb: Any, moto_url: str, tmp_path: Path) -> None:
+    """``DPMSF_STORE=dynamodb://...``: every instance's meter writes to the deployment's table (moto here), and a
+    report from any instance (or the CLI) adds them up; nothing is written to the state directory."""
+    from dpmsf_core.config import Settings
+    from dpmsf_core.metering import sink_for
+    from dpmsf_core.tenancy.replay import create_dynamodb_table
+
+    table = f"dpmsf-{uuid.uuid4().hex[:8]}"
+    create_dynamodb_table(table, client=dynamodb)
+    settings = Settings.from_env(
+        {"DPMSF_STORE": f"dynamodb://{table}?endpoint_url={moto_url}", "DPMSF_STATE_DIR": str(tmp_path / "state")},
+        dotenv=None,
+    )
+    meters = [UsageMeter(lambda: sink_for(settings), clock=lambda: T0, flush_seconds=3600) for _ in range(2)]
+    for i, meter in enumerate(meters):
+        assert isinstance(meter.sink(), StoreUsageSink)
+        meter.request(ALICE, 200 + 300 * i)
+        meter.count(ALICE, store_ops=2, store_bytes=10)
+        meter.close()
+    assert meters[0].report(ALICE) == {ALICE: Counts(requests=2, errors=1, store_ops=4, store_bytes=20)}
+    assert not (tmp_path / "state" / "usage.db").exists()

@@ -53,6 +53,7 @@ class Counts:
 
 
 FIELDS = tuple(f.name for f in fields(Counts))
+_KNOWN = frozenset(FIELDS)
 
 
 class UsageMeter:
@@ -89,9 +90,9 @@ class UsageMeter:
 
     def count(self, tenant: str, **counts: float) -> None:
         """Add ``counts`` (names from ``Counts``) to ``tenant``'s usage now."""
-        unknown = counts.keys() - set(FIELDS)
-        if unknown:
-            raise TypeError(f"UsageMeter.count: unknown figure(s) {sorted(unknown)}; known: {', '.join(FIELDS)}")
+        if not _KNOWN.issuperset(counts):
+            unknown = sorted(counts.keys() - _KNOWN)
+            raise TypeError(f"UsageMeter.count: unknown figure(s) {unknown}; known: {', '.join(FIELDS)}")
         hour = int(self._clock()) // HOUR * HOUR
         with self._lock:
             key = self._admitted(tenant)

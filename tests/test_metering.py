@@ -150,12 +150,13 @@ def test_a_failing_sink_loses_nothing(tmp_path: Path) -> None:
 
 
 def test_tenants_past_the_cap_are_counted_together_memory_stays_bounded() -> None:
-    meter = UsageMeter(None, max_tenants=3)
+    meter = UsageMeter(lambda: SQLiteUsageSink(":memory:"), max_tenants=3, flush_seconds=3600, clock=lambda: T0)
     for i in range(1000):
         meter.count(str(uuid.UUID(int=i)), requests=1)
     totals = meter.totals()
     assert len(totals) == 4 and totals["-"].requests == 997
-    assert meter.stats() == {"tenants": 4, "pending": 4}
+    assert meter.stats() == {"tenants": 4, "pending": 4}  # 3 tenants and the rest, for one hour
+    meter.close()
     with pytest.raises(TypeError, match="unknown figure"):
         meter.count(ALICE, cpu=1)
 
@@ -514,3 +515,23 @@ def test_on_dynamodb_usage_goes_to_the_shared_table(dynamodb: Any, moto_url: str
         meter.close()
     assert meters[0].report(ALICE) == {ALICE: Counts(requests=2, errors=1, store_ops=4, store_bytes=20)}
     assert not (tmp_path / "state" / "usage.db").exists()
+
+
+def test_a_sink_that_stays_down_does_not_grow_memory_without_end() -> None:
+    class Down:
+        def add(self, rows: Any) -> None:
+            raise OSError("gone")
+
+        def read(self, tenant: str | None = None, since_hour: int | None = None) -> dict[str, Counts]:
+            raise OSError("gone")
+
+    now = [T0]
+    meter = UsageMeter(Down, clock=lambda: now[0], max_tenants=2, flush_seconds=3600)
+    for hour in range(100):  # 100 hours of an outage, two tenants
+        now[0] = T0 + hour * HOUR
+        meter.count(ALICE, requests=1)
+        meter.count(BOB, requests=1)
+        meter.flush()
+    assert meter.stats()["pending"] <= 8  # max_tenants x 4
+    assert meter.totals()[ALICE].requests == 100  # /metrics still has everything
+    assert UsageMeter(None).stats()["pending"] == 0

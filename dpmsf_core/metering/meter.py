@@ -100,10 +100,11 @@ class UsageMeter:
             if total is None:
                 total = self._totals[key] = Counts()
             total.add(counts)
-            pending = self._pending.get((key, hour))
-            if pending is None:
-                pending = self._pending[(key, hour)] = Counts()
-            pending.add(counts)
+            if self._sink_factory is not None:  # nothing to persist to: nothing kept for it
+                pending = self._pending.get((key, hour))
+                if pending is None:
+                    pending = self._pending[(key, hour)] = Counts()
+                pending.add(counts)
             if self._invocation is not None:
                 self._invocation.setdefault(key, Counts()).add(counts)
         if self._thread is None and self._sink_factory is not None:
@@ -179,6 +180,17 @@ class UsageMeter:
                 with self._lock:
                     for key, counts in rows.items():
                         self._pending.setdefault(key, Counts()).add(counts)
+                    self._bound_pending()
+
+    def _bound_pending(self) -> None:
+        """A sink that stays down must not grow memory without end: past ``max_tenants`` x 4 unwritten rows the
+        oldest hours are dropped, with a warning (``/metrics`` and EMF still have them)."""
+        excess = len(self._pending) - self.max_tenants * 4
+        if excess <= 0:
+            return
+        for key in sorted(self._pending, key=lambda k: k[1])[:excess]:
+            del self._pending[key]
+        log.warning("usage meter: the sink is still failing; dropped %d unwritten hourly rows", excess)
 
     def _start(self) -> None:
         with self._lock:

@@ -535,3 +535,35 @@ def test_a_sink_that_stays_down_does_not_grow_memory_without_end() -> None:
     assert meter.stats()["pending"] <= 8  # max_tenants x 4
     assert meter.totals()[ALICE].requests == 100  # /metrics still has everything
     assert UsageMeter(None).stats()["pending"] == 0
+
+
+@pytest.mark.slow
+def test_dpmsf_serve_flushes_at_sigterm_and_the_cli_reads_it(plugin_dir: Any, tmp_path: Path) -> None:
+    """The real command: ``dpmsf serve`` stopped with SIGTERM writes what it counted; ``dpmsf tenant usage``,
+    another process, reports it."""
+    from conftest import free_port
+    from serverproc import running
+
+    plugin_dir.write("shared.py", SHARED)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("DPMSF_", "AWS_LAMBDA"))},
+        "ADMIN_ID": ADMIN,
+        "DPMSF_STATE_DIR": str(tmp_path / "state"),
+        "DPMSF_PLUGINS": str(plugin_dir.path),
+        "DPMSF_STORE": f"sqlite:///{tmp_path / 'store.db'}",
+        "DPMSF_KEY_CACHE": "0",
+    }
+    dpmsf = [sys.executable, "-m", "dpmsf_core"]
+    added = subprocess.run([*dpmsf, "tenant", "add", ALICE], env=env, cwd=tmp_path, capture_output=True, text=True)
+    key = json.loads(added.stdout)["key"]
+    port = free_port()
+    with running([*dpmsf, "serve", "--port", str(port)], tmp_path, env, tmp_path / "serve.log",
+                 f"http://127.0.0.1:{port}/"):  # fmt: skip
+        for _ in range(4):
+            headers = {"authorization": f"Bearer {mint(ALICE, key)}"}
+            r = httpx.get(f"http://127.0.0.1:{port}/rest/services/jot/", params={"text": "x"}, headers=headers)
+            assert r.status_code == 200, r.text
+    out = subprocess.run([*dpmsf, "tenant", "usage"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [(r["tenant"], r["requests"], r["store_ops"]) for r in rows] == [(ALICE, 4, 4)]

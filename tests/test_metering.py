@@ -567,3 +567,28 @@ def test_dpmsf_serve_flushes_at_sigterm_and_the_cli_reads_it(plugin_dir: Any, tm
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [(r["tenant"], r["requests"], r["store_ops"]) for r in rows] == [(ALICE, 4, 4)]
+
+
+def test_the_flush_thread_writes_on_its_own_off_the_callers_thread(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    sink = SQLiteUsageSink(str(tmp_path / "usage.db"))
+    writers: list[str] = []
+
+    class Watched:
+        def add(self, rows: Any) -> None:
+            writers.append(threading.current_thread().name)
+            sink.add(rows)
+
+        def read(self, tenant: str | None = None, since_hour: int | None = None) -> dict[str, Counts]:
+            return sink.read(tenant, since_hour)
+
+    meter = UsageMeter(Watched, flush_seconds=0.05)
+    meter.request(ALICE, 200)  # no I/O here: the first count starts the thread
+    deadline = time.monotonic() + 10
+    while not sink.read() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sink.read() == {ALICE: Counts(requests=1)}
+    assert set(writers) == {"dpmsf-usage-flush"}
+    meter.close()

@@ -83,7 +83,7 @@ def metered_call(usage: Any) -> None:
 def metered_store(backend: Any, tenant: str) -> tuple[Any, str]:
     """The store ``backend`` as ``tenant``'s calls should use it: counted (operations, bytes) in a request's meter.
 
-    Anonymous, local and admin data (``"_"``) is not a tenant's and is not counted.
+    Anonymous and local data (``"_"``) is no tenant's and is not counted.
     """
     source = _meter.get()
     if source is None or tenant == "_":

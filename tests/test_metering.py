@@ -592,3 +592,13 @@ def test_the_flush_thread_writes_on_its_own_off_the_callers_thread(tmp_path: Pat
     assert sink.read() == {ALICE: Counts(requests=1)}
     assert set(writers) == {"dpmsf-usage-flush"}
     meter.close()
+
+
+@pytest.mark.slow
+def test_dpmsf_tenant_usage_without_any_usage_creates_nothing(tmp_path: Path) -> None:
+    env = {**os.environ, "DPMSF_STATE_DIR": str(tmp_path / "nowhere"), "DPMSF_STORE": ""}
+    out = subprocess.run([sys.executable, "-m", "dpmsf_core", "tenant", "usage"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert (out.returncode, out.stdout) == (0, "")
+    assert out.stderr.startswith("dpmsf: no usage recorded in ") and "Traceback" not in out.stderr
+    assert not (tmp_path / "nowhere").exists()

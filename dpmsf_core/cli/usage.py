@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -16,8 +17,8 @@ from ..errors import ConfigError
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    from ..metering import sink_for
     from ..metering.report import parse_since, report
+    from ..metering.sinks import sink_for, usage_file
 
     settings = Settings.from_env()
     tenant = None
@@ -34,6 +35,10 @@ def cmd_usage(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"dpmsf: --{exc}", file=sys.stderr)
         return 2
+    path = usage_file(settings)
+    if path is not None and not os.path.exists(path):  # nothing recorded here: say so, create nothing
+        print(f"dpmsf: no usage recorded in {path} yet (DPMSF_STATE_DIR={settings.state_dir}).", file=sys.stderr)
+        return 0
     try:
         sink = sink_for(settings)
         usage = sink.read(tenant, None if since is None else int(since) // 3600 * 3600)

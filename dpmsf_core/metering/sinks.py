@@ -50,13 +50,19 @@ class UsageSink(Protocol):
     def read(self, tenant: str | None = None, since_hour: int | None = None) -> dict[str, Counts]: ...
 
 
-def sink_for(settings: Settings) -> UsageSink:
-    """A SQLite file in the state directory, unless the document store is shared (DynamoDB, Firestore): then there."""
+def usage_file(settings: Settings) -> str | None:
+    """The SQLite file usage is kept in, or None when it goes to the shared document store (DynamoDB, Firestore)."""
     from .._backends import parse_backend_url
 
     found = parse_backend_url(settings.store_url, "Config 'DPMSF_STORE'", ("sqlite", "dynamodb", "firestore"))
-    if found.kind == "sqlite":
-        return SQLiteUsageSink(os.path.join(settings.state_dir, "usage.db"), state_dir=settings.state_dir)
+    return os.path.join(settings.state_dir, "usage.db") if found.kind == "sqlite" else None
+
+
+def sink_for(settings: Settings) -> UsageSink:
+    """A SQLite file in the state directory, unless the document store is shared (DynamoDB, Firestore): then there."""
+    path = usage_file(settings)
+    if path is not None:
+        return SQLiteUsageSink(path, state_dir=settings.state_dir)
     from ..store import make_store
 
     return StoreUsageSink(make_store(settings.store_url))

@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import time
 import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .config import BUNDLED_PLUGINS, Settings, on_lambda
+from .context import reset_meter, set_meter
 from .directory import DiscoveryDocs
 from .discovery import resolve_folder
 from .dispatch import ServiceDispatcher
@@ -31,6 +33,7 @@ from .resolve import SERVICES_PREFIX
 from .tenancy.security import LazySecurity
 
 if TYPE_CHECKING:
+    from .metering import UsageMeter
     from .sandbox.loader import SandboxedLoader
     from .tenancy.quotas import QuotaBook
     from .tenancy.security import Security
@@ -41,6 +44,7 @@ access_log = logging.getLogger("dpmsf.access")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _ADMIN_PREFIX = "/rest/admin"
+_USAGE_PATH = "/rest/admin/usage"
 _DOCS_ASSETS = "/docs/"  # Swagger UI's script and style, served by us: /docs works without internet
 
 
@@ -63,6 +67,30 @@ class DPMSFApp:
         self.on_shutdown: list[Callable[[], Any]] = [self.services.close]
         # per-endpoint cost at /metrics; on Lambda the same figures are EMF metrics (aws/observability.py)
         self.usage = None if on_lambda() else EndpointUsage(memory_mb())
+        # per-tenant usage (metering/): built when a tenant's usage is first counted; the store, the sandbox pool
+        # and the upload handler reach it through the request's context (context.metered)
+        self.meter: UsageMeter | None = None
+        self._meter_lock = threading.Lock()
+        self._meter_source = self.get_meter  # one bound method for every request's context
+        self.on_shutdown.append(self._close_meter)
+
+    def get_meter(self) -> UsageMeter:
+        """The per-tenant usage meter, persisting to ``metering.sink_for(settings)``; made on first need."""
+        meter = self.meter
+        if meter is None:
+            with self._meter_lock:
+                if self.meter is None:
+                    import functools
+
+                    from .metering import UsageMeter, sink_for
+
+                    self.meter = UsageMeter(functools.partial(sink_for, self.settings), per_invocation=on_lambda())
+                meter = self.meter
+        return meter
+
+    def _close_meter(self) -> None:
+        if self.meter is not None:
+            self.meter.close()  # what is left is written now
 
     def directory(self, tenant: str | None = None) -> dict[str, Any]:
         return self.docs.directory(tenant)
@@ -107,6 +135,7 @@ class DPMSFApp:
         responder = Responder(send, rid, scope["method"], headers.get("origin"), self.settings.cors_origins)
         trace = headers.get("x-cloud-trace-context") or headers.get("traceparent")
         logged = current_request.set(RequestLog(rid, scope, trace, start))  # every log line names this request
+        metering = set_meter(self._meter_source)
         try:
             await self._route(scope, receive, responder, headers, rid)
         except DPMSFError as exc:
@@ -123,6 +152,10 @@ class DPMSFApp:
         finally:
             if self.usage is not None:
                 self.usage.record(scope_get(scope, "dpmsf.endpoint"), responder.status, time.perf_counter() - start)
+            billed = scope_get(scope, "dpmsf.tenant")  # set by the dispatcher: the module's owner, else the caller
+            if billed:
+                self.get_meter().request(billed, responder.status)
+            reset_meter(metering)
             if access_log.isEnabledFor(logging.INFO):
                 client = scope.get("client") or ("-", 0)
                 latency = (time.perf_counter() - start) * 1000
@@ -153,6 +186,10 @@ class DPMSFApp:
             path = _strip_unknown_prefix(path)
         if path.startswith(SERVICES_PREFIX + "/") or path == SERVICES_PREFIX:
             await self.services.serve(scope, receive, responder, headers, rid, path[len(SERVICES_PREFIX) :])
+        elif path in (_USAGE_PATH, _USAGE_PATH + "/") and self.settings.admin_id:
+            from .metering.admin import usage_report
+
+            await usage_report(self, scope, responder, headers)
         elif path.startswith(_ADMIN_PREFIX + "/"):
             if self.admin is None:
                 raise NotFound("Plugin upload is not enabled on this server (set ADMIN_ID).")
@@ -164,7 +201,8 @@ class DPMSFApp:
             from .metrics import CONTENT_TYPE, metrics_page
 
             tenant = self.security.tenant_for_read(headers)  # guarded like __dir__
-            page = metrics_page(self.usage, self.registry.refresh(), tenant, self.settings.admin_id)
+            tenants = None if self.meter is None else self.meter.totals()  # per-tenant usage, tenant label
+            page = metrics_page(self.usage, self.registry.refresh(), tenant, self.settings.admin_id, tenants)
             await responder.send(200, page, CONTENT_TYPE.encode())
         elif path in ("/docs", "/docs/"):
             from .openapi import swagger_html

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from contextvars import ContextVar
+from collections.abc import Callable
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,3 +50,44 @@ def set_current(info: RequestInfo | None):
 
 def reset_current(token) -> None:
     _current.reset(token)
+
+
+# -- metering: the app serving this request puts its meter here, so that the store, the upload handler and the
+# sandbox pool count a tenant's usage without holding the app (``dpmsf_core/metering``). A zero-argument callable
+# that returns the meter: the meter is built on first use, so a request that meters nothing imports nothing.
+_meter: ContextVar[Callable[[], Any] | None] = ContextVar("dpmsf_meter", default=None)
+
+
+def set_meter(source: Callable[[], Any] | None) -> Token[Callable[[], Any] | None]:
+    return _meter.set(source)
+
+
+def reset_meter(token: Token[Callable[[], Any] | None]) -> None:
+    _meter.reset(token)
+
+
+def metered(tenant: str | None, **counts: float) -> None:
+    """Add ``counts`` (``upload_bytes=...``) to ``tenant``'s usage in this request's meter; nothing outside one."""
+    source = _meter.get()
+    if source is not None and tenant:
+        source().count(tenant, **counts)
+
+
+def metered_call(usage: Any) -> None:
+    """``SandboxPool(on_call=...)``: one sandboxed call's ``CallUsage``, to this request's meter."""
+    source = _meter.get()
+    if source is not None:
+        source().call(usage)
+
+
+def metered_store(backend: Any, tenant: str) -> tuple[Any, str]:
+    """The store ``backend`` as ``tenant``'s calls should use it: counted (operations, bytes) in a request's meter.
+
+    Anonymous and local data (``"_"``) is no tenant's and is not counted.
+    """
+    source = _meter.get()
+    if source is None or tenant == "_":
+        return backend, tenant
+    from .metering.store import MeteredStore  # only once a tenant touches the store
+
+    return MeteredStore(backend, tenant, source()), tenant

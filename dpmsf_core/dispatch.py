@@ -136,6 +136,7 @@ class ServiceDispatcher:
             raise
         endpoint, url_params = route.endpoint, route.params
         scope["dpmsf.endpoint"] = f"{endpoint.module}.{endpoint.api}"  # the per-endpoint metrics dimension
+        scope["dpmsf.tenant"] = endpoint.tenant or tenant  # metering: billed to the module's owner, else the caller
         self._mark_stale(snapshot, endpoint, responder)
         if method == "OPTIONS" and "OPTIONS" not in endpoint.methods:
             await responder.preflight(list(route.allow), headers)

@@ -8,6 +8,9 @@ local run estimates what the same calls would cost deployed.
 Recording is a dict update under a lock (no import); ``prometheus_client`` is imported only when ``/metrics`` is
 read. Who may read which series follows ``__dir__``: an endpoint's series is shown to whoever may see the
 endpoint (a tenant's own endpoints to that tenant and the admin; shared ones to everyone allowed to read).
+
+Per-tenant usage (``metering/``) is there too, as ``dpmsf_tenant_*`` counters with a ``tenant`` label: every
+tenant's to the admin, a tenant's own to that tenant, none to an anonymous reader.
 """
 
 from __future__ import annotations
@@ -69,8 +72,9 @@ class EndpointUsage:
         with self._lock:
             return {label: Usage(**vars(u)) for label, u in self._usage.items()}
 
-    def render(self, shown: Callable[[str], bool]) -> bytes:
-        """Prometheus text exposition of the endpoints ``shown`` accepts."""
+    def render(self, shown: Callable[[str], bool], tenants: Mapping[str, Any] | None = None) -> bytes:
+        """Prometheus text exposition of the endpoints ``shown`` accepts, and of ``tenants``' usage
+        (``metering.Counts`` per tenant id)."""
         from prometheus_client import CollectorRegistry, generate_latest
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -102,14 +106,43 @@ class EndpointUsage:
                 size = GaugeMetricFamily("dpmsf_function_memory_mb", "The memory GB-seconds are computed for.")
                 size.add_metric([], memory)
                 yield size
+                if tenants:
+                    yield from _tenant_families(tenants, CounterMetricFamily)
 
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Collector())
         return bytes(generate_latest(registry))
 
 
-def metrics_page(usage: EndpointUsage, snapshot: object, tenant: str | None, admin_id: str | None) -> bytes:
-    """``/metrics`` for ``tenant`` (``None``: anonymous): the series of the endpoints it may see, as ``__dir__``."""
+_TENANT_SERIES = (  # Counts field, metric name, help, scale to the metric's unit
+    ("requests", "dpmsf_tenant_requests", "Requests served for the tenant (its modules, or with its token).", 1),
+    ("errors", "dpmsf_tenant_errors", "Of those, answers of 500 and above.", 1),
+    ("cpu_ms", "dpmsf_tenant_cpu_seconds", "CPU time of the tenant's sandboxed calls (worker CPU clock).", 1e-3),
+    ("wall_ms", "dpmsf_tenant_wall_seconds", "Wall time of the tenant's sandboxed calls.", 1e-3),
+    ("gb_seconds", "dpmsf_tenant_gb_seconds", "Guest memory limit / 1024 x wall time of its sandboxed calls.", 1),
+    ("store_ops", "dpmsf_tenant_store_operations", "Document-store operations of the tenant.", 1),
+    ("store_bytes", "dpmsf_tenant_store_bytes", "JSON bytes the tenant's store operations wrote and read.", 1),
+    ("upload_bytes", "dpmsf_tenant_upload_bytes", "Bytes of the modules the tenant uploaded.", 1),
+)
+
+
+def _tenant_families(tenants: Mapping[str, Any], family: Any) -> Iterator[Any]:
+    for field, name, text, scale in _TENANT_SERIES:
+        counter = family(name, text, labels=["tenant"])
+        for tenant, counts in sorted(tenants.items()):
+            counter.add_metric([tenant], getattr(counts, field) * scale)
+        yield counter
+
+
+def metrics_page(
+    usage: EndpointUsage,
+    snapshot: object,
+    tenant: str | None,
+    admin_id: str | None,
+    tenants: Mapping[str, Any] | None = None,
+) -> bytes:
+    """``/metrics`` for ``tenant`` (``None``: anonymous): the series of the endpoints it may see, as ``__dir__``,
+    and the usage of ``tenants`` it may see (all of them: the admin; its own: a tenant; none: anonymous)."""
     from .resolve import visible_to
 
     visible = visible_to(tenant, admin_id)
@@ -121,4 +154,5 @@ def metrics_page(usage: EndpointUsage, snapshot: object, tenant: str | None, adm
             return visible(owner[label])
         return admin or label in (NO_ENDPOINT, "__dir__")  # gone endpoints: the admin only
 
-    return usage.render(shown)
+    own = {t: c for t, c in (tenants or {}).items() if admin or (tenant is not None and t == tenant)}
+    return usage.render(shown, own)

@@ -19,6 +19,17 @@ from collections.abc import Mapping
 
 _TRUE = {"1", "true", "yes", "on"}
 _REQUEST_METRICS = (("Requests", "Count"), ("Latency", "Milliseconds"), ("GBSeconds", "None"))
+# per-tenant usage (metering/): (Counts field, metric, unit), one line per tenant and invocation
+TENANT_METRICS = (
+    ("requests", "Requests", "Count"),
+    ("errors", "Errors", "Count"),
+    ("cpu_ms", "CPUMilliseconds", "Milliseconds"),
+    ("wall_ms", "WallMilliseconds", "Milliseconds"),
+    ("gb_seconds", "GBSeconds", "None"),
+    ("store_ops", "StoreOperations", "Count"),
+    ("store_bytes", "StoreBytes", "Bytes"),
+    ("upload_bytes", "UploadBytes", "Bytes"),
+)
 
 
 def _definitions(namespace: str, dimensions: list[str], metrics: list[tuple[str, str]]) -> str:
@@ -59,6 +70,7 @@ class EMFWriter:
         }
         self._events = _definitions(namespace, ["source", "service"], [("Events", "Count"), ("EventFailures", "Count")])
         self._cold = _definitions(namespace, ["function_name", "service"], [("ColdStart", "Count")])
+        self._tenant = _definitions(namespace, ["tenant", "service"], [(m, u) for _, m, u in TENANT_METRICS])
         self._pending: list[str] = []
         self._cold_start = True
         self._labels: dict[str, str] = {}  # endpoint -> its JSON text: a few per deployment, one per request
@@ -92,6 +104,22 @@ class EMFWriter:
         self._pending.append(
             f'{{"_aws":{{"Timestamp":{int(time.time() * 1000)},"CloudWatchMetrics":{self._events}}},'
             f'"source":{json.dumps(source)},"service":{self._service},"Events":[1.0],"EventFailures":[{failures}.0]}}'
+        )
+
+    def tenant(self, tenant: str, counts: Mapping[str, float]) -> None:
+        """One tenant's usage during this invocation (``metering.Counts.as_dict()``), under its ``tenant`` dimension.
+
+        Counts are written as integers, milliseconds to the microsecond, GB-seconds to 9 decimals (as above)."""
+        if self.disabled:
+            return
+        values = []
+        for field, metric, _ in TENANT_METRICS:
+            value = counts.get(field, 0)
+            text = _fixed(value, 9 if field == "gb_seconds" else 3) if isinstance(value, float) else f"{int(value)}.0"
+            values.append(f'"{metric}":[{text}]')
+        self._pending.append(
+            f'{{"_aws":{{"Timestamp":{int(time.time() * 1000)},"CloudWatchMetrics":{self._tenant}}},'
+            f'"tenant":{json.dumps(tenant)},"service":{self._service},{",".join(values)}}}'
         )
 
     def flush(self) -> None:

@@ -165,7 +165,7 @@ def build_handler(app: DPMSFApp | None = None) -> LambdaHandler:
         from ..app import create_app
 
         app = create_app()
-    watcher = observer(app.settings)
+    watcher = observer(app.settings, meter=lambda: getattr(app, "meter", None))  # per-tenant EMF (metering/)
     adapter = LambdaAdapter(app, base_path=app.settings.base_path, watcher=watcher)
     logging.getLogger("mangum.http").setLevel(logging.WARNING)  # our access log already has a line per request
     registry = app.registry

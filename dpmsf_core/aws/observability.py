@@ -12,7 +12,10 @@ invocation), dimension ``endpoint`` (``module.api``; ``-`` when no endpoint
 was resolved): ``Requests`` (Count: invocations), ``Latency`` (Milliseconds: the duration of serving it),
 ``GBSeconds`` (duration x ``AWS_LAMBDA_FUNCTION_MEMORY_SIZE`` / 1024: what Lambda bills; ``dpmsf cost LOGFILE``
 adds them up per endpoint), ``Errors`` (5xx, Count) and ``ClientErrors`` (4xx, Count) when they happen;
-for non-HTTP events, dimension ``source``, ``Events`` and ``EventFailures``.
+for non-HTTP events, dimension ``source``, ``Events`` and ``EventFailures``. Per-tenant usage (``metering/``), one
+line per tenant that used something during the invocation, dimension ``tenant``: ``Requests``, ``Errors``,
+``CPUMilliseconds``, ``WallMilliseconds``, ``GBSeconds`` (of its guests), ``StoreOperations``, ``StoreBytes``,
+``UploadBytes``.
 The per-request access line is off on Lambda unless ``DPMSF_ACCESS_LOG=1``.
 """
 
@@ -42,12 +45,15 @@ class Observer(Protocol):
     def event(self, source: str, result: Any) -> None: ...
 
 
-def observer(settings: Any = None, env: Mapping[str, str] | None = None) -> Observer | None:
-    """Powertools on Lambda; ``None`` elsewhere, so local runs pay nothing."""
+def observer(
+    settings: Any = None, env: Mapping[str, str] | None = None, meter: Callable[[], Any] | None = None
+) -> Observer | None:
+    """Powertools on Lambda; ``None`` elsewhere, so local runs pay nothing. ``meter`` returns the app's usage meter
+    once it exists (else None): its per-tenant figures become EMF lines at the end of each invocation."""
     env = os.environ if env is None else env
     if not on_lambda(env):
         return None
-    return PowertoolsObserver(env, patch_aws=_uses_aws(settings))
+    return PowertoolsObserver(env, patch_aws=_uses_aws(settings), meter=meter)
 
 
 def _logger(service: str, env: Mapping[str, str]) -> Any:
@@ -109,8 +115,12 @@ def _uses_aws(settings: Any) -> bool:
 class PowertoolsObserver:
     """Logger (JSON, Lambda context, correlation id), Metrics (EMF) and, when X-Ray is on, Tracer."""
 
-    def __init__(self, env: Mapping[str, str], *, patch_aws: bool = False) -> None:
+    def __init__(
+        self, env: Mapping[str, str], *, patch_aws: bool = False, meter: Callable[[], Any] | None = None
+    ) -> None:
         from .emf import EMFWriter
+
+        self.meter = meter
 
         service = env.get("POWERTOOLS_SERVICE_NAME") or "dpmsf"
         self.logger = _logger(service, env)
@@ -131,6 +141,7 @@ class PowertoolsObserver:
         logger = self.logger
 
         metrics = self.metrics
+        tenants = self.tenant_usage
 
         cold = [True]
 
@@ -150,6 +161,7 @@ class PowertoolsObserver:
             try:
                 return handler(event, context)
             finally:
+                tenants()
                 metrics.flush()
 
         wrapped: Handler = correlated
@@ -166,6 +178,13 @@ class PowertoolsObserver:
         if self.tracer is not None:
             self.tracer.put_annotation(key="endpoint", value=label)
             self.tracer.put_annotation(key="status", value=status)
+
+    def tenant_usage(self) -> None:
+        """This invocation's per-tenant usage, as EMF lines (nothing when no tenant used anything)."""
+        meter = self.meter() if self.meter is not None else None
+        if meter is not None:
+            for tenant, counts in meter.drain_invocation().items():
+                self.metrics.tenant(tenant, counts.as_dict())
 
     def event(self, source: str, result: Any) -> None:
         failures = len(result.get("batchItemFailures") or ()) if isinstance(result, dict) else 0

@@ -75,6 +75,10 @@ def _show(tenant: Any, with_key: bool) -> dict[str, Any]:
 def cmd_tenant(args: argparse.Namespace) -> int:
     from ..tenancy.tenants import TenantNotFound
 
+    if args.action == "usage":  # reads the usage the server persisted: no tenant registry needed
+        from .usage import cmd_usage
+
+        return cmd_usage(args)
     registry = _security().tenants
     try:
         if args.action == "add":
@@ -104,8 +108,11 @@ def register(sub: Any) -> None:
     )
     p.set_defaults(func=cmd_token)
 
-    p = sub.add_parser("tenant", help="manage tenants: add | list | disable ID | enable ID | rotate-key ID")
-    p.add_argument("action", choices=["add", "list", "disable", "enable", "rotate-key"])
+    p = sub.add_parser(
+        "tenant", help="manage tenants: add | list | disable ID | enable ID | rotate-key ID | usage [ID]"
+    )
+    p.add_argument("action", choices=["add", "list", "disable", "enable", "rotate-key", "usage"])
     p.add_argument("id", nargs="?", help="tenant UUID (add: optional, default a new one)")
     p.add_argument("--name", help="a label for the tenant (add)")
+    p.add_argument("--since", help="usage: from this ISO time or this long ago (90s, 15m, 6h, 30d); default: all")
     p.set_defaults(func=cmd_tenant)

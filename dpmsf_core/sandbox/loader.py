@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
-from ..context import RequestInfo, current
+from ..context import RequestInfo, current, metered_call
 from ..discovery import Candidate, LoadedModule, Metadata
 from ..errors import FunctionFailed, PluginError, TenantFunctionError, UnprocessableArguments
 from ..tenancy.quotas import QuotaBook
@@ -85,7 +85,11 @@ class SandboxedLoader:
                     )
                     quotas = self.quotas or QuotaBook(self.settings.quotas)
                     self._pool = SandboxPool(
-                        size=self.settings.sandbox_workers, limits=limits, store=serve_store, quotas=quotas
+                        size=self.settings.sandbox_workers,
+                        limits=limits,
+                        store=serve_store,
+                        quotas=quotas,
+                        on_call=metered_call,
                     )
         return self._pool
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._backends import parse_backend_url
-from ..context import current_tenant
+from ..context import current_tenant, metered_store
 from ..errors import UnprocessableArguments
 from .validation import ANONYMOUS_TENANT, DEFAULT_URL, MAX_DOC_BYTES, MAX_ID_LENGTH, MAX_LIMIT, check_key, encode_doc
 
@@ -162,7 +162,7 @@ class Collection:
         check_key(self.tenant or ANONYMOUS_TENANT, self.name)
 
     def _where(self) -> tuple[StoreBackend, str]:
-        return self.backend or get_backend(), self.tenant or current_tenant() or ANONYMOUS_TENANT
+        return metered_store(self.backend or get_backend(), self.tenant or current_tenant() or ANONYMOUS_TENANT)
 
     def get(self, id: str) -> dict[str, Any] | None:
         backend, tenant = self._where()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Settings
+from ..context import metered
 from ..discovery import metadata_from_source
 from ..errors import Conflict, MethodNotAllowed, NotFound, PluginError, UnprocessableArguments
 from ..exchange import Receive, Responder, Scope, read_body
@@ -85,6 +86,7 @@ class PluginUpload:
                 _check_trusted_name_free(self.registry.snapshot, meta.alias or name, self.folder, name)
             # Conditional: created only if still absent, replaced only if still the version whose owner we checked.
             self.store.put(name, source, expect=stored[1] if stored else None)
+            metered(tenant, upload_bytes=len(body))  # metering: the accepted upload's bytes
             status = self._reload(name)
             await responder.json(
                 201 if existing is None else 200,

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from motoserver import moto_server
 from motoserver import client as moto_client
+from motoserver import moto_server
 
 from dpmsf_core.errors import UnprocessableArguments
 from dpmsf_core.store import Collection, DynamoDBStore, FirestoreStore, SQLiteStore

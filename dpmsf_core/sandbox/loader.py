@@ -57,6 +57,8 @@ def serve_store(tenant: str, method: str, collection: str, args: list[Any]) -> A
         raise UnprocessableArguments(f"Bad arguments for store.{method}: {exc}") from None
     except RecursionError:
         raise UnprocessableArguments(f"Arguments for store.{method} are nested too deeply.") from None
+    except UnicodeError:  # text no backend can encode (a lone surrogate) where the store did not look for it
+        raise UnprocessableArguments(f"Arguments for store.{method} hold text that is not valid Unicode.") from None
     return list(result) if isinstance(result, tuple) else result
 
 

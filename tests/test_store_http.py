@@ -126,6 +126,20 @@ def test_a_quota_set_by_the_cli_holds_in_a_running_server(
         time.sleep(0.1)
 
 
+def test_an_anonymous_store_write_never_opens_the_tenant_registry(
+    make_app: Callable[..., Any], serve: Callable[[Any], httpx.Client], tmp_path: Path, plugin_dir: Any
+) -> None:
+    """Quotas of the anonymous tenant ``_`` are the defaults: no registry read on the plain request path."""
+    plugin_dir.write("docs.py", TRUSTED)
+    app = make_app(plugin_dir.path, env={"DPMSF_STORE_MAX_DOC": "1000"})
+    client = serve(app)
+    assert client.post("/rest/services/docs/put/", json={"doc_id": "a", "doc": {"v": 1}}).status_code == 200
+    big = client.post("/rest/services/docs/put/", json={"doc_id": "b", "doc": {"v": "x" * 1000}})
+    assert big.status_code == 413 and big.json()["quota"] == "max_doc"  # the operator's default holds
+    assert (tmp_path / "state" / "store.db").exists()
+    assert not (tmp_path / "state" / "tenants.db").exists()  # never opened
+
+
 def test_the_cli_refuses_bad_quotas_and_stores_nothing(tmp_path: Path) -> None:
     env = server_env(tmp_path)
     assert cli(env, "tenant", "add", MALLORY).returncode == 0

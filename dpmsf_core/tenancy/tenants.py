@@ -10,9 +10,7 @@ Backends, chosen with ``make_tenant_registry(url)``:
 
 ``key_lookup(registry)`` turns a registry into the ``key_for`` callback of ``tokens.TokenVerifier``.
 
-Quotas: each registry keeps a tenant's overrides of the operator's quota defaults (``dpmsf tenant quota ID --...``):
-a JSON column ``quotas`` in SQLite (added to older files when they open), a map attribute in DynamoDB, a map
-field in Firestore. ``Tenant.quotas`` holds them; ``QuotaBook`` lays them over the defaults.
+``Tenant.quotas`` (``dpmsf tenant quota``): a JSON column in SQLite (added to older files), a map elsewhere.
 
 Keys at rest: the SQLite, DynamoDB and Firestore registries never store a tenant key in clear. Each is wrapped with
 AES-256-GCM under the server master key, the tenant id being associated data (a wrapped key copied to another
@@ -44,8 +42,8 @@ from typing import Any, Protocol
 
 from .._backends import SQLitePerThread, parse_backend_url
 from .keys import MASTER_KEY_FILE, WRAP_PREFIX, MasterKey, Sealer, load_master_key
-from .quotas import Quotas
 from .state_files import private_sqlite
+from .tenant_quotas import changed_quotas, quotas_json
 from .tokens import TenantKey, decode_key, encode_key, generate_key
 
 __all__ = [
@@ -56,7 +54,6 @@ __all__ = [
     "Tenant",
     "TenantNotFound",
     "TenantRegistry",
-    "changed_quotas",
     "key_lookup",
     "load_master_key",
     "make_tenant_registry",
@@ -112,24 +109,6 @@ def already_exists(tenant: str) -> ValueError:
     return ValueError(f"Tenant '{tenant}' already exists.")
 
 
-def changed_quotas(current: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, float]:
-    """A tenant's quota overrides after ``changes`` (a value of None clears that override, back to the default);
-    ValueError naming an unknown quota or a bad value, before anything is stored."""
-    known = Quotas().as_dict()
-    result: dict[str, float] = {name: value for name, value in current.items() if name in known}
-    for name, value in changes.items():
-        if name not in known:
-            raise ValueError(f"Unknown quota {name!r}. Expected one of: {', '.join(known)}.")
-        if value is None:
-            result.pop(name, None)
-            continue
-        try:
-            result[name] = getattr(Quotas().merged({name: value}), name)
-        except ValueError as exc:
-            raise ValueError(f"Quota {name}={value!r} is not valid. {exc}") from None
-    return result
-
-
 class TenantRegistry(Protocol):
     """Where tenants are kept; every method validates the id and raises TenantNotFound for unknown ones."""
 
@@ -150,8 +129,7 @@ class TenantRegistry(Protocol):
         ...
 
     def set_quotas(self, tenant_id: str, changes: Mapping[str, Any]) -> Tenant:
-        """Change the tenant's quota overrides (``changed_quotas``: None clears one); servers see it within their
-        cache time (``DPMSF_KEY_CACHE``)."""
+        """Change the tenant's quota overrides (None clears one); servers see them within ``DPMSF_KEY_CACHE``."""
         ...
 
 
@@ -287,7 +265,7 @@ class SQLiteTenantRegistry:
                 "UPDATE tenants SET key = ? WHERE id = ? AND key = ?", (self._sealer.seal(tid, key), tid, stored)
             )
         return Tenant(
-            id=tid, name=row[1], key=key, enabled=bool(row[3]), admin=bool(row[4]), quotas=_quotas_json(row[5])
+            id=tid, name=row[1], key=key, enabled=bool(row[3]), admin=bool(row[4]), quotas=quotas_json(row[5])
         )
 
     def add(self, name: str = "", tenant_id: str | None = None, key: str | None = None, admin: bool = False) -> Tenant:
@@ -338,7 +316,7 @@ class SQLiteTenantRegistry:
             row = conn.execute("SELECT quotas FROM tenants WHERE id = ?", (tid,)).fetchone()
             if row is None:
                 raise TenantNotFound(tid)
-            quotas = changed_quotas(_quotas_json(row[0]), changes)
+            quotas = changed_quotas(quotas_json(row[0]), changes)
             conn.execute("UPDATE tenants SET quotas = ? WHERE id = ?", (json.dumps(quotas, sort_keys=True), tid))
             conn.execute("COMMIT")
         except BaseException:
@@ -351,15 +329,6 @@ class SQLiteTenantRegistry:
     def close(self) -> None:
         """Close this thread's connection."""
         self._sqlite.close()
-
-
-def _quotas_json(text: str | None) -> dict[str, float]:
-    """The stored overrides; a damaged value counts as none (the defaults), never as a crash on every request."""
-    try:
-        value = json.loads(text or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def make_tenant_registry(

@@ -15,7 +15,8 @@ from typing import Any
 
 from .._backends import FirestorePerProcess, firestore_no_document
 from .keys import MasterKey, Sealer, load_master_key
-from .tenants import Tenant, TenantNotFound, already_exists, changed_quotas, new_tenant
+from .tenant_quotas import changed_quotas
+from .tenants import Tenant, TenantNotFound, already_exists, new_tenant
 from .tenants import tenant_id as canonical_tenant_id
 from .tokens import generate_key
 

@@ -58,9 +58,7 @@ class TaskChanges(BaseModel):
 
 
 @expose.endpoint(method="GET", path="tasks")
-def list_tasks(
-    limit: Annotated[int, Field(ge=1, le=100)] = 20, cursor: Annotated[str, Field(max_length=200)] | None = None
-) -> JSONResponse:
+def list_tasks(limit: Annotated[int, Field(ge=1, le=100)] = 20, cursor: str | None = None) -> JSONResponse:
     """The caller's tasks, 20 at a time by default (at most 100): pass the answer's ``cursor`` for the next page."""
     page, next_cursor = _tasks.list(limit=limit, cursor=cursor or None)
     return JSONResponse({"results": page, "cursor": next_cursor})

@@ -58,6 +58,10 @@ def fill(n, size):
 @expose.endpoint
 def surrogate():
     return store.collection("c").get("\\ud800")
+
+@expose.endpoint
+def listing():
+    return store.collection("big").list(limit=1000)
 """
 
 
@@ -226,6 +230,15 @@ def test_a_sandboxed_tenants_store_quota_and_surrogate_id(
     store.close()
     surrogate = client.get("/rest/services/filler/surrogate/", headers=auth())
     assert surrogate.status_code == 422 and "Document id" in surrogate.json()["detail"], surrogate.text
+
+    store = SQLiteStore(tmp_path / "store.db")  # 1 MB of documents, stored without the quota
+    for i in range(10):
+        store.put(MALLORY, "big", f"b{i}", {"pad": "x" * 100_000})
+    store.close()
+    listed = client.get("/rest/services/filler/listing/", headers=auth())  # a page fits the guest's 1 MB result
+    assert listed.status_code == 200, listed.text
+    page, cursor = listed.json()["results"]
+    assert len(page) == 3 and cursor is not None
 
 
 def memory_mb(pid: int, field: str = "VmRSS") -> float:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("dpmsf.sandbox")
 
 _STORE_METHODS = frozenset({"get", "put", "create", "update", "delete", "list"})
+_GUEST_PAGE_BYTES = 400_000  # a guest's listing page: well within its 1 MB result, so it can return what it listed
 
 
 def sandbox_installed() -> bool:
@@ -52,7 +53,8 @@ def serve_store(tenant: str, method: str, collection: str, args: list[Any]) -> A
     if method not in _STORE_METHODS:
         raise UnprocessableArguments(f"The store has no method {method!r}.")
     try:
-        result = getattr(Collection(collection, tenant=tenant), method)(*args)
+        docs = Collection(collection, tenant=tenant)
+        result = docs.list(*args, max_bytes=_GUEST_PAGE_BYTES) if method == "list" else getattr(docs, method)(*args)
     except TypeError as exc:
         raise UnprocessableArguments(f"Bad arguments for store.{method}: {exc}") from None
     except RecursionError:

@@ -100,10 +100,14 @@ class StoreBackend(Protocol):
         ...
 
     def list(
-        self, tenant: str, collection: str, limit: int = 100, cursor: str | None = None
+        self, tenant: str, collection: str, limit: int = 100, cursor: str | None = None, max_bytes: int | None = None
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """Up to ``limit`` documents in id order, fewer when they pass the backend's page bytes (at least one), and a
-        cursor for the next page (None on the last one)."""
+        """Up to ``limit`` documents in id order, fewer when they pass the backend's page bytes (or ``max_bytes``, if
+        smaller; at least one document), and a cursor for the next page (None on the last one)."""
+        ...
+
+    def usage(self, tenant: str) -> int:
+        """Bytes the tenant stores: what its ``store_mb`` quota counts (JSON bytes plus 100 a document)."""
         ...
 
 
@@ -215,11 +219,13 @@ class Collection:
         backend, tenant = self._where()
         return backend.delete(tenant, self.name, id)
 
-    def list(self, limit: int = 100, cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
-        """Up to ``limit`` documents in id order, fewer when they pass ``MAX_PAGE_BYTES``; and the cursor for the
-        next page (None on the last one)."""
+    def list(
+        self, limit: int = 100, cursor: str | None = None, *, max_bytes: int | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Up to ``limit`` documents in id order, fewer when they pass ``MAX_PAGE_BYTES`` (or ``max_bytes``, if
+        smaller); and the cursor for the next page (None on the last one)."""
         backend, tenant = self._where()
-        return backend.list(tenant, self.name, limit, cursor)
+        return backend.list(tenant, self.name, limit, cursor, max_bytes)
 
 
 def collection(name: str) -> Collection:

@@ -30,6 +30,7 @@ from .validation import (
     decode_cursor,
     encode_cursor,
     encode_doc,
+    page_budget,
     quota_lookup,
     stored_size,
     within_page,
@@ -226,13 +227,14 @@ class DynamoDBStore:
         raise ServiceUnavailable(f"Document '{doc_id}' kept changing under {self._UPDATE_ATTEMPTS} deletes; retry.")
 
     def list(
-        self, tenant: str, collection: str, limit: int = 100, cursor: str | None = None
+        self, tenant: str, collection: str, limit: int = 100, cursor: str | None = None, max_bytes: int | None = None
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Up to ``limit`` documents and at most ``page_bytes`` of them (at least one); DynamoDB answers each
         query with at most 1 MB, and the answers are read one at a time, so the server holds about one page."""
         check_key(tenant, collection)
         limit = check_limit(limit)
         after = decode_cursor(cursor)
+        budget = page_budget(self.page_bytes, max_bytes)
         page: list[dict[str, Any]] = []
         last_id, page_bytes, more = "", 0, False
         start = {"pk": self._pk(tenant, collection), "sk": {"S": after}} if after else None
@@ -252,7 +254,7 @@ class DynamoDBStore:
             for item in answer.get("Items", []):
                 text = item["doc"]["S"]
                 size = len(text.encode())
-                if len(page) == limit or not within_page(page_bytes, size, self.page_bytes, len(page)):
+                if len(page) == limit or not within_page(page_bytes, size, budget, len(page)):
                     more = True
                     break
                 page.append(json.loads(text))

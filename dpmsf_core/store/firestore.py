@@ -39,12 +39,15 @@ from .validation import (
     decode_cursor,
     encode_cursor,
     encode_doc,
+    page_budget,
     quota_lookup,
     stored_size,
     within_page,
 )
 
 log = logging.getLogger("dpmsf.store")
+
+FIRESTORE_MAX_DOC = 1_000_000  # Firestore's own limits: 1 MiB a document, 1,048,487 bytes a string field
 
 
 class FirestoreStore:
@@ -67,6 +70,10 @@ class FirestoreStore:
         self._firestore = FirestorePerProcess(database, client=client, timeout=timeout)
         self._quotas = quota_lookup(quotas)
         self.page_bytes = page_bytes
+
+    def _max_doc(self, tenant: str) -> int:
+        """The tenant's ``max_doc``, never past what Firestore itself accepts (which would fail as a 503)."""
+        return min(self._quotas(tenant).max_doc, FIRESTORE_MAX_DOC)
 
     def _tenant_ref(self, tenant: str) -> Any:
         return self._firestore.client().collection(self.collection).document(f"store#{firestore_id(tenant)}")
@@ -157,7 +164,7 @@ class FirestoreStore:
 
     def put(self, tenant: str, collection: str, doc_id: str, doc: dict[str, Any]) -> dict[str, Any]:
         check_key(tenant, collection, doc_id)
-        text = encode_doc(doc, max_bytes=self._quotas(tenant).max_doc)
+        text = encode_doc(doc, max_bytes=self._max_doc(tenant))
         item = self._item(tenant, collection, doc_id, text)
         for attempt in range(self._UPDATE_ATTEMPTS):
             if attempt:
@@ -171,7 +178,7 @@ class FirestoreStore:
 
     def update(self, tenant: str, collection: str, doc_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
         check_key(tenant, collection, doc_id)
-        max_doc = self._quotas(tenant).max_doc
+        max_doc = self._max_doc(tenant)
         encode_doc(check_doc(changes, "Changes"), "Changes", max_bytes=max_doc)
         options = self._firestore.options()
         for attempt in range(self._UPDATE_ATTEMPTS):
@@ -202,7 +209,7 @@ class FirestoreStore:
         raise ServiceUnavailable(f"Document '{doc_id}' kept changing under {self._UPDATE_ATTEMPTS} deletes; retry.")
 
     def list(
-        self, tenant: str, collection: str, limit: int = 100, cursor: str | None = None
+        self, tenant: str, collection: str, limit: int = 100, cursor: str | None = None, max_bytes: int | None = None
     ) -> tuple[list[dict[str, Any]], str | None]:
         from google.cloud.firestore_v1.base_query import FieldFilter
 
@@ -211,6 +218,7 @@ class FirestoreStore:
         check_key(tenant, collection)
         limit = check_limit(limit)
         after = decode_cursor(cursor)
+        budget = page_budget(self.page_bytes, max_bytes)
         page: list[dict[str, Any]] = []
         last_id, page_bytes, more = "", 0, False
         with self._errors():
@@ -223,7 +231,7 @@ class FirestoreStore:
                 for snapshot in stream:
                     text = snapshot.get("doc")
                     size = len(text.encode())
-                    if len(page) == limit or not within_page(page_bytes, size, self.page_bytes, len(page)):
+                    if len(page) == limit or not within_page(page_bytes, size, budget, len(page)):
                         more = True
                         break
                     page.append(json.loads(text))

@@ -28,6 +28,7 @@ from .validation import (
     decode_cursor,
     encode_cursor,
     encode_doc,
+    page_budget,
     quota_lookup,
     stored_size,
     within_page,
@@ -181,13 +182,14 @@ class SQLiteStore:
             return self._used(conn, tenant)
 
     def list(
-        self, tenant: str, collection: str, limit: int = 100, cursor: str | None = None
+        self, tenant: str, collection: str, limit: int = 100, cursor: str | None = None, max_bytes: int | None = None
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Up to ``limit`` documents and at most ``page_bytes`` of them (at least one), read row by row: the server
         never holds more than a page (and the row after it), however large the documents."""
         check_key(tenant, collection)
         limit = check_limit(limit)
         after = decode_cursor(cursor)
+        budget = page_budget(self.page_bytes, max_bytes)
         page: list[dict[str, Any]] = []
         last_id, page_bytes, more = "", 0, False
         with self._errors():
@@ -198,7 +200,7 @@ class SQLiteStore:
             try:
                 for doc_id, text in rows:
                     size = len(text.encode())
-                    if len(page) == limit or not within_page(page_bytes, size, self.page_bytes, len(page)):
+                    if len(page) == limit or not within_page(page_bytes, size, budget, len(page)):
                         more = True
                         break
                     page.append(json.loads(text))

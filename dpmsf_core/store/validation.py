@@ -118,6 +118,18 @@ def check_room(tenant: str, quotas: Quotas, used: int, delta: int) -> None:
         )
 
 
+def page_budget(page_bytes: int, max_bytes: Any) -> int:
+    """A listing's byte budget: the backend's, or the caller's ``max_bytes`` when that is smaller (a caller can
+    only lower it); 422 for a ``max_bytes`` that is not a positive integer."""
+    if max_bytes is None:
+        return page_bytes
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise UnprocessableArguments(
+            f"max_bytes={max_bytes!r} is not valid. Expected a positive integer.", errors=[{"param": "max_bytes"}]
+        )
+    return min(page_bytes, max_bytes)
+
+
 def within_page(page_bytes: int, size: int, budget: int, count: int) -> bool:
     """Whether one more document of ``size`` bytes still fits a listing page: the first always does (a page
     is never empty), the others while the page's bytes stay within ``budget``."""

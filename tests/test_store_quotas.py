@@ -4,6 +4,7 @@ never makes the server hold more than about a page, however large the documents.
 
 from __future__ import annotations
 
+import base64
 import json
 import tracemalloc
 import uuid
@@ -206,4 +207,7 @@ def test_a_lone_surrogate_id_is_422_on_every_method(make: Make, doc_id: str) -> 
             call()
     with pytest.raises(UnprocessableArguments, match="lone surrogate"):
         backend.put("T", "c", "ok", {"title": doc_id})
+    forged = base64.urlsafe_b64encode(json.dumps({"after": doc_id}).encode()).decode()  # a cursor made by hand
+    with pytest.raises(UnprocessableArguments, match="cursor"):
+        backend.list("T", "c", cursor=forged)
     assert everything(backend, "T", "c") == [] and backend.usage("T") == 0

@@ -157,7 +157,7 @@ def decode_cursor(cursor: str | None) -> str | None:
         after = json.loads(raw)["after"]
     except (TypeError, ValueError, KeyError, binascii.Error):
         after = None
-    if not isinstance(after, str) or not after:
+    if not isinstance(after, str) or not after or not _encodable(after):  # a forged cursor may hold anything
         raise UnprocessableArguments(
             f"cursor {str(cursor)[:60]!r} is not valid. Pass back the cursor a previous list() returned.",
             errors=[{"param": "cursor"}],

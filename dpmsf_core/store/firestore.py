@@ -97,15 +97,31 @@ class FirestoreStore:
         except KeyError:
             return 0
 
-    def _write(self, ref: Any, snapshot: Any, item: dict[str, Any] | None, tenant: str) -> bool:
-        """Write ``item`` (None: delete) where ``snapshot`` was read, and count the change on the tenant's counter,
-        in one batch; False if the document changed since it was read (the caller reads again)."""
+    def _doc_ref(self, tenant: str, collection: str, doc_id: str) -> Any:
+        """``_ref``, where making the client may fail (no project, no credentials): a 503 like every other failure."""
+        with self._errors():
+            return self._ref(tenant, collection, doc_id)
+
+    def _read(self, ref: Any, tenant: str, fields: list[str]) -> tuple[Any, int]:
+        """The document's ``fields`` and the tenant's stored bytes, in one round trip (a batched get)."""
+        with self._errors():
+            counter = self._tenant_ref(tenant)
+            found = self._firestore.client().get_all(
+                [ref, counter], field_paths=[*fields, "stored_bytes"], **self._firestore.options()
+            )
+            snapshots = {snapshot.reference.path: snapshot for snapshot in found}
+        used = snapshots[counter.path]
+        return snapshots[ref.path], int((used.get("stored_bytes") if used.exists else 0) or 0)
+
+    def _write(self, ref: Any, snapshot: Any, item: dict[str, Any] | None, tenant: str, used: int = 0) -> bool:
+        """Write ``item`` (None: delete) where ``snapshot`` was read, and count the change on the tenant's counter
+        (``used`` bytes when read), in one batch; False if the document changed since it was read (read again)."""
         from google.api_core.exceptions import AlreadyExists, FailedPrecondition, NotFound
         from google.cloud.firestore_v1 import Increment
 
         delta = (item["size"] if item is not None else 0) - self._old_size(snapshot)
         if delta > 0:
-            check_room(tenant, self._quotas(tenant), self.usage(tenant), delta)
+            check_room(tenant, self._quotas(tenant), used, delta)
         client = self._firestore.client()
         batch = client.batch()
         if item is None:
@@ -169,10 +185,9 @@ class FirestoreStore:
         for attempt in range(self._UPDATE_ATTEMPTS):
             if attempt:
                 time.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
-            with self._errors():
-                ref = self._ref(tenant, collection, doc_id)
-                snapshot = ref.get(field_paths=["size"], **self._firestore.options())
-            if self._write(ref, snapshot, item, tenant):
+            ref = self._doc_ref(tenant, collection, doc_id)
+            snapshot, used = self._read(ref, tenant, ["size"])
+            if self._write(ref, snapshot, item, tenant, used):
                 return json.loads(text)
         raise ServiceUnavailable(f"Document '{doc_id}' kept changing under {self._UPDATE_ATTEMPTS} writes; retry.")
 
@@ -180,17 +195,15 @@ class FirestoreStore:
         check_key(tenant, collection, doc_id)
         max_doc = self._max_doc(tenant)
         encode_doc(check_doc(changes, "Changes"), "Changes", max_bytes=max_doc)
-        options = self._firestore.options()
         for attempt in range(self._UPDATE_ATTEMPTS):
             if attempt:
                 time.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
-            with self._errors():
-                ref = self._ref(tenant, collection, doc_id)
-                snapshot = ref.get(field_paths=["doc", "size"], **options)
+            ref = self._doc_ref(tenant, collection, doc_id)
+            snapshot, used = self._read(ref, tenant, ["doc", "size"])
             if not snapshot.exists:
                 return None
             text = encode_doc({**json.loads(snapshot.get("doc")), **changes}, max_bytes=max_doc)
-            if self._write(ref, snapshot, self._item(tenant, collection, doc_id, text), tenant):
+            if self._write(ref, snapshot, self._item(tenant, collection, doc_id, text), tenant, used):
                 return json.loads(text)  # else somebody wrote in between: read again and merge into the newer one
         raise ServiceUnavailable(f"Document '{doc_id}' kept changing under {self._UPDATE_ATTEMPTS} updates; retry.")
 
@@ -211,10 +224,10 @@ class FirestoreStore:
     def list(
         self, tenant: str, collection: str, limit: int = 100, cursor: str | None = None, max_bytes: int | None = None
     ) -> tuple[list[dict[str, Any]], str | None]:
-        from google.cloud.firestore_v1.base_query import FieldFilter
-
         """Up to ``limit`` documents and at most ``page_bytes`` of them (at least one), read from the query's
         stream one at a time; the stream is closed as soon as the page is full."""
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
         check_key(tenant, collection)
         limit = check_limit(limit)
         after = decode_cursor(cursor)

@@ -211,3 +211,30 @@ def test_a_lone_surrogate_id_is_422_on_every_method(make: Make, doc_id: str) -> 
     with pytest.raises(UnprocessableArguments, match="cursor"):
         backend.list("T", "c", cursor=forged)
     assert everything(backend, "T", "c") == [] and backend.usage("T") == 0
+
+
+def test_sqlite_counts_documents_an_older_version_stored(tmp_path: Path) -> None:
+    """A file written before quotas existed: the first write of each tenant counts what it already stores."""
+    import sqlite3
+
+    path = tmp_path / "store.db"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE dpmsf_store (tenant TEXT NOT NULL, collection TEXT NOT NULL, id TEXT NOT NULL,"
+        " doc TEXT NOT NULL, updated_at REAL NOT NULL, PRIMARY KEY (tenant, collection, id)) WITHOUT ROWID"
+    )
+    for i in range(3):
+        old.execute(
+            "INSERT INTO dpmsf_store VALUES ('T', 'c', ?, ?, 1.0)",
+            (f"d{i}", json.dumps({"pad": "x" * 9_000}, separators=(",", ":"))),
+        )
+    old.commit()
+    old.close()
+    backend = SQLiteStore(path, quotas=Quotas(store_mb=30_000 / 1024 / 1024))
+    assert backend.usage("T") == 3 * size({"pad": "x" * 9_000})
+    with pytest.raises(QuotaExceeded):
+        backend.put("T", "c", "d3", {"pad": "x" * 9_000})  # 27 kB stored before: 9 kB more passes 30,000 bytes
+    assert backend.delete("T", "c", "d0")
+    backend.put("T", "c", "d3", {"pad": "x" * 9_000})
+    assert backend.usage("T") == sum(size(d) for d in everything(backend, "T", "c"))
+    backend.close()

@@ -177,7 +177,12 @@ class SQLiteStore:
         return True
 
     def usage(self, tenant: str) -> int:
-        """Bytes the tenant stores (its ``store_mb`` quota counts these)."""
+        """Bytes the tenant stores (its ``store_mb`` quota counts these): one indexed read, a write only the first
+        time a tenant with documents from before the count is asked about."""
+        with self._errors():
+            row = self._conn().execute("SELECT bytes FROM dpmsf_store_usage WHERE tenant = ?", (tenant,)).fetchone()
+        if row is not None:
+            return int(row[0])
         with self._transaction() as conn:
             return self._used(conn, tenant)
 

@@ -84,6 +84,7 @@ def server_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_a_quota_set_by_the_cli_holds_in_a_running_server(
     make_app: Callable[..., Any], serve: Callable[[Any], httpx.Client], tmp_path: Path, plugin_dir: Any
 ) -> None:
@@ -152,6 +153,7 @@ def test_an_anonymous_store_write_never_opens_the_tenant_registry(
     assert not (tmp_path / "state" / "tenants.db").exists()  # never opened
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_bad_quotas_and_stores_nothing(tmp_path: Path) -> None:
     env = server_env(tmp_path)
     assert cli(env, "tenant", "add", MALLORY).returncode == 0

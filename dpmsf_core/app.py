@@ -344,6 +344,6 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
     app.on_shutdown.append(loader.close)
     from . import store
 
-    store.configure(settings.store_url)  # a URL only: the backend opens on first use
+    store.configure(settings.store_url, security.quotas.for_tenant)  # a URL only: the backend opens on first use
     registry.load()
     return app

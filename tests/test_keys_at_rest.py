@@ -190,7 +190,10 @@ def test_a_clear_key_written_after_open_is_wrapped_when_read(tmp_path: Path) -> 
     registry = SQLiteTenantRegistry(str(path), master_key=generate_key())
     key = generate_key()
     with sqlite3.connect(path) as conn:
-        conn.execute("INSERT INTO tenants VALUES (?, 'late', ?, 1, 0, 1.0)", (TID, key))
+        conn.execute(  # the older version's own statement: named columns, so the newer quotas column defaults
+            "INSERT INTO tenants (id, name, key, enabled, admin, created_at) VALUES (?, 'late', ?, 1, 0, 1.0)",
+            (TID, key),
+        )
     assert registry.get(TID).key == key  # type: ignore[union-attr]
     assert raw_rows(path)[0][2].startswith("wrap1:")
 

@@ -24,6 +24,7 @@ from dpmsf_core import store
 from dpmsf_core.context import RequestInfo, reset_current, set_current
 from dpmsf_core.errors import ConfigError, ServiceUnavailable, UnprocessableArguments
 from dpmsf_core.store import Collection, DynamoDBStore, FirestoreStore, SQLiteStore, make_store
+from dpmsf_core.tenancy.quotas import QuotaExceeded
 from dpmsf_core.tenancy.replay import create_dynamodb_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,7 +189,7 @@ def test_tenant_isolation(backend: Any, as_tenant: Any) -> None:
         pytest.param({"when": object()}, id="not-json"),
         pytest.param({"s": {1, 2}}, id="set"),
         pytest.param({"x": float("nan")}, id="nan"),
-        pytest.param({"big": "x" * 400_000}, id="too-large"),
+        pytest.param({"s": "\ud800"}, id="lone-surrogate"),
     ],
 )
 def test_bad_documents_are_422(backend: Any, doc: Any) -> None:
@@ -202,7 +203,14 @@ def test_bad_documents_are_422(backend: Any, doc: Any) -> None:
 
 @pytest.mark.parametrize(
     "doc_id",
-    [pytest.param("", id="empty"), pytest.param("x" * 257, id="too-long"), pytest.param(42, id="int"), None],
+    [
+        pytest.param("", id="empty"),
+        pytest.param("x" * 257, id="too-long"),
+        pytest.param(42, id="int"),
+        None,
+        pytest.param("\ud800", id="lone-surrogate"),
+        pytest.param("ok\udfff", id="trailing-surrogate"),
+    ],
 )
 def test_bad_ids_are_422(backend: Any, doc_id: Any) -> None:
     for call in (
@@ -234,8 +242,9 @@ def test_bad_collection_cursor_and_limit_are_422(backend: Any) -> None:
 
 def test_failed_update_leaves_the_document_unchanged(backend: Any) -> None:
     backend.put("_", "things", "d", {"a": "x" * 200_000})
-    with pytest.raises(UnprocessableArguments, match="bytes as JSON"):
+    with pytest.raises(QuotaExceeded, match="bytes as JSON") as info:
         backend.update("_", "things", "d", {"b": "y" * 200_000})  # each part fits, the merge does not
+    assert info.value.status == 413 and info.value.quota == "max_doc"
     assert backend.get("_", "things", "d") == {"a": "x" * 200_000}
 
 
@@ -267,6 +276,10 @@ def test_dynamodb_item_shape(table: str, dynamodb: Any) -> None:
     item = dynamodb.get_item(TableName=table, Key={"pk": {"S": "store#tenant-1#tasks"}, "sk": {"S": "t1"}})["Item"]
     assert json.loads(item["doc"]["S"]) == {"price": 0.1, "n": [1, 2]}
     assert item["tenant"] == {"S": "tenant-1"} and item["collection"] == {"S": "tasks"}
+    size = len(item["doc"]["S"]) + 100
+    assert item["size"] == {"N": str(size)}
+    usage = dynamodb.get_item(TableName=table, Key={"pk": {"S": "store-usage#tenant-1"}, "sk": {"S": "bytes"}})
+    assert usage["Item"]["bytes"] == {"N": str(size)}  # the tenant's bytes, one atomic counter
 
 
 def test_firestore_document_shape(firestore_env: str) -> None:
@@ -277,7 +290,10 @@ def test_firestore_document_shape(firestore_env: str) -> None:
     document = firestore.Client().document(path).get().to_dict()
     assert json.loads(document.pop("doc")) == {"price": 0.1, "n": [[1, 2]], "big": 2**70}  # what maps could not hold
     assert document.pop("updated_at") > 1e9
-    assert document == {"id": "t1", "tenant": "tenant-1", "collection": "tasks"}
+    text = json.dumps({"price": 0.1, "n": [[1, 2]], "big": 2**70}, separators=(",", ":"))
+    assert document == {"id": "t1", "tenant": "tenant-1", "collection": "tasks", "size": len(text) + 100}
+    usage = firestore.Client().document("dpmsf/store#tenant-1").get().to_dict()  # the tenant's bytes, one counter
+    assert usage == {"stored_bytes": len(text) + 100}
 
 
 def test_firestore_ids_firestore_would_refuse(firestore_env: str) -> None:

@@ -295,3 +295,77 @@ def test_key_lookup_with_verifier(registry: TenantRegistry) -> None:
 
     with pytest.raises(Unauthorized):
         verifier.verify(mint(str(uuid.uuid4()), generate_key()))
+
+
+# -- quota overrides, kept by every registry -------------------------------------------------------------------
+
+
+def test_quota_overrides_are_kept_with_the_tenant(registry: TenantRegistry) -> None:
+    tenant = registry.add(name="acme")
+    other = registry.add(name="other")
+    assert tenant.quotas == {}
+    changed = registry.set_quotas(tenant.id, {"store_mb": "2.5", "max_doc": 1000, "concurrency": "3", "rate": 0})
+    assert changed.quotas == {"store_mb": 2.5, "max_doc": 1000, "concurrency": 3, "rate": 0.0}
+    assert registry.get(tenant.id) == changed and registry.get(other.id) == other
+    assert [t.quotas for t in registry.list()] == [changed.quotas, {}]
+    assert registry.disable(tenant.id).quotas == changed.quotas  # other changes keep them
+    assert registry.rotate_key(tenant.id).quotas == changed.quotas
+    cleared = registry.set_quotas(tenant.id, {"store_mb": None, "modules": 7})  # None: back to the default
+    assert cleared.quotas == {"max_doc": 1000, "concurrency": 3, "rate": 0.0, "modules": 7}
+    assert isinstance(cleared.quotas["max_doc"], int) and isinstance(cleared.quotas["rate"], float)
+
+
+def test_bad_quota_overrides_are_refused_before_storing(registry: TenantRegistry) -> None:
+    tenant = registry.add()
+    registry.set_quotas(tenant.id, {"modules": 5})
+    for changes, message in [
+        ({"colour": 1}, "Unknown quota 'colour'"),
+        ({"modules": -1}, "Must be at least 0"),
+        ({"concurrency": 0}, "Must be at least 1"),
+        ({"store_mb": "lots"}, "Not a number"),
+        ({"max_doc": 2.5}, "Not a whole number"),
+        ({"rate": float("inf")}, "Not a finite number"),
+        ({"modules": True}, "Not a number"),
+        ({"modules": 6, "upload_mb": "x"}, "upload_mb"),  # all or nothing
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            registry.set_quotas(tenant.id, changes)
+    assert registry.get(tenant.id).quotas == {"modules": 5}  # type: ignore[union-attr]
+    with pytest.raises(TenantNotFound):
+        registry.set_quotas(str(uuid.uuid4()), {"modules": 1})
+
+
+def test_sqlite_registry_of_an_older_version_gets_the_quotas_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "tenants.db"
+    old = sqlite3.connect(path)  # the schema before quotas existed, with a tenant in it
+    old.execute(
+        "CREATE TABLE tenants (id TEXT PRIMARY KEY, name TEXT NOT NULL, key TEXT NOT NULL,"
+        " enabled INTEGER NOT NULL, admin INTEGER NOT NULL, created_at REAL NOT NULL)"
+    )
+    old.execute("INSERT INTO tenants VALUES (?, 'old', ?, 1, 0, 1.0)", (TID, generate_key()))
+    old.commit()
+    old.close()
+    registry = SQLiteTenantRegistry(str(path))
+    assert registry.get(TID).quotas == {}  # type: ignore[union-attr]
+    assert registry.set_quotas(TID, {"rate": 2}).quotas == {"rate": 2.0}
+    assert SQLiteTenantRegistry(str(path)).get(TID).quotas == {"rate": 2.0}  # type: ignore[union-attr]
+
+
+def test_dynamodb_quotas_are_a_map_attribute(table: str, moto_url: str) -> None:
+    import boto3
+
+    DynamoDBTenantRegistry(table, endpoint_url=moto_url, master_key=MASTER).add(tenant_id=TID)
+    DynamoDBTenantRegistry(table, endpoint_url=moto_url, master_key=MASTER).set_quotas(TID, {"store_mb": 5})
+    item = boto3.client("dynamodb", endpoint_url=moto_url).get_item(
+        TableName=table, Key={"pk": {"S": f"tenant#{TID}"}, "sk": {"S": "tenant"}}
+    )["Item"]
+    assert item["quotas"] == {"M": {"store_mb": {"N": "5.0"}}}
+
+
+def test_firestore_quotas_are_a_map_field(firestore_env: str) -> None:
+    registry = FirestoreTenantRegistry("dpmsf", master_key=MASTER)
+    registry.add(tenant_id=TID)
+    registry.set_quotas(TID, {"modules": 3, "upload_mb": 1.5})
+    assert _firestore_document("dpmsf", TID)["quotas"] == {"modules": 3, "upload_mb": 1.5}

@@ -1,4 +1,4 @@
-"""``dpmsf token`` and ``dpmsf tenant add|list|disable|enable|rotate-key``."""
+"""``dpmsf token`` and ``dpmsf tenant add|list|show|disable|enable|rotate-key|quota``."""
 
 from __future__ import annotations
 
@@ -65,11 +65,41 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show(tenant: Any, with_key: bool) -> dict[str, Any]:
+# ``dpmsf tenant quota`` options: the Quotas field each one sets (``--store-mb 5``; ``default`` clears it)
+_QUOTA_OPTIONS = {
+    "modules": "--modules",
+    "upload_mb": "--upload-mb",
+    "store_mb": "--store-mb",
+    "max_doc": "--max-doc",
+    "concurrency": "--concurrency",
+    "rate": "--rate",
+}
+
+
+def _show(tenant: Any, with_key: bool, settings: Settings | None = None) -> dict[str, Any]:
+    """A tenant as one JSON line: ``quotas`` are its overrides; with ``settings``, ``effective`` is what holds."""
     out = {"id": tenant.id, "name": tenant.name, "enabled": tenant.enabled, "admin": tenant.admin}
+    out["quotas"] = dict(tenant.quotas)
+    if settings is not None:
+        out["effective"] = settings.quotas.merged(tenant.quotas).as_dict()
     if with_key:
         out["key"] = tenant.key
     return out
+
+
+def _quota_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The overrides the command line changes: a value, or None for ``default`` and for each ``--reset NAME``."""
+    changes: dict[str, Any] = {}
+    for name in _QUOTA_OPTIONS:
+        value = getattr(args, name, None)
+        if value is not None:
+            changes[name] = None if value.strip().lower() == "default" else value.strip()
+    for name in args.reset or []:
+        key = name.replace("-", "_")
+        if key not in _QUOTA_OPTIONS:
+            raise ValueError(f"--reset {name!r}: no such quota. Expected one of: {', '.join(_QUOTA_OPTIONS)}.")
+        changes[key] = None
+    return changes
 
 
 def cmd_tenant(args: argparse.Namespace) -> int:
@@ -79,7 +109,20 @@ def cmd_tenant(args: argparse.Namespace) -> int:
         from .usage import cmd_usage
 
         return cmd_usage(args)
-    registry = _security().tenants
+    changes: dict[str, Any] = {}
+    try:
+        changes = _quota_changes(args)
+    except ValueError as exc:
+        print(f"dpmsf: {exc}", file=sys.stderr)
+        return 2
+    if changes and args.action != "quota":
+        print(f"dpmsf: quota options belong to 'dpmsf tenant quota ID', not to 'tenant {args.action}'", file=sys.stderr)
+        return 2
+    if args.action in ("show", "disable", "enable", "rotate-key", "quota") and not args.id:
+        print(f"dpmsf: tenant {args.action} needs a tenant id", file=sys.stderr)
+        return 2
+    security = _security()
+    registry = security.tenants
     try:
         if args.action == "add":
             tenant = registry.add(name=args.name or "", tenant_id=args.id)
@@ -87,10 +130,17 @@ def cmd_tenant(args: argparse.Namespace) -> int:
         elif args.action == "list":
             for tenant in registry.list():
                 print(json.dumps(_show(tenant, False)))
-        elif args.action in ("disable", "enable", "rotate-key"):
-            if not args.id:
-                print(f"dpmsf: tenant {args.action} needs a tenant id", file=sys.stderr)
-                return 2
+        elif args.action == "show":
+            found = registry.get(args.id)
+            if found is None:
+                raise TenantNotFound(args.id)
+            print(json.dumps(_show(found, False, security.settings)))
+        elif args.action == "quota":  # no option: show them
+            tenant = registry.set_quotas(args.id, changes) if changes else registry.get(args.id)
+            if tenant is None:
+                raise TenantNotFound(args.id)
+            print(json.dumps(_show(tenant, False, security.settings)))
+        else:
             method = {"disable": registry.disable, "enable": registry.enable, "rotate-key": registry.rotate_key}
             tenant = method[args.action](args.id)
             print(json.dumps(_show(tenant, args.action == "rotate-key")))
@@ -109,10 +159,27 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_token)
 
     p = sub.add_parser(
-        "tenant", help="manage tenants: add | list | disable ID | enable ID | rotate-key ID | usage [ID]"
+        "tenant",
+        help="manage tenants: add | list | show ID | disable ID | enable ID | rotate-key ID | quota ID | usage [ID]",
     )
-    p.add_argument("action", choices=["add", "list", "disable", "enable", "rotate-key", "usage"])
+    p.add_argument("action", choices=["add", "list", "show", "disable", "enable", "rotate-key", "quota", "usage"])
     p.add_argument("id", nargs="?", help="tenant UUID (add: optional, default a new one)")
     p.add_argument("--name", help="a label for the tenant (add)")
     p.add_argument("--since", help="usage: from this ISO time or this long ago (90s, 15m, 6h, 30d); default: all")
+    quota = p.add_argument_group(
+        "quota ID",
+        "override the operator's defaults (DPMSF_TENANT_*, DPMSF_STORE_MAX_DOC) for one tenant;"
+        " the value 'default' clears an override",
+    )
+    helps = {
+        "modules": "modules the tenant may store",
+        "upload_mb": "MB of modules, all together",
+        "store_mb": "MB of documents in the store",
+        "max_doc": "bytes of one document",
+        "concurrency": "calls running at once",
+        "rate": "requests per second (0: no limit)",
+    }
+    for name, option in _QUOTA_OPTIONS.items():
+        quota.add_argument(option, dest=name, metavar="N", help=helps[name])
+    quota.add_argument("--reset", action="append", metavar="NAME", help="clear one override (repeatable)")
     p.set_defaults(func=cmd_tenant)

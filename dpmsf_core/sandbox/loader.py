@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("dpmsf.sandbox")
 
 _STORE_METHODS = frozenset({"get", "put", "create", "update", "delete", "list"})
+_GUEST_PAGE_BYTES = 400_000  # a guest's listing page: well within its 1 MB result, so it can return what it listed
 
 
 def sandbox_installed() -> bool:
@@ -53,11 +54,14 @@ def serve_store(tenant: str, method: str, collection: str, args: list[Any]) -> A
     if method not in _STORE_METHODS:
         raise UnprocessableArguments(f"The store has no method {method!r}.")
     try:
-        result = getattr(Collection(collection, tenant=tenant), method)(*args)
+        docs = Collection(collection, tenant=tenant)
+        result = docs.list(*args, max_bytes=_GUEST_PAGE_BYTES) if method == "list" else getattr(docs, method)(*args)
     except TypeError as exc:
         raise UnprocessableArguments(f"Bad arguments for store.{method}: {exc}") from None
     except RecursionError:
         raise UnprocessableArguments(f"Arguments for store.{method} are nested too deeply.") from None
+    except UnicodeError:  # text no backend can encode (a lone surrogate) where the store did not look for it
+        raise UnprocessableArguments(f"Arguments for store.{method} hold text that is not valid Unicode.") from None
     return list(result) if isinstance(result, tuple) else result
 
 

@@ -9,11 +9,15 @@ Plugins use collections; the tenant comes from the request being served::
     tasks.update(task["id"], {"done": True})
     page, cursor = tasks.list(limit=50)                            # pass ``cursor`` back for the next page
 
-Documents are JSON objects (dicts) of at most ``MAX_DOC_BYTES``; ids are non-empty strings of up to 256
-characters; collection names match ``[A-Za-z0-9_.-]{1,64}``. Each document belongs to one tenant: the
-caller's tenant, or the literal ``"_"`` (``ANONYMOUS_TENANT``) for anonymous, local and admin use.
-Invalid input raises UnprocessableArguments (422); a backend that cannot be reached raises
-ServiceUnavailable (503) and writes nothing.
+Documents are JSON objects (dicts) of at most the tenant's ``max_doc`` quota (``DPMSF_STORE_MAX_DOC``, default
+``MAX_DOC_BYTES``); ids are non-empty strings of up to 256 characters of valid Unicode; collection names match
+``[A-Za-z0-9_.-]{1,64}``. Each document belongs to one tenant: the caller's tenant, or the literal ``"_"``
+(``ANONYMOUS_TENANT``) for anonymous, local and admin use. A tenant's documents together may take its
+``store_mb`` quota (``DPMSF_TENANT_STORE_MB``; each document counts its JSON bytes plus 100). Invalid input raises
+UnprocessableArguments (422); a write over a quota raises QuotaExceeded (413, naming the quota) and stores
+nothing; a backend that cannot be reached raises ServiceUnavailable (503) and writes nothing. A ``list`` page
+holds at most ``limit`` documents and ``MAX_PAGE_BYTES`` of them (always at least one), so a listing never makes
+the server hold more than about a page: pass the cursor back for the rest.
 
 Backends, chosen with ``make_store(url)`` and installed by the app with ``configure(backend)``:
 
@@ -39,7 +43,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .._backends import parse_backend_url
 from ..context import current_tenant, metered_store
 from ..errors import UnprocessableArguments
-from .validation import ANONYMOUS_TENANT, DEFAULT_URL, MAX_DOC_BYTES, MAX_ID_LENGTH, MAX_LIMIT, check_key, encode_doc
+from .validation import (
+    ANONYMOUS_TENANT,
+    DEFAULT_URL,
+    MAX_DOC_BYTES,
+    MAX_ID_LENGTH,
+    MAX_LIMIT,
+    MAX_PAGE_BYTES,
+    QuotaLookup,
+    check_doc,
+    check_key,
+)
 
 if TYPE_CHECKING:
     from .dynamodb import DynamoDBStore
@@ -52,6 +66,7 @@ __all__ = [
     "MAX_DOC_BYTES",
     "MAX_ID_LENGTH",
     "MAX_LIMIT",
+    "MAX_PAGE_BYTES",
     "ANONYMOUS_TENANT",
     "Collection",
     "DynamoDBStore",
@@ -85,30 +100,35 @@ class StoreBackend(Protocol):
         ...
 
     def list(
-        self, tenant: str, collection: str, limit: int = 100, cursor: str | None = None
+        self, tenant: str, collection: str, limit: int = 100, cursor: str | None = None, max_bytes: int | None = None
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """Up to ``limit`` documents in id order, and a cursor for the next page (None on the last one)."""
+        """Up to ``limit`` documents in id order, fewer when they pass the backend's page bytes (or ``max_bytes``, if
+        smaller; at least one document), and a cursor for the next page (None on the last one)."""
+        ...
+
+    def usage(self, tenant: str) -> int:
+        """Bytes the tenant stores: what its ``store_mb`` quota counts (JSON bytes plus 100 a document)."""
         ...
 
 
 # -- choosing and installing a backend ---------------------------------------------------------------------------
 
 
-def make_store(url: str) -> StoreBackend:
+def make_store(url: str, quotas: QuotaLookup | None = None) -> StoreBackend:
     """``sqlite:///relative.db``, ``sqlite:////abs/path.db``, ``dynamodb://table[?endpoint_url=...]`` or
-    ``firestore://collection[?database=name]``."""
+    ``firestore://collection[?database=name]``; ``quotas`` gives each tenant's (default: the environment's)."""
     found = parse_backend_url(url, "Store URL", ("sqlite", "dynamodb", "firestore"))
     if found.kind == "sqlite":
         from .sqlite import SQLiteStore
 
-        return SQLiteStore(found.target)
+        return SQLiteStore(found.target, quotas=quotas)
     if found.kind == "firestore":
         from .firestore import FirestoreStore
 
-        return FirestoreStore(found.target, database=found.database)
+        return FirestoreStore(found.target, database=found.database, quotas=quotas)
     from .dynamodb import DynamoDBStore
 
-    return DynamoDBStore(found.target, endpoint_url=found.endpoint_url)
+    return DynamoDBStore(found.target, endpoint_url=found.endpoint_url, quotas=quotas)
 
 
 def __getattr__(name: str) -> Any:
@@ -122,20 +142,22 @@ def __getattr__(name: str) -> Any:
 
 _backend: StoreBackend | None = None
 _configured_url: str | None = None
+_configured_quotas: QuotaLookup | None = None
 _backend_lock = threading.Lock()
 
 
-def configure(backend: StoreBackend | str | None) -> None:
-    """Install the backend plugins use (the app calls this at start-up); a URL is passed to ``make_store``.
+def configure(backend: StoreBackend | str | None, quotas: QuotaLookup | None = None) -> None:
+    """Install the backend plugins use (the app calls this at start-up); a URL is passed to ``make_store`` with
+    ``quotas`` (the app's ``QuotaBook.for_tenant``: each tenant's quotas, with its stored overrides).
 
     ``None`` forgets it, so the next use reads ``DPMSF_STORE`` again.
     """
-    global _backend, _configured_url
+    global _backend, _configured_url, _configured_quotas
     with _backend_lock:
         if isinstance(backend, str):  # opened on first use: an app that never stores anything pays nothing
-            _backend, _configured_url = None, backend
+            _backend, _configured_url, _configured_quotas = None, backend, quotas
         else:
-            _backend, _configured_url = backend, None
+            _backend, _configured_url, _configured_quotas = backend, None, None
 
 
 def get_backend() -> StoreBackend:
@@ -145,7 +167,8 @@ def get_backend() -> StoreBackend:
     if backend is None:
         with _backend_lock:
             if _backend is None:
-                _backend = make_store(_configured_url or os.environ.get("DPMSF_STORE") or DEFAULT_URL)
+                url = _configured_url or os.environ.get("DPMSF_STORE") or DEFAULT_URL
+                _backend = make_store(url, _configured_quotas)
             backend = _backend
     return backend
 
@@ -170,7 +193,7 @@ class Collection:
 
     def put(self, id: str, doc: dict[str, Any]) -> dict[str, Any]:
         """Create or replace document ``id``; the stored document carries ``"id": id``."""
-        encode_doc(doc)
+        check_doc(doc)
         backend, tenant = self._where()
         return backend.put(tenant, self.name, id, {"id": id, **{k: v for k, v in doc.items() if k != "id"}})
 
@@ -196,9 +219,13 @@ class Collection:
         backend, tenant = self._where()
         return backend.delete(tenant, self.name, id)
 
-    def list(self, limit: int = 100, cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+    def list(
+        self, limit: int = 100, cursor: str | None = None, *, max_bytes: int | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Up to ``limit`` documents in id order, fewer when they pass ``MAX_PAGE_BYTES`` (or ``max_bytes``, if
+        smaller); and the cursor for the next page (None on the last one)."""
         backend, tenant = self._where()
-        return backend.list(tenant, self.name, limit, cursor)
+        return backend.list(tenant, self.name, limit, cursor, max_bytes)
 
 
 def collection(name: str) -> Collection:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from ..config import Settings
@@ -99,8 +100,9 @@ class LazySecurity:
         self.settings = settings
         self._security: Security | None = None
         self._lock = threading.Lock()
-        # every tenant's quotas: the operator's defaults, with each tenant's stored overrides laid over them
-        self.quotas = QuotaBook(settings.quotas)
+        # every tenant's quotas: the operator's defaults, with each tenant's stored overrides laid over them, read
+        # from the tenant registry only when a tenant's code needs them (cached as long as tenant keys)
+        self.quotas = QuotaBook(settings.quotas, lookup=self._stored_quotas, ttl=settings.key_cache_seconds)
 
     def __call__(self) -> Security:
         security = self._security
@@ -110,6 +112,18 @@ class LazySecurity:
                     self._security = Security(self.settings)
                 security = self._security
         return security
+
+    def _stored_quotas(self, tenant: str) -> Mapping[str, Any] | None:
+        """A tenant's quota overrides; None (the defaults) for the anonymous tenant ``_`` and any id that is no
+        tenant's, without opening the registry."""
+        from .tenants import tenant_id
+
+        try:
+            tid = tenant_id(tenant)
+        except ValueError:
+            return None
+        found = self().tenants.get(tid)
+        return found.quotas if found is not None else None
 
     def tenant_for_read(self, headers: dict[str, str]) -> str | None:
         """The caller of a read-only document (``__dir__``, ``/openapi.json``): None when anonymous is allowed."""

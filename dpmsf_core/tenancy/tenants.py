@@ -10,6 +10,8 @@ Backends, chosen with ``make_tenant_registry(url)``:
 
 ``key_lookup(registry)`` turns a registry into the ``key_for`` callback of ``tokens.TokenVerifier``.
 
+``Tenant.quotas`` (``dpmsf tenant quota``): a JSON column in SQLite (added to older files), a map elsewhere.
+
 Keys at rest: the SQLite, DynamoDB and Firestore registries never store a tenant key in clear. Each is wrapped with
 AES-256-GCM under the server master key, the tenant id being associated data (a wrapped key copied to another
 tenant's row does not unwrap), and stored as ``wrap1:`` + base64url(nonce || ciphertext || tag). A copy of the
@@ -26,13 +28,14 @@ DynamoDB and Firestore registries whenever they read them.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,6 +43,7 @@ from typing import Any, Protocol
 from .._backends import SQLitePerThread, parse_backend_url
 from .keys import MASTER_KEY_FILE, WRAP_PREFIX, MasterKey, Sealer, load_master_key
 from .state_files import private_sqlite
+from .tenant_quotas import changed_quotas, quotas_json
 from .tokens import TenantKey, decode_key, encode_key, generate_key
 
 __all__ = [
@@ -124,6 +128,10 @@ class TenantRegistry(Protocol):
         """Give the tenant a new key; tokens minted with the old one stop working."""
         ...
 
+    def set_quotas(self, tenant_id: str, changes: Mapping[str, Any]) -> Tenant:
+        """Change the tenant's quota overrides (None clears one); servers see them within ``DPMSF_KEY_CACHE``."""
+        ...
+
 
 class MemoryTenantRegistry:
     """Tenants in a dict, for tests and servers that need no persistence."""
@@ -163,6 +171,12 @@ class MemoryTenantRegistry:
     def rotate_key(self, tenant_id: str) -> Tenant:
         return self._change(tenant_id, key=generate_key())
 
+    def set_quotas(self, tenant_id: str, changes: Mapping[str, Any]) -> Tenant:
+        tenant = self.get(tenant_id)
+        if tenant is None:
+            raise TenantNotFound(_canonical(tenant_id))
+        return self._change(tenant_id, quotas=changed_quotas(tenant.quotas, changes))
+
 
 class SQLiteTenantRegistry:
     """Tenants in a SQLite file (one connection per thread; safe for several processes); keys stored wrapped.
@@ -199,10 +213,22 @@ class SQLiteTenantRegistry:
         master = load_master_key(master_key, key_dir, tighten=state_dir is not None)
         self._sealer = Sealer(master, f"tenant registry {self.path}")
         self._conn()
+        self._add_quotas_column()
         self._migrate()
 
     def _conn(self) -> sqlite3.Connection:
         return self._sqlite.connection()
+
+    def _add_quotas_column(self) -> None:
+        """Files made before quotas existed get the ``quotas`` column (``{}``: no overrides)."""
+        conn = self._conn()
+        if any(row[1] == "quotas" for row in conn.execute("PRAGMA table_info(tenants)")):
+            return
+        try:
+            conn.execute("ALTER TABLE tenants ADD COLUMN quotas TEXT NOT NULL DEFAULT '{}'")
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):  # another process added it first
+                raise
 
     _CLEAR = f"SELECT id, key FROM tenants WHERE substr(key, 1, {len(WRAP_PREFIX)}) != '{WRAP_PREFIX}'"
 
@@ -229,6 +255,8 @@ class SQLiteTenantRegistry:
                 "tenant registry %s: wrapped %d tenant key(s) stored in clear by an older version", self.path, wrapped
             )
 
+    _COLUMNS = "id, name, key, enabled, admin, quotas"
+
     def _tenant(self, row: tuple[Any, ...]) -> Tenant:
         tid, stored = row[0], row[2]
         key, clear = self._sealer.open(tid, stored)
@@ -236,7 +264,9 @@ class SQLiteTenantRegistry:
             self._conn().execute(
                 "UPDATE tenants SET key = ? WHERE id = ? AND key = ?", (self._sealer.seal(tid, key), tid, stored)
             )
-        return Tenant(id=tid, name=row[1], key=key, enabled=bool(row[3]), admin=bool(row[4]))
+        return Tenant(
+            id=tid, name=row[1], key=key, enabled=bool(row[3]), admin=bool(row[4]), quotas=quotas_json(row[5])
+        )
 
     def add(self, name: str = "", tenant_id: str | None = None, key: str | None = None, admin: bool = False) -> Tenant:
         tenant = new_tenant(name, tenant_id, key, admin)
@@ -252,13 +282,13 @@ class SQLiteTenantRegistry:
     def get(self, tenant_id: str) -> Tenant | None:
         row = (
             self._conn()
-            .execute("SELECT id, name, key, enabled, admin FROM tenants WHERE id = ?", (_canonical(tenant_id),))
+            .execute(f"SELECT {self._COLUMNS} FROM tenants WHERE id = ?", (_canonical(tenant_id),))
             .fetchone()
         )
         return self._tenant(row) if row else None
 
     def list(self) -> list[Tenant]:
-        rows = self._conn().execute("SELECT id, name, key, enabled, admin FROM tenants ORDER BY created_at, id")
+        rows = self._conn().execute(f"SELECT {self._COLUMNS} FROM tenants ORDER BY created_at, id")
         return [self._tenant(row) for row in rows.fetchall()]
 
     def _set(self, tid: str, column: str, value: Any) -> Tenant:
@@ -277,6 +307,24 @@ class SQLiteTenantRegistry:
     def rotate_key(self, tenant_id: str) -> Tenant:
         tid = _canonical(tenant_id)
         return self._set(tid, "key", self._sealer.seal(tid, generate_key()))
+
+    def set_quotas(self, tenant_id: str, changes: Mapping[str, Any]) -> Tenant:
+        tid = _canonical(tenant_id)
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")  # read, merge and write as one: two changes at once both hold
+        try:
+            row = conn.execute("SELECT quotas FROM tenants WHERE id = ?", (tid,)).fetchone()
+            if row is None:
+                raise TenantNotFound(tid)
+            quotas = changed_quotas(quotas_json(row[0]), changes)
+            conn.execute("UPDATE tenants SET quotas = ? WHERE id = ?", (json.dumps(quotas, sort_keys=True), tid))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        tenant = self.get(tid)
+        assert tenant is not None
+        return tenant
 
     def close(self) -> None:
         """Close this thread's connection."""

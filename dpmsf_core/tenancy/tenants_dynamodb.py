@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from .._backends import aws_client
 from .keys import MasterKey, Sealer, load_master_key
+from .tenant_quotas import changed_quotas
 from .tenants import Tenant, TenantNotFound, already_exists, new_tenant
 from .tenants import tenant_id as canonical_tenant_id
 from .tokens import generate_key
@@ -56,6 +58,7 @@ class DynamoDBTenantRegistry:
             key=key,
             enabled=item["enabled"]["BOOL"],
             admin=item.get("admin", {}).get("BOOL", False),
+            quotas={name: _number(value.get("N", "0")) for name, value in item.get("quotas", {}).get("M", {}).items()},
         )
 
     def _rewrap(self, tid: str, key: str, stored: str) -> None:
@@ -138,3 +141,18 @@ class DynamoDBTenantRegistry:
     def rotate_key(self, tenant_id: str) -> Tenant:
         tid = canonical_tenant_id(tenant_id)
         return self._set(tid, "key", {"S": self._sealer.seal(tid, generate_key())})
+
+    def set_quotas(self, tenant_id: str, changes: Mapping[str, Any]) -> Tenant:
+        """The overrides as the map attribute ``quotas`` (``{"store_mb": {"N": "5"}}``)."""
+        tid = canonical_tenant_id(tenant_id)
+        tenant = self.get(tid)
+        if tenant is None:
+            raise TenantNotFound(tid)
+        quotas = changed_quotas(tenant.quotas, changes)
+        return self._set(tid, "quotas", {"M": {name: {"N": repr(value)} for name, value in quotas.items()}})
+
+
+def _number(text: str) -> float:
+    """A DynamoDB number as Python's: ``5`` stays an int, ``2.5`` a float."""
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from .._backends import FirestorePerProcess, firestore_no_document
 from .keys import MasterKey, Sealer, load_master_key
+from .tenant_quotas import changed_quotas
 from .tenants import Tenant, TenantNotFound, already_exists, new_tenant
 from .tenants import tenant_id as canonical_tenant_id
 from .tokens import generate_key
@@ -65,6 +67,7 @@ class FirestoreTenantRegistry:
             key=key,
             enabled=bool(data["enabled"]),
             admin=bool(data.get("admin", False)),
+            quotas=dict(data.get("quotas") or {}),
         )
 
     def _rewrap(self, snapshot: Any, key: str) -> None:
@@ -143,3 +146,11 @@ class FirestoreTenantRegistry:
     def rotate_key(self, tenant_id: str) -> Tenant:
         tid = canonical_tenant_id(tenant_id)
         return self._set(tid, "key", self._sealer.seal(tid, generate_key()))
+
+    def set_quotas(self, tenant_id: str, changes: Mapping[str, Any]) -> Tenant:
+        """The overrides as the map field ``quotas``, replaced whole."""
+        tid = canonical_tenant_id(tenant_id)
+        tenant = self.get(tid)
+        if tenant is None:
+            raise TenantNotFound(tid)
+        return self._set(tid, "quotas", changed_quotas(tenant.quotas, changes))

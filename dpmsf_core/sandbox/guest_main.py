@@ -75,8 +75,14 @@ def _send_bytes(data, last=True):
 
 
 def _send(obj, last=True):
-    """Not ASCII-escaped: a document's frame is as large as the store will count it, not up to six times more."""
-    _send_bytes(json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8"), last)
+    """Not ASCII-escaped: a document's frame is as large as the store will count it, not up to six times more.
+    Text UTF-8 cannot carry (a lone surrogate) goes escaped, so the server can refuse it with its own 422."""
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        data = json.dumps(obj, separators=(",", ":")).encode("ascii")
+    _send_bytes(data, last)
 
 
 class _Capture:

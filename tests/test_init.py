@@ -22,6 +22,7 @@ EXPECTED_FILES = [
     ".gitignore",
     "README.md",
     "app.yaml",
+    "infra/Makefile",
     "infra/template.yaml",
     "plugins/greetings.py",
     "pyproject.toml",

@@ -368,3 +368,37 @@ def test_deploy_builds_then_deploys_guided_the_first_time(tmp_path: Path) -> Non
     proc = _deploy([], tmp_path, SAM_BUILD_EXIT="3", **env)
     assert proc.returncode == 3 and "dpmsf deploy: build failed (exit 3)" in proc.stderr
     assert calls.read_text().splitlines() == [f"{sys.executable} build --template-file {template}"]  # no deploy
+
+
+def test_a_launcher_resolves_to_the_interpreter_it_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pyenv shim works only while PYENV_VERSION selects its version, and the build runs the interpreter later
+    with a stripped environment: what is kept is the interpreter the shim ran, which works without it."""
+    shim = tmp_path / "shims" / f"python{running_python()}"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\n[ -n "$FAKE_PYENV_VERSION" ] || exit 127\nexec {sys.executable} "$@"\n')
+    shim.chmod(0o755)
+    monkeypatch.setenv("FAKE_PYENV_VERSION", running_python())
+    found = find_python(running_python(), str(shim))
+    assert found == sys.executable
+    stripped = subprocess.run([str(found), "-I", "-S", "-c", "print(1)"], env={"PATH": "/usr/bin:/bin"}, check=False)
+    assert stripped.returncode == 0
+    assert subprocess.run([str(shim), "-c", "1"], env={"PATH": "/usr/bin:/bin"}, check=False).returncode == 127
+
+
+def test_a_failed_package_leaves_nothing_and_the_next_run_builds(tmp_path: Path) -> None:
+    """A build that fails halfway (here the interpreter that checks the imports dies) removes its folder, so the
+    next run builds instead of refusing the folder as 'not a dpmsf package artifact'."""
+    dying = tmp_path / "dying-python"
+    dying.write_text(
+        f'#!/bin/sh\ncase "$*" in *sys.implementation*) echo "cpython {running_python()} $0"; exit 0;; esac\n'
+        "echo died >&2\nexit 9\n"
+    )
+    dying.chmod(0o755)
+    out = tmp_path / "out"
+    args = [*DPMSF, "package", "--out", str(out), "--deps", "none", *_here()]
+    failed = subprocess.run([*args, "--target-python", str(dying)], capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 2 and "the import check under" in failed.stderr, failed.stderr
+    assert not out.exists()
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "choose another --out" not in again.stderr and (out / "handler" / "aws_lambda.py").is_file()

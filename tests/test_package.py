@@ -12,6 +12,7 @@ import pytest
 from childproc import run_for_result
 from samcli import unavailable
 
+from dpmsf_core.cli.init import write_project
 from dpmsf_core.manifest import MANIFEST_NAME
 from dpmsf_core.packaging import LAMBDA_PYTHON, PackagingError, Target, build, find_python
 from dpmsf_core.packaging.dependencies import copy_from_environment
@@ -272,7 +273,8 @@ def test_invoke_prints_the_response(event: str, want: dict, tmp_path: Path) -> N
 def test_invoke_rejects_bad_json(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{nope")
-    proc = subprocess.run([*DPMSF, "invoke", "--event", str(bad)], capture_output=True, text=True, cwd=tmp_path)
+    invoke = [*DPMSF, "invoke", "--event", str(bad), "--plugins", str(ROOT / "plugins")]
+    proc = subprocess.run(invoke, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and "not JSON" in proc.stderr
 
 
@@ -349,23 +351,27 @@ def test_deploy_builds_then_deploys_guided_the_first_time(tmp_path: Path) -> Non
     (bin_dir / "sam").chmod(0o755)
     calls = tmp_path / "calls.txt"
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SAM_CALLS": str(calls)}
-    template = ROOT / "infra" / "template.yaml"
+    write_project(tmp_path / "shop", "shop")
+    template = tmp_path / "shop" / "infra" / "template.yaml"
+    (tmp_path / "shop" / "plugins" / "deep").mkdir()
 
-    proc = _deploy(["--", "--stack-name", "dpmsf-test"], tmp_path, **env)
+    proc = _deploy([], tmp_path, **env)  # not in a project
+    assert proc.returncode == 2 and "is not in a DPMSF project" in proc.stderr and "--template" in proc.stderr
+    proc = _deploy(["--", "--stack-name", "dpmsf-test"], tmp_path / "shop" / "plugins" / "deep", **env)
     assert proc.returncode == 0, proc.stderr
     assert calls.read_text().splitlines() == [
         f"{sys.executable} build --template-file {template}",  # PYTHON: infra/Makefile builds with this DPMSF
         f"{sys.executable} deploy --guided --stack-name dpmsf-test",
     ]
-    (tmp_path / "samconfig.toml").write_text("version = 0.1\n")  # what the guided deploy saves
+    (tmp_path / "shop" / "samconfig.toml").write_text("version = 0.1\n")  # what the guided deploy saves
     calls.unlink()
-    assert _deploy([], tmp_path, **env).returncode == 0
+    assert _deploy([], tmp_path / "shop", **env).returncode == 0
     assert calls.read_text().splitlines()[1] == f"{sys.executable} deploy"
     calls.unlink()
-    proc = _deploy(["--dry-run", "--guided"], tmp_path, **env)
+    proc = _deploy(["--dry-run", "--guided"], tmp_path / "shop", **env)
     assert proc.returncode == 0 and not calls.exists()
     assert f"dpmsf deploy: {bin_dir / 'sam'} deploy --guided" in proc.stderr
-    proc = _deploy([], tmp_path, SAM_BUILD_EXIT="3", **env)
+    proc = _deploy([], tmp_path / "shop", SAM_BUILD_EXIT="3", **env)
     assert proc.returncode == 3 and "dpmsf deploy: build failed (exit 3)" in proc.stderr
     assert calls.read_text().splitlines() == [f"{sys.executable} build --template-file {template}"]  # no deploy
 

@@ -17,7 +17,7 @@ from pathlib import Path
 TEMPLATE_SUFFIX = ".tmpl"
 _DOTFILES = {"gitignore": ".gitignore"}
 _SETUP = "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt"
-SERVE = f"{_SETUP} && .venv/bin/dpmsf serve --plugins plugins"  # the generated README's two commands
+SERVE = f"{_SETUP} && .venv/bin/dpmsf serve"  # the generated README's two commands
 TEST = f"{_SETUP} pytest httpx && .venv/bin/python -m pytest"
 
 

@@ -206,3 +206,27 @@ def test_the_generated_template_passes_sam_validate_lint(tmp_path: Path) -> None
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "is a valid SAM Template" in done.stdout + done.stderr
+
+
+def test_the_generated_app_yaml_keeps_data_and_installs_what_that_needs(tmp_path: Path) -> None:
+    """App Engine's /tmp is per instance and lost with it: the store and the replay store are Firestore, and
+    requirements.txt installs the Firestore client (DPMSF's gcp extra) beside the server (gae)."""
+    import zipfile
+
+    import yaml
+
+    from dpmsf_core.config import Settings
+
+    write_project(tmp_path, "shop")
+    variables = yaml.safe_load((tmp_path / "app.yaml").read_text())["env_variables"]
+    settings = Settings.from_env({**variables, "GAE_ENV": "standard"}, dotenv=None)
+    assert settings.store.startswith("firestore://") and settings.replay_store.startswith("firestore://")
+    line = (tmp_path / "requirements.txt").read_text().splitlines()[-1]
+    assert line.startswith("./vendor/dpmsf-") and line.endswith("[gae,gcp]")
+    with zipfile.ZipFile(tmp_path / line.removeprefix("./").split("[")[0]) as wheel:
+        meta = wheel.read("dpmsf-0.1.0.dist-info/METADATA").decode()
+    needs = {r.split(";")[0].split(">")[0][14:].strip() for r in meta.splitlines() if r.startswith("Requires-Dist:")}
+    assert {"google-cloud-firestore", "gunicorn", "uvicorn-worker"} <= needs
+    assert "'gcp'" in meta or '"gcp"' in meta
+    ignored = (tmp_path / ".gcloudignore").read_text().splitlines()
+    assert {".dpmsf/", ".venv/", "tests/", ".env"} <= set(ignored) and "vendor/" not in ignored

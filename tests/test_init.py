@@ -3,6 +3,7 @@ installed from a wheel (not this checkout), ``dpmsf init demo``, the project's o
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -230,3 +231,35 @@ def test_the_generated_app_yaml_keeps_data_and_installs_what_that_needs(tmp_path
     assert "'gcp'" in meta or '"gcp"' in meta
     ignored = (tmp_path / ".gcloudignore").read_text().splitlines()
     assert {".dpmsf/", ".venv/", "tests/", ".env"} <= set(ignored) and "vendor/" not in ignored
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_new_project_builds_with_sam_from_a_wheel_install(fresh_venv: tuple[Path, Path, str], tmp_path: Path) -> None:
+    """As a user: DPMSF installed from a wheel (not this checkout) builds the project's artefact with ``sam build``
+    from the project folder, with the project's own plugins and nothing of its local state."""
+    from samcli import sam_env, sam_executable
+
+    from dpmsf_core.packaging import LAMBDA_PYTHON, MARKER, find_python
+
+    if find_python(LAMBDA_PYTHON) is None:
+        unavailable(f"Python {LAMBDA_PYTHON} (the template's runtime) is neither on PATH nor under pyenv")
+    venv, _, _ = fresh_venv
+    assert _run([str(venv / "bin" / "dpmsf"), "init", "shop"], tmp_path).returncode == 0
+    shop = tmp_path / "shop"
+    (shop / ".dpmsf").mkdir()
+    (shop / ".dpmsf" / "master.key").write_text("MASTER-KEY-CANARY")
+    built = subprocess.run(
+        [str(sam_executable()), "build", "-t", "infra/template.yaml", "--build-dir", str(tmp_path / "out")],
+        cwd=shop,
+        env=sam_env(PYTHON=str(venv / "bin" / "python")),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    function = tmp_path / "out" / "Function"
+    assert json.loads((function / MARKER).read_text())["plugins"] == [str(shop / "plugins")]
+    assert (function / "handler" / "aws_lambda.py").is_file() and not (function / "dpmsf_core" / "cli").exists()
+    assert {"greetings.py", ".dpmsf-manifest.json"} <= {p.name for p in (function / "plugins").iterdir()}
+    assert not [p for p in function.rglob("*") if p.name in (".dpmsf", "master.key", "vendor", "tests")]

@@ -408,3 +408,20 @@ def test_a_failed_package_leaves_nothing_and_the_next_run_builds(tmp_path: Path)
     again = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert "choose another --out" not in again.stderr and (out / "handler" / "aws_lambda.py").is_file()
+
+
+def test_a_projects_requirements_are_bundled_but_not_dpmsf_itself(tmp_path: Path) -> None:
+    """requirements.txt names DPMSF (vendored wheel, or by version) and the plugins' own libraries: only the
+    libraries go to pip for the runtime; a line pip alone understands (an option, a bare path) is refused by line."""
+    from dpmsf_core.packaging.dependencies import project_requirements
+
+    listed = tmp_path / "requirements.txt"
+    listed.write_text(
+        "# comment\n./vendor/dpmsf-0.1.0-py3-none-any.whl[gae,gcp]\ndpmsf[gae]==0.1.0\n"
+        "requests>=2.31  # for plugins/weather.py\nPyYAML\n\n"
+    )
+    assert project_requirements(listed) == ["requests>=2.31", "PyYAML"]
+    listed.write_text("requests\n--index-url https://example.org/simple\n")
+    with pytest.raises(PackagingError) as info:
+        project_requirements(listed)
+    assert str(info.value).startswith(f"{listed}:2: '--index-url https://example.org/simple' is not a requirement")

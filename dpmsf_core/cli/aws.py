@@ -46,8 +46,9 @@ def cmd_package(args: argparse.Namespace) -> int:
     out = args.out or (project.root / "build" / "lambda" if project is not None else Path("build/lambda"))
     try:
         requirements = [*RUNTIME_REQUIREMENTS]
-        if project is not None and project.requirements.is_file():  # the plugins' own libraries
-            requirements += project_requirements(project.requirements)
+        listed = project.requirements if project is not None else None
+        if listed is not None and listed.is_file():  # the plugins' own libraries
+            requirements += project_requirements(listed)
         artifact = build(
             out,
             plugins,

@@ -44,9 +44,11 @@ READS_SETTINGS = frozenset({"serve", "routes", "openapi", "invoke", "token", "te
 
 @dataclass(frozen=True)
 class Project:
-    """A project folder and the places in it the commands use."""
+    """A project folder and the places in it the commands use; ``own`` when ``[tool.dpmsf]`` marks it (a project
+    made by ``dpmsf init``), not when it is recognised by its folders (the repository itself)."""
 
     root: Path
+    own: bool = True
 
     @property
     def plugins(self) -> Path:
@@ -61,29 +63,32 @@ class Project:
         return self.root / ".dpmsf"
 
     @property
-    def requirements(self) -> Path:
-        return self.root / "requirements.txt"
+    def requirements(self) -> Path | None:
+        """The plugins' libraries (``dpmsf package`` bundles them): a ``dpmsf init`` project's ``requirements.txt``;
+        the repository's is App Engine's server, not its plugins'."""
+        return self.root / "requirements.txt" if self.own else None
 
 
-def is_root(folder: Path) -> bool:
-    """``pyproject.toml`` with ``[tool.dpmsf]``; or ``plugins/`` beside ``infra/template.yaml``."""
+def marked(folder: Path) -> bool:
+    """``pyproject.toml`` with a ``[tool.dpmsf]`` table."""
     pyproject = folder / PYPROJECT
-    if pyproject.is_file():
-        try:
-            data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-            data = {}
-        if isinstance(data.get("tool"), dict) and "dpmsf" in data["tool"]:
-            return True
-    return (folder / "plugins").is_dir() and (folder / "infra" / "template.yaml").is_file()
+    if not pyproject.is_file():
+        return False
+    try:
+        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+    return isinstance(data.get("tool"), dict) and "dpmsf" in data["tool"]
 
 
 def find(start: Path) -> Project | None:
     """The project ``start`` is in (itself or the nearest folder above it that is a root), or None."""
     start = start.resolve()
     for folder in (start, *start.parents):
-        if is_root(folder):
+        if marked(folder):
             return Project(folder)
+        if (folder / "plugins").is_dir() and (folder / "infra" / "template.yaml").is_file():
+            return Project(folder, own=False)
     return None
 
 

@@ -119,3 +119,68 @@ def test_version_and_help_say_what_they_should() -> None:
     serve = subprocess.run([*run, "serve", "--help"], capture_output=True, text=True, timeout=60, check=True).stdout
     flat = " ".join(serve.split())  # argparse wraps lines
     assert "(default: 127.0.0.1)" in flat and "(default: 8080)" in flat and "(default: info)" in flat
+
+
+# -- the project is where you stand -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Path:
+    """A project made by ``dpmsf init``, with a sub-folder to run commands from."""
+    from dpmsf_core.cli.init import write_project
+
+    write_project(tmp_path / "shop", "shop")
+    (tmp_path / "shop" / "tests" / "deep").mkdir()
+    return tmp_path / "shop"
+
+
+def test_commands_use_the_project_they_stand_in(shop: Path) -> None:
+    deep = shop / "tests" / "deep"
+    routes = run("routes", cwd=deep)
+    assert routes.returncode == 0, routes.stderr
+    urls = {line.split()[1] for line in routes.stdout.splitlines()[1:]}
+    assert urls == {"/rest/services/hello/", "/rest/services/greetings/{lang}/"}
+    assert "/rest/services/greetings/hello/" in json.loads(run("openapi", cwd=deep).stdout)["paths"]
+    event = json.loads((ROOT / "tests" / "events" / "apigw_v1.json").read_text())
+    event |= {"path": "/rest/services/greetings/fr/", "queryStringParameters": {"name": "Ada"}}
+    event["multiValueQueryStringParameters"] = {"name": ["Ada"]}
+    (deep / "event.json").write_text(json.dumps(event))
+    invoked = run("invoke", "--event", "event.json", cwd=deep)
+    assert invoked.returncode == 0, invoked.stderr
+    assert json.loads(json.loads(invoked.stdout)["body"]) == {"results": {"greeting": "Bonjour, Ada!"}}
+    assert run("new", "inventory", cwd=deep).returncode == 0
+    assert (shop / "plugins" / "inventory.py").is_file() and not (deep / "plugins").exists()
+    assert not (deep / ".dpmsf").exists()  # the state folder is the project's, wherever the command ran
+
+
+@pytest.mark.parametrize(
+    ("args", "fix"),
+    [
+        pytest.param(["routes"], "pass --plugins FOLDER", id="routes"),
+        pytest.param(["openapi"], "pass --plugins FOLDER", id="openapi"),
+        pytest.param(["serve", "--port", "1"], "pass --plugins FOLDER", id="serve"),
+        pytest.param(["invoke", "--event", "x.json"], "pass --plugins FOLDER", id="invoke"),
+        pytest.param(["package", "--deps", "none"], "pass --plugins FOLDER", id="package"),
+        pytest.param(["token"], "set DPMSF_STATE_DIR", id="token"),
+        pytest.param(["tenant", "list"], "set DPMSF_STATE_DIR", id="tenant"),
+    ],
+)
+def test_outside_a_project_a_command_names_the_flag_and_the_folder(args: list[str], fix: str, tmp_path: Path) -> None:
+    done = run(*args, cwd=tmp_path, env={"ADMIN_ID": "00000000-0000-4000-8000-0000000000ad"})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith(f"dpmsf: {tmp_path} is not in a DPMSF project") and fix in done.stderr
+    assert "Traceback" not in done.stderr and list(tmp_path.iterdir()) == []  # nothing written, no .dpmsf
+
+
+def test_a_token_minted_in_a_sub_folder_is_for_the_project_server(shop: Path) -> None:
+    """Tenants and tokens live in the project's .dpmsf/, whichever of its folders the command runs in."""
+    env = {"ADMIN_ID": "00000000-0000-4000-8000-0000000000ad"}
+    added = json.loads(run("tenant", "add", "--name", "acme", cwd=shop, env=env).stdout)
+    token = run("token", "--tenant", added["id"], cwd=shop / "plugins", env=env)
+    assert token.returncode == 0, token.stderr
+    from dpmsf_core.tenancy.replay import MemoryReplayStore
+    from dpmsf_core.tenancy.tokens import TokenVerifier, decode_key
+
+    verifier = TokenVerifier(lambda tid: decode_key(added["key"]), MemoryReplayStore())
+    assert verifier.verify(token.stdout.strip()).tenant == added["id"]
+    assert (shop / ".dpmsf").is_dir() and not (shop / "plugins" / ".dpmsf").exists()

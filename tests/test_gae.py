@@ -84,9 +84,9 @@ def test_a_token_is_single_use_across_both_workers(gae_server: str) -> None:
 def test_gcprunner_applies_app_yaml_and_binds_loopback() -> None:
     script = (ROOT / "gcprunner.sh").read_text()
     out = subprocess.run(
-        ["bash", "-c", script.replace('exec bash -c "exec $entrypoint"', 'env | sort; echo "$entrypoint"')],
+        ["bash", "-c", script.replace('exec bash -c "exec $entrypoint"', 'env | sort; echo "$entrypoint"; exit 0')],
         cwd=ROOT,
-        env={"PATH": os.environ["PATH"], "DPMSF_REQUIRE_TOKENS": "1"},
+        env={"PATH": os.environ["PATH"], "DPMSF_REQUIRE_TOKENS": "1", "FIRESTORE_EMULATOR_HOST": "127.0.0.1:1"},
         capture_output=True,
         text=True,
         timeout=30,
@@ -96,6 +96,45 @@ def test_gcprunner_applies_app_yaml_and_binds_loopback() -> None:
     assert "DPMSF_TENANTS=firestore://dpmsf-tenants\n" in out and "DPMSF_STORE=firestore://dpmsf-store\n" in out
     assert "DPMSF_REQUIRE_TOKENS=1\n" in out  # the caller's environment wins over app.yaml
     assert "-b 127.0.0.1:$PORT" in out and "PORT=8080\n" in out
+    assert "NO_GCE_CHECK=true\n" in out  # google-auth never asks the metadata server (169.254.169.254) here
+    assert "GOOGLE_CLOUD_PROJECT=demo-dpmsf-local\n" in out  # a "demo-" project never reaches Google
+    assert "FIRESTORE_EMULATOR_HOST=127.0.0.1:1\n" in out  # an emulator already running is used as it is
+
+
+def test_gcprunner_without_an_emulator_or_gcloud_says_what_to_run(tmp_path: Path) -> None:
+    """app.yaml keeps data in Firestore: with no emulator and no way to start one, nothing starts half-working."""
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "GCPRUNNER_GCLOUD": str(tmp_path / "no-gcloud")}
+    done = subprocess.run(
+        ["./gcprunner.sh", "--port", str(free_port())], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert "app.yaml keeps data in Firestore (DPMSF_" in done.stderr and "is not on PATH" in done.stderr
+    assert "gcloud emulators firestore start --host-port=127.0.0.1:8086" in done.stderr
+    assert "FIRESTORE_EMULATOR_HOST" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_gcprunner_starts_the_firestore_emulator_and_stops_it(tmp_path: Path) -> None:
+    """One command, as app.yaml is: no FIRESTORE_EMULATOR_HOST, no credentials (an empty HOME); the todo plugin
+    stores a task in the emulator it started, and the emulator ends with the server."""
+    if shutil.which("gcloud") is None or importlib.util.find_spec("google.cloud.firestore") is None:
+        pytest.skip("the Google Cloud CLI or google-cloud-firestore is not installed (pip install -e '.[gcp]')")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DPMSF_", "GAE_", "GOOGLE_", "FIRESTORE_"))}
+    env |= {"HOME": str(tmp_path), "DPMSF_STATE_DIR": str(tmp_path / "state"), "DPMSF_MASTER_KEY": generate_key()}
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    with running(["./gcprunner.sh", "--port", str(port)], ROOT, env, log, base + "/", 120):
+        created = httpx.post(base + "/rest/services/todo/tasks/", json={"title": "kept"}, timeout=30)
+        assert created.status_code in (200, 201), created.text
+        listed = httpx.get(base + "/rest/services/todo/tasks/", timeout=30).json()["results"]
+        assert [t["title"] for t in listed] == ["kept"]
+    started = next(line for line in log.read_text().splitlines() if "Firestore emulator on 127.0.0.1:" in line)
+    emulator = started.split("Firestore emulator on ")[1].split(",")[0]
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://{emulator}/", timeout=5)  # stopped with the server: nothing left running
+    assert "Traceback" not in log.read_text() and "metadata" not in log.read_text().lower()
 
 
 def _single_use(base: str) -> list[int]:

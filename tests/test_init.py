@@ -3,7 +3,9 @@ installed from a wheel (not this checkout), ``dpmsf init demo``, the project's o
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,14 +21,17 @@ from samcli import unavailable
 from dpmsf_core.cli.init import SERVE, TEST, write_project
 
 EXPECTED_FILES = [
+    ".gcloudignore",
     ".gitignore",
     "README.md",
     "app.yaml",
+    "infra/Makefile",
     "infra/template.yaml",
     "plugins/greetings.py",
     "pyproject.toml",
     "requirements.txt",
     "tests/test_greetings.py",
+    "vendor/dpmsf-0.1.0-py3-none-any.whl",
 ]
 
 
@@ -38,9 +43,11 @@ def _pypi_reachable() -> bool:
         return False
 
 
-def _run(argv: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DPMSF_", "VIRTUAL_ENV", "PYTHON"))}
-    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+def _run(
+    argv: list[str], cwd: Path, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DPMSF_", "VIRTUAL_ENV", "PYTHON", "ADMIN"))}
+    return subprocess.run(argv, cwd=cwd, env={**base, **(env or {})}, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +79,8 @@ def test_our_metadata_builds_without_warnings(fresh_venv: tuple[Path, Path, str]
 
 @pytest.mark.slow
 def test_a_new_project_passes_its_own_tests_and_serves(fresh_venv: tuple[Path, Path, str], tmp_path: Path) -> None:
+    """The README's path with no flags: init, the project's tests, routes, a token minted in a sub-folder, and the
+    server started at the root that accepts it (one state folder: the project's), over real HTTP."""
     venv, wheel, _ = fresh_venv
     dpmsf = str(venv / "bin" / "dpmsf")
     assert _run([dpmsf, "--version"], tmp_path).stdout.strip() == "dpmsf 0.1.0"
@@ -79,27 +88,64 @@ def test_a_new_project_passes_its_own_tests_and_serves(fresh_venv: tuple[Path, P
     assert made.returncode == 0, made.stderr
     demo = tmp_path / "demo"
     assert sorted(str(p.relative_to(demo)) for p in demo.rglob("*") if p.is_file()) == EXPECTED_FILES
-    assert (demo / "requirements.txt").read_text().splitlines()[-1] == f"dpmsf[gae] @ {wheel.as_uri()}"
+    assert (demo / "requirements.txt").read_text().splitlines()[-1] == f"./vendor/{wheel.name}[gae,gcp]"
+    assert (demo / "vendor" / wheel.name).read_bytes() == wheel.read_bytes()  # the wheel it runs from
     assert "demo" in (demo / "README.md").read_text().splitlines()[0]
 
     tested = _run([str(venv / "bin" / "python"), "-m", "pytest", "-p", "no:cacheprovider"], demo, timeout=300)
     assert tested.returncode == 0, tested.stdout[-3000:] + tested.stderr[-3000:]
     assert "2 passed" in tested.stdout
 
+    routes = _run([dpmsf, "routes"], demo / "plugins")
+    assert routes.returncode == 0, routes.stderr
+    assert "/rest/services/greetings/{lang}/" in routes.stdout and routes.stderr == ""
+    outside = _run([dpmsf, "routes"], tmp_path)
+    assert outside.returncode == 2 and f"{tmp_path} is not in a DPMSF project" in outside.stderr
+    assert "--plugins FOLDER" in outside.stderr
+
+    admin = {"ADMIN_ID": "00000000-0000-4000-8000-0000000000ad"}
+    token = _run([dpmsf, "token"], demo / "tests", env=admin)
+    assert token.returncode == 0, token.stderr
     port = free_port()
-    with _serving([dpmsf, "serve", "--plugins", "plugins", "--port", str(port)], demo) as banner:
-        assert banner == f"DPMSF: 2 endpoints from {demo / 'plugins'}"
+    with _serving([dpmsf, "serve", "--port", str(port)], demo, env={**admin, "DPMSF_REQUIRE_TOKENS": "1"}) as banner:
+        assert banner.startswith(f"DPMSF: 2 endpoints from {demo / 'plugins'}")  # (and the tenants' uploads)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            assert client.get("/rest/services/greetings/es/?name=Ada").json() == {
-                "results": {"greeting": "¡Hola, Ada!"}
-            }
+            url = "/rest/services/greetings/es/?name=Ada"
+            assert client.get(url).status_code == 401
+            answer = client.get(url, headers={"authorization": f"Bearer {token.stdout.strip()}"})
+            assert answer.json() == {"results": {"greeting": "¡Hola, Ada!"}}
+    assert sorted(p.name for p in (demo / ".dpmsf").iterdir()) >= ["master.key", "tenants.db"]
+
+
+@pytest.mark.slow
+def test_a_new_project_installs_from_itself_anywhere(fresh_venv: tuple[Path, Path, str], tmp_path: Path) -> None:
+    """Moved to another folder (another machine), the project names no path of the one that made it, and
+    ``pip install -r requirements.txt`` from it installs DPMSF from its own vendor/ folder."""
+    venv, wheel, _ = fresh_venv
+    maker = tmp_path / "maker"
+    maker.mkdir()
+    assert _run([str(venv / "bin" / "dpmsf"), "init", "shop"], maker).returncode == 0
+    elsewhere = tmp_path / "colleague" / "shop"
+    shutil.copytree(maker / "shop", elsewhere)
+    shutil.rmtree(maker)
+    texts = {p: p.read_text() for p in elsewhere.rglob("*") if p.is_file() and p.suffix != ".whl"}
+    leaks = [str(p) for p, text in texts.items() if str(maker) in text or str(ROOT) in text or "file://" in text]
+    assert leaks == []
+    fresh = tmp_path / "colleague-venv"
+    assert _run([sys.executable, "-m", "venv", str(fresh)], tmp_path).returncode == 0
+    pip = [str(fresh / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps"]
+    installed = _run([*pip, "-r", "requirements.txt"], elsewhere)
+    assert installed.returncode == 0, installed.stdout[-2000:] + installed.stderr[-2000:]
+    shown = _run([str(fresh / "bin" / "python"), "-m", "pip", "show", "-f", "dpmsf"], elsewhere).stdout
+    assert "Version: 0.1.0" in shown and "handler/aws_lambda.py" in shown
 
 
 class _serving:
     """A server subprocess: the context value is its first banner line, read once the port is bound."""
 
-    def __init__(self, argv: list[str], cwd: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DPMSF_", "VIRTUAL_ENV", "PYTHON"))}
+    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("DPMSF_", "VIRTUAL_ENV", "PYTHON", "ADMIN"))}
+        env = {**base, **(env or {})}
         self.proc = subprocess.Popen(
             argv, cwd=cwd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True
         )
@@ -128,7 +174,7 @@ class _serving:
 def test_init_writes_the_files_and_refuses_a_full_folder(tmp_path: Path) -> None:
     written = write_project(tmp_path / "mine", "mine")
     assert sorted(str(p.relative_to(tmp_path / "mine")) for p in written) == EXPECTED_FILES
-    assert "{{" not in "".join(p.read_text() for p in written)
+    assert "{{" not in "".join(p.read_text() for p in written if p.suffix != ".whl")
     readme = (tmp_path / "mine" / "README.md").read_text()
     assert f"\n{SERVE}\n{TEST}\n" in readme  # the same two commands as dpmsf init prints
     again = subprocess.run(
@@ -161,3 +207,59 @@ def test_the_generated_template_passes_sam_validate_lint(tmp_path: Path) -> None
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "is a valid SAM Template" in done.stdout + done.stderr
+
+
+def test_the_generated_app_yaml_keeps_data_and_installs_what_that_needs(tmp_path: Path) -> None:
+    """App Engine's /tmp is per instance and lost with it: the store and the replay store are Firestore, and
+    requirements.txt installs the Firestore client (DPMSF's gcp extra) beside the server (gae)."""
+    import zipfile
+
+    import yaml
+
+    from dpmsf_core.config import Settings
+
+    write_project(tmp_path, "shop")
+    variables = yaml.safe_load((tmp_path / "app.yaml").read_text())["env_variables"]
+    settings = Settings.from_env({**variables, "GAE_ENV": "standard"}, dotenv=None)
+    assert settings.store.startswith("firestore://") and settings.replay_store.startswith("firestore://")
+    line = (tmp_path / "requirements.txt").read_text().splitlines()[-1]
+    assert line.startswith("./vendor/dpmsf-") and line.endswith("[gae,gcp]")
+    with zipfile.ZipFile(tmp_path / line.removeprefix("./").split("[")[0]) as wheel:
+        meta = wheel.read("dpmsf-0.1.0.dist-info/METADATA").decode()
+    needs = {r.split(";")[0].split(">")[0][14:].strip() for r in meta.splitlines() if r.startswith("Requires-Dist:")}
+    assert {"google-cloud-firestore", "gunicorn", "uvicorn-worker"} <= needs
+    assert "'gcp'" in meta or '"gcp"' in meta
+    ignored = (tmp_path / ".gcloudignore").read_text().splitlines()
+    assert {".dpmsf/", ".venv/", "tests/", ".env"} <= set(ignored) and "vendor/" not in ignored
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_new_project_builds_with_sam_from_a_wheel_install(fresh_venv: tuple[Path, Path, str], tmp_path: Path) -> None:
+    """As a user: DPMSF installed from a wheel (not this checkout) builds the project's artefact with ``sam build``
+    from the project folder, with the project's own plugins and nothing of its local state."""
+    from samcli import sam_env, sam_executable
+
+    from dpmsf_core.packaging import LAMBDA_PYTHON, MARKER, find_python
+
+    if find_python(LAMBDA_PYTHON) is None:
+        unavailable(f"Python {LAMBDA_PYTHON} (the template's runtime) is neither on PATH nor under pyenv")
+    venv, _, _ = fresh_venv
+    assert _run([str(venv / "bin" / "dpmsf"), "init", "shop"], tmp_path).returncode == 0
+    shop = tmp_path / "shop"
+    (shop / ".dpmsf").mkdir()
+    (shop / ".dpmsf" / "master.key").write_text("MASTER-KEY-CANARY")
+    built = subprocess.run(
+        [str(sam_executable()), "build", "-t", "infra/template.yaml", "--build-dir", str(tmp_path / "out")],
+        cwd=shop,
+        env=sam_env(PYTHON=str(venv / "bin" / "python")),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    function = tmp_path / "out" / "Function"
+    assert json.loads((function / MARKER).read_text())["plugins"] == [str(shop / "plugins")]
+    assert (function / "handler" / "aws_lambda.py").is_file() and not (function / "dpmsf_core" / "cli").exists()
+    assert {"greetings.py", ".dpmsf-manifest.json"} <= {p.name for p in (function / "plugins").iterdir()}
+    assert not [p for p in function.rglob("*") if p.name in (".dpmsf", "master.key", "vendor", "tests")]

@@ -263,7 +263,10 @@ def test_the_test_client_refuses_a_folder_that_is_not_there(tmp_path: Path) -> N
 
 def test_routes_names_a_plugin_folder_that_is_not_there(tmp_path: Path) -> None:
     done = _cli("routes", "--plugins", str(tmp_path / "typo"), env={"DPMSF_STATE_DIR": str(tmp_path / "state")})
-    assert done.returncode == 0 and done.stderr.splitlines() == [f"! {tmp_path / 'typo'}: no such plugin folder"]
+    assert done.returncode == 2  # not 0: a typo is not an empty project
+    assert done.stderr.splitlines() == [
+        f"dpmsf: the plugin folder {tmp_path / 'typo'}, from --plugins, does not exist."
+    ]
 
 
 def test_an_api_of_a_module_that_failed_to_load_answers_503_naming_the_module(
@@ -298,4 +301,7 @@ def test_help_shows_defaults_that_mean_something(command: str) -> None:
     flat = " ".join(_cli(command, "--help").stdout.split())  # argparse wraps lines
     assert "(default: None)" not in flat and "(default: True)" not in flat and "(default: False)" not in flat
     if command == "serve":
-        assert "unset: DPMSF_PLUGINS, else '.'" in flat and "no log line per request (default: one per request)" in flat
+        assert (
+            "unset: DPMSF_PLUGINS, else the plugins/ of the project" in flat
+            and "no log line per request (default: one per request)" in flat
+        )

@@ -12,6 +12,7 @@ import pytest
 from childproc import run_for_result
 from samcli import unavailable
 
+from dpmsf_core.cli.init import write_project
 from dpmsf_core.manifest import MANIFEST_NAME
 from dpmsf_core.packaging import LAMBDA_PYTHON, PackagingError, Target, build, find_python
 from dpmsf_core.packaging.dependencies import copy_from_environment
@@ -272,7 +273,8 @@ def test_invoke_prints_the_response(event: str, want: dict, tmp_path: Path) -> N
 def test_invoke_rejects_bad_json(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{nope")
-    proc = subprocess.run([*DPMSF, "invoke", "--event", str(bad)], capture_output=True, text=True, cwd=tmp_path)
+    invoke = [*DPMSF, "invoke", "--event", str(bad), "--plugins", str(ROOT / "plugins")]
+    proc = subprocess.run(invoke, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and "not JSON" in proc.stderr
 
 
@@ -349,22 +351,77 @@ def test_deploy_builds_then_deploys_guided_the_first_time(tmp_path: Path) -> Non
     (bin_dir / "sam").chmod(0o755)
     calls = tmp_path / "calls.txt"
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SAM_CALLS": str(calls)}
-    template = ROOT / "infra" / "template.yaml"
+    write_project(tmp_path / "shop", "shop")
+    template = tmp_path / "shop" / "infra" / "template.yaml"
+    (tmp_path / "shop" / "plugins" / "deep").mkdir()
 
-    proc = _deploy(["--", "--stack-name", "dpmsf-test"], tmp_path, **env)
+    proc = _deploy([], tmp_path, **env)  # not in a project
+    assert proc.returncode == 2 and "is not in a DPMSF project" in proc.stderr and "--template" in proc.stderr
+    proc = _deploy(["--", "--stack-name", "dpmsf-test"], tmp_path / "shop" / "plugins" / "deep", **env)
     assert proc.returncode == 0, proc.stderr
     assert calls.read_text().splitlines() == [
         f"{sys.executable} build --template-file {template}",  # PYTHON: infra/Makefile builds with this DPMSF
         f"{sys.executable} deploy --guided --stack-name dpmsf-test",
     ]
-    (tmp_path / "samconfig.toml").write_text("version = 0.1\n")  # what the guided deploy saves
+    (tmp_path / "shop" / "samconfig.toml").write_text("version = 0.1\n")  # what the guided deploy saves
     calls.unlink()
-    assert _deploy([], tmp_path, **env).returncode == 0
+    assert _deploy([], tmp_path / "shop", **env).returncode == 0
     assert calls.read_text().splitlines()[1] == f"{sys.executable} deploy"
     calls.unlink()
-    proc = _deploy(["--dry-run", "--guided"], tmp_path, **env)
+    proc = _deploy(["--dry-run", "--guided"], tmp_path / "shop", **env)
     assert proc.returncode == 0 and not calls.exists()
     assert f"dpmsf deploy: {bin_dir / 'sam'} deploy --guided" in proc.stderr
-    proc = _deploy([], tmp_path, SAM_BUILD_EXIT="3", **env)
+    proc = _deploy([], tmp_path / "shop", SAM_BUILD_EXIT="3", **env)
     assert proc.returncode == 3 and "dpmsf deploy: build failed (exit 3)" in proc.stderr
     assert calls.read_text().splitlines() == [f"{sys.executable} build --template-file {template}"]  # no deploy
+
+
+def test_a_launcher_resolves_to_the_interpreter_it_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pyenv shim works only while PYENV_VERSION selects its version, and the build runs the interpreter later
+    with a stripped environment: what is kept is the interpreter the shim ran, which works without it."""
+    shim = tmp_path / "shims" / f"python{running_python()}"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\n[ -n "$FAKE_PYENV_VERSION" ] || exit 127\nexec {sys.executable} "$@"\n')
+    shim.chmod(0o755)
+    monkeypatch.setenv("FAKE_PYENV_VERSION", running_python())
+    found = find_python(running_python(), str(shim))
+    assert found == sys.executable
+    stripped = subprocess.run([str(found), "-I", "-S", "-c", "print(1)"], env={"PATH": "/usr/bin:/bin"}, check=False)
+    assert stripped.returncode == 0
+    assert subprocess.run([str(shim), "-c", "1"], env={"PATH": "/usr/bin:/bin"}, check=False).returncode == 127
+
+
+def test_a_failed_package_leaves_nothing_and_the_next_run_builds(tmp_path: Path) -> None:
+    """A build that fails halfway (here the interpreter that checks the imports dies) removes its folder, so the
+    next run builds instead of refusing the folder as 'not a dpmsf package artifact'."""
+    dying = tmp_path / "dying-python"
+    dying.write_text(
+        f'#!/bin/sh\ncase "$*" in *sys.implementation*) echo "cpython {running_python()} $0"; exit 0;; esac\n'
+        "echo died >&2\nexit 9\n"
+    )
+    dying.chmod(0o755)
+    out = tmp_path / "out"
+    args = [*DPMSF, "package", "--out", str(out), "--deps", "none", *_here()]
+    failed = subprocess.run([*args, "--target-python", str(dying)], capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 2 and "the import check under" in failed.stderr, failed.stderr
+    assert not out.exists()
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "choose another --out" not in again.stderr and (out / "handler" / "aws_lambda.py").is_file()
+
+
+def test_a_projects_requirements_are_bundled_but_not_dpmsf_itself(tmp_path: Path) -> None:
+    """requirements.txt names DPMSF (vendored wheel, or by version) and the plugins' own libraries: only the
+    libraries go to pip for the runtime; a line pip alone understands (an option, a bare path) is refused by line."""
+    from dpmsf_core.packaging.dependencies import project_requirements
+
+    listed = tmp_path / "requirements.txt"
+    listed.write_text(
+        "# comment\n./vendor/dpmsf-0.1.0-py3-none-any.whl[gae,gcp]\ndpmsf[gae]==0.1.0\n"
+        "requests>=2.31  # for plugins/weather.py\nPyYAML\n\n"
+    )
+    assert project_requirements(listed) == ["requests>=2.31", "PyYAML"]
+    listed.write_text("requests\n--index-url https://example.org/simple\n")
+    with pytest.raises(PackagingError) as info:
+        project_requirements(listed)
+    assert str(info.value).startswith(f"{listed}:2: '--index-url https://example.org/simple' is not a requirement")

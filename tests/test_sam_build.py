@@ -267,3 +267,76 @@ class _CfnLoader(yaml.SafeLoader):
 
 
 _CfnLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+# -- a project made by `dpmsf init`, built by sam the same way ------------------------------------------------
+
+CANARIES = {
+    ".dpmsf/master.key": "MASTER-KEY-CANARY",
+    ".dpmsf/tenants.db": "TENANTS-DB-CANARY",
+    ".dpmsf/store.db": "STORE-DB-CANARY",
+    ".env": "DPMSF_ADMIN_KEY=ENV-CANARY",
+    "tests/test_canary.py": "TESTS-CANARY = 1",
+    "build/lambda/leftover.py": "BUILD-CANARY = 1",
+    ".venv/lib/canary.py": "VENV-CANARY = 1",
+    ".aws-sam/build/old.py": "OLD-BUILD-CANARY = 1",
+    "notes.txt": "NOTES-CANARY",
+}
+
+
+@pytest.fixture(scope="module")
+def project_build(sam: Path, runtime_python: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``dpmsf init``'s project with a master key, a tenant database and canaries planted, then ``sam build`` of its
+    own template from its own folder (as its README says); returns the built function's folder."""
+    from dpmsf_core.cli.init import write_project
+
+    work = tmp_path_factory.mktemp("project")
+    project = work / "shop"
+    write_project(project, "shop")
+    for name, text in CANARIES.items():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text(text)
+    cmd = [str(sam), "build", "--template-file", "infra/template.yaml", "--build-dir", str(work / "out")]
+    cmd += ["--cache-dir", str(work / "cache")]
+    proc = subprocess.run(
+        cmd, cwd=project, env=sam_env(PYTHON=sys.executable), capture_output=True, text=True, timeout=600, check=False
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"modules import under Python {LAMBDA_PYTHON}" in proc.stdout + proc.stderr  # dpmsf package --strict ran
+    return work / "out" / "Function"
+
+
+def test_a_generated_project_builds_like_the_repository(project_build: Path) -> None:
+    """No local state, key, tests, build leftovers or dev servers ship; bytecode and the routing manifest do."""
+    shipped = [p for p in project_build.rglob("*") if p.is_file()]
+    readable = [p for p in shipped if p.suffix in ("", ".py", ".db", ".key", ".txt")]
+    texts = "\n".join(p.read_bytes().decode("latin-1") for p in readable)
+    assert [c for c in CANARIES.values() if c.split(" ")[0] in texts] == []
+    assert not [p for p in shipped if p.suffix in (".db", ".key") or p.name in (".env", "notes.txt")]
+    assert not {p.name for p in project_build.rglob("*")} & {".dpmsf", ".venv", "tests", "build", ".aws-sam", "infra"}
+    manifest = json.loads((project_build / MARKER).read_text())
+    names = {d.split("==")[0].lower() for d in manifest["distributions"]}
+    assert not names & {"uvicorn", "gunicorn", "uvicorn-worker", "watchfiles", "uvloop", "httptools", "pytest"}
+    assert {p.name for p in project_build.iterdir()} >= {"dpmsf_core", "handler", "plugins", MARKER}
+    tag = "cpython-" + LAMBDA_PYTHON.replace(".", "")
+    assert (project_build / "plugins" / "__pycache__" / f"greetings.{tag}.pyc").is_file()
+    described = json.loads((project_build / "plugins" / ".dpmsf-manifest.json").read_text())["modules"]
+    assert [m["name"] for m in described] == ["greetings"]
+
+
+def test_a_generated_project_answers_on_the_runtime_python(
+    project_build: Path, runtime_python: str, tmp_path: Path
+) -> None:
+    events = {"hello": load_event("apigw_v1", path="/rest/services/greetings/fr/", query={"name": "Ada"})}
+    (tmp_path / "events.json").write_text(json.dumps(events))
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "AWS_LAMBDA_FUNCTION_NAME": "shop"}
+    env |= {"AWS_REGION": "us-east-1", "DPMSF_PLUGINS": ".", "DPMSF_STATE_DIR": str(tmp_path / "state")}
+    run = run_for_result(
+        [runtime_python, "-I", "-S", "-c", CHILD, str(project_build), str(tmp_path / "events.json")],
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
+    answer = run["answers"]["hello"]
+    assert answer["statusCode"] == 200 and json.loads(answer["body"]) == {"results": {"greeting": "Bonjour, Ada!"}}
+    assert run["outside"] == []

@@ -38,14 +38,21 @@ def cmd_invoke(args: argparse.Namespace) -> int:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
-    from ..packaging import BUNDLED_PLUGINS, PackagingError, Target, build
+    from ..packaging import RUNTIME_REQUIREMENTS, PackagingError, Target, build
+    from ..packaging.dependencies import project_requirements
 
-    plugins = [Path(p) for p in args.plugins.split(":") if p] if args.plugins else [BUNDLED_PLUGINS]
-    plugins = [BUNDLED_PLUGINS if str(p) == "." else p for p in plugins]
+    plugins = [Path(p) for p in args.plugins.split(":") if p and "://" not in p]  # absolute (cli.project)
+    project = getattr(args, "project", None)
+    out = args.out or (project.root / "build" / "lambda" if project is not None else Path("build/lambda"))
     try:
+        requirements = [*RUNTIME_REQUIREMENTS]
+        listed = project.requirements if project is not None else None
+        if listed is not None and listed.is_file():  # the plugins' own libraries
+            requirements += project_requirements(listed)
         artifact = build(
-            args.out,
+            out,
             plugins,
+            requirements=requirements,
             target=Target(python=args.python_version, platform=args.platform),
             make_zip=args.zip,
             deps=args.deps,
@@ -64,14 +71,16 @@ def cmd_package(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser("invoke", help="run the Lambda handler on one event JSON file and print the response")
     p.add_argument("--event", required=True, help="event JSON file ('-' = stdin), e.g. tests/events/apigw_v1.json")
-    p.add_argument("--plugins", help="plugin folders, ':'-separated ('.' = bundled); default DPMSF_PLUGINS")
+    p.add_argument("--plugins", help="plugin folders, ':'-separated; unset: DPMSF_PLUGINS, else the project's plugins/")
     p.set_defaults(func=cmd_invoke)
 
     from ..packaging import LAMBDA_PLATFORM, LAMBDA_PYTHON
 
     p = sub.add_parser("package", help="build a self-contained Lambda folder (and zip): core, deps, plugins, .pyc")
-    p.add_argument("--plugins", help="plugin folders to bundle into plugins/, ':'-separated ('.' = bundled)")
-    p.add_argument("--out", default="build/lambda", help="output folder (default build/lambda; zip beside it)")
+    p.add_argument(
+        "--plugins", help="plugin folders to bundle into plugins/, ':'-separated; unset: the project's plugins/"
+    )
+    p.add_argument("--out", help="output folder (default: the project's build/lambda; zip beside it)")
     p.add_argument("--zip", action="store_true", help="also write <out>.zip")
     p.add_argument(
         "--deps",

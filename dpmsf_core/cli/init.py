@@ -1,23 +1,26 @@
 """``dpmsf init DIR``: a project of one's own (as ``chalice new-project``), for someone who installed the package.
 
 The files come from ``templates/project`` (package data): ``name.ext.tmpl`` is written as ``name.ext``,
-``gitignore.tmpl`` as ``.gitignore``; ``{{project}}``, ``{{version}}`` and ``{{requirement}}`` are filled in.
+``gitignore.tmpl`` as ``.gitignore`` (``gcloudignore.tmpl`` likewise); ``{{project}}``, ``{{version}}`` and
+``{{requirement}}`` are filled in. DPMSF's own wheel goes into ``vendor/`` when it was installed from a file.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from importlib import metadata
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
+from .vendor import VENDOR, installed_from_file, vendor_wheel
+
+EXTRAS = "gae,gcp"
 TEMPLATE_SUFFIX = ".tmpl"
-_DOTFILES = {"gitignore": ".gitignore"}
+_DOTFILES = {"gitignore": ".gitignore", "gcloudignore": ".gcloudignore"}
 _SETUP = "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt"
-SERVE = f"{_SETUP} && .venv/bin/dpmsf serve --plugins plugins"  # the generated README's two commands
+SERVE = f"{_SETUP} && .venv/bin/dpmsf serve"  # the generated README's two commands
 TEST = f"{_SETUP} pytest httpx && .venv/bin/python -m pytest"
 
 
@@ -46,9 +49,12 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def write_project(target: Path, project: str) -> list[Path]:
-    """Every template file, filled in, under ``target``; returns the paths written, in order."""
-    values = {"project": project, "version": _version(), "requirement": requirement()}
-    written: list[Path] = []
+    """Every template file, filled in, under ``target`` (and DPMSF's wheel in ``vendor/`` when it came from a file);
+    returns the paths written, in order."""
+    target.mkdir(parents=True, exist_ok=True)
+    wheel, line = requirement(target)
+    values = {"project": project, "version": _version(), "requirement": line}
+    written: list[Path] = [wheel] if wheel is not None else []
     for relative, source in _templates(files(__package__ or "dpmsf_core.cli").joinpath("templates", "project")):
         text = source.read_text(encoding="utf-8")
         for key, value in values.items():
@@ -78,21 +84,18 @@ def _version() -> str:
     return __version__
 
 
-def requirement() -> str:
-    """What the new project's ``requirements.txt`` names: this very DPMSF, with the App Engine server.
+def requirement(project: Path) -> tuple[Path | None, str]:
+    """The wheel vendored into ``project`` (or None) and the ``requirements.txt`` line that names DPMSF.
 
-    Installed from PyPI: ``dpmsf[gae]==<version>``; from a wheel or a folder (PEP 610 ``direct_url.json``):
-    ``dpmsf[gae] @ file:///...``, so the project installs what its tests were written against.
+    From a package index: ``dpmsf[gae,gcp]==<version>``. From a wheel, a folder or a checkout (PEP 610
+    ``direct_url.json``): that DPMSF's wheel in ``vendor/``, named by a relative path, so that the project
+    installs the very DPMSF its tests were written against on any machine (``pip install -r requirements.txt``
+    from the project folder, ``gcloud app deploy``). ``gae``: the App Engine server (gunicorn, uvicorn-worker);
+    ``gcp``: the Firestore client ``app.yaml``'s store needs.
     """
-    try:
-        dist = metadata.distribution("dpmsf")
-    except metadata.PackageNotFoundError:
-        return f"dpmsf[gae]=={_version()}"
-    direct = dist.read_text("direct_url.json")
-    try:
-        url = json.loads(direct).get("url", "") if direct else ""
-    except (ValueError, AttributeError):
-        url = ""
-    if url.startswith("file://"):  # a wheel or a folder (an editable checkout is installed from the folder)
-        return f"dpmsf[gae] @ {url}"
-    return f"dpmsf[gae]=={dist.version}"
+    found = list(metadata.distributions(name="dpmsf"))  # a checkout's dpmsf.egg-info may come before the install
+    dist = next((d for d in found if installed_from_file(d)), None)
+    if dist is None:
+        return None, f"dpmsf[{EXTRAS}]=={found[0].version if found else _version()}"
+    wheel = vendor_wheel(dist, project)
+    return wheel, f"./{VENDOR}/{wheel.name}[{EXTRAS}]"

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import ConfigError
+from . import project
 
 PLUGIN_TEMPLATE = '''"""{name}: what this plugin offers (this docstring is shown in /docs)."""
 
@@ -121,7 +122,8 @@ def cmd_new(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    folder = Path(args.dir)
+    found = project.find(Path.cwd())
+    folder = Path(args.dir) if args.dir else (found.plugins if found is not None else Path("plugins"))
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{name}.py"
     if target.exists():
@@ -153,7 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dpmsf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     defaults = HelpFormatter
-    plugins_help = "plugin folders, ':'-separated ('.' = the bundled ones); unset: DPMSF_PLUGINS, else '.'"
+    plugins_help = (
+        "plugin folders, ':'-separated ('.' = the project's plugins/); unset: DPMSF_PLUGINS, else the plugins/ of "
+        "the project the current folder is in"
+    )
 
     p = sub.add_parser("serve", help="run the local server (uvicorn)", formatter_class=defaults)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0: every interface)")
@@ -181,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("new", help="write a plugin skeleton", formatter_class=defaults)
     p.add_argument("name", help="the module's name (a Python identifier)")
-    p.add_argument("--dir", default="plugins", help="the folder to write it into")
+    p.add_argument("--dir", help="the folder to write it into; unset: the project's plugins/ (else ./plugins)")
     p.set_defaults(func=cmd_new)
 
     for extra in _extra_commands():
@@ -205,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command in project.READS_SETTINGS:
+            Settings.from_env()  # a bad variable is named first, wherever the command runs
+        args.project = project.stand_in_project(args.command, getattr(args, "plugins", None))
+        if project.PLUGINS in project.NEEDS.get(args.command, ()):
+            args.plugins = os.environ["DPMSF_PLUGINS"]  # absolute folders: the project's, or those named
         return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"dpmsf: {exc}", file=sys.stderr)

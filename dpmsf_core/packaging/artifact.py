@@ -115,50 +115,56 @@ def build(
         requirements = [*requirements, *dependencies.SANDBOX_REQUIREMENTS]
     folder = Path(out).resolve()
     _prepare(folder)
-    _copy_tree(CORE_DIR, folder / "dpmsf_core", skip=_CORE_BUILD_TIME)
-    _copy_tree(HANDLER_DIR, folder / "handler")
-    (folder / "plugins").mkdir()
-    for source in plugins:
-        _copy_plugins(Path(source), folder / "plugins", log)
-    requirements = list(requirements)
-    if deps == "pip":
-        dependencies.pip_install(folder, requirements, target, log)
-    elif deps == "venv":
-        dependencies.copy_from_environment(folder, requirements)
-    kept = dependencies.prune(folder, requirements) if deps != "none" else {}
-    check_native_code(folder, target)
-    if sandbox:
-        log("dpmsf package: precompiling the sandbox interpreter (a few seconds)")
-        _precompile_with_artifact(folder, python or sys.executable, target.arch or "")
-        for wasm in folder.rglob(sandbox_runtime.WASM_FILE):
-            wasm.unlink()
-    artifact = Artifact(folder=folder, target=target, python=python)
-    artifact.distributions = sorted(f"{d.metadata['Name']}=={d.version}" for d in kept.values())
-    if python is not None:
-        _compile(folder, python, log)
-        artifact.bytecode = True
-        modules = {m for d in kept.values() for m in top_level_modules(folder, map(str, d.files or []))}
-        with tempfile.TemporaryDirectory(prefix="dpmsf-check-") as scratch:
-            artifact.imports_checked = check_imports(folder, python, {*modules, *_OWN_MODULES}, Path(scratch))
-    else:
-        log(f"dpmsf package: no bytecode and no import check: Python {target.python} was not found here")
-    artifact.manifest_modules = write_manifest(folder / "plugins", python or sys.executable, [folder], log)
-    manifest = {
-        "python": target.python,
-        "platform": target.platform,
-        "distributions": artifact.distributions,
-        "plugins": [str(p) for p in plugins],
-        "checked_with": python,
-    }
-    (folder / MARKER).write_text(json.dumps(manifest, indent=2) + "\n")
-    for path in folder.rglob("*"):
-        if path.is_file():
-            artifact.files += 1
-            artifact.size += path.stat().st_size
-    if make_zip:
-        artifact.zip_path = folder.with_suffix(".zip")
-        zip_folder(folder, artifact.zip_path)
-        artifact.zip_size = artifact.zip_path.stat().st_size
+    try:
+        _copy_tree(CORE_DIR, folder / "dpmsf_core", skip=_CORE_BUILD_TIME)
+        _copy_tree(HANDLER_DIR, folder / "handler")
+        (folder / "plugins").mkdir()
+        for source in plugins:
+            _copy_plugins(Path(source), folder / "plugins", log)
+        requirements = list(requirements)
+        if deps == "pip":
+            dependencies.pip_install(folder, requirements, target, log)
+        elif deps == "venv":
+            dependencies.copy_from_environment(folder, requirements)
+        kept = dependencies.prune(folder, requirements) if deps != "none" else {}
+        check_native_code(folder, target)
+        if sandbox:
+            log("dpmsf package: precompiling the sandbox interpreter (a few seconds)")
+            _precompile_with_artifact(folder, python or sys.executable, target.arch or "")
+            for wasm in folder.rglob(sandbox_runtime.WASM_FILE):
+                wasm.unlink()
+        artifact = Artifact(folder=folder, target=target, python=python)
+        artifact.distributions = sorted(f"{d.metadata['Name']}=={d.version}" for d in kept.values())
+        if python is not None:
+            _compile(folder, python, log)
+            artifact.bytecode = True
+            modules = {m for d in kept.values() for m in top_level_modules(folder, map(str, d.files or []))}
+            with tempfile.TemporaryDirectory(prefix="dpmsf-check-") as scratch:
+                artifact.imports_checked = check_imports(folder, python, {*modules, *_OWN_MODULES}, Path(scratch))
+        else:
+            log(f"dpmsf package: no bytecode and no import check: Python {target.python} was not found here")
+        artifact.manifest_modules = write_manifest(folder / "plugins", python or sys.executable, [folder], log)
+        manifest = {
+            "python": target.python,
+            "platform": target.platform,
+            "distributions": artifact.distributions,
+            "plugins": [str(p) for p in plugins],
+            "checked_with": python,
+        }
+        (folder / MARKER).write_text(json.dumps(manifest, indent=2) + "\n")
+        for path in folder.rglob("*"):
+            if path.is_file():
+                artifact.files += 1
+                artifact.size += path.stat().st_size
+        if make_zip:
+            artifact.zip_path = folder.with_suffix(".zip")
+            zip_folder(folder, artifact.zip_path)
+            artifact.zip_size = artifact.zip_path.stat().st_size
+    except BaseException:  # a failed or interrupted build leaves nothing behind, so the next run may start over
+        shutil.rmtree(folder, ignore_errors=True)
+        if make_zip:
+            folder.with_suffix(".zip").unlink(missing_ok=True)
+        raise
     return artifact
 
 
@@ -188,6 +194,8 @@ def _prepare(folder: Path) -> None:
             raise PackagingError(f"{folder} exists and is not a dpmsf package artifact; choose another --out")
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
+    # Claimed at once: a build killed before the end (no cleanup runs then) leaves a folder the next run replaces.
+    (folder / MARKER).write_text(json.dumps({"incomplete": True}) + "\n")
 
 
 def _copy_tree(source: Path, target: Path, skip: set[str] | frozenset[str] = frozenset()) -> None:

@@ -66,6 +66,40 @@ def pinned(requirement: str) -> str:
         return requirement
 
 
+def project_requirements(path: Path, own: str = "dpmsf") -> list[str]:
+    """A project's ``requirements.txt``: its plugins' libraries, bundled beside the runtime's; DPMSF itself (named,
+    or its vendored wheel) is left out, since the artefact carries the ``dpmsf_core`` that builds it.
+
+    Only requirement lines (``name``, ``name>=1``, ``name[extra]``, ``name @ url``) are taken: an option
+    (``-r``, ``--index-url``) or a bare path is refused with its line, as the target's wheels could not be chosen.
+    """
+    try:
+        from packaging.requirements import InvalidRequirement, Requirement
+    except ImportError:  # pip always carries a copy
+        from pip._vendor.packaging.requirements import (  # type: ignore[assignment]  # the same classes
+            InvalidRequirement,
+            Requirement,
+        )
+
+    out: list[str] = []
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        if Path(line.split("[", 1)[0]).name.startswith(f"{own}-") and ".whl" in line:
+            continue  # the vendored wheel of DPMSF (vendor/dpmsf-<version>-py3-none-any.whl[gae])
+        try:
+            name = Requirement(line).name
+        except InvalidRequirement:
+            raise PackagingError(
+                f"{path}:{number}: {line!r} is not a requirement that dpmsf package can fetch for the Lambda "
+                "runtime: name a distribution (name, name>=1.0, name @ https://...)"
+            ) from None
+        if norm(name) != own:
+            out.append(line)
+    return out
+
+
 def closure(requirements: Iterable[str], find: Callable[[str], md.Distribution | None]) -> dict[str, md.Distribution]:
     """The distributions ``requirements`` need, without extras and without what Lambda provides."""
     try:
@@ -74,7 +108,7 @@ def closure(requirements: Iterable[str], find: Callable[[str], md.Distribution |
         from pip._vendor.packaging.requirements import Requirement  # type: ignore[assignment]  # the same class
 
     found: dict[str, md.Distribution] = {}
-    todo = [norm(r) for r in requirements]
+    todo = [norm(Requirement(r).name) for r in requirements]
     while todo:
         name = todo.pop()
         if name in found or name in PROVIDED_BY_LAMBDA:

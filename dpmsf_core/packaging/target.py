@@ -86,11 +86,14 @@ def find_python(version: str, explicit: str | None = None) -> str | None:
     """An interpreter that really runs as CPython ``version``: this one, ``pythonX.Y`` on PATH, or pyenv's.
 
     A pyenv shim is on PATH for every installed version but fails unless that version is selected, so each
-    candidate is run, not just found.
+    candidate is run, not just found; and what is returned is the interpreter the candidate really ran (its
+    ``sys.executable``), because the build later runs it with a stripped environment in which a shim, without
+    ``PYENV_VERSION``, would pick another version or none.
     """
     if explicit:
-        if _reports(explicit) == version:
-            return explicit
+        found = _reports(explicit)
+        if found is not None and found[0] == version:
+            return found[1]
         raise PackagingError(f"--target-python {explicit} is not a working CPython {version}")
     candidates: list[str] = [sys.executable] if running_python() == version else []
     on_path = shutil.which(f"python{version}")
@@ -99,21 +102,39 @@ def find_python(version: str, explicit: str | None = None) -> str | None:
     versions = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
     installed = sorted(versions.glob(f"{version}.*/bin/python{version}"), key=_version_key, reverse=True)
     candidates += [str(p) for p in installed]
-    return next((c for c in candidates if _reports(c) == version), None)
+    for candidate in candidates:
+        found = _reports(candidate)
+        if found is not None and found[0] == version:
+            return found[1]
+    return None
 
 
 def _version_key(path: Path) -> tuple[int, ...]:
     return tuple(int(x) if x.isdigit() else -1 for x in path.parent.parent.name.split("."))
 
 
-def _reports(python: str) -> str | None:
-    code = "import sys; print(sys.implementation.name, '%d.%d' % sys.version_info[:2])"
+def _reports(python: str) -> tuple[str, str] | None:
+    """``(version, executable)`` of a CPython that runs, as run from here; the executable is the candidate itself
+    unless that is a launcher (a pyenv shim, a script) that ran another one, which is then the one named."""
+    code = "import sys; print(sys.implementation.name, '%d.%d' % sys.version_info[:2], sys.executable)"
     try:
         proc = subprocess.run([python, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    name, _, version = proc.stdout.strip().partition(" ")
-    return version if proc.returncode == 0 and name == "cpython" else None
+    name, version, executable = (proc.stdout.strip().split(" ", 2) + ["", ""])[:3]
+    if proc.returncode != 0 or name != "cpython":
+        return None
+    return version, _same_or_real(python, executable)
+
+
+def _same_or_real(candidate: str, executable: str) -> str:
+    """The candidate when it is a binary (a venv's ``python`` must keep its own path), else what it launched."""
+    try:
+        with open(candidate, "rb") as fh:
+            binary = fh.read(4) == b"\x7fELF"
+    except OSError:
+        binary = False
+    return candidate if binary or not executable else executable
 
 
 def check_native_code(folder: Path, target: Target) -> None:

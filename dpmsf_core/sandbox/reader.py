@@ -38,6 +38,11 @@ class _Unparsed:
         return self.text
 
 
+def unparsed_default(text: str) -> Any:
+    """The default of a parameter whose value is not a literal (as the reader makes it): for the tenant index."""
+    return _Unparsed(text)
+
+
 @dataclass(frozen=True)
 class ParamInfo:
     """One parameter as written in the source; ``default`` is the literal value, or ``_Unparsed`` text."""

@@ -42,8 +42,11 @@ def check_module_name(name: str) -> str:
     return name
 
 
-def validate_upload(name: str, source: bytes | str, *, max_bytes: int = 256_000) -> str:
-    """Accept an uploaded module only if its name, size, encoding and syntax are sound; returns the text."""
+def validate_upload(name: str, source: bytes | str, *, max_bytes: int = 256_000, max_nodes: int | None = None) -> str:
+    """Accept an uploaded module only if its name, size, encoding and syntax are sound; returns the text.
+
+    ``max_nodes`` bounds its syntax tree: what stamping and reading it will cost grows with it.
+    """
     check_module_name(name)
     raw = source.encode("utf-8", "surrogatepass") if isinstance(source, str) else bytes(source)
     if len(raw) > max_bytes:
@@ -57,7 +60,13 @@ def validate_upload(name: str, source: bytes | str, *, max_bytes: int = 256_000)
         cookie = match.group(1).decode("ascii", "replace") if match else "utf-8"
         if cookie.lower().replace("_", "-") not in ("utf-8", "utf8", "utf-8-sig"):
             raise UnprocessableArguments(f"Module {name!r} declares coding {cookie!r}. Expected UTF-8 source.")
-    _parse(text, name)
+    tree = _parse(text, name)
+    if max_nodes is not None:
+        nodes = sum(1 for _ in ast.walk(tree))
+        if nodes > max_nodes:
+            raise UnprocessableArguments(
+                f"Module {name!r} has {nodes} syntax nodes. Expected at most {max_nodes} (the upload reading budget)."
+            )
     return text
 
 

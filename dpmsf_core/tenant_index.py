@@ -1,0 +1,176 @@
+"""The index of an upload folder's tenant modules, so that a start-up or a rebuild never parses them again.
+
+Reading a tenant module (``ast`` over up to 256 kB, on the server's own CPU) costs about a second for a hostile
+one; the upload endpoint reads each module once, in a budgeted child process, and writes here what it learnt:
+per module name its size, SHA-256, owner, alias and the reader's description of its endpoints. The registry
+uses an entry only when the file's bytes still hash to it, the owner is a tenant (never the admin: the index
+never decides that a module is trusted) and the file carries that owner's stamp line; anything else, or a
+missing or unreadable index, and the module is read as before (and its entry written again).
+
+The index sits beside the modules, in a hidden file no upload name can take, with the same permissions: who
+can change it could as well change the modules themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+INDEX_NAME = ".dpmsf-tenant-index.json"
+FORMAT = 1
+MAX_BYTES = 16 << 20
+
+log = logging.getLogger("dpmsf.registry")
+
+
+class Indexed(NamedTuple):
+    """A verified entry: the module's owner and alias, its source (already read to hash it) and description."""
+
+    tenant: str
+    alias: str | None
+    source: str
+    sha256: str
+    description: dict[str, Any]
+
+
+class TenantIndex:
+    """The index file of one folder, re-read when it changes on disk (another server process wrote it)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.path = os.path.join(folder, INDEX_NAME)
+        self._entries: dict[str, dict[str, Any]] = {}
+        self._seen: tuple[int, int, int] | None = None
+
+    def entries(self) -> dict[str, dict[str, Any]]:
+        """Every entry by module name, as last written (unverified: for sizes and owners that quotas add up)."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            self._entries, self._seen = {}, None
+            return self._entries
+        seen = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if seen != self._seen:
+            self._entries = self._read(st.st_size)
+            self._seen = seen
+        return self._entries
+
+    def _read(self, size: int) -> dict[str, dict[str, Any]]:
+        try:
+            if size > MAX_BYTES:
+                raise ValueError(f"over {MAX_BYTES} bytes")
+            with open(self.path, "rb") as fh:
+                data = json.loads(fh.read(MAX_BYTES + 1))
+            if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("modules"), dict):
+                raise ValueError(f"not a format-{FORMAT} index")
+            return {k: v for k, v in data["modules"].items() if isinstance(k, str) and isinstance(v, dict)}
+        except (OSError, ValueError, RecursionError) as exc:
+            log.warning("tenant module index %s is not used (%s): its modules are read again", self.path, exc)
+            return {}
+
+    def lookup(self, name: str, path: str, admin_id: str | None) -> Indexed | None:
+        """The entry of module ``name`` if the file at ``path`` is still what it describes, else None."""
+        entry = self.entries().get(name)
+        if entry is None:
+            return None
+        tenant, alias, size, digest = (entry.get(k) for k in ("tenant", "alias", "size", "sha256"))
+        if not isinstance(tenant, str) or not tenant or tenant == admin_id or not isinstance(size, int):
+            return None
+        if not (alias is None or isinstance(alias, str)) or not isinstance(entry.get("module"), dict):
+            return None
+        try:
+            if os.stat(path).st_size != size:
+                return None
+            with open(path, "rb") as fh:
+                raw = fh.read(size + 1)
+        except OSError:
+            return None
+        if len(raw) != size or hashlib.sha256(raw).hexdigest() != digest:
+            return None
+        stamp = f'__tenant__ = "{tenant}"'.encode()
+        if not (raw.startswith(stamp + b"\n") or b"\n" + stamp + b"\n" in raw):
+            return None  # the owner's stamp line is not in the file: the entry is not this module's
+        try:
+            source = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        return Indexed(tenant, alias, source, digest, entry["module"])
+
+    def put(self, name: str, source: str, tenant: str, alias: str | None, description: dict[str, Any]) -> None:
+        """Write the entry of module ``name`` (before the module itself is stored: a reader finds it ready)."""
+        raw = source.encode("utf-8")
+        entry = {
+            "tenant": tenant,
+            "alias": alias,
+            "size": len(raw),
+            "sha256": hashlib.sha256(raw).hexdigest(),
+            "module": description,
+        }
+        with self._update() as modules:
+            modules[name] = entry
+
+    def remember(self, name: str, tenant: str, alias: str | None, read: tuple[str, dict[str, Any]]) -> None:
+        """``put`` after a module was read without an entry; a folder that cannot be written only costs time."""
+        try:
+            self.put(name, read[0], tenant, alias, read[1])
+        except OSError as exc:
+            log.warning(
+                "tenant module index %s cannot be written (%s): %s is read at every start", self.path, exc, name
+            )
+
+    def drop(self, name: str) -> None:
+        with self._update() as modules:
+            modules.pop(name, None)
+
+    def prune(self, names: set[str]) -> None:
+        """Forget the entries of modules that are no longer stored."""
+        if set(self.entries()) - names:
+            with self._update() as modules:
+                for gone in set(modules) - names:
+                    del modules[gone]
+
+    @contextlib.contextmanager
+    def _update(self) -> Iterator[dict[str, dict[str, Any]]]:
+        """Read, change and replace the file atomically, one writer at a time across server processes."""
+        import fcntl
+
+        os.makedirs(self.folder, exist_ok=True)
+        lock = os.open(os.path.join(self.folder, ".dpmsf-tenant-index.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._seen = None
+            modules = dict(self.entries())
+            yield modules
+            fd, tmp = tempfile.mkstemp(prefix=".dpmsf-tenant-index.", suffix=".tmp", dir=self.folder)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    json.dump({"format": FORMAT, "modules": modules}, fh, separators=(",", ":"))
+                os.replace(tmp, self.path)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            self._entries, self._seen = modules, None
+        finally:
+            os.close(lock)
+
+
+class TenantIndexes:
+    """One ``TenantIndex`` per upload folder of a registry (the folders where every module needs an owner)."""
+
+    def __init__(self, owned_folders: set[str]) -> None:
+        self._owned = owned_folders
+        self._indexes: dict[str, TenantIndex] = {}
+
+    def for_folder(self, folder: str) -> TenantIndex | None:
+        real = os.path.realpath(folder)
+        if real not in self._owned:
+            return None
+        if real not in self._indexes:
+            self._indexes[real] = TenantIndex(real)
+        return self._indexes[real]

@@ -1,0 +1,132 @@
+"""Stored tenant modules do not slow a start: the tenant index written at upload time says what they serve, and
+the registry uses it only for files whose bytes still hash to it (else it reads them, as without an index)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from dpmsf_core.tenancy.tokens import mint
+
+INDEX_NAME = ".dpmsf-tenant-index.json"  # dpmsf_core.tenant_index.INDEX_NAME
+pytestmark = pytest.mark.slow
+
+ADMIN = "00000000-0000-4000-8000-00000000000a"
+MALLORY = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
+HELLO = 'from dpmsf_core import expose\n\n\n@expose.endpoint\ndef hello():\n    return "hi"\n'
+
+
+def big_module(api: str, lines: int = 15_000) -> str:
+    head = f"from dpmsf_core import expose\n\n\n@expose.endpoint(API={api!r})\ndef {api}(n: int = 2):\n    return n * 2\n\n"
+    return head + "x=1\n" * lines
+
+
+@pytest.fixture
+def folders(plugin_dir: Any, tmp_path: Path) -> tuple[Path, Path]:
+    plugin_dir.write("hello.py", HELLO)
+    return plugin_dir.path, tmp_path / "uploads"
+
+
+@pytest.fixture
+def build(folders: tuple[Path, Path], make_app: Callable[..., Any], tmp_path: Path) -> Callable[[], tuple[Any, float]]:
+    plugins, uploads = folders
+
+    def timed() -> tuple[Any, float]:
+        began = time.perf_counter()
+        app = make_app(
+            plugins,
+            env={
+                "ADMIN_ID": ADMIN,
+                "DPMSF_UPLOAD_DIR": str(uploads),
+                "DPMSF_UPLOAD_CPU": "20",
+                "DPMSF_KEY_CACHE": "0",
+            },
+        )
+        return app, time.perf_counter() - began
+
+    return timed
+
+
+def upload_five(app: Any, serve: Callable[[Any], httpx.Client], lines: int = 15_000) -> httpx.Client:
+    security = app.get_security()
+    security.tenants.add(name="mall", tenant_id=MALLORY)
+    client = serve(app)
+    for i in range(5):
+        headers = {"authorization": f"Bearer {mint(MALLORY, security.tenants.get(MALLORY).key)}"}
+        r = client.put(
+            f"/rest/admin/plugins/big{i}", content=big_module(f"api{i}", lines), headers=headers, timeout=120
+        )
+        assert r.status_code == 201, r.text
+    return client
+
+
+def served(app: Any) -> dict[str, str]:
+    return {r.name: r.status for r in app.registry.snapshot.reports}
+
+
+def test_stored_big_modules_do_not_slow_a_start(
+    build: Callable[[], tuple[Any, float]], serve: Callable[[Any], httpx.Client], folders: tuple[Path, Path]
+) -> None:
+    _, empty = build()
+    first, _ = build()
+    upload_five(first, serve)
+    app, with_five = build()
+    assert served(app) == {"hello": "loaded", **{f"big{i}": "loaded" for i in range(5)}}
+    # each module costs about a second to read on this machine; from the index it costs a hash of its bytes
+    print(f"start-up: no stored module {empty * 1000:.0f} ms, five of 15,000 lines {with_five * 1000:.0f} ms")
+    assert with_five < empty + 0.5, (empty, with_five)
+    endpoint = app.registry.snapshot.modules["big3"].endpoints["api3"]
+    assert endpoint.tenant == MALLORY and not endpoint.trusted
+    assert [p.name for p in endpoint.plan.signature.parameters.values()] == ["n"]
+
+
+def test_a_missing_or_broken_index_falls_back_to_reading_the_modules(
+    build: Callable[[], tuple[Any, float]], serve: Callable[[Any], httpx.Client], folders: tuple[Path, Path]
+) -> None:
+    _, uploads = folders
+    first, _ = build()
+    upload_five(first, serve, lines=100)
+    index = uploads / INDEX_NAME
+    written = json.loads(index.read_text())
+
+    index.unlink()
+    app, _ = build()
+    assert served(app)["big0"] == "loaded"
+    assert index.exists()  # read once, written again: the next start is fast again
+    assert json.loads(index.read_text())["modules"]["big0"]["sha256"] == written["modules"]["big0"]["sha256"]
+
+    broken = json.loads(index.read_text())
+    broken["modules"]["big1"]["module"]["endpoints"] = "not a list"
+    index.write_text(json.dumps(broken))
+    app, _ = build()
+    assert "api1" in app.registry.snapshot.modules["big1"].endpoints
+
+    index.write_text("{not json")
+    app, _ = build()
+    assert served(app)["big2"] == "loaded"
+
+
+def test_an_entry_is_used_only_for_the_bytes_it_describes(
+    build: Callable[[], tuple[Any, float]], serve: Callable[[Any], httpx.Client], folders: tuple[Path, Path]
+) -> None:
+    _, uploads = folders
+    first, _ = build()
+    upload_five(first, serve, lines=100)
+    module = uploads / "big0.py"
+    module.write_text(module.read_text().replace("API='api0'", "API='changed'").replace("def api0", "def changed"))
+    app, _ = build()
+    assert sorted(app.registry.snapshot.modules["big0"].endpoints) == ["changed"]  # the file, not the index
+
+    index = uploads / INDEX_NAME
+    claims = json.loads(index.read_text())
+    claims["modules"]["big1"]["tenant"] = ADMIN  # an index never makes a module trusted
+    index.write_text(json.dumps(claims))
+    app, _ = build()
+    entry = app.registry.snapshot.modules["big1"]
+    assert entry.tenant == MALLORY and not entry.trusted

@@ -23,7 +23,8 @@ HELLO = 'from dpmsf_core import expose\n\n\n@expose.endpoint\ndef hello():\n    
 
 
 def big_module(api: str, lines: int = 15_000) -> str:
-    head = f"from dpmsf_core import expose\n\n\n@expose.endpoint(API={api!r})\ndef {api}(n: int = 2):\n    return n * 2\n\n"
+    head = f"from dpmsf_core import expose\n\n\n@expose.endpoint(API={api!r})\ndef {api}(n: int = 2):\n"
+    head += "    return n * 2\n\n"
     return head + "x=1\n" * lines
 
 

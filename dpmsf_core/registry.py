@@ -25,6 +25,7 @@ from .discovery import (
 )
 from .errors import PluginError
 from .registry_report import log_reload, module_report
+from .reserved import reserved_names, withhold
 from .snapshot import EMPTY, Endpoint, ModuleEntry, ModuleReport, Snapshot
 from .tenant_index import TenantIndexes
 from .watch import FolderWatch
@@ -243,11 +244,14 @@ class Registry:
         self._records = records
         if not changed and self.snapshot is not EMPTY:
             return self.snapshot
+        reserved = reserved_names(reports, self.owned_folders)  # the admin's, while its module fails to load
+        reports = withhold(modules, reports, reserved) if reserved else reports
         imported_later = frozenset(name for name, entry in modules.items() if entry.deferred)
         by_api: dict[str, list[Endpoint]] = {}
         for entry in modules.values():
             for ep in entry.endpoints.values():
-                by_api.setdefault(ep.api, []).append(ep)
+                if entry.trusted or ep.api not in reserved:
+                    by_api.setdefault(ep.api, []).append(ep)
         self.snapshot = Snapshot(
             modules=modules,
             by_api={k: tuple(v) for k, v in by_api.items()},

@@ -102,8 +102,12 @@ class TenantIndex:
             return None
         return Indexed(tenant, alias, source, digest, entry["module"])
 
-    def put(self, name: str, source: str, tenant: str, alias: str | None, description: dict[str, Any]) -> None:
-        """Write the entry of module ``name`` (before the module itself is stored: a reader finds it ready)."""
+    def put(self, name: str, source: str, tenant: str, alias: str | None, description: dict[str, Any] | None) -> None:
+        """Write the entry of module ``name`` (before the module itself is stored: a reader finds it ready).
+
+        The admin's uploads get an entry without a description: it says their owner to the upload endpoint
+        (``lookup`` never uses it: the admin's modules are imported, and their trust is read from the source).
+        """
         raw = source.encode("utf-8")
         entry = {
             "tenant": tenant,

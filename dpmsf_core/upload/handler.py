@@ -81,10 +81,10 @@ class PluginUpload:
                 _check_names_free(self.registry.snapshot, {name, alias or name}, tenant)
                 quotas = self.security.quotas.for_tenant(tenant)
                 self.ledger.check_quota(tenant, name, len(source.encode("utf-8")), quotas)
-                if read.description is not None:  # first the index entry: no rebuild anywhere parses the module
-                    self.ledger.index.put(name, source, tenant, alias, read.description)
             else:  # the admin's module would lose a public name another trusted file serves: say so, store nothing
                 _check_trusted_name_free(self.registry.snapshot, alias or name, self.folder, name)
+            # first the index entry, then the module: no rebuild in any server process parses it again
+            self.ledger.index.put(name, source, tenant, alias, read.description)
             # Conditional: created only if still absent, replaced only if still the version whose owner we checked.
             self.store.put(name, source, expect=stored[1] if stored else None)
             status = self._reload(name)

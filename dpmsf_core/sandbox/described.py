@@ -13,7 +13,7 @@ import inspect
 from typing import Any
 
 from ..expose import EndpointSpec
-from .reader import ParamInfo, UntrustedEndpoint, UntrustedModule, unparsed_default
+from .reader import ParamInfo, Unparsed, UntrustedEndpoint, UntrustedModule
 
 _P = inspect.Parameter
 _KINDS = {
@@ -111,7 +111,7 @@ def _restore_param(item: Any) -> ParamInfo:
     if "default" in item:
         found = item["default"]
         if "unparsed" in found:
-            default = unparsed_default(_text(found, "unparsed"))
+            default = Unparsed(_text(found, "unparsed"))
         else:
             default = ast.literal_eval(_text(found, "literal"))
     return ParamInfo(_text(item, "name"), kind, default, _text(item, "annotation", optional=True))

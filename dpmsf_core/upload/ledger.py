@@ -7,7 +7,6 @@ bytes still hash to its entry; only a module the index does not describe is pars
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 
@@ -34,6 +33,8 @@ class UploadLedger:
         if entry is not None and entry.get("sha256") == hashlib.sha256(raw).hexdigest():
             tenant = entry.get("tenant")
             return tenant if isinstance(tenant, str) else None
+        import asyncio  # here: a cold start without uploads does not pay for it
+
         return await asyncio.to_thread(_parsed_owner, source)  # not indexed: an upload from before the index
 
     def check_quota(self, tenant: str, name: str, size: int, quotas: Quotas) -> None:

@@ -10,10 +10,8 @@ The child inherits no environment: it only parses text, and never holds a secret
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +68,7 @@ def _child_main() -> None:
     """``python -c ...``: one upload on stdin (a JSON line, then the bytes), the answer as JSON on stdout."""
     import resource
 
+    os.nice(10)  # the server's own requests come first on a busy host
     header = json.loads(sys.stdin.buffer.readline())
     cpu = max(1, int(header["cpu_seconds"] + 0.999))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
@@ -104,6 +103,8 @@ def read_in_child(name: str, body: bytes, tenant: str, admin: bool, max_bytes: i
         "cpu_seconds": budget.cpu_seconds,
         "memory_mb": budget.memory_mb,
     }
+    import subprocess
+
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     code = f"import sys; sys.path.insert(0, {root!r}); from dpmsf_core.upload.reading import _child_main; _child_main()"
     try:
@@ -146,7 +147,8 @@ class UploadReader:
         self.budget = budget
         self.max_bytes = max_bytes
         self.limit = concurrency + queue
-        self._slots = asyncio.Semaphore(concurrency)
+        self.concurrency = concurrency
+        self._slots: Any = None  # an asyncio.Semaphore, made on the first upload (asyncio stays out of a cold start)
         self._pending = 0  # reading or waiting to
 
     async def read(self, name: str, body: bytes, tenant: str, admin: bool) -> ReadUpload:
@@ -157,6 +159,10 @@ class UploadReader:
                 title="Too Many Requests",
                 headers={"Retry-After": str(max(1, int(self.budget.cpu_seconds)))},
             )
+        import asyncio
+
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.concurrency)
         self._pending += 1
         try:
             async with self._slots:

@@ -132,13 +132,6 @@ class TenantIndex:
         with self._update() as modules:
             modules.pop(name, None)
 
-    def prune(self, names: set[str]) -> None:
-        """Forget the entries of modules that are no longer stored."""
-        if set(self.entries()) - names:
-            with self._update() as modules:
-                for gone in set(modules) - names:
-                    del modules[gone]
-
     @contextlib.contextmanager
     def _update(self) -> Iterator[dict[str, dict[str, Any]]]:
         """Read, change and replace the file atomically, one writer at a time across server processes."""

@@ -39,7 +39,8 @@ class PluginUpload:
         self.security = security
         index = registry.indexes.for_folder(self.folder) or TenantIndex(self.folder)
         self.ledger = UploadLedger(self.store, index)
-        self.reader = UploadReader(UploadBudget(cpu_seconds=settings.upload_cpu), settings.upload_max)
+        budget = UploadBudget(cpu_seconds=settings.upload_cpu, wall_seconds=4 * settings.upload_cpu + 2)
+        self.reader = UploadReader(budget, settings.upload_max)
 
     async def handle(
         self, scope: Scope, receive: Receive, responder: Responder, headers: dict[str, str], rest: str

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 from .deferred import Deferrals, same_routes
 from .discovery import (
@@ -27,7 +27,7 @@ from .errors import PluginError
 from .registry_report import log_reload, module_report
 from .reserved import reserved_names, withhold
 from .snapshot import EMPTY, Endpoint, ModuleEntry, ModuleReport, Snapshot
-from .tenant_index import TenantIndexes
+from .tenant_index import PENDING, TenantIndexes
 from .watch import FolderWatch
 
 __all__ = [
@@ -189,7 +189,7 @@ class Registry:
         metas = {cand.path: self._metadata(cand) for cand in candidates}
         for cand in self._by_claim(candidates, metas):
             previous = self._records.get(cand.path)
-            if previous is not None and previous.candidate.signature == cand.signature:
+            if _unchanged(previous, cand):
                 record = previous
                 if materialize is not None and _is_deferred(record) and materialize(record.meta.alias or cand.name):
                     record = self._materialized(record)
@@ -282,13 +282,20 @@ class Registry:
     def _metadata(self, cand: Candidate) -> tuple[Metadata, str | None]:
         """``__alias__``/``__tenant__`` (unchanged files reuse what was read), and why they are unusable if so."""
         previous = self._records.get(cand.path)
-        if previous is not None and previous.candidate.signature == cand.signature:
+        if _unchanged(previous, cand):
             return previous.meta, previous.error
         owned = os.path.realpath(cand.folder) in self.owned_folders
         index = self.indexes.for_folder(cand.folder) if owned and not cand.is_package else None
         hit = index.lookup(cand.name, cand.path, self.admin_id) if index is not None else None
         if hit is not None:
             return Metadata(hit.alias, hit.tenant, hit.source, hit), None
+        waiting = (
+            self.indexes.fill(index, cand.name, cand.path, cand.signature, self.admin_id)
+            if index and self.snapshot.version
+            else None
+        )
+        if waiting is not None:  # serving: a module without an entry is read in the background, not here
+            return Metadata(tenant=stamped_owner(cand.path), indexed=PENDING if waiting[1] else None), waiting[0]
         try:
             meta = read_metadata(cand.path)
         except PluginError as exc:
@@ -377,6 +384,11 @@ class Registry:
         qualname = module_name_for(cand)
         for key in [k for k in sys.modules if k == qualname or k.startswith(qualname + ".")]:
             del sys.modules[key]
+
+
+def _unchanged(record: _Record | None, cand: Candidate) -> TypeGuard[_Record]:
+    """The record of this very file (same signature), unless its module was still being read then."""
+    return record is not None and record.candidate.signature == cand.signature and record.meta.indexed is not PENDING
 
 
 def _is_deferred(record: _Record | None) -> bool:

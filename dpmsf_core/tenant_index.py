@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -108,7 +109,12 @@ class TenantIndex:
         The admin's uploads get an entry without a description: it says their owner to the upload endpoint
         (``lookup`` never uses it: the admin's modules are imported, and their trust is read from the source).
         """
-        raw = source.encode("utf-8")
+        self.put_raw(name, source.encode("utf-8"), tenant, alias, description)
+
+    def put_raw(
+        self, name: str, raw: bytes, tenant: str, alias: str | None, description: dict[str, Any] | None
+    ) -> None:
+        """``put`` for the bytes as stored."""
         entry = {
             "tenant": tenant,
             "alias": alias,
@@ -157,12 +163,77 @@ class TenantIndex:
             os.close(lock)
 
 
+PENDING = object()  # ``Metadata.indexed`` of a module whose reading runs in the background: look again next time
+
+
 class TenantIndexes:
-    """One ``TenantIndex`` per upload folder of a registry (the folders where every module needs an owner)."""
+    """One ``TenantIndex`` per upload folder of a registry (the folders where every module needs an owner), and
+    the background reading of modules a server meets without an entry while it serves (``fill``)."""
 
     def __init__(self, owned_folders: set[str]) -> None:
         self._owned = owned_folders
         self._indexes: dict[str, TenantIndex] = {}
+        self._lock = threading.Lock()
+        self._reading: set[str] = set()
+        self._done: dict[str, tuple[tuple[int, ...], str | None]] = {}  # path -> (signature, error or None)
+        self._pool: Any = None
+
+    def fill(
+        self, index: TenantIndex, name: str, path: str, signature: tuple[int, ...], admin_id: str | None
+    ) -> tuple[str, bool] | None:
+        """While serving, a module without a verified entry is read in the background (a budgeted child
+        process, as uploads are), never on the request path. Returns why it is not served yet, or None when
+        it may be read in line: it names no owner (nothing to parse), or it was read already and still has no
+        usable entry (its bytes changed meanwhile, or a byte-order mark made the hashes differ), or it is the
+        admin's upload (its entry says so for these very bytes: it is imported, as trusted code). The flag says
+        whether the reading still runs (then the next rebuild looks again)."""
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read()
+        except OSError:
+            return None
+        if b"__tenant__" not in raw and b"__alias__" not in raw:
+            return None
+        entry = index.entries().get(name) or {}
+        if admin_id and entry.get("tenant") == admin_id and entry.get("sha256") == hashlib.sha256(raw).hexdigest():
+            return None
+        with self._lock:
+            done = self._done.get(path)
+            if done is not None and done[0] == signature:
+                return None if done[1] is None else (done[1], False)
+            if path not in self._reading:
+                self._reading.add(path)
+                if self._pool is None:
+                    from concurrent.futures import ThreadPoolExecutor
+
+                    self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpmsf-index")
+                self._pool.submit(self._read, index, name, path, signature, raw)
+        return f"{path}: being read (it has no entry in the tenant index); it is served in a moment", True
+
+    def _read(self, index: TenantIndex, name: str, path: str, signature: tuple[int, ...], raw: bytes) -> None:
+        from .errors import DPMSFError
+        from .upload.reading import UploadBudget, read_stored_in_child
+
+        error: str | None = None
+        try:
+            read = read_stored_in_child(name, raw, UploadBudget())
+            if read.tenant is None or read.description is None:
+                raise ValueError("no owner")
+            index.put_raw(name, raw, read.tenant, read.alias, read.description)
+        except DPMSFError as exc:
+            error = f"{path}: {exc.detail}"
+        except Exception as exc:  # a failed reading is that module's error, never the server's
+            error = f"{path}: cannot be read: {type(exc).__name__}: {exc}"
+        with self._lock:
+            self._reading.discard(path)
+            self._done[path] = (signature, error)
+        if error is not None:  # nothing was written: make the next request's rebuild look again
+            with contextlib.suppress(OSError):
+                os.utime(index.folder)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def for_folder(self, folder: str) -> TenantIndex | None:
         real = os.path.realpath(folder)

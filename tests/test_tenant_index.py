@@ -131,3 +131,34 @@ def test_an_entry_is_used_only_for_the_bytes_it_describes(
     app, _ = build()
     entry = app.registry.snapshot.modules["big1"]
     assert entry.tenant == MALLORY and not entry.trusted
+
+
+def test_a_module_without_an_entry_is_read_in_the_background_while_serving(
+    build: Callable[[], tuple[Any, float]], serve: Callable[[Any], httpx.Client], folders: tuple[Path, Path]
+) -> None:
+    from dpmsf_core.upload.validation import stamp_tenant
+
+    _, uploads = folders
+    app, _ = build()
+    client = serve(app)
+    uploads.mkdir(exist_ok=True)
+    # arrives without an index entry (another instance's upload, mirrored; a copied folder)
+    (uploads / "copied.py").write_text(stamp_tenant(big_module("copied_api", 19_000), MALLORY))
+    (uploads / "huge.py").write_text(stamp_tenant("x=1;" * 60_000, MALLORY))  # over the reading budget
+    latencies = []
+    began = time.monotonic()
+    while time.monotonic() - began < 30 and served(app).get("copied") != "loaded":
+        t = time.perf_counter()
+        assert client.get("/rest/services/hello/").status_code == 200
+        latencies.append(time.perf_counter() - t)
+        time.sleep(0.02)
+    assert served(app)["copied"] == "loaded"
+    assert max(latencies) < 0.5, max(latencies)  # never parsed on the request path
+    index = json.loads((uploads / INDEX_NAME).read_text())
+    assert index["modules"]["copied"]["tenant"] == MALLORY
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "budget" not in str(app.registry.reports()):
+        client.get("/rest/services/hello/")
+        time.sleep(0.1)
+    (report,) = [r for r in app.registry.reports() if r["name"] == "huge"]
+    assert report["status"] == "error" and "budget" in report["error"]

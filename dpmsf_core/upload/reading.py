@@ -37,6 +37,7 @@ class ReadUpload:
     source: str
     alias: str | None
     description: dict[str, Any] | None
+    tenant: str | None = None
 
 
 def read_upload(name: str, body: bytes, tenant: str, admin: bool, max_bytes: int, max_nodes: int) -> ReadUpload:
@@ -61,6 +62,27 @@ def read_upload(name: str, body: bytes, tenant: str, admin: bool, max_bytes: int
     return ReadUpload(source, meta.alias, description)
 
 
+def read_stored(name: str, body: bytes, max_nodes: int) -> ReadUpload:
+    """A stored tenant module (no tenant index entry for it), read as at load time: its owner, alias and
+    description. Runs in the child."""
+    from ..discovery import metadata_from_source
+    from ..sandbox.described import describe
+    from ..sandbox.loader import read_tenant_module
+    from .validation import validate_upload
+
+    try:
+        source = validate_upload(name, body, max_bytes=len(body), max_nodes=max_nodes)
+        meta = metadata_from_source(source, f"{name}.py")
+        if meta.tenant is None:
+            raise UnprocessableArguments(f"Module {name!r} has no owner (__tenant__).")
+        description = describe(read_tenant_module(source, f"{name}.py"))
+    except PluginError as exc:
+        raise UnprocessableArguments(str(exc)) from None
+    except (RecursionError, MemoryError):
+        raise UnprocessableArguments(f"Module {name!r} is nested too deeply to be read.") from None
+    return ReadUpload(source, meta.alias, description, meta.tenant)
+
+
 _STATUS = {400: BadRequest, 413: PayloadTooLarge}
 
 
@@ -76,10 +98,18 @@ def _child_main() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     body = sys.stdin.buffer.read()
     try:
-        read = read_upload(
-            header["name"], body, header["tenant"], header["admin"], header["max_bytes"], header["max_nodes"]
-        )
-        answer: dict[str, Any] = {"source": read.source, "alias": read.alias, "description": read.description}
+        if header.get("job") == "stored":
+            read = read_stored(header["name"], body, header["max_nodes"])
+        else:
+            read = read_upload(
+                header["name"], body, header["tenant"], header["admin"], header["max_bytes"], header["max_nodes"]
+            )
+        answer: dict[str, Any] = {
+            "source": read.source,
+            "alias": read.alias,
+            "description": read.description,
+            "tenant": read.tenant,
+        }
     except DPMSFError as exc:
         answer = {"error": {"status": exc.status, "detail": exc.detail, "errors": exc.extra.get("errors")}}
     except MemoryError:
@@ -94,16 +124,22 @@ def read_in_child(name: str, body: bytes, tenant: str, admin: bool, max_bytes: i
         raise UnprocessableArguments(
             f"Module {name!r} has {lines} lines. Expected at most {budget.max_lines} (the upload reading budget)."
         )
-    header = {
-        "name": name,
-        "tenant": tenant,
-        "admin": admin,
-        "max_bytes": max_bytes,
-        "max_nodes": budget.max_nodes,
-        "cpu_seconds": budget.cpu_seconds,
-        "memory_mb": budget.memory_mb,
-    }
+    header = {"name": name, "tenant": tenant, "admin": admin, "max_bytes": max_bytes}
+    return _run_child(name, header, body, budget)
+
+
+def read_stored_in_child(name: str, body: bytes, budget: UploadBudget) -> ReadUpload:
+    """``read_stored`` in a fresh child process within ``budget``; blocks (call it from a thread)."""
+    lines = body.count(b"\n") + 1
+    if lines > budget.max_lines:
+        raise UnprocessableArguments(f"Module {name!r} has {lines} lines. Expected at most {budget.max_lines}.")
+    return _run_child(name, {"job": "stored", "name": name}, body, budget)
+
+
+def _run_child(name: str, job: dict[str, Any], body: bytes, budget: UploadBudget) -> ReadUpload:
     import subprocess
+
+    header = {**job, "max_nodes": budget.max_nodes, "cpu_seconds": budget.cpu_seconds, "memory_mb": budget.memory_mb}
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     code = f"import sys; sys.path.insert(0, {root!r}); from dpmsf_core.upload.reading import _child_main; _child_main()"
@@ -129,7 +165,7 @@ def read_in_child(name: str, body: bytes, tenant: str, admin: bool, max_bytes: i
         if cls is not None:
             raise cls(error["detail"])
         raise UnprocessableArguments(error["detail"], errors=error.get("errors"))
-    return ReadUpload(answer["source"], answer["alias"], answer["description"])
+    return ReadUpload(answer["source"], answer["alias"], answer["description"], answer.get("tenant"))
 
 
 def _over_budget(name: str, what: str) -> UnprocessableArguments:

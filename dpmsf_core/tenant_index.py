@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 INDEX_NAME = ".dpmsf-tenant-index.json"
 FORMAT = 1
 MAX_BYTES = 16 << 20
+INLINE_BYTES = 4096  # a module this small is read on the spot while serving: it costs a millisecond or two
 
 log = logging.getLogger("dpmsf.registry")
 
@@ -183,7 +184,8 @@ class TenantIndexes:
     ) -> tuple[str, bool] | None:
         """While serving, a module without a verified entry is read in the background (a budgeted child
         process, as uploads are), never on the request path. Returns why it is not served yet, or None when
-        it may be read in line: it names no owner (nothing to parse), or it was read already and still has no
+        it may be read in line: it is small (a millisecond or two), it names no owner (nothing to parse), it was
+        read already and still has no
         usable entry (its bytes changed meanwhile, or a byte-order mark made the hashes differ), or it is the
         admin's upload (its entry says so for these very bytes: it is imported, as trusted code). The flag says
         whether the reading still runs (then the next rebuild looks again)."""
@@ -192,7 +194,7 @@ class TenantIndexes:
                 raw = fh.read()
         except OSError:
             return None
-        if b"__tenant__" not in raw and b"__alias__" not in raw:
+        if len(raw) <= INLINE_BYTES or (b"__tenant__" not in raw and b"__alias__" not in raw):
             return None
         entry = index.entries().get(name) or {}
         if admin_id and entry.get("tenant") == admin_id and entry.get("sha256") == hashlib.sha256(raw).hexdigest():
@@ -216,12 +218,12 @@ class TenantIndexes:
 
         error: str | None = None
         try:
-            read = read_stored_in_child(name, raw, UploadBudget())
+            read = read_stored_in_child(name, path, raw, UploadBudget())
             if read.tenant is None or read.description is None:
                 raise ValueError("no owner")
             index.put_raw(name, raw, read.tenant, read.alias, read.description)
         except DPMSFError as exc:
-            error = f"{path}: {exc.detail}"
+            error = exc.detail
         except Exception as exc:  # a failed reading is that module's error, never the server's
             error = f"{path}: cannot be read: {type(exc).__name__}: {exc}"
         with self._lock:

@@ -62,20 +62,20 @@ def read_upload(name: str, body: bytes, tenant: str, admin: bool, max_bytes: int
     return ReadUpload(source, meta.alias, description)
 
 
-def read_stored(name: str, body: bytes, max_nodes: int) -> ReadUpload:
+def read_stored(name: str, path: str, body: bytes, max_nodes: int) -> ReadUpload:
     """A stored tenant module (no tenant index entry for it), read as at load time: its owner, alias and
-    description. Runs in the child."""
+    description, or the error a load would report (naming ``path``). Runs in the child."""
     from ..discovery import metadata_from_source
     from ..sandbox.described import describe
     from ..sandbox.loader import read_tenant_module
     from .validation import validate_upload
 
     try:
-        source = validate_upload(name, body, max_bytes=len(body), max_nodes=max_nodes)
-        meta = metadata_from_source(source, f"{name}.py")
+        meta = metadata_from_source(body.decode("utf-8", errors="replace"), path)
         if meta.tenant is None:
-            raise UnprocessableArguments(f"Module {name!r} has no owner (__tenant__).")
-        description = describe(read_tenant_module(source, f"{name}.py"))
+            raise PluginError("an uploaded module without an owner (__tenant__) is not loaded", path)
+        source = validate_upload(name, body, max_bytes=len(body), max_nodes=max_nodes)
+        description = describe(read_tenant_module(source, path))
     except PluginError as exc:
         raise UnprocessableArguments(str(exc)) from None
     except (RecursionError, MemoryError):
@@ -99,7 +99,7 @@ def _child_main() -> None:
     body = sys.stdin.buffer.read()
     try:
         if header.get("job") == "stored":
-            read = read_stored(header["name"], body, header["max_nodes"])
+            read = read_stored(header["name"], header["path"], body, header["max_nodes"])
         else:
             read = read_upload(
                 header["name"], body, header["tenant"], header["admin"], header["max_bytes"], header["max_nodes"]
@@ -128,12 +128,12 @@ def read_in_child(name: str, body: bytes, tenant: str, admin: bool, max_bytes: i
     return _run_child(name, header, body, budget)
 
 
-def read_stored_in_child(name: str, body: bytes, budget: UploadBudget) -> ReadUpload:
+def read_stored_in_child(name: str, path: str, body: bytes, budget: UploadBudget) -> ReadUpload:
     """``read_stored`` in a fresh child process within ``budget``; blocks (call it from a thread)."""
     lines = body.count(b"\n") + 1
     if lines > budget.max_lines:
         raise UnprocessableArguments(f"Module {name!r} has {lines} lines. Expected at most {budget.max_lines}.")
-    return _run_child(name, {"job": "stored", "name": name}, body, budget)
+    return _run_child(name, {"job": "stored", "name": name, "path": path}, body, budget)
 
 
 def _run_child(name: str, job: dict[str, Any], body: bytes, budget: UploadBudget) -> ReadUpload:

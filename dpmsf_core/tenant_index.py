@@ -49,12 +49,18 @@ class TenantIndex:
         self.path = os.path.join(folder, INDEX_NAME)
         self._entries: dict[str, dict[str, Any]] = {}
         self._seen: tuple[int, int, int] | None = None
+        # an object store holding the modules (S3): its copy of the index is fetched when there is no local one
+        # (a fresh Lambda's mirror) and written with every change; ``get_index()`` and ``put_index(bytes)``
+        self.remote: Any = None
+        self._fetched = False
 
     def entries(self) -> dict[str, dict[str, Any]]:
         """Every entry by module name, as last written (unverified: for sizes and owners that quotas add up)."""
         try:
             st = os.stat(self.path)
         except OSError:
+            if self.remote is not None and not self._fetched and self._fetch():
+                return self.entries()
             self._entries, self._seen = {}, None
             return self._entries
         seen = (st.st_mtime_ns, st.st_size, st.st_ino)
@@ -62,6 +68,30 @@ class TenantIndex:
             self._entries = self._read(st.st_size)
             self._seen = seen
         return self._entries
+
+    def _fetch(self) -> bool:
+        """Copy the object store's index here, once; False if there is none or it cannot be read."""
+        self._fetched = True
+        try:
+            data = self.remote.get_index()
+            if data is None or len(data) > MAX_BYTES:
+                return False
+            self._write(data)
+        except Exception as exc:  # any backend's failure: modules are read instead, as without an index
+            log.warning("tenant module index of %s cannot be fetched (%s): its modules are read", self.folder, exc)
+            return False
+        return True
+
+    def _write(self, data: bytes) -> None:
+        os.makedirs(self.folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".dpmsf-tenant-index.", suffix=".tmp", dir=self.folder)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, self.path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
     def _read(self, size: int) -> dict[str, dict[str, Any]]:
         try:
@@ -151,15 +181,14 @@ class TenantIndex:
             self._seen = None
             modules = dict(self.entries())
             yield modules
-            fd, tmp = tempfile.mkstemp(prefix=".dpmsf-tenant-index.", suffix=".tmp", dir=self.folder)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    json.dump({"format": FORMAT, "modules": modules}, fh, separators=(",", ":"))
-                os.replace(tmp, self.path)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+            data = json.dumps({"format": FORMAT, "modules": modules}, separators=(",", ":")).encode()
+            self._write(data)
             self._entries, self._seen = modules, None
+            if self.remote is not None:
+                try:
+                    self.remote.put_index(data)
+                except Exception as exc:  # the local copy serves this instance; others read their modules
+                    log.warning("tenant module index of %s cannot be stored remotely: %s", self.folder, exc)
         finally:
             os.close(lock)
 

@@ -162,3 +162,36 @@ def test_a_module_without_an_entry_is_read_in_the_background_while_serving(
         time.sleep(0.1)
     (report,) = [r for r in app.registry.reports() if r["name"] == "huge"]
     assert report["status"] == "error" and "budget" in report["error"]
+
+
+def test_on_an_object_store_the_index_travels_with_the_modules(
+    make_app: Callable[..., Any],
+    serve: Callable[[Any], httpx.Client],
+    moto_url: str,
+    aws_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A fresh instance (a Lambda cold start: an empty mirror) fetches the index from the bucket: no parse."""
+    import uuid
+
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+    bucket = f"uploads-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=moto_url).create_bucket(Bucket=bucket)
+
+    def instance(state: str) -> tuple[Any, float]:
+        began = time.perf_counter()
+        app = make_app(
+            f"s3://{bucket}/plugins",
+            env={"ADMIN_ID": ADMIN, "DPMSF_STATE_DIR": str(tmp_path / state), "DPMSF_UPLOAD_CPU": "20"},
+        )
+        return app, time.perf_counter() - began
+
+    first, empty = instance("one")
+    upload_five(first, serve, lines=12_000)
+    fresh, cold = instance("two")
+    assert {r.name: r.status for r in fresh.registry.snapshot.reports} == {f"big{i}": "loaded" for i in range(5)}
+    print(f"cold start on S3: no stored module {empty * 1000:.0f} ms, five of 12,000 lines {cold * 1000:.0f} ms")
+    assert cold < empty + 1.0, (empty, cold)  # reading them would take seconds

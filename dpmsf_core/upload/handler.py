@@ -38,6 +38,8 @@ class PluginUpload:
         self.registry = registry
         self.security = security
         index = registry.indexes.for_folder(self.folder) or TenantIndex(self.folder)
+        if hasattr(self.store, "put_index"):  # an object store: the index travels with the modules
+            index.remote = self.store
         self.ledger = UploadLedger(self.store, index)
         budget = UploadBudget(cpu_seconds=settings.upload_cpu, wall_seconds=4 * settings.upload_cpu + 2)
         self.reader = UploadReader(budget, settings.upload_max)

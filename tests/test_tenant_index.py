@@ -195,3 +195,64 @@ def test_on_an_object_store_the_index_travels_with_the_modules(
     assert {r.name: r.status for r in fresh.registry.snapshot.reports} == {f"big{i}": "loaded" for i in range(5)}
     print(f"cold start on S3: no stored module {empty * 1000:.0f} ms, five of 12,000 lines {cold * 1000:.0f} ms")
     assert cold < empty + 1.0, (empty, cold)  # reading them would take seconds
+
+
+ROUND_TRIP = '''"""Module doc."""
+from dpmsf_core import expose
+
+__alias__ = "shop"
+
+
+@expose.endpoint(method="GET|POST", auth=True, path="items/{item_id}/parts")
+async def items(item_id: int, *rest, limit: int = 10, tags: tuple = (1, b"x", None), when=len("x"), **more):
+    """Items of a shop.
+
+    Longer text.
+    """
+    return item_id
+
+
+@expose.endpoint
+def plain(a, /, b: list[str] | None = None, c: float = -1.5, d: dict = {"k": {1, 2}}):
+    return a
+
+
+@expose.endpoint(API="items")
+def shadowed():
+    return 0
+'''
+
+
+def test_a_description_restores_the_module_the_reader_read() -> None:
+    from dpmsf_core.sandbox.described import describe, restore
+    from dpmsf_core.sandbox.loader import read_tenant_module
+    from dpmsf_core.upload.validation import stamp_tenant
+
+    source = stamp_tenant(ROUND_TRIP, MALLORY)
+    read = read_tenant_module(source, "/up/shop.py")
+    back = restore(json.loads(json.dumps(describe(read))), source, "/up/shop.py", read.sha256)
+    assert repr(back) == repr(read)  # every field: endpoints, params, defaults (a non-literal one by its text), docs
+    assert [str(ep.signature()) for ep in back.endpoints] == [str(ep.signature()) for ep in read.endpoints]
+    assert back.source == source and back.alias == "shop"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d: d["endpoints"][0].update(methods="GET"),
+        lambda d: d["endpoints"][0]["params"][0].update(kind=99),
+        lambda d: d["endpoints"][0]["params"][2]["default"].update(literal="__import__('os')"),
+        lambda d: d.update(introspection="yes"),
+        lambda d: d["endpoints"][0].pop("api"),
+    ],
+)
+def test_a_damaged_description_is_refused(damage: Callable[[dict[str, Any]], Any]) -> None:
+    from dpmsf_core.sandbox.described import describe, restore
+    from dpmsf_core.sandbox.loader import read_tenant_module
+    from dpmsf_core.upload.validation import stamp_tenant
+
+    source = stamp_tenant(ROUND_TRIP, MALLORY)
+    data = json.loads(json.dumps(describe(read_tenant_module(source, "/up/shop.py"))))
+    damage(data)
+    with pytest.raises(ValueError):
+        restore(data, source, "/up/shop.py", "")

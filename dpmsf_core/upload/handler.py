@@ -115,7 +115,9 @@ class PluginUpload:
     async def _list(self, tenant: str, admin: bool) -> list[dict[str, Any]]:
         out = []
         for name in self.store.list():
-            owner = await self.ledger.owner(name, self.store.get(name))
+            owner = self.ledger.listed_owner(name)  # a stat per module, not a read
+            if owner is None:
+                owner = await self.ledger.owner(name, self.store.get(name))
             if admin or owner == tenant:
                 out.append({"name": name, "tenant": owner})
         return out

@@ -37,6 +37,18 @@ class UploadLedger:
 
         return await asyncio.to_thread(_parsed_owner, source)  # not indexed: an upload from before the index
 
+    def listed_owner(self, name: str) -> str | None:
+        """The owner of module ``name`` for a listing: its index entry when the local file has the entry's size
+        (a stat, where reading every module to hash it cost a listing megabytes per module); else None."""
+        entry = self.index.entries().get(name)
+        if entry is None or not isinstance(entry.get("tenant"), str):
+            return None
+        try:
+            size = os.stat(os.path.join(self.index.folder, f"{name}.py")).st_size
+        except OSError:
+            return None
+        return entry["tenant"] if entry.get("size") == size else None
+
     def check_quota(self, tenant: str, name: str, size: int, quotas: Quotas) -> None:
         """QuotaExceeded if storing ``size`` bytes as ``name`` takes ``tenant`` over its module count or bytes;
         a module replaced counts with its new size only."""

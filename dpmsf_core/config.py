@@ -56,6 +56,7 @@ class Settings:
     store: str = ""
     upload_dir: str = ""
     upload_max: int = 256_000
+    upload_cpu: float = 2.0  # CPU seconds a child process may spend reading one upload (DPMSF_UPLOAD_CPU)
     sandbox_workers: int = 2
     sandbox_timeout: float = 5.0
     sandbox_memory_mb: int = 256
@@ -232,6 +233,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         store=_backend_url(env, "DPMSF_STORE", dyn_default, ("sqlite", *_SHARED)),
         upload_dir=(env.get("DPMSF_UPLOAD_DIR") or "").strip(),
         upload_max=_int(env, "DPMSF_UPLOAD_MAX", 256_000, minimum=1),
+        upload_cpu=_float(env, "DPMSF_UPLOAD_CPU", 2.0, minimum=0.5),
         sandbox_workers=_int(env, "DPMSF_SANDBOX_WORKERS", 2, minimum=1),
         sandbox_timeout=_float(env, "DPMSF_SANDBOX_TIMEOUT", 5.0, minimum=0.1),
         sandbox_memory_mb=_int(env, "DPMSF_SANDBOX_MEMORY_MB", 256, minimum=32),

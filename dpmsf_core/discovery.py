@@ -38,6 +38,7 @@ class Metadata(NamedTuple):
     alias: str | None = None
     tenant: str | None = None
     source: str = ""
+    indexed: Any = None  # a tenant module's verified entry of the tenant index (``tenant_index.Indexed``)
 
 
 @dataclass
@@ -48,6 +49,8 @@ class LoadedModule:
     endpoints: list[tuple[EndpointSpec, Callable[..., Any]]] = field(default_factory=list)
     events: list[tuple[EventSpec, Callable[..., Any]]] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
+    # a tenant module read from its source: (source, description) for the tenant index, so it is not read again
+    index_entry: tuple[str, dict[str, Any]] | None = None
 
 
 def _is_identifier(name: str) -> bool:

@@ -9,14 +9,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 from .deferred import Deferrals, same_routes
 from .discovery import (
     Candidate,
     LoadedModule,
     Metadata,
-    change_reason,
     collect,
     import_module,
     module_name_for,
@@ -25,7 +24,10 @@ from .discovery import (
     stamped_owner,
 )
 from .errors import PluginError
+from .registry_report import log_reload, module_report
+from .reserved import reserved_names, withhold
 from .snapshot import EMPTY, Endpoint, ModuleEntry, ModuleReport, Snapshot
+from .tenant_index import PENDING, TenantIndexes
 from .watch import FolderWatch
 
 __all__ = [
@@ -72,36 +74,6 @@ class _Record:
     duplicates: list[str] = field(default_factory=list)
 
 
-def _report(
-    public: str, record: _Record, trusted: bool, status: str, error: str | None, entry: ModuleEntry | None
-) -> ModuleReport:
-    cand = record.candidate
-    return ModuleReport(
-        public,
-        cand.name,
-        record.meta.alias,
-        cand.path,
-        cand.folder,
-        record.meta.tenant,
-        trusted,
-        status,
-        error,
-        sorted(entry.endpoints) if entry else [],
-        [ev.name for ev, _ in entry.events] if entry else [],
-    )
-
-
-def _log_reload(cand: Candidate, previous: _Record | None, record: _Record) -> None:
-    """One line per module a reload touched: what happened to its file, and what serves now."""
-    why = change_reason(previous.candidate if previous else None, cand)
-    if record.error is None:
-        apis = ", ".join(sorted(record.entry.endpoints)) if record.entry else ""
-        log.info("reload: %s %s: loaded%s", cand.path, why, f"; serving {apis}" if apis else "")
-    else:
-        keeps = "the previous version keeps serving" if record.stale else "not served"
-        log.warning("reload: %s %s: failed to load, %s", cand.path, why, keeps)
-
-
 class Registry:
     """Scans plugin folders, imports what changed, and publishes a new Snapshot atomically."""
 
@@ -127,6 +99,7 @@ class Registry:
         self._lock = threading.RLock()
         self._records: dict[str, _Record] = {}
         self._deferrals = Deferrals(self.owned_folders)  # modules the packaged manifest describes
+        self.indexes = TenantIndexes(self.owned_folders)  # what uploads' tenant modules serve, without a parse
         self._manifest_differs = False
         self.snapshot: Snapshot = EMPTY
 
@@ -216,7 +189,7 @@ class Registry:
         metas = {cand.path: self._metadata(cand) for cand in candidates}
         for cand in self._by_claim(candidates, metas):
             previous = self._records.get(cand.path)
-            if previous is not None and previous.candidate.signature == cand.signature:
+            if _unchanged(previous, cand):
                 record = previous
                 if materialize is not None and _is_deferred(record) and materialize(record.meta.alias or cand.name):
                     record = self._materialized(record)
@@ -240,7 +213,7 @@ class Registry:
                         record = self._load(cand, previous, meta)
                 changed = True
                 if self.snapshot is not EMPTY and public not in modules:  # start-up has its own summary line
-                    _log_reload(cand, previous, record)
+                    log_reload(cand, previous, record)
             public = record.meta.alias or cand.name
             trusted = self._is_trusted(record.meta)
             owner = modules.get(public)
@@ -248,7 +221,7 @@ class Registry:
                 msg = f"module name {public!r} of {cand.path} is already taken by {owner.path}; this one is not loaded"
                 problems.append(msg)
                 log.warning("conflict: %s", msg)
-                reports.append(_report(public, record, trusted, "conflict", msg, None))
+                reports.append(module_report(public, record, trusted, "conflict", msg, None))
                 if record.entry is not None:
                     self._forget_module(cand)
                 changed = True  # not kept: re-evaluated on the next rebuild, when the owner may be gone
@@ -258,7 +231,7 @@ class Registry:
             status = "loaded" if record.error is None else ("stale" if record.entry is not None else "error")
             entry = record.entry
             error = "; ".join([*filter(None, [record.error]), *record.duplicates]) or None
-            reports.append(_report(public, record, trusted, status, error, entry))
+            reports.append(module_report(public, record, trusted, status, error, entry))
             if entry is not None:
                 modules[public] = entry
         for path, old in self._records.items():
@@ -271,11 +244,14 @@ class Registry:
         self._records = records
         if not changed and self.snapshot is not EMPTY:
             return self.snapshot
+        reserved = reserved_names(reports, self.owned_folders)  # the admin's, while its module fails to load
+        reports = withhold(modules, reports, reserved) if reserved else reports
         imported_later = frozenset(name for name, entry in modules.items() if entry.deferred)
         by_api: dict[str, list[Endpoint]] = {}
         for entry in modules.values():
             for ep in entry.endpoints.values():
-                by_api.setdefault(ep.api, []).append(ep)
+                if entry.trusted or ep.api not in reserved:
+                    by_api.setdefault(ep.api, []).append(ep)
         self.snapshot = Snapshot(
             modules=modules,
             by_api={k: tuple(v) for k, v in by_api.items()},
@@ -306,9 +282,20 @@ class Registry:
     def _metadata(self, cand: Candidate) -> tuple[Metadata, str | None]:
         """``__alias__``/``__tenant__`` (unchanged files reuse what was read), and why they are unusable if so."""
         previous = self._records.get(cand.path)
-        if previous is not None and previous.candidate.signature == cand.signature:
+        if _unchanged(previous, cand):
             return previous.meta, previous.error
         owned = os.path.realpath(cand.folder) in self.owned_folders
+        index = self.indexes.for_folder(cand.folder) if owned and not cand.is_package else None
+        hit = index.lookup(cand.name, cand.path, self.admin_id) if index is not None else None
+        if hit is not None:
+            return Metadata(hit.alias, hit.tenant, hit.source, hit), None
+        waiting = (
+            self.indexes.fill(index, cand.name, cand.path, cand.signature, self.admin_id)
+            if index and self.snapshot.version
+            else None
+        )
+        if waiting is not None:  # serving: a module without an entry is read in the background, not here
+            return Metadata(tenant=stamped_owner(cand.path), indexed=PENDING if waiting[1] else None), waiting[0]
         try:
             meta = read_metadata(cand.path)
         except PluginError as exc:
@@ -349,6 +336,11 @@ class Registry:
                 raise PluginError(f"{cand.path}: belongs to tenant {meta.tenant}, and the sandbox is not enabled")
             else:
                 loaded = self._untrusted(cand, meta)
+                index = self.indexes.for_folder(cand.folder)
+                if (
+                    loaded.index_entry is not None and index is not None and meta.tenant is not None
+                ):  # read now, not again at the next start
+                    index.remember(cand.name, meta.tenant, meta.alias, loaded.index_entry)
         except PluginError as exc:
             log.error("plugin %s failed to load: %s", cand.path, exc)
             if previous is not None and previous.entry is not None:  # the last good version keeps serving
@@ -392,6 +384,11 @@ class Registry:
         qualname = module_name_for(cand)
         for key in [k for k in sys.modules if k == qualname or k.startswith(qualname + ".")]:
             del sys.modules[key]
+
+
+def _unchanged(record: _Record | None, cand: Candidate) -> TypeGuard[_Record]:
+    """The record of this very file (same signature), unless its module was still being read then."""
+    return record is not None and record.candidate.signature == cand.signature and record.meta.indexed is not PENDING
 
 
 def _is_deferred(record: _Record | None) -> bool:

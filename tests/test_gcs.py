@@ -266,6 +266,8 @@ def test_admin_upload_writes_to_the_bucket(gcs: Any, bucket: str, gcs_app_env: d
         stored = gcs.bucket(bucket).get_blob("up/uploaded.py").download_as_bytes().decode()
         assert stored.endswith("def uploaded():\n    return 42\n") and "__tenant__" in stored
         assert client.get("/rest/services/uploaded/").json()["results"] == 42
+        index = json.loads(gcs.bucket(bucket).get_blob("up/.dpmsf-tenant-index.json").download_as_bytes())
+        assert index["modules"]["uploaded"]["tenant"] == ADMIN  # the tenant index travels with the modules
         listing = client.get("/rest/admin/plugins/", headers=auth()).json()["results"]
         assert [entry["name"] if isinstance(entry, dict) else entry for entry in listing] == ["uploaded"]
         assert client.delete("/rest/admin/plugins/uploaded", headers=auth()).status_code in (200, 204)

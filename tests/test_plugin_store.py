@@ -178,6 +178,15 @@ STAMP = f'__tenant__ = "{TENANT}"'
         ),
         pytest.param("X = 1\r\n__tenant__ = 'x'\r\n", f"X = 1\r\n{STAMP}\r\n", id="crlf"),
         pytest.param("\ufeffX = 1\n", f"{STAMP}\nX = 1\n", id="bom"),
+        # only statements whose lines may spell the name are walked: every other spelling must still be seen
+        pytest.param('__\uff54enant__ = "evil"\n', f"{STAMP}\n", id="nfkc-fullwidth-letter"),
+        pytest.param(
+            'x = "a\x0cb\x1cc"\n__tenant__ = "evil"\n', f'x = "a\x0cb\x1cc"\n{STAMP}\n', id="splitlines-chars"
+        ),
+        pytest.param("X = 1\r__tenant__ = 'x'\r", f"X = 1\r{STAMP}\r", id="cr-only"),
+        pytest.param(
+            "X = [\n    (__tenant__ := 1)\n]\n", f"{STAMP}\nX = [\n    (_claimed_tenant := 1)\n]\n", id="later-line"
+        ),
     ],
 )
 def test_stamp_tenant(source: str, expected: str) -> None:

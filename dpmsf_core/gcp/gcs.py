@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import BadRequest, ConfigError, Conflict
 from ..mirror import MirroredSource, parse_bucket_url
-from ..upload.stores import ANY_VERSION, VersionedStore
+from ..upload.stores import ANY_VERSION, INDEX_OBJECT, VersionedStore
 from ..upload.validation import check_module_name
 
 MANIFEST_NAME = ".gcs-manifest.json"
@@ -171,6 +171,18 @@ class GCSPluginStore(VersionedStore):
                 return False
             raise
         return True
+
+    def get_index(self) -> bytes | None:
+        """The tenant index beside the modules (``tenant_index``): a fresh instance's mirror starts without one."""
+        blob = self.client.bucket(self.bucket_name).get_blob(self.prefix + INDEX_OBJECT, timeout=_TIMEOUT)
+        return None if blob is None else bytes(blob.download_as_bytes(timeout=_TIMEOUT))
+
+    def put_index(self, data: bytes) -> None:
+        """Write the tenant index (a hidden name: the mirror and ``list`` never take it for a module)."""
+        import google.cloud.storage as storage
+
+        blob = storage.Blob(self.prefix + INDEX_OBJECT, self.client.bucket(self.bucket_name))
+        blob.upload_from_string(data, content_type="application/json", timeout=_TIMEOUT)
 
     def list(self) -> list[str]:
         """Names of ``<prefix><name>.py`` objects directly under the prefix."""

@@ -104,18 +104,35 @@ class SandboxedLoader:
     def __call__(self, candidate: Candidate, meta: Metadata) -> LoadedModule:
         from .runtime import INSTALL_HINT
 
-        source = meta.source
-        if not source:
-            with open(candidate.path, encoding="utf-8") as fh:
-                source = fh.read()
-        module = read_tenant_module(source, candidate.path)
+        module, index_entry = None, None
+        if meta.indexed is not None:  # the tenant index's entry, verified against this file's bytes: no parse
+            from .described import restore
+
+            try:
+                module = restore(meta.indexed.description, meta.source, candidate.path, meta.indexed.sha256)
+                if module.tenant != meta.tenant or module.alias != meta.alias:
+                    raise ValueError("its owner or alias differs from the entry's")
+            except ValueError as exc:
+                module = None
+                log.warning("tenant index entry of %s is not used (%s): reading the module", candidate.path, exc)
+        if module is None:
+            source = meta.source
+            if not source:
+                with open(candidate.path, encoding="utf-8") as fh:
+                    source = fh.read()
+            module = read_tenant_module(source, candidate.path)
+            from .described import describe
+
+            index_entry = (source, describe(module))
         if not sandbox_installed():
             raise PluginError(
                 f"{candidate.path}: belongs to tenant {module.tenant} and is not run: tenant modules run only in the "
                 f"WebAssembly sandbox, which is not installed ({INSTALL_HINT})"
             )
         endpoints = [(ep.spec, self._endpoint_proxy(module, ep)) for ep in module.endpoints]
-        return LoadedModule(module=None, endpoints=endpoints, events=[], duplicates=list(module.duplicates))
+        return LoadedModule(
+            module=None, endpoints=endpoints, events=[], duplicates=list(module.duplicates), index_entry=index_entry
+        )
 
     def _call(self, module: UntrustedModule, function: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         # the request travels as plain data and is rebuilt in the guest, at a keyword or a position

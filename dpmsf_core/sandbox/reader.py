@@ -28,7 +28,7 @@ _ENDPOINT_KEYWORDS = ("method", "API", "auth", "path")
 _EVENT_KEYWORDS = ("source", "match", "name")
 
 
-class _Unparsed:
+class Unparsed:
     """A default value that is not a literal: the server cannot know it, only that the parameter is optional."""
 
     def __init__(self, text: str) -> None:
@@ -40,7 +40,7 @@ class _Unparsed:
 
 @dataclass(frozen=True)
 class ParamInfo:
-    """One parameter as written in the source; ``default`` is the literal value, or ``_Unparsed`` text."""
+    """One parameter as written in the source; ``default`` is the literal value, or ``Unparsed`` text."""
 
     name: str
     kind: inspect._ParameterKind
@@ -374,7 +374,7 @@ def _default(node: ast.expr) -> Any:
     try:
         return ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        return _Unparsed(_text(node))
+        return Unparsed(_text(node))
 
 
 def _annotation(arg: ast.arg) -> str | None:

@@ -8,11 +8,13 @@ from typing import Any
 
 from ..config import Settings
 from ..context import metered
-from ..discovery import metadata_from_source
-from ..errors import Conflict, MethodNotAllowed, NotFound, PluginError, UnprocessableArguments
+from ..errors import Conflict, MethodNotAllowed, NotFound
 from ..exchange import Receive, Responder, Scope, read_body
 from ..registry import Registry
 from ..tenancy.security import LazySecurity, bearer, require
+from ..tenant_index import TenantIndex
+from .ledger import UploadLedger
+from .reading import UploadBudget, UploadReader
 from .stores import PluginStore
 
 
@@ -36,6 +38,12 @@ class PluginUpload:
         self.settings = settings
         self.registry = registry
         self.security = security
+        index = registry.indexes.for_folder(self.folder) or TenantIndex(self.folder)
+        if hasattr(self.store, "put_index"):  # an object store: the index travels with the modules
+            index.remote = self.store
+        self.ledger = UploadLedger(self.store, index)
+        budget = UploadBudget(cpu_seconds=settings.upload_cpu, wall_seconds=4 * settings.upload_cpu + 2)
+        self.reader = UploadReader(budget, settings.upload_max)
 
     async def handle(
         self, scope: Scope, receive: Receive, responder: Responder, headers: dict[str, str], rest: str
@@ -54,14 +62,14 @@ class PluginUpload:
         if len(parts) == 1:
             if method not in ("GET", "HEAD"):
                 raise MethodNotAllowed("The plugin list answers GET.", ["GET", "HEAD"])
-            await responder.json(200, {"results": self._list(tenant, admin)})
+            await responder.json(200, {"results": await self._list(tenant, admin)})
             return
-        from .validation import check_module_name, stamp_tenant, validate_upload
+        from .validation import check_module_name
 
         name = check_module_name(parts[1])
         stored = self.store.get_versioned(name)
         existing = stored[0] if stored else None
-        owner = _owner(existing)
+        owner = await self.ledger.owner(name, existing)
         mine = admin or (existing is not None and owner == tenant)
         if method in ("GET", "HEAD"):
             if existing is None or not mine:
@@ -71,19 +79,16 @@ class PluginUpload:
             if existing is not None and not mine:
                 raise Conflict(f"The module name '{name}' is taken by another owner; choose another name.")
             body = await read_body(scope, receive, headers, self.settings.upload_max)
-            try:
-                source = validate_upload(name, body, max_bytes=self.settings.upload_max)
-                source = stamp_tenant(source, tenant)  # the admin's uploads carry its id too: none is ownerless
-                meta = metadata_from_source(source, f"{name}.py")
-            except PluginError as exc:
-                raise UnprocessableArguments(str(exc)) from None
-            except (RecursionError, MemoryError):
-                raise UnprocessableArguments(f"Module {name!r} is nested too deeply to be read.") from None
+            read = await self.reader.read(name, body, tenant, admin)  # a child process, within its budget
+            source, alias = read.source, read.alias
             if not admin:
-                _check_names_free(self.registry.snapshot, {name, meta.alias or name}, tenant)
-                _check_readable(source, name)
+                _check_names_free(self.registry.snapshot, {name, alias or name}, tenant)
+                quotas = self.security.quotas.for_tenant(tenant)
+                self.ledger.check_quota(tenant, name, len(source.encode("utf-8")), quotas)
             else:  # the admin's module would lose a public name another trusted file serves: say so, store nothing
-                _check_trusted_name_free(self.registry.snapshot, meta.alias or name, self.folder, name)
+                _check_trusted_name_free(self.registry.snapshot, alias or name, self.folder, name)
+            # first the index entry, then the module: no rebuild in any server process parses it again
+            self.ledger.index.put(name, source, tenant, alias, read.description)
             # Conditional: created only if still absent, replaced only if still the version whose owner we checked.
             self.store.put(name, source, expect=stored[1] if stored else None)
             metered(tenant, upload_bytes=len(body))  # metering: the accepted upload's bytes
@@ -94,7 +99,7 @@ class PluginUpload:
                     "results": {
                         "name": name,
                         "tenant": None if admin else tenant,
-                        "url": f"/rest/services/{meta.alias or name}/",
+                        "url": f"/rest/services/{alias or name}/",
                         **status,
                     }
                 },
@@ -103,15 +108,18 @@ class PluginUpload:
             if existing is None or not mine:
                 raise NotFound(f"No uploaded plugin '{name}'.")
             self.store.delete(name)
+            self.ledger.index.drop(name)
             self._reload(name)
             await responder.send(204, b"", b"text/plain")
         else:
             raise MethodNotAllowed(f"Plugin '{name}' answers GET, PUT and DELETE.", ["GET", "HEAD", "PUT", "DELETE"])
 
-    def _list(self, tenant: str, admin: bool) -> list[dict[str, Any]]:
+    async def _list(self, tenant: str, admin: bool) -> list[dict[str, Any]]:
         out = []
         for name in self.store.list():
-            owner = _owner(self.store.get(name))
+            owner = self.ledger.listed_owner(name)  # a stat per module, not a read
+            if owner is None:
+                owner = await self.ledger.owner(name, self.store.get(name))
             if admin or owner == tenant:
                 out.append({"name": name, "tenant": owner})
         return out
@@ -124,16 +132,6 @@ class PluginUpload:
         if report is None:
             return {"status": "removed"}
         return {"status": report.status, "error": report.error, "endpoints": report.endpoints}
-
-
-def _check_readable(source: str, name: str) -> None:
-    """A tenant's module is stored only if the server can read its endpoints (as it will on every rebuild)."""
-    from ..sandbox.loader import read_tenant_module
-
-    try:
-        read_tenant_module(source, f"{name}.py")
-    except PluginError as exc:
-        raise UnprocessableArguments(str(exc)) from None
 
 
 def _check_names_free(snapshot: Any, names: set[str], tenant: str) -> None:
@@ -166,15 +164,6 @@ def _check_trusted_name_free(snapshot: Any, public: str, folder: str, name: str)
         f"The {what} '{public}' is served by {os.path.basename(holder.path)} already; "
         f"this module would not load. Choose another {'__alias__' if public != name else 'name'}."
     )
-
-
-def _owner(source: str | None) -> str | None:
-    if source is None:
-        return None
-    try:
-        return metadata_from_source(source).tenant
-    except PluginError:
-        return None
 
 
 def plan_upload(settings: Settings, folders: list[str], sources: list[Any]) -> UploadTarget | None:

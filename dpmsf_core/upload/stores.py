@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 ANY_VERSION = "*"  # put(expect=ANY_VERSION): write whatever is stored
+INDEX_OBJECT = ".dpmsf-tenant-index.json"  # tenant_index.INDEX_NAME, as an object beside the modules
 
 
 @runtime_checkable
@@ -216,6 +217,21 @@ class S3PluginStore(VersionedStore):
             raise
         self.client.delete_object(Bucket=self.bucket, Key=key)
         return True
+
+    def get_index(self) -> bytes | None:
+        """The tenant index beside the modules (``tenant_index``): a fresh Lambda's mirror starts without one."""
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + INDEX_OBJECT)
+        except Exception as exc:
+            if aws_error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise
+        body: bytes = response["Body"].read()
+        return body
+
+    def put_index(self, data: bytes) -> None:
+        """Write the tenant index (a hidden name: the mirror and ``list`` never take it for a module)."""
+        self.client.put_object(Bucket=self.bucket, Key=self.prefix + INDEX_OBJECT, Body=data)
 
     def list(self) -> list[str]:
         """Names of ``<prefix><name>.py`` objects directly under the prefix."""

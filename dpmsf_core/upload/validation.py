@@ -4,6 +4,7 @@ limit; and stamped with its owner's ``__tenant__``, whatever the source claimed 
 from __future__ import annotations
 
 import ast
+import bisect
 import keyword
 import re
 
@@ -42,8 +43,11 @@ def check_module_name(name: str) -> str:
     return name
 
 
-def validate_upload(name: str, source: bytes | str, *, max_bytes: int = 256_000) -> str:
-    """Accept an uploaded module only if its name, size, encoding and syntax are sound; returns the text."""
+def validate_upload(name: str, source: bytes | str, *, max_bytes: int = 256_000, max_nodes: int | None = None) -> str:
+    """Accept an uploaded module only if its name, size, encoding and syntax are sound; returns the text.
+
+    ``max_nodes`` bounds its syntax tree: what stamping and reading it will cost grows with it.
+    """
     check_module_name(name)
     raw = source.encode("utf-8", "surrogatepass") if isinstance(source, str) else bytes(source)
     if len(raw) > max_bytes:
@@ -57,7 +61,13 @@ def validate_upload(name: str, source: bytes | str, *, max_bytes: int = 256_000)
         cookie = match.group(1).decode("ascii", "replace") if match else "utf-8"
         if cookie.lower().replace("_", "-") not in ("utf-8", "utf8", "utf-8-sig"):
             raise UnprocessableArguments(f"Module {name!r} declares coding {cookie!r}. Expected UTF-8 source.")
-    _parse(text, name)
+    tree = _parse(text, name)
+    if max_nodes is not None:
+        nodes = sum(1 for _ in ast.walk(tree))
+        if nodes > max_nodes:
+            raise UnprocessableArguments(
+                f"Module {name!r} has {nodes} syntax nodes. Expected at most {max_nodes} (the upload reading budget)."
+            )
     return text
 
 
@@ -112,12 +122,31 @@ def _forbidden_binding(node: ast.AST) -> str | None:
     return None
 
 
-def _tenant_bindings(tree: ast.Module) -> tuple[list[ast.stmt], list[ast.Name], list[tuple[int, str]]]:
+def _mentioning_lines(source: str) -> list[int]:
+    """1-based lines that may spell ``__tenant__``: literally, or with non-ASCII letters that NFKC folds into it."""
+    lines = _LINES.findall(source)  # split as the parser counts lines (not ``splitlines``: it also splits at \f)
+    return [i for i, line in enumerate(lines, 1) if TENANT_NAME in line or not line.isascii()]
+
+
+def _statements_mentioning(tree: ast.Module, source: str) -> list[ast.stmt]:
+    """The top-level statements whose lines may bind ``__tenant__``: only these are walked (a walk of every
+    statement cost seconds for a module of 64,000 lines)."""
+    lines = _mentioning_lines(source)
+    found = []
+    for stmt in tree.body:
+        at = bisect.bisect_left(lines, stmt.lineno)
+        if at < len(lines) and lines[at] <= (stmt.end_lineno or stmt.lineno):
+            found.append(stmt)
+    return found
+
+
+def _tenant_bindings(tree: ast.Module, source: str) -> tuple[list[ast.stmt], list[ast.Name], list[tuple[int, str]]]:
     """Statements to replace, other ``__tenant__`` store targets to rename, and refused bindings (line, kind)."""
-    simple = [stmt for stmt in tree.body if _is_simple_tenant_statement(stmt)]
+    statements = _statements_mentioning(tree, source)
+    simple = [stmt for stmt in statements if _is_simple_tenant_statement(stmt)]
     renames: list[ast.Name] = []
     refused: list[tuple[int, str]] = []
-    for stmt in tree.body:
+    for stmt in statements:
         if stmt in simple:
             continue
         for node in ast.walk(stmt):
@@ -173,7 +202,7 @@ def stamp_tenant(source: str, tenant_id: str) -> str:
     stamp = f'{TENANT_NAME} = "{tenant_id}"'
     source = source.removeprefix("\ufeff")  # ast.parse refuses a byte-order mark in a str
     tree = _parse(source, "upload")
-    simple, renames, refused = _tenant_bindings(tree)
+    simple, renames, refused = _tenant_bindings(tree, source)
     if refused:
         line, kind = refused[0]
         raise UnprocessableArguments(
@@ -211,7 +240,7 @@ def stamp_tenant(source: str, tenant_id: str) -> str:
 def _check_stamped(source: str, tenant_id: str) -> None:
     """Re-read the result: every binding of ``__tenant__`` is now the stamp, and there is at least one."""
     tree = _parse(source, "stamped")
-    simple, renames, refused = _tenant_bindings(tree)
+    simple, renames, refused = _tenant_bindings(tree, source)
     ok = bool(simple) and not renames and not refused
     for stmt in simple:
         ok = ok and isinstance(stmt, ast.Assign) and len(stmt.targets) == 1

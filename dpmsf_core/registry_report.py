@@ -1,0 +1,41 @@
+"""The registry's report of one module (a line of ``__dir__``) and its reload log line."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .discovery import Candidate, change_reason
+from .snapshot import ModuleEntry, ModuleReport
+
+log = logging.getLogger("dpmsf.registry")
+
+
+def module_report(
+    public: str, record: Any, trusted: bool, status: str, error: str | None, entry: ModuleEntry | None
+) -> ModuleReport:
+    cand = record.candidate
+    return ModuleReport(
+        public,
+        cand.name,
+        record.meta.alias,
+        cand.path,
+        cand.folder,
+        record.meta.tenant,
+        trusted,
+        status,
+        error,
+        sorted(entry.endpoints) if entry else [],
+        [ev.name for ev, _ in entry.events] if entry else [],
+    )
+
+
+def log_reload(cand: Candidate, previous: Any, record: Any) -> None:
+    """One line per module a reload touched: what happened to its file, and what serves now."""
+    why = change_reason(previous.candidate if previous else None, cand)
+    if record.error is None:
+        apis = ", ".join(sorted(record.entry.endpoints)) if record.entry else ""
+        log.info("reload: %s %s: loaded%s", cand.path, why, f"; serving {apis}" if apis else "")
+    else:
+        keeps = "the previous version keeps serving" if record.stale else "not served"
+        log.warning("reload: %s %s: failed to load, %s", cand.path, why, keeps)

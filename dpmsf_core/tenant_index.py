@@ -1,0 +1,275 @@
+"""The index of an upload folder's tenant modules, so that a start-up or a rebuild never parses them again.
+
+Reading a tenant module (``ast`` over up to 256 kB, on the server's own CPU) costs about a second for a hostile
+one; the upload endpoint reads each module once, in a budgeted child process, and writes here what it learnt:
+per module name its size, SHA-256, owner, alias and the reader's description of its endpoints. The registry
+uses an entry only when the file's bytes still hash to it, the owner is a tenant (never the admin: the index
+never decides that a module is trusted) and the file carries that owner's stamp line; anything else, or a
+missing or unreadable index, and the module is read as before (and its entry written again).
+
+The index sits beside the modules, in a hidden file no upload name can take, with the same permissions: who
+can change it could as well change the modules themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+INDEX_NAME = ".dpmsf-tenant-index.json"
+FORMAT = 1
+MAX_BYTES = 16 << 20
+INLINE_BYTES = 4096  # a module this small is read on the spot while serving: it costs a millisecond or two
+
+log = logging.getLogger("dpmsf.registry")
+
+
+class Indexed(NamedTuple):
+    """A verified entry: the module's owner and alias, its source (already read to hash it) and description."""
+
+    tenant: str
+    alias: str | None
+    source: str
+    sha256: str
+    description: dict[str, Any]
+
+
+class TenantIndex:
+    """The index file of one folder, re-read when it changes on disk (another server process wrote it)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.path = os.path.join(folder, INDEX_NAME)
+        self._entries: dict[str, dict[str, Any]] = {}
+        self._seen: tuple[int, int, int] | None = None
+        # an object store holding the modules (S3): its copy of the index is fetched when there is no local one
+        # (a fresh Lambda's mirror) and written with every change; ``get_index()`` and ``put_index(bytes)``
+        self.remote: Any = None
+        self._fetched = False
+
+    def entries(self) -> dict[str, dict[str, Any]]:
+        """Every entry by module name, as last written (unverified: for sizes and owners that quotas add up)."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            if self.remote is not None and not self._fetched and self._fetch():
+                return self.entries()
+            self._entries, self._seen = {}, None
+            return self._entries
+        seen = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if seen != self._seen:
+            self._entries = self._read(st.st_size)
+            self._seen = seen
+        return self._entries
+
+    def _fetch(self) -> bool:
+        """Copy the object store's index here, once; False if there is none or it cannot be read."""
+        self._fetched = True
+        try:
+            data = self.remote.get_index()
+            if data is None or len(data) > MAX_BYTES:
+                return False
+            self._write(data)
+        except Exception as exc:  # any backend's failure: modules are read instead, as without an index
+            log.warning("tenant module index of %s cannot be fetched (%s): its modules are read", self.folder, exc)
+            return False
+        return True
+
+    def _write(self, data: bytes) -> None:
+        os.makedirs(self.folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".dpmsf-tenant-index.", suffix=".tmp", dir=self.folder)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, self.path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def _read(self, size: int) -> dict[str, dict[str, Any]]:
+        try:
+            if size > MAX_BYTES:
+                raise ValueError(f"over {MAX_BYTES} bytes")
+            with open(self.path, "rb") as fh:
+                data = json.loads(fh.read(MAX_BYTES + 1))
+            if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("modules"), dict):
+                raise ValueError(f"not a format-{FORMAT} index")
+            return {k: v for k, v in data["modules"].items() if isinstance(k, str) and isinstance(v, dict)}
+        except (OSError, ValueError, RecursionError) as exc:
+            log.warning("tenant module index %s is not used (%s): its modules are read again", self.path, exc)
+            return {}
+
+    def lookup(self, name: str, path: str, admin_id: str | None) -> Indexed | None:
+        """The entry of module ``name`` if the file at ``path`` is still what it describes, else None."""
+        entry = self.entries().get(name)
+        if entry is None:
+            return None
+        tenant, alias, size, digest = (entry.get(k) for k in ("tenant", "alias", "size", "sha256"))
+        if not isinstance(tenant, str) or not tenant or tenant == admin_id or not isinstance(size, int):
+            return None
+        if not (alias is None or isinstance(alias, str)) or not isinstance(entry.get("module"), dict):
+            return None
+        try:
+            if os.stat(path).st_size != size:
+                return None
+            with open(path, "rb") as fh:
+                raw = fh.read(size + 1)
+        except OSError:
+            return None
+        if len(raw) != size or hashlib.sha256(raw).hexdigest() != digest:
+            return None
+        stamp = f'__tenant__ = "{tenant}"'.encode()
+        if not (raw.startswith(stamp + b"\n") or b"\n" + stamp + b"\n" in raw):
+            return None  # the owner's stamp line is not in the file: the entry is not this module's
+        try:
+            source = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        return Indexed(tenant, alias, source, digest, entry["module"])
+
+    def put(self, name: str, source: str, tenant: str, alias: str | None, description: dict[str, Any] | None) -> None:
+        """Write the entry of module ``name`` (before the module itself is stored: a reader finds it ready).
+
+        The admin's uploads get an entry without a description: it says their owner to the upload endpoint
+        (``lookup`` never uses it: the admin's modules are imported, and their trust is read from the source).
+        """
+        self.put_raw(name, source.encode("utf-8"), tenant, alias, description)
+
+    def put_raw(
+        self, name: str, raw: bytes, tenant: str, alias: str | None, description: dict[str, Any] | None
+    ) -> None:
+        """``put`` for the bytes as stored."""
+        entry = {
+            "tenant": tenant,
+            "alias": alias,
+            "size": len(raw),
+            "sha256": hashlib.sha256(raw).hexdigest(),
+            "module": description,
+        }
+        with self._update() as modules:
+            modules[name] = entry
+
+    def remember(self, name: str, tenant: str, alias: str | None, read: tuple[str, dict[str, Any]]) -> None:
+        """``put`` after a module was read without an entry; a folder that cannot be written only costs time."""
+        try:
+            self.put(name, read[0], tenant, alias, read[1])
+        except OSError as exc:
+            log.warning(
+                "tenant module index %s cannot be written (%s): %s is read at every start", self.path, exc, name
+            )
+
+    def drop(self, name: str) -> None:
+        with self._update() as modules:
+            modules.pop(name, None)
+
+    @contextlib.contextmanager
+    def _update(self) -> Iterator[dict[str, dict[str, Any]]]:
+        """Read, change and replace the file atomically, one writer at a time across server processes."""
+        import fcntl
+
+        os.makedirs(self.folder, exist_ok=True)
+        lock = os.open(os.path.join(self.folder, ".dpmsf-tenant-index.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._seen = None
+            modules = dict(self.entries())
+            yield modules
+            data = json.dumps({"format": FORMAT, "modules": modules}, separators=(",", ":")).encode()
+            self._write(data)
+            self._entries, self._seen = modules, None
+            if self.remote is not None:
+                try:
+                    self.remote.put_index(data)
+                except Exception as exc:  # the local copy serves this instance; others read their modules
+                    log.warning("tenant module index of %s cannot be stored remotely: %s", self.folder, exc)
+        finally:
+            os.close(lock)
+
+
+PENDING = object()  # ``Metadata.indexed`` of a module whose reading runs in the background: look again next time
+
+
+class TenantIndexes:
+    """One ``TenantIndex`` per upload folder of a registry (the folders where every module needs an owner), and
+    the background reading of modules a server meets without an entry while it serves (``fill``)."""
+
+    def __init__(self, owned_folders: set[str]) -> None:
+        self._owned = owned_folders
+        self._indexes: dict[str, TenantIndex] = {}
+        self._lock = threading.Lock()
+        self._reading: set[str] = set()
+        self._done: dict[str, tuple[tuple[int, ...], str | None]] = {}  # path -> (signature, error or None)
+        self._pool: Any = None
+
+    def fill(
+        self, index: TenantIndex, name: str, path: str, signature: tuple[int, ...], admin_id: str | None
+    ) -> tuple[str, bool] | None:
+        """While serving, a module without a verified entry is read in the background (a budgeted child
+        process, as uploads are), never on the request path. Returns why it is not served yet, or None when
+        it may be read in line: it is small (a millisecond or two), it names no owner (nothing to parse), it was
+        read already and still has no
+        usable entry (its bytes changed meanwhile, or a byte-order mark made the hashes differ), or it is the
+        admin's upload (its entry says so for these very bytes: it is imported, as trusted code). The flag says
+        whether the reading still runs (then the next rebuild looks again)."""
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read()
+        except OSError:
+            return None
+        if len(raw) <= INLINE_BYTES or (b"__tenant__" not in raw and b"__alias__" not in raw):
+            return None
+        entry = index.entries().get(name) or {}
+        if admin_id and entry.get("tenant") == admin_id and entry.get("sha256") == hashlib.sha256(raw).hexdigest():
+            return None
+        with self._lock:
+            done = self._done.get(path)
+            if done is not None and done[0] == signature:
+                return None if done[1] is None else (done[1], False)
+            if path not in self._reading:
+                self._reading.add(path)
+                if self._pool is None:
+                    from concurrent.futures import ThreadPoolExecutor
+
+                    self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpmsf-index")
+                self._pool.submit(self._read, index, name, path, signature, raw)
+        return f"{path}: being read (it has no entry in the tenant index); it is served in a moment", True
+
+    def _read(self, index: TenantIndex, name: str, path: str, signature: tuple[int, ...], raw: bytes) -> None:
+        from .errors import DPMSFError
+        from .upload.reading import UploadBudget, read_stored_in_child
+
+        error: str | None = None
+        try:
+            read = read_stored_in_child(name, path, raw, UploadBudget())
+            if read.tenant is None or read.description is None:
+                raise ValueError("no owner")
+            index.put_raw(name, raw, read.tenant, read.alias, read.description)
+        except DPMSFError as exc:
+            error = exc.detail
+        except Exception as exc:  # a failed reading is that module's error, never the server's
+            error = f"{path}: cannot be read: {type(exc).__name__}: {exc}"
+        with self._lock:
+            self._reading.discard(path)
+            self._done[path] = (signature, error)
+        if error is not None:  # nothing was written: make the next request's rebuild look again
+            with contextlib.suppress(OSError):
+                os.utime(index.folder)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def for_folder(self, folder: str) -> TenantIndex | None:
+        real = os.path.realpath(folder)
+        if real not in self._owned:
+            return None
+        if real not in self._indexes:
+            self._indexes[real] = TenantIndex(real)
+        return self._indexes[real]

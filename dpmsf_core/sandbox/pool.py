@@ -96,8 +96,8 @@ class SandboxPool:
         self.limits = limits or SandboxLimits()
         self.python = python
         self.store = store
-        cache = cache_dir or default_cache_dir()
-        self.compiled = runtime.compiled_module(cache).path  # verified; compiled here at most once per machine
+        self.cache_dir = cache_dir or default_cache_dir()
+        self.compiled = runtime.compiled_module(self.cache_dir).path  # verified; compiled at most once per machine
         self.run_as: int | None = None
         if run_as is not None or os.geteuid() == 0:
             self.python, self.run_as = unprivileged_python(python, run_as or UNPRIVILEGED, self.compiled)
@@ -114,6 +114,7 @@ class SandboxPool:
     def _start_worker(self) -> WorkerProcess:
         """A fresh worker. Start-up runs under a call's CPU budget, which epochs count in wall time: on a busy host
         it can run out before the guest is ready (no tenant code has run yet), so it gets one more try."""
+        self.compiled = runtime.compiled_module(self.cache_dir).path  # its folder and file checked at every use
         try:
             return WorkerProcess(self.python, self.limits, self.compiled, self.run_as)
         except StartOutOfTime as exc:
@@ -340,7 +341,8 @@ def _sha256(source: str) -> str:
 
 
 def default_cache_dir() -> str:
-    """Where the compiled interpreter is kept: readable by the workers (they may run as another uid), ours only."""
+    """Where the compiled interpreter is kept: a folder of ours only that the workers (maybe another uid) may enter;
+    ``runtime.compiled_module`` checks it (``private_dir.PrivateDir``) and uses a fresh one if it is not."""
     import tempfile
 
     return os.environ.get("DPMSF_SANDBOX_CACHE") or os.path.join(tempfile.gettempdir(), f"dpmsf-sandbox-{os.geteuid()}")

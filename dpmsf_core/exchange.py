@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .errors import PROBLEM_CONTENT_TYPE, DPMSFError, PayloadTooLarge
-from .responses import dumps
+from .responses import dumps, too_large
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -89,14 +89,50 @@ class Responder:
             ]
         await self.send(204, b"", b"text/plain", extra)
 
-    async def passthrough(self, response: Any, scope: Scope, receive: Receive) -> None:
-        """A Response the function built goes out as built, plus our request id (and CORS/next-token headers)."""
+    async def passthrough(self, response: Any, scope: Scope, receive: Receive, limit: int, api: str) -> None:
+        """A Response the function built goes out as built, plus our request id (and CORS/next-token headers), within
+        ``limit`` bytes (DPMSF_MAX_RESPONSE): a built body or a declared length over it answers 500 instead; a
+        streamed body is cut off where it passes it (its iterator is not read further, the connection is aborted)."""
+        built = getattr(response, "body", None)
+        if isinstance(built, bytes | bytearray | memoryview) and len(built) > limit:
+            raise too_large(api, len(built), limit)
         present = {k for k, _ in response.raw_headers}
         for name, value in self._common():
             if name not in present:
                 response.raw_headers.append((name, value))
-        self.status = response.status_code
-        await response(scope, receive, self._send)
+        sent = 0
+
+        async def bounded(message: dict[str, Any]) -> None:
+            nonlocal sent
+            kind = message["type"]
+            if kind == "http.response.start":
+                declared = _declared_length(message.get("headers") or ())
+                if declared is not None and declared > limit:
+                    raise too_large(api, declared, limit)  # nothing sent yet: the caller gets the problem
+                self.status = message["status"]
+            elif kind == "http.response.body":
+                sent += len(message.get("body") or b"")
+                if sent > limit:
+                    log.error(
+                        "API '%s' streamed more than %d bytes (DPMSF_MAX_RESPONSE): answer cut off, request %s",
+                        api,
+                        limit,
+                        self.rid.decode("latin-1"),
+                    )
+                    raise too_large(api, sent, limit, at_least=True)
+            await self._send(message)
+
+        await response(scope, receive, bounded)
+
+
+def _declared_length(headers: Any) -> int | None:
+    for name, value in headers:
+        if bytes(name).lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
 
 
 def request_headers(scope: Scope) -> dict[str, str]:

@@ -36,4 +36,4 @@ ENV DPMSF_PLUGINS="my_plugins" \
 USER 10001:10001
 EXPOSE 8080
 # app.yaml's entrypoint, run by a shell so that $PORT expands (exec: gunicorn is PID 1 and gets SIGTERM).
-CMD ["/bin/sh", "-c", "exec gunicorn -c dpmsf_core/gunicorn_conf.py -k uvicorn_worker.UvicornWorker -w 2 -b :$PORT handler.gae:app"]
+CMD ["/bin/sh", "-c", "exec gunicorn -c dpmsf_core/gunicorn_conf.py -k dpmsf_core.gunicorn_worker.UvicornWorker -w 2 -b :$PORT handler.gae:app"]

@@ -182,7 +182,8 @@ def test_app_yaml() -> None:
     app = yaml.safe_load((ROOT / "app.yaml").read_text())
     assert app["runtime"] == "python312"
     assert app["entrypoint"] == (
-        "gunicorn -c dpmsf_core/gunicorn_conf.py -k uvicorn_worker.UvicornWorker -w 2 -b :$PORT handler.gae:app"
+        "gunicorn -c dpmsf_core/gunicorn_conf.py -k dpmsf_core.gunicorn_worker.UvicornWorker -w 2 -b :$PORT "
+        "handler.gae:app"
     )
     plugins = app["env_variables"]["DPMSF_PLUGINS"].split(":")
     assert plugins == ["my_plugins"] and "." not in plugins  # the bundled demos are opt-in

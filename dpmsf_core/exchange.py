@@ -101,6 +101,9 @@ class Responder:
             if name not in present:
                 response.raw_headers.append((name, value))
         sent = 0
+        # On Lambda the whole answer is one payload anyway: held back until complete, so one over the limit is the
+        # problem instead of a cut-off 200. A server streams it, and can only abort the connection.
+        held: list[dict[str, Any]] | None = [] if scope_get(scope, "aws.event") is not None else None
 
         async def bounded(message: dict[str, Any]) -> None:
             nonlocal sent
@@ -109,20 +112,29 @@ class Responder:
                 declared = _declared_length(message.get("headers") or ())
                 if declared is not None and declared > limit:
                     raise too_large(api, declared, limit)  # nothing sent yet: the caller gets the problem
-                self.status = message["status"]
             elif kind == "http.response.body":
                 sent += len(message.get("body") or b"")
                 if sent > limit:
-                    log.error(
-                        "API '%s' streamed more than %d bytes (DPMSF_MAX_RESPONSE): answer cut off, request %s",
-                        api,
-                        limit,
-                        self.rid.decode("latin-1"),
-                    )
+                    if held is None:
+                        log.error(
+                            "API '%s' streamed more than %d bytes (DPMSF_MAX_RESPONSE): answer cut off, request %s",
+                            api,
+                            limit,
+                            self.rid.decode("latin-1"),
+                        )
                     raise too_large(api, sent, limit, at_least=True)
+            if held is not None:
+                held.append(message)
+                return
+            if kind == "http.response.start":
+                self.status = message["status"]
             await self._send(message)
 
         await response(scope, receive, bounded)
+        for message in held or ():
+            if message["type"] == "http.response.start":
+                self.status = message["status"]
+            await self._send(message)
 
 
 def _declared_length(headers: Any) -> int | None:

@@ -142,3 +142,31 @@ def test_the_bounded_encoding_is_the_plain_one() -> None:
         body = encode_results(result, "x", 10_000)
         assert body == encode_results(result, "x")
         assert json.loads(body) == json.loads(json.dumps({"results": result}))
+
+
+def test_on_lambda_a_stream_over_the_limit_is_the_problem(tmp_path: Path) -> None:
+    """Lambda returns one payload: a stream past the limit answers 500 problem+json, not a cut-off 200."""
+    import json
+
+    from eventdata import lambda_context, load_event
+
+    from dpmsf_core.app import create_app
+    from dpmsf_core.aws.lambda_adapter import build_handler
+    from dpmsf_core.config import Settings
+
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"b")
+    (folder / "answers.py").write_text(PLUGIN.format(progress=str(tmp_path / "progress"), big=str(big)))
+    env = {"DPMSF_PLUGINS": str(folder), "DPMSF_STATE_DIR": str(tmp_path / "state"), "DPMSF_MAX_RESPONSE": str(LIMIT)}
+    handler = build_handler(create_app(Settings.from_env(env, dotenv=None)))
+    try:
+        out = handler(load_event("apigw_v2", path="/rest/services/endless/"), lambda_context())
+        assert out["statusCode"] == 500, out
+        assert json.loads(out["body"])["title"] == "Response Too Large"
+        assert int((tmp_path / "progress").read_text()) <= LIMIT // 10_000 + 2
+        short = handler(load_event("apigw_v2", path="/rest/services/short_stream/"), lambda_context())
+        assert short["statusCode"] == 200 and short["body"] == "a" * 5000
+    finally:
+        handler.close()

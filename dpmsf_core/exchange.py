@@ -95,7 +95,9 @@ class Responder:
         streamed body is cut off where it passes it (its iterator is not read further, the connection is aborted)."""
         built = getattr(response, "body", None)
         if isinstance(built, bytes | bytearray | memoryview) and len(built) > limit:
-            raise too_large(api, len(built), limit)
+            size = len(built)
+            response.body = built = b""  # refused: freed now, whoever still holds the response (the call's future)
+            raise too_large(api, size, limit)
         present = {k for k, _ in response.raw_headers}
         for name, value in self._common():
             if name not in present:

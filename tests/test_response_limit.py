@@ -170,3 +170,28 @@ def test_on_lambda_a_stream_over_the_limit_is_the_problem(tmp_path: Path) -> Non
         assert short["statusCode"] == 200 and short["body"] == "a" * 5000
     finally:
         handler.close()
+
+
+def test_a_refused_response_is_freed_at_once(plugin_dir: Any, make_app: Callable[..., Any]) -> None:
+    """The refused body is not kept alive by whatever still holds the response (the call's future)."""
+    import asyncio
+
+    plugin_dir.write(
+        "huge.py", "from starlette.responses import Response\n\ndef huge():\n    return Response(b'h' * 20_000_000)\n"
+    )
+    app = make_app(plugin_dir.path, env={"DPMSF_MAX_RESPONSE": str(LIMIT)})
+
+    async def call() -> tuple[int, int]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://x") as client:
+            tracemalloc.start()
+            try:
+                answer = await client.get("/rest/services/huge/")
+                status = answer.status_code
+                del answer
+                return status, tracemalloc.get_traced_memory()[0]
+            finally:
+                tracemalloc.stop()
+
+    status, alive = asyncio.run(call())
+    assert status == 500
+    assert alive < 5_000_000, alive  # was the whole 20 MB body, held until the request's task ended

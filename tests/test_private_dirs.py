@@ -229,3 +229,51 @@ def test_a_planted_compiled_interpreter_is_never_loaded(tmp_path: Path, plant: s
     finally:
         pool.close()
         shutil.rmtree(Path(pool.compiled).parent, ignore_errors=True)
+
+
+# -- plugins mirrored from S3 -------------------------------------------------------------------------------------
+
+
+@needs_root
+def test_a_planted_s3_mirror_folder_is_never_imported(
+    tmp_path: Path, moto_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``$DPMSF_STATE_DIR/s3-cache/<bucket>`` made first by another user, with a module and a manifest that says it
+    is the bucket's: the server mirrors into a folder of its own, and the planted module never runs."""
+    import json
+    import uuid
+
+    from motoserver import client as moto_client
+
+    from dpmsf_core.app import create_app
+    from dpmsf_core.config import Settings
+
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "t",
+        "AWS_SECRET_ACCESS_KEY": "t",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+    s3 = moto_client("s3", moto_url)
+    bucket = f"plugins-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="plugins/real.py", Body=b"def real():\n    return 'from s3'\n")
+    marker = tmp_path / "marker"
+    planted = tmp_path / "state" / "s3-cache" / f"{bucket}_plugins"
+    planted.mkdir(parents=True)
+    (planted / "real.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\ndef real():\n    return 'planted'\n")
+    (planted / "extra.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\ndef extra():\n    return 'planted'\n")
+    (planted / ".mirror-manifest.json").write_text(json.dumps({"real.py": "anything"}))  # extra.py: not in it
+    for item in [planted, *planted.iterdir()]:
+        os.chown(item, NOBODY, NOBODY)
+    planted.chmod(0o777)
+    env = {"DPMSF_PLUGINS": f"s3://{bucket}/plugins", "DPMSF_STATE_DIR": str(tmp_path / "state")}
+    app = create_app(Settings.from_env(env, dotenv=None))
+    try:
+        listing = app.registry.refresh()
+        assert [e.api for e in listing.endpoints()] == ["real"]
+        assert listing.by_api["real"][0].func() == "from s3"
+        assert not marker.exists(), "the planted module ran"
+    finally:
+        app.close()

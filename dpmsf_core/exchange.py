@@ -6,7 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .errors import PROBLEM_CONTENT_TYPE, DPMSFError, PayloadTooLarge
+from .errors import PROBLEM_CONTENT_TYPE, BadRequest, DPMSFError, PayloadTooLarge
 from .responses import dumps, too_large
 
 Scope = dict[str, Any]
@@ -171,8 +171,8 @@ async def read_body(scope: Scope, receive: Receive, headers: dict[str, str], lim
     size = 0
     while True:
         message = await receive()
-        if message["type"] == "http.disconnect":
-            break
+        if message["type"] == "http.disconnect":  # a body cut short (the client left, or its deadline passed)
+            raise BadRequest("The request's body ended early: the client disconnected.")
         chunk = message.get("body", b"")
         if chunk:
             size += len(chunk)

@@ -22,7 +22,21 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 2.0  # DPMSF_HEADER_TIMEOUT and DPMSF_BODY_TIMEOUT here (defaults 10 and 60 s)
-PING = "def ping():\n    return 'pong'\n\ndef echo(text: str = ''):\n    return text\n"
+PING = """
+import os
+from dpmsf_core import RequestInfo
+
+def ping():
+    return 'pong'
+
+def echo(text: str = ''):
+    return text
+
+def keep(request: RequestInfo):
+    with open(os.environ["KEEP_FILE"], "ab") as fh:
+        fh.write(request.body + b"|")
+    return len(request.body)
+"""
 
 
 def _serve(tmp_path: Path, workers: int, **env: str) -> Iterator[str]:
@@ -35,6 +49,7 @@ def _serve(tmp_path: Path, workers: int, **env: str) -> Iterator[str]:
         "DPMSF_STATE_DIR": str(tmp_path / "state"),
         "DPMSF_HEADER_TIMEOUT": str(TIMEOUT),
         "DPMSF_BODY_TIMEOUT": str(TIMEOUT),
+        "KEEP_FILE": str(tmp_path / "kept"),
         **env,
     }
     command = [sys.executable, "-m", "dpmsf_core", "serve", "--port", str(port), "--plugins", str(plugins)]
@@ -120,6 +135,23 @@ def test_a_body_that_never_arrives_is_a_408(server: str) -> None:
     assert data.startswith(b"HTTP/1.1 408 "), data[:200]
     assert b"DPMSF_BODY_TIMEOUT" in data
     assert httpx.post(server + "/rest/services/echo/", json={"text": "hi"}, timeout=10).json() == {"results": "hi"}
+
+
+def test_a_body_cut_short_never_reaches_the_function(server: str, tmp_path: Path) -> None:
+    sock = _connect(server)
+    sock.sendall(b"POST /rest/services/keep/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n")
+    sock.sendall(b"Content-Length: 1000\r\n\r\npartial")
+    closed, data = _closed_within(sock, TIMEOUT * 3)
+    sock.close()
+    assert closed and data.startswith(b"HTTP/1.1 408 ")
+    gone = _connect(server)  # and a client that leaves half-way
+    gone.sendall(b"POST /rest/services/keep/ HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nhalf")
+    time.sleep(0.3)
+    gone.close()
+    time.sleep(0.5)
+    answer = httpx.post(server + "/rest/services/keep/", content=b"whole", timeout=10)
+    assert answer.json() == {"results": 5}
+    assert (tmp_path / "kept").read_bytes() == b"whole|"  # never a partial body
 
 
 def test_a_keep_alive_connection_gets_a_deadline_for_each_request(server: str) -> None:

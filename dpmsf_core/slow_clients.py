@@ -72,8 +72,10 @@ def _number(env: Mapping[str, str], name: str, default: float, *, integer: bool 
     return value
 
 
-def _problem(status: int, title: str, detail: str) -> bytes:
-    body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail}).encode()
+def _problem(status: int, title: str, slug: str, detail: str) -> bytes:
+    """A whole HTTP/1.1 answer, written on the socket by the protocol: no request reached the app."""
+    problem = {"type": f"https://dpmsf.dev/problems/{slug}", "title": title, "status": status, "detail": detail}
+    body = json.dumps(problem).encode()
     head = (
         f"HTTP/1.1 {status} {title}\r\ncontent-type: application/problem+json\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
@@ -112,7 +114,7 @@ class _Deadlines:
         log.info("closing a connection from %s: %s", _peer(self.client), detail)
         cycle = self.cycle
         if cycle is None or not cycle.response_started:
-            self.transport.write(_problem(408, "Request Timeout", detail))
+            self.transport.write(_problem(408, "Request Timeout", "request-timeout", detail))
         self.transport.close()
 
     def _admit(self) -> bool:
@@ -121,7 +123,7 @@ class _Deadlines:
         if len(self.connections) <= limit:
             return True
         detail = f"This server holds its maximum of {limit} connections (DPMSF_MAX_CONNECTIONS); try again later."
-        self.transport.write(_problem(503, "Service Unavailable", detail))
+        self.transport.write(_problem(503, "Service Unavailable", "unavailable", detail))
         self.transport.close()
         return False
 

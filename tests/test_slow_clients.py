@@ -133,7 +133,8 @@ def test_a_body_that_never_arrives_is_a_408(server: str) -> None:
     sock.close()
     assert closed and time.monotonic() - started < TIMEOUT * 3
     assert data.startswith(b"HTTP/1.1 408 "), data[:200]
-    assert b"DPMSF_BODY_TIMEOUT" in data
+    assert b"DPMSF_BODY_TIMEOUT" in data and b"application/problem+json" in data
+    assert b'"type": "https://dpmsf.dev/problems/request-timeout"' in data
     assert httpx.post(server + "/rest/services/echo/", json={"text": "hi"}, timeout=10).json() == {"results": "hi"}
 
 

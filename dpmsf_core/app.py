@@ -32,6 +32,7 @@ from .tenancy.security import LazySecurity
 
 if TYPE_CHECKING:
     from .sandbox.loader import SandboxedLoader
+    from .tenancy.quotas import QuotaBook
     from .tenancy.security import Security
     from .upload.handler import PluginUpload
 
@@ -230,15 +231,16 @@ class _SandboxOnDemand:
     """The registry's loader for tenant modules, imported when the first one is read: most deployments have none,
     and a cold start should not pay for the sandbox's imports."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, quotas: QuotaBook) -> None:
         self.settings = settings
+        self.quotas = quotas
         self._loader: SandboxedLoader | None = None
 
     def __call__(self, candidate: Any, meta: Any) -> Any:
         if self._loader is None:
             from .sandbox.loader import SandboxedLoader
 
-            self._loader = SandboxedLoader(self.settings)
+            self._loader = SandboxedLoader(self.settings, self.quotas)
         return self._loader(candidate, meta)
 
     def close(self) -> None:
@@ -285,7 +287,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
         from .upload.handler import plan_upload
 
         target = plan_upload(settings, folders, sources)
-    loader = _SandboxOnDemand(settings)
+    security = LazySecurity(settings)
+    loader = _SandboxOnDemand(settings, security.quotas)  # tenant calls keep each tenant's rate and concurrency
     registry = Registry(
         folders,
         admin_id=settings.admin_id,
@@ -294,7 +297,6 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
         untrusted_loader=loader,
         owned_folders=[target.folder] if target is not None else [],
     )
-    security = LazySecurity(settings)
     upload = None
     if target is not None:
         from .upload.handler import PluginUpload

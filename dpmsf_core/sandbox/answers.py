@@ -19,9 +19,9 @@ from ..errors import (
     PayloadTooLarge,
     TenantFunctionError,
 )
-from . import worker as worker_module
+from . import channel
 from .headers import tenant_headers
-from .process import CPUOverBudget, SandboxLimits, WorkerDied, WorkerProcess, WorkerTimedOut
+from .process import OutputOverBudget, SandboxLimits, WorkerDied, WorkerProcess, WorkerTimedOut
 
 log = logging.getLogger("dpmsf.sandbox")
 
@@ -31,9 +31,8 @@ def breach(worker: WorkerProcess, function: str, wall: float, exc: Exception, li
     if isinstance(exc, WorkerDied):
         return death(worker, function, limits)
     worker.kill()
-    if isinstance(exc, CPUOverBudget):
-        cpu = limits.cpu_seconds
-        return GatewayTimeout(f"sandboxed function '{function}' used more than its CPU time limit of {cpu:g} s")
+    if isinstance(exc, OutputOverBudget):
+        return too_much_output(function, str(exc))
     if isinstance(exc, WorkerTimedOut):
         return GatewayTimeout(f"sandboxed function '{function}' ran past its time limit of {wall:g} s")
     return FunctionFailed(f"sandboxed function '{function}' broke the sandbox protocol")
@@ -79,11 +78,23 @@ def death(worker: WorkerProcess, function: str, limits: SandboxLimits) -> DPMSFE
     why = worker.stderr_tail()
     worker.kill()
     cpu = limits.cpu_seconds
-    if code == worker_module.EXIT_CPU or (code is not None and -code == signal.SIGXCPU):
+    if code == channel.EXIT_CPU or (code is not None and -code == signal.SIGXCPU):
         return GatewayTimeout(f"sandboxed function '{function}' used more than its CPU time limit of {cpu:g} s")
     log.warning("sandbox guest running %s ended (status %s): %s", function, code, why)
-    if code == worker_module.EXIT_TRAP:
+    if code == channel.EXIT_FRAME:
+        return FunctionFailed(f"sandboxed function '{function}' broke the sandbox protocol")
+    if code == channel.EXIT_OUTPUT:
+        return too_much_output(function, why.rpartition("over its limit: ")[2] or "over its limit")
+    if code == channel.EXIT_TRAP:
         return FunctionFailed(
             f"sandboxed function '{function}' crashed its sandbox (possibly its memory limit of {limits.memory_mb} MB)"
         )
     return FunctionFailed(f"sandboxed function '{function}' ended its sandbox (status {code})")
+
+
+def too_much_output(function: str, why: str) -> DPMSFError:
+    """A guest that sent the server more in one call than any honest call needs (its guest is gone)."""
+    return PayloadTooLarge(
+        f"sandboxed function '{function}' sent more than a call may send to the server: {why[:200]}",
+        title="Output Too Large",
+    )

@@ -5,6 +5,8 @@ It uses the standard library only and imports nothing of ours (the guest has no 
 calls travel to the host over the same channel as everything else.
 
 Protocol, one request at a time: 4-byte big-endian length + payload, fd 0 in and fd 1 out (the host's pipes).
+The top bit of a length this program writes marks the last frame of a call (its answer, or ``ready``); the
+worker between it and the server checks every frame's size by that kind before it leaves.
 The host writes ``marshal`` (its own data; decoding JSON costs several times more in this interpreter), the guest
 writes JSON, which is all the host ever parses from a guest.
 
@@ -14,7 +16,9 @@ writes JSON, which is all the host ever parses from a guest.
 - guest -> host, any number of ``{"op": "store", "method", "collection", "args"}``, each answered by the host
   with ``{"ok": true, "value": ...}`` or ``{"ok": false, "status", "detail", "errors"}``;
 - guest -> host, last, ``{"op": "answer", "ok": true, "result": ...}`` or
-  ``{"op": "answer", "ok": false, "kind": "error|http|violation|memory|too_large|result|load|missing", ...}``.
+  ``{"op": "answer", "ok": false, "kind": "error|http|violation|memory|too_large|result|load|missing", ...}``,
+  with ``"loaded": true`` when the module is compiled here all the same (else the host sends its source again).
+  ``inject`` names parameters, or gives positions in ``args``, that receive the ``RequestInfo``.
 
 It is one file, over 400 lines, because the guest runs it as one program text (``python -c``) with no files of
 ours beside it. Nothing here is a security boundary: the boundary is the WebAssembly instance, which has no
@@ -60,15 +64,19 @@ def _receive():
     return marshal.loads(_read_exact(int.from_bytes(_read_exact(4), "big")))
 
 
-def _send_bytes(data):
-    data = len(data).to_bytes(4, "big") + data
+_LAST = 0x80000000  # top bit of a header: the last frame of a call (the worker and the server size it as an answer)
+
+
+def _send_bytes(data, last=True):
+    data = (len(data) | (_LAST if last else 0)).to_bytes(4, "big") + data
     view = memoryview(data)
     while view:
         view = view[os.write(1, view) :]
 
 
-def _send(obj):
-    _send_bytes(json.dumps(obj, separators=(",", ":")).encode("utf-8"))
+def _send(obj, last=True):
+    """Not ASCII-escaped: a document's frame is as large as the store will count it, not up to six times more."""
+    _send_bytes(json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8"), last)
 
 
 class _Capture:
@@ -136,7 +144,8 @@ class _Collection:
         self.name = name
 
     def _ask(self, method, *args):
-        _send({"op": "store", "nonce": _state["nonce"], "method": method, "collection": self.name, "args": list(args)})
+        request = {"op": "store", "nonce": _state["nonce"], "method": method, "collection": self.name}
+        _send({**request, "args": list(args)}, last=False)
         reply = _receive()
         if reply.get("ok"):
             return reply.get("value")
@@ -283,6 +292,8 @@ class Guest:
             request = _receive()
             nonce = _state["nonce"] = str(request.get("nonce", ""))
             answer = self.handle(request)
+            if not answer.get("ok") and (request.get("path"), request.get("sha")) in self.modules:
+                answer["loaded"] = True  # the host need not send this module's source again
             printed = self.capture.take() if self.capture.size else ""
             data = answer.pop("_encoded", None)
             if data is not None and not printed:
@@ -317,11 +328,14 @@ class Guest:
         func = getattr(module, name, None) if not name.startswith("__") else None
         if not callable(func):
             return {"ok": False, "kind": "missing", "detail": f"module has no function {name!r}"}
-        kwargs = dict(req.get("kwargs") or {})
-        for param in req.get("inject") or ():
-            kwargs[param] = _current()
+        args, kwargs = list(req.get("args") or ()), dict(req.get("kwargs") or {})
+        for param in req.get("inject") or ():  # a parameter's name, or the position of a positional argument
+            if isinstance(param, int) and 0 <= param < len(args):
+                args[param] = _current()
+            elif isinstance(param, str):
+                kwargs[param] = _current()
         try:
-            result = func(*(req.get("args") or ()), **kwargs)
+            result = func(*args, **kwargs)
             if isinstance(result, self.coroutine):
                 result = _drive(result)
         except MemoryError:

@@ -1,10 +1,20 @@
 """The guests of a pool: handed out one call at a time, bound to one owner (tenant) each, replaced when they end.
 
-Round robin across owners: the next guest goes to the waiting owner that holds the fewest guests, and among
-those to the one served longest ago (first come, first served within one owner). An owner whose old calls wait
-in the queue therefore never goes ahead of one that was not served since: however many tenants flood the pool,
-a call of another tenant gets the next guest that frees. A guest that ended is replaced in the background, so
-the next call finds a warm one.
+Who gets the next guest, in order:
+
+- a **newcomer** (an owner with nothing running or waiting whose call did not queue behind its own) goes ahead of
+  every backlog, and may recycle any idle guest at once: however many tenants flood the pool, another tenant's
+  call waits for one guest to free (one guest's turnover), then for its own guest to start if it has none;
+- otherwise, **round robin**: the waiting owner that holds the fewest guests, then the one served longest ago
+  (first come, first served within one owner);
+- except that an owner keeps its own guest for the backlog it has waiting for one **quantum** after the guest was
+  bound to it (twice what starting a guest costs), so flooding owners share guests by turns instead of
+  recycling one for every call (each recycle burns a start's CPU that every tenant waits for), and a newcomer
+  seldom finds every guest starting;
+- a backlogged owner recycles only guests that idled ``_AFFINITY_WAIT``, or whose owner is itself waiting: a
+  tenant that calls now and then keeps its warm guest between calls while others flood.
+
+A guest that ended is replaced in the background, so the next call finds a warm one.
 """
 
 from __future__ import annotations
@@ -20,7 +30,12 @@ from .process import WorkerProcess
 
 log = logging.getLogger("dpmsf.sandbox")
 
-_AFFINITY_WAIT = 0.5  # how long another owner's guest must sit idle before a busy owner may recycle it
+_AFFINITY_WAIT = 0.5  # how long a guest whose owner is not waiting must sit idle before a backlog may recycle it
+_MIN_QUANTUM = 0.25  # the least time a guest serves its owner's backlog before round robin may pass it on
+
+
+class NoGuestInTime(ServiceUnavailable):
+    """A call waited for a guest until its deadline (the pool is saturated)."""
 
 
 class Guests:
@@ -39,6 +54,8 @@ class Guests:
         self._tickets = itertools.count()
         self._served: dict[str, int] = {}  # owner -> when (in grants) its last call was given a guest
         self._grants = itertools.count()
+        self._bound: dict[int, float] = {}  # worker pid -> when it was bound to its current owner
+        self._start_cost = _MIN_QUANTUM  # seconds a guest takes to start, averaged: the quantum
         self.replaced = 0  # guests ended after a breach, a timeout, a crash or memory exhaustion
 
     def close(self) -> None:
@@ -46,6 +63,7 @@ class Guests:
         with self._cond:
             self._closed = True
             idle, self._idle = self._idle, []
+            self._bound.clear()
             self._count -= len(idle)
             self._cond.notify_all()
         for worker in idle:
@@ -56,17 +74,18 @@ class Guests:
         with self._cond:
             return [w.pid for w in self._idle]
 
-    def acquire(self, owner: str, deadline: float) -> WorkerProcess:
-        """An idle worker of ``owner``, else a fresh one, else recycle another owner's idle worker, else wait.
+    def acquire(self, owner: str, deadline: float, backlog: bool = False) -> WorkerProcess:
+        """A guest for one call of ``owner``: its own idle one, else a fresh one, else another owner's recycled.
 
-        An owner that already has a busy worker only recycles another owner's worker once it has sat idle for
-        ``_AFFINITY_WAIT``: concurrent calls of one tenant queue for its warm workers instead of evicting the
-        other tenants' (a fresh guest costs ~0.2 s); an owner with no worker at all recycles at once. Whose turn it
-        is decides ``_my_turn``: while another owner with fewer guests, or served longer ago, waits, an owner takes
-        nothing, not even its own idle guest.
+        ``backlog``: the call waited behind the owner's own calls before it came here (so it is no newcomer).
+        Whose turn it is and which guest may be recycled: see the module's docstring.
         """
         victim: WorkerProcess | None = None
+        worker: WorkerProcess | None = None
         with self._cond:
+            fresh = not backlog and owner not in self._busy and all(o != owner for _, o in self._queue)
+            if fresh:
+                self._served.pop(owner, None)  # it had nothing to do: ahead of every backlog
             ticket = (next(self._tickets), owner)
             self._queue.append(ticket)
             try:
@@ -75,33 +94,40 @@ class Guests:
                         raise ServiceUnavailable("the sandbox pool is closed")
                     now = time.monotonic()
                     wake = deadline
-                    if self._my_turn(ticket):
-                        worker = _pick(self._idle, owner)
+                    turn = self._my_turn(ticket)
+                    if turn or self._keeps_own(ticket, now):
+                        worker = _pick(self._idle, owner, unbound=turn)
                         if worker is not None:
-                            worker.owner = owner
                             break
+                    if turn:
                         if self._count < self.size:
                             self._count += 1
                             break
                         if self._idle and not self._starting:  # a spare on its way beats evicting a warm guest
-                            settle = _AFFINITY_WAIT if self._busy.get(owner) else 0.0
-                            oldest = self._idle[0]  # least recently used, bound to another owner
-                            if now - oldest.idle_since >= settle:
-                                victim = self._idle.pop(0)
+                            victim, until = self._victim(now, fresh)
+                            if victim is not None:
+                                self._idle.remove(victim)
+                                self._bound.pop(victim.pid, None)
                                 break
-                            wake = min(deadline, oldest.idle_since + settle)
+                            wake = min(deadline, until)
+                    elif self._idle:  # our quantum may end, or an idle guest become fair game
+                        wake = min(deadline, now + _MIN_QUANTUM)
                     if now >= deadline:
-                        raise ServiceUnavailable(f"all {self.size} sandbox workers stayed busy; try again")
+                        raise NoGuestInTime(f"all {self.size} sandbox workers stayed busy; try again")
                     self._cond.wait(wake - now)
             finally:
                 self._queue.remove(ticket)
                 self._cond.notify_all()  # the next in the queue may take its turn now
             self._granted(owner)
             self._busy[owner] = self._busy.get(owner, 0) + 1
-        if worker is not None:
-            return worker
+            if worker is not None:
+                if worker.owner != owner:
+                    worker.owner = owner
+                    self._bound[worker.pid] = time.monotonic()
+                return worker
         if victim is not None:
             victim.kill()
+        started = time.monotonic()
         try:
             worker = self.start()
         except BaseException:
@@ -111,7 +137,55 @@ class Guests:
                 self._cond.notify_all()
             raise
         worker.owner = owner
+        with self._cond:
+            self._bound[worker.pid] = time.monotonic()
+            self._start_cost = 0.8 * self._start_cost + 0.2 * (time.monotonic() - started)
         return worker
+
+    def quantum(self) -> float:
+        """How long a guest serves its owner's backlog before round robin may pass it on: twice what a start costs,
+        so that at most a third of the guests' time goes to starting them, whoever floods."""
+        return max(_MIN_QUANTUM, 2 * self._start_cost)
+
+    def _waiting_owners(self) -> set[str]:
+        return {o for _, o in self._queue}
+
+    def _keeps_own(self, ticket: tuple[int, str], now: float) -> bool:
+        """Under the lock: out of turn, ``owner`` may still take its own idle guest within the guest's quantum,
+        unless a newcomer waits."""
+        number, owner = ticket
+        if any(n < number and o == owner for n, o in self._queue):
+            return False
+        if any(o not in self._served for _, o in self._queue if o != owner):  # a newcomer waits
+            return False
+        quantum = self.quantum()
+        return any(w.owner == owner and now - self._bound.get(w.pid, now) < quantum for w in self._idle)
+
+    def _victim(self, now: float, fresh: bool) -> tuple[WorkerProcess | None, float]:
+        """Under the lock: the idle guest that may be recycled now, or None and when one may be.
+
+        A guest whose owner waits too goes first once its quantum ended (for a newcomer, at once), unless that owner
+        is a newcomer itself (it takes its own guest in a moment). A guest whose owner is not waiting is kept warm
+        for ``_AFFINITY_WAIT`` while another guest is busy and so will free soon (for a newcomer too: an occasional
+        tenant keeps its guest between calls); then least recently used first.
+        """
+        waiting = self._waiting_owners()
+        quantum = self.quantum()
+        others_busy = self._count > len(self._idle)
+        until = now + _AFFINITY_WAIT
+        for worker in self._idle:
+            if worker.owner in waiting and worker.owner in self._served:  # a waiting newcomer takes its own
+                ends = self._bound.get(worker.pid, now - quantum) + quantum
+                if fresh or ends <= now:
+                    return worker, now
+                until = min(until, ends)
+        for worker in self._idle:
+            if worker.owner in waiting:
+                continue
+            if (fresh and not others_busy) or now - worker.idle_since >= _AFFINITY_WAIT:
+                return worker, now
+            until = min(until, worker.idle_since + _AFFINITY_WAIT)
+        return None, until
 
     def _priority(self, owner: str) -> tuple[int, int]:
         """Lower goes first: fewer guests held, then served longest ago (called under the lock)."""
@@ -163,6 +237,7 @@ class Guests:
             return
         worker.kill()
         with self._cond:
+            self._bound.pop(worker.pid, None)
             self._unbusy(worker.owner)
             self._count -= 1
             self.replaced += 1
@@ -204,9 +279,12 @@ class Guests:
         return True
 
 
-def _pick(idle: list[WorkerProcess], owner: str) -> WorkerProcess | None:
-    for candidates in ((w for w in idle if w.owner == owner), (w for w in idle if w.owner is None)):
-        for worker in candidates:
-            idle.remove(worker)
-            return worker
-    return None
+def _pick(idle: list[WorkerProcess], owner: str, unbound: bool = True) -> WorkerProcess | None:
+    """An idle guest of ``owner``, else (when ``unbound``) one bound to nobody yet; taken out of ``idle``."""
+    candidates = [w for w in idle if w.owner == owner]
+    if unbound:
+        candidates += [w for w in idle if w.owner is None]
+    if not candidates:
+        return None
+    idle.remove(candidates[0])
+    return candidates[0]

@@ -12,6 +12,7 @@ from ..config import Settings
 from ..context import RequestInfo, current
 from ..discovery import Candidate, LoadedModule, Metadata
 from ..errors import FunctionFailed, PluginError, TenantFunctionError, UnprocessableArguments
+from ..tenancy.quotas import QuotaBook
 
 if TYPE_CHECKING:
     from .reader import UntrustedEndpoint, UntrustedModule
@@ -63,8 +64,9 @@ def serve_store(tenant: str, method: str, collection: str, args: list[Any]) -> A
 class SandboxedLoader:
     """The Registry's ``untrusted_loader``: never imports tenant code; the guest pool starts on first call."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, quotas: QuotaBook | None = None) -> None:
         self.settings = settings
+        self.quotas = quotas  # each tenant's rate and concurrency quotas (the app's); None: the settings' defaults
         self._pool: Any = None
         self._lock = threading.Lock()
 
@@ -78,8 +80,13 @@ class SandboxedLoader:
                         cpu_seconds=self.settings.sandbox_cpu,
                         wall_seconds=self.settings.sandbox_timeout,
                         memory_mb=self.settings.sandbox_memory_mb,
+                        # a store request carries at most one document, and the operator may allow larger ones
+                        max_store_frame_bytes=max(512 * 1024, self.settings.quotas.max_doc + 64 * 1024),
                     )
-                    self._pool = SandboxPool(size=self.settings.sandbox_workers, limits=limits, store=serve_store)
+                    quotas = self.quotas or QuotaBook(self.settings.quotas)
+                    self._pool = SandboxPool(
+                        size=self.settings.sandbox_workers, limits=limits, store=serve_store, quotas=quotas
+                    )
         return self._pool
 
     def close(self) -> None:
@@ -103,9 +110,15 @@ class SandboxedLoader:
         return LoadedModule(module=None, endpoints=endpoints, events=[], duplicates=list(module.duplicates))
 
     def _call(self, module: UntrustedModule, function: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        inject = [name for name, value in kwargs.items() if isinstance(value, RequestInfo)]
-        for name in inject:
+        # the request travels as plain data and is rebuilt in the guest, at a keyword or a position
+        named = [name for name, value in kwargs.items() if isinstance(value, RequestInfo)]
+        for name in named:
             del kwargs[name]
+        inject: list[str | int] = list(named)
+        for index, value in enumerate(args):
+            if isinstance(value, RequestInfo):
+                args[index] = None
+                inject.append(index)
         info = current()
         return self.pool().call(
             source=module.source,

@@ -24,17 +24,17 @@ from typing import Any
 
 from ..errors import (
     DPMSFError,
-    ServiceUnavailable,
     UnprocessableArguments,
 )
+from ..tenancy.quotas import QuotaBook, QuotaExceeded, Quotas
 from . import runtime
-from .admission import FairGate
+from .admission import FairGate, TenantGate
 from .answers import breach, outcome
-from .guests import Guests
+from .guests import Guests, NoGuestInTime
 from .process import (
     UNPRIVILEGED,
     BadFrame,
-    CPUOverBudget,
+    CallOutput,
     SandboxLimits,
     StartOutOfTime,
     WorkerDied,
@@ -42,10 +42,11 @@ from .process import (
     WorkerTimedOut,
     unprivileged_python,
 )
+from .usage import CallUsage
 
 log = logging.getLogger("dpmsf.sandbox")
 
-_ENVELOPE_BYTES = 64 * 1024  # room around the result for captured output and the answer's fields
+_GUEST_MODULES = 32  # modules a guest keeps compiled, oldest forgotten first (guest_main._MODULE_CACHE)
 StoreHandler = Callable[[str, str, str, list[Any]], Any]
 
 
@@ -89,6 +90,8 @@ class SandboxPool:
         cache_dir: str | None = None,
         store: StoreHandler | None = None,
         run_as: int | None = None,
+        on_call: Callable[[CallUsage], None] | None = None,
+        quotas: QuotaBook | None = None,
     ) -> None:
         if size < 1:
             raise ValueError(f"SandboxPool size={size!r}: need at least one worker")
@@ -96,24 +99,25 @@ class SandboxPool:
         self.limits = limits or SandboxLimits()
         self.python = python
         self.store = store
+        self.on_call = on_call  # told what each call cost (usage.py), ok or not: for metering
         self.cache_dir = cache_dir or default_cache_dir()
         self.compiled = runtime.compiled_module(self.cache_dir).path  # verified; compiled at most once per machine
         self.run_as: int | None = None
         if run_as is not None or os.geteuid() == 0:
             self.python, self.run_as = unprivileged_python(python, run_as or UNPRIVILEGED, self.compiled)
         self.guests = Guests(size, self._start_worker)
-        # Calls that wait for a guest hold a thread: their own pool (not asyncio's small default one), entered
-        # round robin across tenants (admission.py), and a cap per tenant on calls in flight or waiting, so no
-        # tenant's flood takes every thread or piles up unbounded.
-        self.max_in_flight = 2 * size + 4
+        # Each tenant's rate and concurrency quotas (admission.py) bound what its flood can take: it waits in its
+        # own short queue, then gets 429s. Calls that wait for a guest hold a thread: their own pool (not asyncio's
+        # small default one), entered round robin across tenants.
+        self.quotas = quotas or QuotaBook(Quotas())
+        self._tenants = TenantGate()
         threads = 4 * size + 8
         self._threads = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="dpmsf-sandbox")
         self._gate = FairGate(threads)
-        self._in_flight: dict[str, int] = {}
 
     def _start_worker(self) -> WorkerProcess:
-        """A fresh worker. Start-up runs under a call's CPU budget, which epochs count in wall time: on a busy host
-        it can run out before the guest is ready (no tenant code has run yet), so it gets one more try."""
+        """A fresh worker. Should its start run out of its own CPU budget (no tenant code has run yet), it gets one
+        more try."""
         self.compiled = runtime.compiled_module(self.cache_dir).path  # its folder and file checked at every use
         try:
             return WorkerProcess(self.python, self.limits, self.compiled, self.run_as)
@@ -124,16 +128,38 @@ class SandboxPool:
     # -- public -------------------------------------------------------------------------------------------------
 
     async def call(self, **kwargs: Any) -> Any:
-        """``call_sync`` without blocking the event loop.
+        """``call_sync`` without blocking the event loop, within the tenant's rate and concurrency quotas.
 
-        With a warm guest of the tenant idle, the call is written and awaited on the event loop itself (the
-        answer's pipe is watched by the loop): no thread hop, which costs more than the guest's own work. Else,
-        it runs in a thread like ``call_sync``. Writes never block: a guest that stops reading times out.
+        The quotas are checked first (QuotaExceeded, 429, before any guest work). Then, with a warm guest of the
+        tenant idle and no other call waiting for a guest or a thread, the call is written and awaited on the event
+        loop itself (the answer's pipe is watched by the loop): no thread hop, which costs more than the guest's
+        own work. Else it takes its turn in a thread like ``call_sync``. Writes never block: a guest that stops
+        reading times out.
         """
         plan = self._plan(**kwargs)
-        worker = self.guests.take_warm(plan.owner)
-        if worker is None:
-            return await self._in_thread(plan)
+        quotas = self.quotas.for_tenant(plan.tenant)
+        self._tenants.charge(plan.owner, quotas.rate)
+        crowd = sum(self._tenants.load(plan.owner))  # its calls already in flight: is it flooding?
+        backlog = await self._tenants.enter(plan.owner, quotas.concurrency, plan.deadline - time.monotonic())
+        try:
+            worker = None if self._gate.waiting() else self.guests.take_warm(plan.owner)
+            if worker is None:
+                return await self._in_thread(plan, backlog)
+            return await self._on_loop(worker, plan)
+        except NoGuestInTime:
+            running, waiting = self._tenants.load(plan.owner)
+            if not crowd and running + waiting <= 1:
+                raise  # the pool is saturated by others: 503
+            raise QuotaExceeded(  # its own parallel calls are part of the crowd: slow down
+                "concurrency",
+                f"This call waited {2 * plan.wall + 1:.0f} s for a sandbox guest while {running - 1} more of the "
+                f"tenant's calls ran and {waiting} waited (its concurrency quota); try again shortly.",
+                retry_after=plan.wall,
+            ) from None
+        finally:
+            self._tenants.leave(plan.owner)
+
+    async def _on_loop(self, worker: WorkerProcess, plan: _Call) -> Any:
         plan = plan.started()
         keep, result, error = False, None, None
         try:
@@ -146,31 +172,24 @@ class SandboxPool:
             raise error
         return result
 
-    async def _in_thread(self, plan: _Call) -> Any:
+    async def _in_thread(self, plan: _Call, backlog: bool) -> Any:
         owner = plan.owner
-        if self._in_flight.get(owner, 0) >= self.max_in_flight:  # only touched on the event loop: no lock
-            limit = self.max_in_flight
-            raise ServiceUnavailable(f"Too many sandboxed calls of one owner in flight (at most {limit}); try again.")
-        self._in_flight[owner] = self._in_flight.get(owner, 0) + 1
-        try:
-            await self._gate.enter(owner)
-            call = functools.partial(contextvars.copy_context().run, self._call_planned, plan)
-            running = self._threads.submit(call)
-            running.add_done_callback(lambda _: self._gate.leave(owner))  # when the thread is done, even if we are not
-            return await asyncio.wrap_future(running)
-        finally:
-            self._in_flight[owner] -= 1
-            if not self._in_flight[owner]:
-                del self._in_flight[owner]
+        await self._gate.enter(owner, backlog)
+        call = functools.partial(contextvars.copy_context().run, self._call_planned, plan, backlog)
+        running = self._threads.submit(call)
+        running.add_done_callback(lambda _: self._gate.leave(owner))  # when the thread is done, even if we are not
+        return await asyncio.wrap_future(running)
 
     def call_sync(self, **kwargs: Any) -> Any:
         """``function(*args, **kwargs)`` from the module ``source`` in a guest; raises the DPMSFError to answer.
 
         Keywords: ``source``, ``path``, ``function``, ``args``, ``kwargs``, and optionally ``timeout``, ``tenant``
         (the guest's owner; default the path), ``sha256`` of the source, ``request`` (what ``RequestInfo`` holds)
-        and ``inject`` (parameters that receive it).
+        and ``inject`` (parameters that receive it: names, or positions in ``args``).
         """
-        return self._call_planned(self._plan(**kwargs))
+        plan = self._plan(**kwargs)
+        self._tenants.charge(plan.owner, self.quotas.for_tenant(plan.tenant).rate)
+        return self._call_planned(plan)
 
     def _plan(
         self,
@@ -184,7 +203,7 @@ class SandboxPool:
         tenant: str | None = None,
         sha256: str | None = None,
         request: dict[str, Any] | None = None,
-        inject: list[str] | None = None,
+        inject: list[str | int] | None = None,
     ) -> _Call:
         wall = self.limits.wall_seconds if timeout is None else min(timeout, self.limits.wall_seconds)
         queue_deadline = time.monotonic() + 2 * wall + 1  # time to wait for a guest; the call's own starts after
@@ -202,8 +221,8 @@ class SandboxPool:
         frame["args"], frame["kwargs"] = list(args), dict(kwargs)
         return _Call(frame, source, tenant or path, tenant, wall, queue_deadline)
 
-    def _call_planned(self, plan: _Call) -> Any:
-        worker = self.guests.acquire(plan.owner, plan.deadline)
+    def _call_planned(self, plan: _Call, backlog: bool = False) -> Any:
+        worker = self.guests.acquire(plan.owner, plan.deadline, backlog)
         plan = plan.started()
         keep, result, error = False, None, None
         try:
@@ -225,8 +244,7 @@ class SandboxPool:
             ) from None
 
     def _finished(self, worker: WorkerProcess, plan: _Call) -> bool:
-        """After a good answer: the guest knows the module now; keep it unless it is worn out."""
-        worker.known.add(plan.key)
+        """After an answer: keep the guest unless it is worn out."""
         worker.calls += 1
         return not self._worn_out(worker)
 
@@ -254,42 +272,80 @@ class SandboxPool:
 
     def _exchange(self, worker: WorkerProcess, payload: bytes, plan: _Call) -> tuple[bool, Any, DPMSFError | None]:
         """Send one call, serve its store requests, and map the answer to (keep the guest, result, error)."""
-        limit = self.limits.max_output_bytes + _ENVELOPE_BYTES
+        output, cpu_before = CallOutput(self.limits), worker.cpu_stamp
         try:
-            worker.send_bytes(payload, plan.deadline)
-            spent_from = None
+            worker.send_bytes(payload, plan.deadline, call=True)
             while True:
-                answer = self._checked(worker.receive(plan.deadline, limit), plan)
+                answer = self._checked(worker.receive(plan.deadline, output), plan)
                 if answer.get("op") != "store":
                     break
-                spent_from = self._store_request(worker, spent_from)
                 worker.send(self._serve_store(plan.tenant, answer), plan.deadline)
             if not worker.quiet():
                 raise BadFrame()
         except (WorkerTimedOut, WorkerDied, BadFrame) as exc:
-            return False, None, breach(worker, plan.function, plan.wall, exc, self.limits)
-        return outcome(worker, answer, plan.function, self.limits)
+            return self._metered(worker, plan, cpu_before, self._breach(worker, plan, exc))
+        return self._metered(worker, plan, cpu_before, self._answered(worker, plan, answer))
 
     async def _exchange_async(
         self, worker: WorkerProcess, payload: bytes, plan: _Call
     ) -> tuple[bool, Any, DPMSFError | None]:
-        """``_exchange`` on the event loop: small writes, the answer's pipe watched by the loop."""
-        limit = self.limits.max_output_bytes + _ENVELOPE_BYTES
+        """``_exchange`` on the event loop: small writes, the answer's pipe watched by the loop, large frames
+        decoded in a thread."""
+        output, cpu_before = CallOutput(self.limits), worker.cpu_stamp
         try:
-            await worker.send_bytes_async(payload, plan.deadline)
-            spent_from = None
+            await worker.send_bytes_async(payload, plan.deadline, call=True)
             while True:
-                answer = self._checked(await worker.receive_async(plan.deadline, limit), plan)
+                answer = self._checked(await worker.receive_async(plan.deadline, output), plan)
                 if answer.get("op") != "store":
                     break
-                spent_from = self._store_request(worker, spent_from)
                 reply = await asyncio.to_thread(self._serve_store, plan.tenant, answer)  # a backend may block
                 await worker.send_bytes_async(marshal.dumps(reply), plan.deadline)
             if not worker.quiet():
                 raise BadFrame()
         except (WorkerTimedOut, WorkerDied, BadFrame) as exc:
-            return False, None, breach(worker, plan.function, plan.wall, exc, self.limits)
+            return self._metered(worker, plan, cpu_before, self._breach(worker, plan, exc))
+        return self._metered(worker, plan, cpu_before, self._answered(worker, plan, answer))
+
+    def _breach(self, worker: WorkerProcess, plan: _Call, exc: Exception) -> tuple[bool, Any, DPMSFError | None]:
+        """The guest is ended; its CPU time is read (from ``/proc``) before it is reaped, for the meter."""
+        used = worker.cpu_seconds()
+        if used is not None:
+            worker.cpu_stamp = max(worker.cpu_stamp, used)
+        return False, None, breach(worker, plan.function, plan.wall, exc, self.limits)
+
+    def _answered(
+        self, worker: WorkerProcess, plan: _Call, answer: dict[str, Any]
+    ) -> tuple[bool, Any, DPMSFError | None]:
+        """The guest's answer; whether it now holds the module (a module that failed to load is sent again)."""
+        known = worker.known
+        if answer.get("ok") is True or answer.get("loaded") is True:
+            if plan.key not in known:
+                if len(known) >= _GUEST_MODULES:  # the guest forgets its oldest module the same way
+                    known.pop(next(iter(known)))
+                known[plan.key] = None
+        else:
+            known.pop(plan.key, None)
         return outcome(worker, answer, plan.function, self.limits)
+
+    def _metered(
+        self, worker: WorkerProcess, plan: _Call, cpu_before: float, done: tuple[bool, Any, DPMSFError | None]
+    ) -> tuple[bool, Any, DPMSFError | None]:
+        """Tell ``on_call`` what the call cost: the worker's CPU time between its last frame before the call and
+        its last frame of it (what it did after its previous answer is this call's too); never fails the call."""
+        if self.on_call is not None:
+            usage = CallUsage(
+                tenant=plan.tenant,
+                function=plan.function,
+                cpu_seconds=max(0.0, worker.cpu_stamp - cpu_before),
+                wall_seconds=max(0.0, time.monotonic() - (plan.deadline - plan.wall)),
+                memory_mb=self.limits.memory_mb,
+                ok=done[2] is None,
+            )
+            try:
+                self.on_call(usage)
+            except Exception:
+                log.exception("sandbox: the on_call hook failed for %s", plan.function)
+        return done
 
     @staticmethod
     def _checked(frame: dict[str, Any], plan: _Call) -> dict[str, Any]:
@@ -306,20 +362,6 @@ class SandboxPool:
         if used is None:
             return worker.calls >= 4096
         return used + 64 * self.limits.cpu_seconds + 1 >= self.limits.worker_cpu_seconds
-
-    def _store_request(self, worker: WorkerProcess, spent_from: float | None) -> float | None:
-        """Before serving a store request: the CPU reading the call's budget counts from (the first request's).
-
-        The guest's host restarts its CPU deadline on every read, store replies included, so a call that keeps
-        asking the store could otherwise compute until its wall time; here its CPU between the first store request
-        and this one must stay within one call budget (so a call gets at most about twice its budget in all).
-        """
-        now = worker.cpu_seconds()
-        if now is None or spent_from is None:
-            return now
-        if now - spent_from > self.limits.cpu_seconds:
-            raise CPUOverBudget()
-        return spent_from
 
     def _serve_store(self, tenant: str | None, request: dict[str, Any]) -> dict[str, Any]:
         """One document-store request of a guest, for the call's tenant; the guest chooses nothing else."""

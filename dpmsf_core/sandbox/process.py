@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DPMSFError
-from . import runtime
-from . import worker as worker_module
+from . import channel, runtime
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -34,23 +33,33 @@ _PACKAGE_ROOT = os.path.dirname(os.path.dirname(_HERE))  # the folder that holds
 _START_TIMEOUT = 15.0
 _SPIN = 0.0002  # seconds a waiting call spins before it sleeps (not on the event loop: it must stay free)
 UNPRIVILEGED = 65534  # nobody/nogroup: the uid a root server's workers run as
-MIN_CPU_SECONDS = 0.5
+MIN_CPU_SECONDS = 0.01
+_ENVELOPE_BYTES = 64 * 1024  # room around a result for captured output and the answer's fields
+FRAME_HEADER = 4 + channel.STAMP_BYTES  # what the worker puts before each frame of the guest
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
     """Per-call limits for sandboxed functions; a guest that breaks one is replaced."""
 
-    cpu_seconds: float = 2  # computing time of one call (epoch interruption inside the guest)
+    cpu_seconds: float = 2  # the worker's CPU time during one call, whatever the guest does meanwhile
     memory_mb: int = 256  # the guest's linear memory
     wall_seconds: float = 5  # the call as a whole; the worker process is killed past it
-    max_output_bytes: int = 1_000_000
+    max_output_bytes: int = 1_000_000  # the result, JSON-encoded
     worker_cpu_seconds: float = 600  # a worker's lifetime CPU (RLIMIT_CPU); it is retired before reaching this
+    start_cpu_seconds: float = 5  # the worker's CPU time to start its guest (about 0.3 s)
+    worker_overhead_mb: int = 128  # the worker's own memory beside the guest's (RLIMIT_DATA; it uses ~45); 0: none
+    max_store_frame_bytes: int = 512 * 1024  # one store request of the guest (a document is at most 350 kB)
+    max_call_frames: int = 1000  # frames a guest may send in one call: store requests and its answer
+    max_call_bytes: int = 8 * 1024 * 1024  # bytes a guest may send in one call, all frames together
 
     def __post_init__(self) -> None:
         if self.cpu_seconds < MIN_CPU_SECONDS:
-            # the guest's start-up runs under the same budget (a deadline can only move forward; see worker.py)
             raise ValueError(f"SandboxLimits cpu_seconds={self.cpu_seconds}: at least {MIN_CPU_SECONDS} s")
+
+    @property
+    def max_answer_bytes(self) -> int:
+        return self.max_output_bytes + _ENVELOPE_BYTES
 
 
 class WorkerDied(Exception):
@@ -61,16 +70,34 @@ class WorkerTimedOut(Exception):
     """No answer before the wall-time deadline."""
 
 
-class CPUOverBudget(WorkerTimedOut):
-    """The guest used more CPU within one call than the call's budget (store requests do not buy it more)."""
-
-
 class StartOutOfTime(DPMSFError):
-    """The guest ran out of its CPU budget while starting: epochs count wall time, so a busy host can cause it."""
+    """The guest ran out of its start-up CPU budget before it was ready."""
 
 
 class BadFrame(Exception):
     """The guest sent something that is not a frame of the protocol."""
+
+
+class OutputOverBudget(BadFrame):
+    """The guest sent more in one call than it may (frames or bytes); its text says which."""
+
+
+class CallOutput:
+    """What a guest has sent in the current call, counted before any of it is read: frames and bytes."""
+
+    def __init__(self, limits: SandboxLimits) -> None:
+        self.limits = limits
+        self.frames = self.bytes = 0
+
+    def admit(self, size: int, last: bool) -> None:
+        limits = self.limits
+        self.frames, self.bytes = self.frames + 1, self.bytes + size
+        if size > (limits.max_answer_bytes if last else limits.max_store_frame_bytes):
+            raise BadFrame()  # larger than any honest frame of its kind
+        if self.frames > limits.max_call_frames:
+            raise OutputOverBudget(f"more than {limits.max_call_frames} frames in one call")
+        if self.bytes > limits.max_call_bytes:
+            raise OutputOverBudget(f"more than {limits.max_call_bytes} bytes in one call")
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -78,19 +105,16 @@ def _wake(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _checked_size(header: bytes, limit: int) -> int:
-    size = int.from_bytes(header, "big")
-    if size > limit:
-        raise BadFrame()  # larger than any honest answer
-    return size
+_OFF_LOOP_BYTES = 32 * 1024  # frames larger than this are decoded in a thread, not on the event loop
 
 
-def _parsed(data: bytes) -> dict[str, Any]:
+def _parsed(data: bytes, last: bool) -> dict[str, Any]:
+    """A frame of the guest: a JSON object whose kind agrees with its header (an answer is its call's last frame)."""
     try:
         frame = json.loads(data)
     except (ValueError, RecursionError):
         raise BadFrame() from None
-    if not isinstance(frame, dict):
+    if not isinstance(frame, dict) or last != (frame.get("op") != "store"):
         raise BadFrame()
     return frame
 
@@ -109,7 +133,8 @@ class WorkerProcess:
     def __init__(self, python: str, limits: SandboxLimits, compiled: str, run_as: int | None) -> None:
         self.limits = limits
         self.owner: str | None = None
-        self.known: set[tuple[str, str]] = set()  # (path, sha256) of modules the guest has compiled
+        self.known: dict[tuple[str, str], None] = {}  # (path, sha256) of modules the guest holds, oldest first
+        self.cpu_stamp = 0.0  # the worker's CPU time as its last frame said
         self.started = time.monotonic()
         self.idle_since = 0.0
         self.calls = 0
@@ -118,8 +143,14 @@ class WorkerProcess:
             "guest_file": GUEST_FILE,
             "sys_path": _worker_sys_path(),
             "cpu_seconds": limits.cpu_seconds,
+            "start_cpu_seconds": limits.start_cpu_seconds,
             "memory_mb": limits.memory_mb,
+            "data_limit_mb": limits.memory_mb + limits.worker_overhead_mb if limits.worker_overhead_mb else 0,
             "max_output_bytes": limits.max_output_bytes,
+            "max_answer_bytes": limits.max_answer_bytes,
+            "max_store_frame_bytes": limits.max_store_frame_bytes,
+            "max_call_frames": limits.max_call_frames,
+            "max_call_bytes": limits.max_call_bytes,
             "lifetime_cpu_seconds": int(limits.worker_cpu_seconds),
         }
         extra: dict[str, Any] = {}
@@ -151,12 +182,12 @@ class WorkerProcess:
         self.write_poller = select.poll()
         self.write_poller.register(self.in_fd, select.POLLOUT)
         try:
-            ready = self.receive(time.monotonic() + _START_TIMEOUT, 1 << 16)
+            ready = self.receive(time.monotonic() + _START_TIMEOUT, CallOutput(limits))
         except (WorkerDied, WorkerTimedOut, BadFrame) as exc:
             code = self.exit_status() if isinstance(exc, WorkerDied) else None
             why = self.stderr_tail()
             self.kill()
-            error = StartOutOfTime if code == worker_module.EXIT_CPU else DPMSFError
+            error = StartOutOfTime if code == channel.EXIT_CPU else DPMSFError
             raise error(
                 f"sandbox worker did not start ({type(exc).__name__.strip('_').lower()}, status {code}): {why}"
             ) from None
@@ -180,9 +211,14 @@ class WorkerProcess:
     def send(self, obj: dict[str, Any], deadline: float) -> None:
         self.send_bytes(marshal.dumps(obj), deadline)
 
-    def send_bytes(self, data: bytes, deadline: float) -> None:
+    @staticmethod
+    def _framed(data: bytes, call: bool) -> memoryview:
+        """Length + payload; a call's frame is flagged so that the worker starts the call's CPU budget on it."""
+        return memoryview((len(data) | (channel.CALL_FLAG if call else 0)).to_bytes(4, "big") + data)
+
+    def send_bytes(self, data: bytes, deadline: float, *, call: bool = False) -> None:
         """Write one frame, waiting at most until ``deadline`` for a guest that reads slowly (or not at all)."""
-        view = memoryview(len(data).to_bytes(4, "big") + data)
+        view = self._framed(data, call)
         try:
             while view:
                 try:
@@ -194,10 +230,10 @@ class WorkerProcess:
         except (BrokenPipeError, ConnectionError):
             raise WorkerDied() from None
 
-    async def send_bytes_async(self, data: bytes, deadline: float) -> None:
+    async def send_bytes_async(self, data: bytes, deadline: float, *, call: bool = False) -> None:
         """``send_bytes`` on the event loop: the loop waits for the pipe to drain, bounded by ``deadline``."""
         loop = asyncio.get_running_loop()
-        view = memoryview(len(data).to_bytes(4, "big") + data)
+        view = self._framed(data, call)
         try:
             while view:
                 try:
@@ -213,14 +249,27 @@ class WorkerProcess:
         """Nothing more to read: a guest says nothing between calls, so anything left is an answer forged ahead."""
         return not self.poller.poll(0)
 
-    def receive(self, deadline: float, limit: int) -> dict[str, Any]:
-        """One frame from the guest, which is hostile: bounded in size and time, and it must be a JSON object."""
-        size = _checked_size(self._read(4, deadline), limit)
-        return _parsed(self._read(size, deadline))
+    def receive(self, deadline: float, output: CallOutput) -> dict[str, Any]:
+        """One frame from the guest, which is hostile: bounded in size and time, counted against the call's output
+        before it is read, and it must be a JSON object."""
+        size, last = self._header(self._read(FRAME_HEADER, deadline), output)
+        return _parsed(self._read(size, deadline), last)
 
-    async def receive_async(self, deadline: float, limit: int) -> dict[str, Any]:
-        size = _checked_size(await self._read_async(4, deadline), limit)
-        return _parsed(await self._read_async(size, deadline))
+    async def receive_async(self, deadline: float, output: CallOutput) -> dict[str, Any]:
+        """``receive`` on the event loop; a large frame is decoded in a thread, so the loop stays free meanwhile."""
+        size, last = self._header(await self._read_async(FRAME_HEADER, deadline), output)
+        data = await self._read_async(size, deadline)
+        if size > _OFF_LOOP_BYTES:
+            return await asyncio.to_thread(_parsed, data, last)
+        return _parsed(data, last)
+
+    def _header(self, header: bytes, output: CallOutput) -> tuple[int, bool]:
+        """The frame's size and whether it is the call's last, admitted by ``output``; the worker's CPU stamp."""
+        word = int.from_bytes(header[:4], "big")
+        size, last = word & channel.SIZE_MASK, bool(word & channel.ANSWER_FLAG)
+        output.admit(size, last)
+        self.cpu_stamp = int.from_bytes(header[4:], "big") / 1e6
+        return size, last
 
     @staticmethod
     async def _until(deadline: float, watch: Callable[..., None], unwatch: Callable[[int], object], fd: int) -> None:

@@ -1,9 +1,10 @@
 """A seccomp filter for sandbox worker processes: the system calls a guest's host never needs answer EPERM.
 
 Defence in depth only (the WebAssembly instance is the boundary): should a wasmtime bug ever hand a tenant native
-code, that code still cannot start programs, open sockets, signal or trace other processes, change its
+code, that code still cannot start programs, open sockets, signal other processes (none of the six calls that
+send a signal: kill, tkill, tgkill, rt_sigqueueinfo, rt_tgsigqueueinfo, pidfd_send_signal) or trace them, change its
 identity or namespaces, or load kernel code. A deny list, not an allow list: the worker's own needs (Python,
-wasmtime, its epoch thread) stay unaffected across library versions. Standard library only; x86_64 and aarch64
+wasmtime, its watchdog thread) stay unaffected across library versions. Standard library only; x86_64 and aarch64
 Linux; elsewhere ``install`` returns False and nothing changes.
 """
 
@@ -27,7 +28,8 @@ _LD_ABS, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06
 # (audit arch, seccomp syscall number, clone, clone3, denied syscalls)
 _DENIED_NAMES = (
     "execve execveat fork vfork socket socketpair connect bind listen accept accept4 sendto sendmsg ptrace "
-    "process_vm_readv process_vm_writev kill tkill tgkill pidfd_open pidfd_send_signal pidfd_getfd setuid setgid "
+    "process_vm_readv process_vm_writev kill tkill tgkill rt_sigqueueinfo rt_tgsigqueueinfo pidfd_open "
+    "pidfd_send_signal pidfd_getfd setuid setgid "
     "setreuid setresuid setgroups setpriority sched_setaffinity chroot pivot_root mount umount2 unshare setns "
     "personality init_module finit_module kexec_load bpf perf_event_open keyctl userfaultfd io_uring_setup"
 ).split()
@@ -39,6 +41,7 @@ _TABLES = {
             "execve": 59, "execveat": 322, "fork": 57, "vfork": 58, "socket": 41, "socketpair": 53, "connect": 42,
             "bind": 49, "listen": 50, "accept": 43, "accept4": 288, "sendto": 44, "sendmsg": 46, "ptrace": 101,
             "process_vm_readv": 310, "process_vm_writev": 311, "kill": 62, "tkill": 200, "tgkill": 234,
+            "rt_sigqueueinfo": 129, "rt_tgsigqueueinfo": 297,
             "pidfd_open": 434, "pidfd_send_signal": 424, "pidfd_getfd": 438, "setuid": 105, "setgid": 106,
             "setreuid": 113, "setresuid": 117, "setgroups": 116, "setpriority": 141, "sched_setaffinity": 203,
             "chroot": 161, "pivot_root": 155, "mount": 165, "umount2": 166, "unshare": 272, "setns": 308,
@@ -54,6 +57,7 @@ _TABLES = {
             "execve": 221, "execveat": 281, "socket": 198, "socketpair": 199, "connect": 203, "bind": 200,
             "listen": 201, "accept": 202, "accept4": 242, "sendto": 206, "sendmsg": 211, "ptrace": 117,
             "process_vm_readv": 270, "process_vm_writev": 271, "kill": 129, "tkill": 130, "tgkill": 131,
+            "rt_sigqueueinfo": 138, "rt_tgsigqueueinfo": 240,
             "pidfd_open": 434, "pidfd_send_signal": 424, "pidfd_getfd": 438, "setuid": 146, "setgid": 144,
             "setreuid": 145, "setresuid": 147, "setgroups": 159, "setpriority": 140, "sched_setaffinity": 122,
             "chroot": 51, "pivot_root": 41, "mount": 40, "umount2": 39, "unshare": 97, "setns": 268,

@@ -3,16 +3,26 @@
 Started by ``pool.py`` as ``python -I -S -B worker.py <config JSON>`` with an empty environment. The process is
 a second wall around the guest, not the boundary: it makes itself non-dumpable, sets ``no_new_privs``, closes
 every fd but its pipes, drops to an unprivileged uid when the server runs as root (``pool.py`` decides), caps
-its CPU time, file sizes, open files and core dumps with rlimits, and installs a seccomp filter (``seccomp.py``).
+its CPU time, data segment, file sizes, open files and core dumps with rlimits, and installs a seccomp filter
+(``seccomp.py``).
 
 The guest's stdin and stdout are this process's own fds 0 and 1, the server's pipes, so requests go from the
-server straight into the guest with no copy in between. Its stderr is kept (a few KB) and logged by nobody: it
-only says why an interpreter crashed.
+server through this process's ``fd_read`` and ``fd_write``. Its stderr is kept (4 KB, the rest is dropped without
+a copy) and logged by nobody: it only says why an interpreter crashed.
 
-Preemption: the engine's epoch advances every ``TICK`` seconds, and each time the guest reads fd 0 (a new
-request, or a store reply) its deadline is set to the call's CPU budget from now; a guest that computes past it
-traps, and this process exits with ``EXIT_CPU``. The server also kills this process once a call's wall time is
-over, whatever the guest is doing.
+Frames (``channel.py``): both directions are 4-byte big-endian length + payload, and this process follows
+their boundaries. The server sets the top bit of a header when the frame starts a call (``CALL_FLAG``, cleared
+before the guest sees it); the guest sets it on its last frame of a call (``ANSWER_FLAG``). Each frame the guest
+writes is checked here before it leaves (size by kind, frames and bytes per call; past a limit this process exits
+with ``EXIT_FRAME`` or ``EXIT_OUTPUT``) and forwarded with an 8-byte stamp after its header: this process's CPU
+time so far, in microseconds, which the server meters calls by.
+
+CPU: a call's budget is this process's CPU time (``CLOCK_PROCESS_CPUTIME_ID``) from the moment its call frame
+arrives, whatever the guest does meanwhile (store requests, reads, writes); only the next call frame starts a
+new budget. Start-up has its own. A watchdog thread checks the clock and, past the budget, bumps the engine's
+epoch, which is the guest's deadline: it traps, and this process exits with ``EXIT_CPU``. A busy host does not
+count against a call: only CPU this process used does. The server also kills this process once a call's wall
+time is over, whatever the guest is doing.
 """
 
 from __future__ import annotations
@@ -21,16 +31,12 @@ import json
 import os
 import sys
 import threading
-import time
 
-TICK = 0.05
-SPIN = 0.0002  # seconds a guest's host spins for the next request before it sleeps
-EXIT_CPU = 124
-EXIT_TRAP = 125
-EXIT_START = 126
 ERRNO_BADF = 8  # WASI errno values
 ERRNO_IO = 29
 ERRNO_FAULT = 21
+_STDERR_KEPT = 4096
+_MAX_WRITE = 1 << 30  # bytes one fd_write takes at most
 
 
 class _Fault(Exception):
@@ -51,9 +57,15 @@ def _harden() -> None:
 
 
 def _limit(config: dict) -> None:
+    """Lifetime CPU, no core or files, few fds, and the data segment: the worker's memory as a whole, not only the
+    guest's (RLIMIT_AS would count the address space wasmtime reserves around a linear memory; RLIMIT_DATA counts
+    what becomes writable)."""
     import resource
 
     cpu = int(config["lifetime_cpu_seconds"])
+    data = int(config["data_limit_mb"]) * 1024 * 1024
+    if data > 0:
+        resource.setrlimit(resource.RLIMIT_DATA, (data, data))
     for which, value in (
         (resource.RLIMIT_CPU, (cpu, cpu + 1)),
         (resource.RLIMIT_CORE, (0, 0)),
@@ -67,6 +79,8 @@ def main() -> None:
     config = json.loads(sys.argv[1])
     _harden()
     sys.path[:0] = config["sys_path"]
+    from dpmsf_core.sandbox import channel
+
     try:
         import wasmtime
 
@@ -82,7 +96,7 @@ def main() -> None:
         seccomp.install()  # no exec, sockets, signals, ptrace or identity changes from here on
     except Exception as exc:  # report why to the server, in the exit status and on stderr
         os.write(2, f"dpmsf sandbox worker: {type(exc).__name__}: {exc}\n".encode())
-        os._exit(EXIT_START)
+        os._exit(channel.EXIT_START)
 
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
@@ -93,15 +107,19 @@ def main() -> None:
     errors = bytearray()
     store.set_wasi(wasi)
     store.set_limits(memory_size=int(config["memory_mb"]) * 1024 * 1024)
-    budget = max(1, round(float(config["cpu_seconds"]) / TICK)) + 1
-    store.set_epoch_deadline(budget)  # start-up (~0.2 s) runs under the same budget as a call
+    store.set_epoch_deadline(1)  # the epoch only moves when the watchdog trips: then the guest traps
 
     import ctypes
-    import select
 
     u32_pair = ctypes.c_uint32 * 2
-    ready = select.poll()
-    ready.register(0, select.POLLIN)
+    watchdog = channel.Watchdog(engine, store, float(config["cpu_seconds"]), float(config["start_cpu_seconds"]))
+    outbox = channel.Outbox(config)
+
+    def begin_call() -> None:
+        watchdog.begin_call()
+        outbox.begin_call()
+
+    inbox = channel.Inbox(begin_call, watchdog)
 
     def spans_of(caller: wasmtime.Caller, iovs: int, count: int, out: int) -> tuple[int, list[tuple[int, int]]]:
         """The guest's iovec array as (pointer, size) pairs inside its memory, and the memory's base address.
@@ -126,7 +144,7 @@ def main() -> None:
         return base, spans
 
     def fd_read(caller: wasmtime.Caller, fd: int, iovs: int, count: int, nread: int) -> int:
-        """WASI ``fd_read``: only fd 0 (the server's pipe) can be read; its data also restarts the CPU budget."""
+        """WASI ``fd_read``: only fd 0 (the server's pipe) can be read, frame by frame (``channel.Inbox``)."""
         if fd != 0:
             return ERRNO_BADF
         try:
@@ -134,16 +152,9 @@ def main() -> None:
         except _Fault:
             return ERRNO_FAULT
         try:
-            if not ready.poll(0):  # spin a little before sleeping: the next request of a burst comes soon,
-                until = time.perf_counter() + SPIN  # and waking a sleeping process costs more than this
-                while not ready.poll(0) and time.perf_counter() < until:
-                    pass
-            data = os.read(0, min(sum(n for _, n in spans), 1 << 20))
+            data = inbox.read(min(sum(n for _, n in spans), 1 << 20))
         except OSError:
             return ERRNO_IO
-        # Deadlines only ever move forward (now + budget), so the copy that compiled code caches is never later
-        # than the real one: lowering a deadline from inside a running function would not take effect.
-        store.set_epoch_deadline(budget)
         offset = 0
         for ptr, size in spans:
             if offset >= len(data):
@@ -155,24 +166,28 @@ def main() -> None:
         return 0
 
     def fd_write(caller: wasmtime.Caller, fd: int, iovs: int, count: int, written: int) -> int:
-        """WASI ``fd_write``: fd 1 is the server's pipe, fd 2 is kept (a few KB) for a crash report."""
+        """WASI ``fd_write``: fd 1 goes to the server frame by frame (``channel.Outbox``), straight from the guest's
+        memory; of fd 2 the first few KB are kept for a crash report. Nothing is copied whole: a guest that
+        writes 16 views of its whole memory costs this process no memory."""
         if fd not in (1, 2):
             return ERRNO_BADF
         try:
             base, spans = spans_of(caller, iovs, count, written)
         except _Fault:
             return ERRNO_FAULT
-        data = b"".join(ctypes.string_at(base + ptr, size) for ptr, size in spans)
-        if fd == 2:
-            errors.extend(data[: max(0, 4096 - len(errors))])
-        else:
-            view = memoryview(data)
-            try:
-                while view:
-                    view = view[os.write(1, view) :]
-            except OSError:
-                return ERRNO_IO
-        ctypes.c_uint32.from_address(base + written).value = len(data)
+        done = 0
+        for ptr, whole in spans:
+            size = min(whole, _MAX_WRITE - done)  # a short write beyond: the count must fit the guest's u32
+            if fd == 2:
+                keep = min(size, max(0, _STDERR_KEPT - len(errors)))
+                errors.extend(ctypes.string_at(base + ptr, keep))
+            else:
+                try:
+                    outbox.write(memoryview((ctypes.c_char * size).from_address(base + ptr)).cast("B"))
+                except OSError:
+                    return ERRNO_IO
+            done += size
+        ctypes.c_uint32.from_address(base + written).value = done
         return 0
 
     i32 = wasmtime.ValType.i32()
@@ -182,12 +197,7 @@ def main() -> None:
             "wasi_snapshot_preview1", name, wasmtime.FuncType([i32] * 4, [i32]), func, access_caller=True
         )
 
-    def tick() -> None:
-        while True:
-            time.sleep(TICK)
-            engine.increment_epoch()
-
-    threading.Thread(target=tick, name="dpmsf-epoch", daemon=True).start()
+    threading.Thread(target=watchdog.run, name="dpmsf-cpu", daemon=True).start()
     instance = linker.instantiate(store, module)
     start = instance.exports(store)["_start"]
     assert isinstance(start, wasmtime.Func)
@@ -198,10 +208,10 @@ def main() -> None:
     except wasmtime.Trap as trap:
         interrupted = trap.trap_code == wasmtime.TrapCode.INTERRUPT
         os.write(2, errors + f"\ndpmsf sandbox guest trapped: {trap.message[:300]}\n".encode())
-        os._exit(EXIT_CPU if interrupted else EXIT_TRAP)
+        os._exit(channel.EXIT_CPU if interrupted else channel.EXIT_TRAP)
     except wasmtime.WasmtimeError as exc:
         os.write(2, errors + f"\ndpmsf sandbox guest failed: {str(exc)[:300]}\n".encode())
-        os._exit(EXIT_TRAP)
+        os._exit(channel.EXIT_TRAP)
     os._exit(0)
 
 

@@ -16,13 +16,15 @@ RUN pip install --no-cache-dir -r requirements.txt
 COPY dpmsf_core/ ./dpmsf_core/
 COPY handler/ ./handler/
 COPY plugins/ ./plugins/
-RUN python -m compileall -q dpmsf_core handler plugins \
+COPY my_plugins/ ./my_plugins/
+RUN python -m compileall -q dpmsf_core handler plugins my_plugins \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin dpmsf \
     && install -d -o dpmsf -g dpmsf /tmp/dpmsf
 
-# app.yaml's env_variables. The image's own: PORT (Cloud Run sets it; 8080 elsewhere), PYTHONPATH (the app is
-# not pip-installed, as on App Engine).
-ENV DPMSF_PLUGINS="." \
+# app.yaml's env_variables (my_plugins/ only: the bundled demos in plugins/ are opt-in, -e DPMSF_PLUGINS=my_plugins:.).
+# The image's own: PORT (Cloud Run sets it; 8080 elsewhere), PYTHONPATH (the app is not pip-installed, as on
+# App Engine).
+ENV DPMSF_PLUGINS="my_plugins" \
     DPMSF_REQUIRE_TOKENS="0" \
     DPMSF_TENANTS="firestore://dpmsf-tenants" \
     DPMSF_REPLAY_STORE="firestore://dpmsf-replay" \
@@ -34,4 +36,4 @@ ENV DPMSF_PLUGINS="." \
 USER 10001:10001
 EXPOSE 8080
 # app.yaml's entrypoint, run by a shell so that $PORT expands (exec: gunicorn is PID 1 and gets SIGTERM).
-CMD ["/bin/sh", "-c", "exec gunicorn -c dpmsf_core/gunicorn_conf.py -k uvicorn_worker.UvicornWorker -w 2 -b :$PORT handler.gae:app"]
+CMD ["/bin/sh", "-c", "exec gunicorn -c dpmsf_core/gunicorn_conf.py -k dpmsf_core.gunicorn_worker.UvicornWorker -w 2 -b :$PORT handler.gae:app"]

@@ -307,14 +307,14 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
         if entry.startswith("s3://"):
             from .aws.s3source import S3PluginSource
 
-            cache = os.path.join(settings.state_dir, "s3-cache", re.sub(r"[^A-Za-z0-9_.-]", "_", entry[5:]))
+            cache = _mirror_dir(settings.state_dir, "s3-cache", entry)
             source = S3PluginSource(entry, cache, refresh_seconds=settings.s3_refresh)
             sources.append(source)
             folders.append(str(source.cache_dir))
         elif entry.startswith("gs://"):
             from .gcp.gcs import GCSPluginSource
 
-            cache = os.path.join(settings.state_dir, "gcs-cache", re.sub(r"[^A-Za-z0-9_.-]", "_", entry[5:]))
+            cache = _mirror_dir(settings.state_dir, "gcs-cache", entry)
             gcs = GCSPluginSource(entry, cache, refresh_seconds=settings.gcs_refresh)
             sources.append(gcs)
             folders.append(str(gcs.cache_dir))
@@ -347,3 +347,12 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
     store.configure(settings.store_url, security.quotas.for_tenant)  # a URL only: the backend opens on first use
     registry.load()
     return app
+
+
+def _mirror_dir(state_dir: str, kind: str, url: str) -> str:
+    """The local copy of a remote plugin source: its modules are imported, so the folder must be ours alone (a
+    state folder under /tmp that another user made first is refused for a fresh one; see ``private_dir``)."""
+    from .private_dir import PrivateDir
+
+    folder = os.path.join(state_dir, kind, re.sub(r"[^A-Za-z0-9_.-]", "_", url[5:]))
+    return str(PrivateDir(folder, purpose=f"plugin mirror of {url}").get())

@@ -32,12 +32,13 @@ from typing import Any
 
 from .context import current
 from .errors import BadGateway, GatewayTimeout
+from .private_dir import PrivateDir
 from .supervision import OutputTooLarge, Supervised
 
 log = logging.getLogger("dpmsf.commands")
 _warned_no_subreaper = False
 
-__all__ = ["ProgramResult", "command_function", "minimal_env", "run_program", "run_program_sync"]
+__all__ = ["ProgramResult", "build_cache", "command_function", "minimal_env", "run_program", "run_program_sync"]
 
 DEFAULT_TIMEOUT = 30.0
 MAX_STDOUT = 6 * 1024 * 1024  # API Gateway's payload limit: a larger answer could not be sent anyway
@@ -80,6 +81,14 @@ def minimal_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     for key, value in (extra or {}).items():
         env[str(key)] = str(value)
     return env
+
+
+def build_cache(name: str) -> PrivateDir:
+    """A folder under the temp folder for what a program builds once and then runs (``javac`` classes): only this
+    server may write it, checked on every ``get()``; one planted by another user is refused (``PrivateDir``)."""
+    import tempfile
+
+    return PrivateDir(Path(tempfile.gettempdir()) / name, purpose=f"build cache {name}")
 
 
 def _display(argv: Sequence[str] | str) -> str:

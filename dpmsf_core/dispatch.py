@@ -181,16 +181,9 @@ class ServiceDispatcher:
             reset_current(token)
         if is_framework_response(result):
             ensure_running_loop()  # a streaming response runs in a task group
-            await responder.passthrough(result, scope, receive)
+            await responder.passthrough(result, scope, receive, self.settings.max_response, endpoint.api)
         else:
-            body = encode_results(result, endpoint.api)
-            if len(body) > self.settings.max_response:
-                raise FunctionFailed(
-                    f"API '{endpoint.api}' answered {len(body)} bytes, over the limit of "
-                    f"{self.settings.max_response} bytes (DPMSF_MAX_RESPONSE).",
-                    title="Response Too Large",
-                )
-            await responder.send(200, body, JSON)
+            await responder.send(200, encode_results(result, endpoint.api, self.settings.max_response), JSON)
 
     async def _invoke(self, endpoint: Endpoint, args: list[Any], kwargs: dict[str, Any]) -> Any:
         timeout = self.settings.function_timeout or None

@@ -6,8 +6,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .errors import PROBLEM_CONTENT_TYPE, DPMSFError, PayloadTooLarge
-from .responses import dumps
+from .errors import PROBLEM_CONTENT_TYPE, BadRequest, DPMSFError, PayloadTooLarge
+from .responses import dumps, too_large
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -89,14 +89,64 @@ class Responder:
             ]
         await self.send(204, b"", b"text/plain", extra)
 
-    async def passthrough(self, response: Any, scope: Scope, receive: Receive) -> None:
-        """A Response the function built goes out as built, plus our request id (and CORS/next-token headers)."""
+    async def passthrough(self, response: Any, scope: Scope, receive: Receive, limit: int, api: str) -> None:
+        """A Response the function built goes out as built, plus our request id (and CORS/next-token headers), within
+        ``limit`` bytes (DPMSF_MAX_RESPONSE): a built body or a declared length over it answers 500 instead; a
+        streamed body is cut off where it passes it (its iterator is not read further, the connection is aborted)."""
+        built = getattr(response, "body", None)
+        if isinstance(built, bytes | bytearray | memoryview) and len(built) > limit:
+            size = len(built)
+            response.body = built = b""  # refused: freed now, whoever still holds the response (the call's future)
+            raise too_large(api, size, limit)
         present = {k for k, _ in response.raw_headers}
         for name, value in self._common():
             if name not in present:
                 response.raw_headers.append((name, value))
-        self.status = response.status_code
-        await response(scope, receive, self._send)
+        sent = 0
+        # On Lambda the whole answer is one payload anyway: held back until complete, so one over the limit is the
+        # problem instead of a cut-off 200. A server streams it, and can only abort the connection.
+        held: list[dict[str, Any]] | None = [] if scope_get(scope, "aws.event") is not None else None
+
+        async def bounded(message: dict[str, Any]) -> None:
+            nonlocal sent
+            kind = message["type"]
+            if kind == "http.response.start":
+                declared = _declared_length(message.get("headers") or ())
+                if declared is not None and declared > limit:
+                    raise too_large(api, declared, limit)  # nothing sent yet: the caller gets the problem
+            elif kind == "http.response.body":
+                sent += len(message.get("body") or b"")
+                if sent > limit:
+                    if held is None:
+                        log.error(
+                            "API '%s' streamed more than %d bytes (DPMSF_MAX_RESPONSE): answer cut off, request %s",
+                            api,
+                            limit,
+                            self.rid.decode("latin-1"),
+                        )
+                    raise too_large(api, sent, limit, at_least=True)
+            if held is not None:
+                held.append(message)
+                return
+            if kind == "http.response.start":
+                self.status = message["status"]
+            await self._send(message)
+
+        await response(scope, receive, bounded)
+        for message in held or ():
+            if message["type"] == "http.response.start":
+                self.status = message["status"]
+            await self._send(message)
+
+
+def _declared_length(headers: Any) -> int | None:
+    for name, value in headers:
+        if bytes(name).lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
 
 
 def request_headers(scope: Scope) -> dict[str, str]:
@@ -121,8 +171,8 @@ async def read_body(scope: Scope, receive: Receive, headers: dict[str, str], lim
     size = 0
     while True:
         message = await receive()
-        if message["type"] == "http.disconnect":
-            break
+        if message["type"] == "http.disconnect":  # a body cut short (the client left, or its deadline passed)
+            raise BadRequest("The request's body ended early: the client disconnected.")
         chunk = message.get("body", b"")
         if chunk:
             size += len(chunk)

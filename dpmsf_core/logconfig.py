@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -55,6 +56,13 @@ class RequestLog(NamedTuple):
         return str(found) if found else None
 
 
+# The lines of a traceback that start in column 0: its headers, and ``Type: message`` right after a frame line.
+_HEADER = re.compile(
+    r"^(Traceback \(most recent call last\):|During handling of the above exception|The above exception was the "
+    r"direct cause|Stack \(most recent call last\):)"
+)
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(: |$)")
+
 current_request: ContextVar[RequestLog | None] = ContextVar("dpmsf_request", default=None)
 
 
@@ -67,8 +75,31 @@ def log_format(env: Mapping[str, str] | None = None) -> str:
     return "json" if env.get("GAE_SERVICE") or env.get("K_SERVICE") else "text"
 
 
+def _control_escapes() -> dict[int, str]:
+    """C0 and C1 controls, DEL and the Unicode line separators, each as a visible escape (``\\n``, ``\\x1b``)."""
+    table = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
+    table.update({0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\x85"})
+    del table[0x09]  # a tab forges nothing
+    return table
+
+
+_ESCAPES = _control_escapes()
+_KEEP_LINES = {k: v for k, v in _ESCAPES.items() if k != 0x0A}
+
+
+def escape_controls(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` on one line, terminal escapes shown, not run: a path with ``%0a`` or a tenant's output with newlines
+    or ``ESC[`` sequences cannot forge a log line or repaint the operator's terminal."""
+    if text.isprintable():
+        return text
+    return text.translate(_KEEP_LINES if keep_newlines else _ESCAPES)
+
+
 class LocalFormatter(logging.Formatter):
-    """``2026-12-02 01:07:33.123 INFO  [rid] name: message``: time, level and request id on every line."""
+    """``2026-12-02 01:07:33.123 INFO  [rid] name: message``: time, level and request id on every line.
+
+    Every field escapes control characters (``escape_controls``): messages quote paths, headers and tenant
+    output. A traceback keeps its line breaks (each of its lines is indented or starts with its own header)."""
 
     default_time_format = "%Y-%m-%d %H:%M:%S"
     default_msec_format = "%s.%03d"
@@ -79,8 +110,32 @@ class LocalFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         request = current_request.get()
-        record.request_id = request.request_id if request is not None else "-"
+        record.request_id = escape_controls(request.request_id) if request is not None else "-"
         return super().format(record)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        record.name = escape_controls(record.name)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
+
+def _indented(block: str) -> str:
+    """A traceback's lines, controls escaped; an exception's own message that spans lines (it may quote a request)
+    has its continuation lines indented, so no line of it starts like a log line."""
+    out: list[str] = []
+    previous = " "
+    for line in escape_controls(block, keep_newlines=True).split("\n"):
+        own = not line or line[0] in " \t" or _HEADER.match(line) is not None
+        own = own or (previous[:1] in (" ", "\t") and _EXCEPTION_LINE.match(line) is not None)
+        out.append(line if own else "    " + line)
+        previous = line
+    return "\n".join(out)
 
 
 def make_formatter() -> logging.Formatter:

@@ -55,10 +55,65 @@ def dumps(value: Any) -> bytes:
     return "".join(_c_encode(value, 0)).encode("utf-8")
 
 
-def encode_results(value: Any, api: str) -> bytes:
-    """The 200 body; a value JSON cannot carry answers 500 naming the type instead of a half-written body."""
+def too_large(api: str, size: int, limit: int, *, at_least: bool = False) -> FunctionFailed:
+    """The 500 for an answer over ``DPMSF_MAX_RESPONSE``, whichever way the function answered."""
+    amount = f"more than {limit}" if at_least else str(size)
+    return FunctionFailed(
+        f"API '{api}' answered {amount} bytes, over the limit of {limit} bytes (DPMSF_MAX_RESPONSE).",
+        title="Response Too Large",
+    )
+
+
+class _OverLimit(Exception):
+    """Raised inside the bounded encoder as soon as the pieces written pass the limit."""
+
+
+def _pieces(value: Any, out: list[bytes], room: list[int], depth: int) -> None:
+    """``value`` as JSON into ``out``, one piece per item of the outer containers, stopping once ``room`` is spent:
+    a list of a thousand large documents is never encoded whole before its size is known."""
+    if depth and isinstance(value, list | tuple) and value:
+        out.append(b"[")
+        for i, item in enumerate(value):
+            if i:
+                out.append(b",")
+            _pieces(item, out, room, depth - 1)
+        out.append(b"]")
+        room[0] -= len(value) + 1
+    elif depth and isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
+        out.append(b"{")
+        for i, (key, item) in enumerate(value.items()):
+            name = json.encoder.encode_basestring(key).encode("utf-8")
+            out.append(b"," + name + b":" if i else name + b":")
+            room[0] -= len(name) + 1 + (1 if i else 0)
+            _pieces(item, out, room, depth - 1)
+        out.append(b"}")
+        room[0] -= 2
+    else:
+        piece = dumps(value)
+        out.append(piece)
+        room[0] -= len(piece)
+    if room[0] < 0:
+        raise _OverLimit
+
+
+def encode_results(value: Any, api: str, limit: int | None = None) -> bytes:
+    """The 200 body; a value JSON cannot carry answers 500 naming the type instead of a half-written body, and one
+    over ``limit`` bytes answers 500 too, found before more than about the limit (plus one item) is encoded."""
     try:
-        return dumps({"results": value})
+        if limit is None:
+            return dumps({"results": value})
+        out: list[bytes] = []
+        room = [limit]
+        try:
+            _pieces({"results": value}, out, room, depth=3)
+        except _OverLimit:
+            if len(out) == 3:  # the result was one piece, encoded whole: its size is known exactly
+                raise too_large(api, sum(map(len, out)) + 1, limit) from None
+            raise too_large(api, 0, limit, at_least=True) from None
+        body = b"".join(out)
+        if len(body) > limit:  # separators are counted only when a container closes
+            raise too_large(api, len(body), limit)
+        return body
     except (TypeError, ValueError, RecursionError) as exc:
         raise FunctionFailed(f"API '{api}' returned a value that is not JSON-encodable: {exc}") from None
 

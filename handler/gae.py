@@ -1,5 +1,6 @@
-"""Google App Engine entry point: ``gunicorn -c dpmsf_core/gunicorn_conf.py -k uvicorn_worker.UvicornWorker
-handler.gae:app`` (app.yaml); the same app serves the container image (Dockerfile) on Cloud Run.
+"""Google App Engine entry point: ``gunicorn -c dpmsf_core/gunicorn_conf.py
+-k dpmsf_core.gunicorn_worker.UvicornWorker handler.gae:app`` (app.yaml); the same app serves the container image
+(Dockerfile) on Cloud Run.
 
 Logging is configured before the plugins load, so that their errors are Cloud Logging entries too (a no-op when
 gunicorn already applied ``dpmsf_core.gunicorn_conf``).

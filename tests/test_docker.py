@@ -280,9 +280,15 @@ def test_the_dockerfile_app_runs_from_exactly_what_it_copies(tmp_path: Path) -> 
     shell, flag, line = _cmd("Dockerfile")
     command = [shell, flag, line.replace("-b :$PORT", "-b 127.0.0.1:$PORT")]  # loopback here, every interface there
     base = f"http://127.0.0.1:{port}"
+    (app / "my_plugins" / "mine.py").write_text("def mine(name: str) -> dict:\n    return {'hello': name}\n")
     with running(command, app, env, tmp_path / "server.log", base + "/"):
-        answer = httpx.get(base + "/rest/services/hello-world/", params={"name": "run"}, timeout=10)
+        answer = httpx.get(base + "/rest/services/mine/", params={"name": "run"}, timeout=10)
         assert answer.status_code == 200 and answer.json()["results"]["hello"] == "run"
+        # the bundled demos are in the image but not served: no anonymous todo writes, no hello-world
+        for demo in ("hello-world/", "todo/tasks/", "hello-java/"):
+            assert httpx.get(base + "/rest/services/" + demo, timeout=10).status_code == 404, demo
+        posted = httpx.post(base + "/rest/services/todo/tasks/", json={"title": "x" * 1000}, timeout=10)
+        assert posted.status_code == 404 and not list(state.glob("store.db*"))  # nothing stored
     entries = [json.loads(line) for line in (tmp_path / "server.log").read_text().splitlines()]
     assert entries and all(e["severity"] in ("INFO", "WARNING", "ERROR") for e in entries)
     ours = [e for e in entries if e["logger"].startswith("dpmsf")]

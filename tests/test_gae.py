@@ -38,6 +38,7 @@ def gae_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {
         **os.environ,
         "DPMSF_STATE_DIR": str(state),
+        "DPMSF_PLUGINS": "my_plugins:.",  # the operator's opt-in to the bundled demos (app.yaml serves my_plugins/)
         "ADMIN_ID": ADMIN,
         "DPMSF_ADMIN_KEY": ADMIN_KEY,
         "DPMSF_TENANTS": f"sqlite:///{state}/tenants.db",
@@ -95,6 +96,7 @@ def test_gcprunner_applies_app_yaml_and_binds_loopback() -> None:
     assert "DPMSF_STATE_DIR=/tmp/dpmsf\n" in out and "DPMSF_REPLAY_STORE=firestore://dpmsf-replay\n" in out
     assert "DPMSF_TENANTS=firestore://dpmsf-tenants\n" in out and "DPMSF_STORE=firestore://dpmsf-store\n" in out
     assert "DPMSF_REQUIRE_TOKENS=1\n" in out  # the caller's environment wins over app.yaml
+    assert "DPMSF_PLUGINS=my_plugins\n" in out  # the user's plugins only: not the bundled demos
     assert "-b 127.0.0.1:$PORT" in out and "PORT=8080\n" in out
     assert "NO_GCE_CHECK=true\n" in out  # google-auth never asks the metadata server (169.254.169.254) here
     assert "GOOGLE_CLOUD_PROJECT=demo-dpmsf-local\n" in out  # a "demo-" project never reaches Google
@@ -174,6 +176,7 @@ def test_app_yaml_firestore_defaults(tmp_path: Path) -> None:
                 "FIRESTORE_EMULATOR_HOST": host,
                 "GOOGLE_CLOUD_PROJECT": emulator.PROJECT,
                 "DPMSF_STATE_DIR": str(tmp_path / "state"),
+                "DPMSF_PLUGINS": "my_plugins:.",  # opted into the bundled demos: hello-world
                 "ADMIN_ID": ADMIN,
                 "DPMSF_ADMIN_KEY": ADMIN_KEY,
                 "DPMSF_MASTER_KEY": generate_key(),
@@ -231,6 +234,7 @@ def test_dev_appserver_runs_app_yaml(tmp_path: Path) -> None:
     state = tmp_path / "state"
     overrides = {  # instance-local SQLite (each file shared by the two workers) instead of Firestore
         "DPMSF_STATE_DIR": str(state),
+        "DPMSF_PLUGINS": "my_plugins:.",  # opted into the bundled demos: hello-world
         "DPMSF_TENANTS": f"sqlite:///{state}/tenants.db",
         "DPMSF_STORE": f"sqlite:///{state}/store.db",
         "DPMSF_REPLAY_STORE": f"sqlite:///{state}/replay.db",

@@ -134,7 +134,7 @@ def test_gunicorn_locally_writes_the_readable_format(plugins: Path, tmp_path: Pa
         "-c",
         "dpmsf_core/gunicorn_conf.py",
         "-k",
-        "uvicorn_worker.UvicornWorker",
+        "dpmsf_core.gunicorn_worker.UvicornWorker",
         "-w",
         "2",
         "-b",

@@ -57,7 +57,9 @@ def test_globals(template: dict[str, Any]) -> None:
         "EnableFunctionUrl",
         "EnableHttpApi",
     }
-    assert template["Parameters"]["PluginSource"]["Default"] == "."
+    # the stack's bucket, the user's plugins: the bundled demos (todo: anonymous writes) are opt-in ("." or ".:s3")
+    assert template["Parameters"]["PluginSource"]["Default"] == "s3"
+    assert "." in template["Parameters"]["PluginSource"]["AllowedValues"]
     assert template["Parameters"]["MasterKey"]["NoEcho"] is True
 
 
@@ -180,9 +182,12 @@ def test_app_yaml() -> None:
     app = yaml.safe_load((ROOT / "app.yaml").read_text())
     assert app["runtime"] == "python312"
     assert app["entrypoint"] == (
-        "gunicorn -c dpmsf_core/gunicorn_conf.py -k uvicorn_worker.UvicornWorker -w 2 -b :$PORT handler.gae:app"
+        "gunicorn -c dpmsf_core/gunicorn_conf.py -k dpmsf_core.gunicorn_worker.UvicornWorker -w 2 -b :$PORT "
+        "handler.gae:app"
     )
-    assert app["env_variables"]["DPMSF_PLUGINS"] == "."
+    plugins = app["env_variables"]["DPMSF_PLUGINS"].split(":")
+    assert plugins == ["my_plugins"] and "." not in plugins  # the bundled demos are opt-in
+    assert (ROOT / "my_plugins").is_dir() and not list((ROOT / "my_plugins").glob("*.py"))
     assert all(isinstance(v, str) for v in app["env_variables"].values())  # App Engine wants strings
 
 

@@ -39,6 +39,16 @@ def path_hint() -> str | None:
     return f"'dpmsf' is not on your PATH: run {shown}, or 'source {activate}' first"
 
 
+def _config(app: Any, options: dict[str, Any], **extra: Any) -> uvicorn.Config:
+    """uvicorn's config with our HTTP protocol: header and body deadlines, a connection limit (``slow_clients``)."""
+    from ..slow_clients import Limits, guarded_protocol
+
+    limits = Limits.from_env()
+    config = uvicorn.Config(app, **{"http": guarded_protocol(limits), **options, **extra})
+    config.dpmsf_limits = limits  # type: ignore[attr-defined]  # read by the protocol, in every worker process
+    return config
+
+
 def run(app: Any, options: dict[str, Any], workers: int, banner: Callable[[], list[str]]) -> None:
     """``uvicorn.run(app, **options)``, plus the banner after the listening socket exists."""
 
@@ -49,7 +59,7 @@ def run(app: Any, options: dict[str, Any], workers: int, banner: Callable[[], li
     if workers > 1:
         from uvicorn.supervisors import Multiprocess
 
-        config = uvicorn.Config(app, workers=workers, factory=True, **options)
+        config = _config(app, options, workers=workers, factory=True)
         sock = config.bind_socket()  # the supervisor binds once; every worker serves that socket
         show()
         kwargs: dict[str, Any] = {"sockets": [sock]}
@@ -60,7 +70,7 @@ def run(app: Any, options: dict[str, Any], workers: int, banner: Callable[[], li
         except KeyboardInterrupt:
             pass
         return
-    server = _BannerServer(uvicorn.Config(app, **options), show)
+    server = _BannerServer(_config(app, options), show)
     try:
         server.run()
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ back, ``swagger.py`` serves ``/docs``; ``tests/test_schemathesis.py`` checks the
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -116,9 +117,19 @@ def build_openapi(
     }
 
 
+def _literal(text: str) -> str:
+    """A tenant's text as text: Swagger UI renders descriptions as Markdown (remote images, links, HTML) in the
+    admin's browser too, so it goes in a fenced block longer than any run of tildes in it: nothing inside renders."""
+    longest = max((len(run) for run in re.findall(r"~+", text)), default=0)
+    fence = "~" * max(3, longest + 1)
+    return f"{fence}text\n{text}\n{fence}"
+
+
 def _operation(ep: Endpoint, method: str, unique: bool, settings: Settings, components: Components) -> dict[str, Any]:
     shape = request_shape(ep, method, components)
     doc = ep.doc or ""
+    if doc and not ep.trusted:
+        doc = _literal(doc)
     notes = []
     if unique:
         notes.append(f"Also served unqualified: `{method} {SERVICES_PREFIX}/{ep.route()}/`.")
@@ -130,7 +141,7 @@ def _operation(ep: Endpoint, method: str, unique: bool, settings: Settings, comp
         notes.append(f"URL segments fill the parameters in order: `{SERVICES_PREFIX}/{ep.module}/{ep.api}/{fill}/`.")
     op: dict[str, Any] = {
         "operationId": ".".join((ep.module, *ep.route().replace("{", "").replace("}", "").split("/"), method.lower())),
-        "summary": ep.summary or (doc.splitlines()[0] if doc else ep.api),
+        "summary": _summary(ep),
         "description": "\n\n".join([doc, *notes]) if doc else "\n\n".join(notes),
         "tags": [ep.module],
         "parameters": shape.parameters,
@@ -141,6 +152,12 @@ def _operation(ep: Endpoint, method: str, unique: bool, settings: Settings, comp
     if settings.require_tokens if ep.auth is None else ep.auth:
         op["security"] = [{"dpmsfToken": []}]
     return op
+
+
+def _summary(ep: Endpoint) -> str:
+    """One line: the endpoint's summary, else its docstring's first line (Swagger UI shows it as plain text)."""
+    line = ep.summary or (ep.doc.splitlines()[0] if ep.doc else ep.api)
+    return line if ep.trusted else " ".join(line.split())[:200]
 
 
 def _tag(ep: Endpoint, snapshot: Snapshot) -> dict[str, Any]:

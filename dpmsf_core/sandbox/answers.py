@@ -20,6 +20,7 @@ from ..errors import (
     TenantFunctionError,
 )
 from . import channel
+from .headers import tenant_headers
 from .process import OutputOverBudget, SandboxLimits, WorkerDied, WorkerProcess, WorkerTimedOut
 
 log = logging.getLogger("dpmsf.sandbox")
@@ -60,9 +61,7 @@ def outcome(
         return True, None, PayloadTooLarge(f"sandboxed function '{function}': {detail}", title="Result Too Large")
     if kind == "http":
         status = answer.get("status")
-        headers = answer.get("headers")
-        headers = {str(k)[:100]: str(v)[:1000] for k, v in headers.items()} if isinstance(headers, dict) else {}
-        headers = {k: v for k, v in headers.items() if header_allowed(k) and header_safe(k) and header_safe(v)}
+        headers = tenant_headers(answer.get("headers"))  # an allow-list, bounded: never X-Accel-Redirect & co
         if isinstance(status, int) and 400 <= status <= 599:
             return True, None, HTTPError(status, detail or None, headers=headers or None)
         error = FunctionFailed(f"sandboxed function '{function}' raised HTTPError with invalid status {status!r}")
@@ -99,18 +98,3 @@ def too_much_output(function: str, why: str) -> DPMSFError:
         f"sandboxed function '{function}' sent more than a call may send to the server: {why[:200]}",
         title="Output Too Large",
     )
-
-
-_GUEST_HEADERS = frozenset({"retry-after", "www-authenticate", "location", "cache-control", "content-language"})
-
-
-def header_allowed(name: str) -> bool:
-    """Headers tenant code may set on its error answers: never framing, cookies, CORS or our own headers."""
-    lowered = name.lower()
-    ours = lowered.startswith(("x-dpmsf", "x-request-id"))
-    return lowered in _GUEST_HEADERS or (lowered.startswith("x-") and not ours)
-
-
-def header_safe(text: str) -> bool:
-    """A header a guest asks for must be latin-1 without line breaks (else it is dropped, not answered)."""
-    return text.isprintable() and all(ord(c) < 256 for c in text)

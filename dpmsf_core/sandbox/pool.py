@@ -100,8 +100,8 @@ class SandboxPool:
         self.python = python
         self.store = store
         self.on_call = on_call  # told what each call cost (usage.py), ok or not: for metering
-        cache = cache_dir or default_cache_dir()
-        self.compiled = runtime.compiled_module(cache).path  # verified; compiled here at most once per machine
+        self.cache_dir = cache_dir or default_cache_dir()
+        self.compiled = runtime.compiled_module(self.cache_dir).path  # verified; compiled at most once per machine
         self.run_as: int | None = None
         if run_as is not None or os.geteuid() == 0:
             self.python, self.run_as = unprivileged_python(python, run_as or UNPRIVILEGED, self.compiled)
@@ -118,6 +118,7 @@ class SandboxPool:
     def _start_worker(self) -> WorkerProcess:
         """A fresh worker. Should its start run out of its own CPU budget (no tenant code has run yet), it gets one
         more try."""
+        self.compiled = runtime.compiled_module(self.cache_dir).path  # its folder and file checked at every use
         try:
             return WorkerProcess(self.python, self.limits, self.compiled, self.run_as)
         except StartOutOfTime as exc:
@@ -382,7 +383,8 @@ def _sha256(source: str) -> str:
 
 
 def default_cache_dir() -> str:
-    """Where the compiled interpreter is kept: readable by the workers (they may run as another uid), ours only."""
+    """Where the compiled interpreter is kept: a folder of ours only that the workers (maybe another uid) may enter;
+    ``runtime.compiled_module`` checks it (``private_dir.PrivateDir``) and uses a fresh one if it is not."""
     import tempfile
 
     return os.environ.get("DPMSF_SANDBOX_CACHE") or os.path.join(tempfile.gettempdir(), f"dpmsf-sandbox-{os.geteuid()}")

@@ -11,8 +11,10 @@ of its own SHA-256, which is checked before each load. ``dpmsf package`` puts th
 artefact (``PRECOMPILED_NAME`` next to this file) so that no Lambda cold start compiles.
 
 A compiled module is native code: loading one from a folder others can write would hand them the server. The
-cache folder is created 0755 (the workers may run as an unprivileged uid and must read it) and a file whose
-owner is not us, or that others can write, is not loaded. The compiled module holds no secret.
+cache folder must be a directory of ours that nobody else can write, not a symlink, checked on every use
+(``private_dir.PrivateDir``); else a fresh private folder is used. It is 0711 and the module 0644: the workers
+may run as an unprivileged uid and must open it by name, and the compiled module holds no secret. A file whose
+owner is not us, or that others can write, is not loaded; one that changed since it was verified is verified again.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ServiceUnavailable
+from ..private_dir import PrivateDir
 
 log = logging.getLogger("dpmsf.sandbox")
 
@@ -52,6 +55,7 @@ class Compiled:
 
     path: str
     sha256: str
+    stamp: tuple[int, int, int, int] = (0, 0, 0, 0)  # (device, inode, size, mtime) when verified
 
 
 def engine_config() -> Any:
@@ -122,7 +126,7 @@ def compile_to(target: Path, target_arch: str | None = None) -> Compiled:
     _write_atomic(target, data)
     record = {"sha256": digest, "key": cache_key(target_arch), "wasm_sha256": WASM_SHA256}
     _write_atomic(_record_path(target), json.dumps(record).encode())
-    return Compiled(str(target), digest)
+    return Compiled(str(target), digest, _stamp(target))
 
 
 def _record_path(target: Path) -> Path:
@@ -142,15 +146,22 @@ def _write_atomic(target: Path, data: bytes) -> None:
 
 
 def _trusted_file(path: Path) -> bool:
-    """Ours, and nobody else may write it or its folder: a compiled module is native code."""
+    """Ours, not a symlink, and nobody else may write it or its folder: a compiled module is native code."""
     try:
         for item in (path, path.parent):
-            info = item.stat()
-            if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            info = os.lstat(item)
+            if info.st_uid != os.geteuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                return False
+            if stat.S_ISLNK(info.st_mode):
                 return False
     except OSError:
         return False
     return True
+
+
+def _stamp(path: Path) -> tuple[int, int, int, int]:
+    info = os.lstat(path)
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 def _verified(path: Path, check_owner: bool) -> Compiled | None:
@@ -166,6 +177,7 @@ def _verified(path: Path, check_owner: bool) -> Compiled | None:
         return None
     digest = hashlib.sha256()
     try:
+        stamp = _stamp(path)
         with open(path, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
@@ -174,25 +186,46 @@ def _verified(path: Path, check_owner: bool) -> Compiled | None:
     if digest.hexdigest() != record.get("sha256"):
         log.warning("sandbox: ignoring %s: its SHA-256 does not match its record", path)
         return None
-    return Compiled(str(path), digest.hexdigest())
+    return Compiled(str(path), digest.hexdigest(), stamp)
+
+
+def _unchanged(found: Compiled, check_owner: bool) -> bool:
+    """A module verified before is still that file (same inode, size and time) and still only ours to write."""
+    path = Path(found.path)
+    try:
+        same = _stamp(path) == found.stamp
+    except OSError:
+        return False
+    return same and (not check_owner or _trusted_file(path))
 
 
 _lock = threading.Lock()
 _compiled: dict[str, Compiled] = {}
+_folders: dict[str, PrivateDir] = {}
 
 
 def compiled_module(cache_dir: str) -> Compiled:
-    """The compiled interpreter: shipped in the package, else cached in ``cache_dir``, else compiled there now."""
+    """The compiled interpreter: shipped in the package, else cached in ``cache_dir``, else compiled there now.
+
+    Called at every worker start: the cache folder is checked again each time (``PrivateDir``), and a module
+    verified before is trusted only while it is the same file, still ours alone; else it is verified again."""
     with _lock:
-        found = _compiled.get(cache_dir)
-        if found is not None:
-            return found
+        previous = _compiled.get(cache_dir)
         shipped = Path(__file__).with_name(PRECOMPILED_NAME.format(arch=arch()))
-        found = _verified(shipped, check_owner=False) if shipped.exists() else None
+        if previous is not None and previous.path == str(shipped) and _unchanged(previous, check_owner=False):
+            return previous
+        found = None
+        if previous is None or previous.path == str(shipped):
+            found = _verified(shipped, check_owner=False) if shipped.exists() else None
         if found is None:
-            folder = Path(cache_dir)
-            folder.mkdir(mode=0o755, parents=True, exist_ok=True)
-            cached = folder / f"python-3.12.0-{cache_key()}.cwasm"
+            private = _folders.get(cache_dir)
+            if private is None:
+                private = _folders[cache_dir] = PrivateDir(
+                    cache_dir, purpose="sandbox interpreter cache", traversable=True
+                )
+            cached = private.get() / f"python-3.12.0-{cache_key()}.cwasm"
+            if previous is not None and previous.path == str(cached) and _unchanged(previous, check_owner=True):
+                return previous
             found = _verified(cached, check_owner=True) if cached.exists() else None
             if found is None:
                 wasm_path()  # a clear "not installed" before any wasmtime import error

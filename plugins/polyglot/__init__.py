@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from dpmsf_core import expose
-from dpmsf_core.commands import run_program
+from dpmsf_core.commands import build_cache, run_program
 from dpmsf_core.errors import BadGateway
+from dpmsf_core.private_dir import PrivateDir
 
 _HERE = Path(__file__).resolve().parent
 
@@ -27,17 +28,23 @@ hello_node = expose.command(API="hello-node", argv=["node", "hello.js"], method=
 hello_shell = expose.command(API="hello-shell", argv=["sh", "greet.sh"], method="GET|POST", timeout=5)
 
 
+_caches: dict[str, PrivateDir] = {}  # by temp folder: each keeps its own fallback if the shared one is refused
+
+
 async def _java_classes() -> Path:
-    """Compile Hello.java once per source version into a cache folder (under /tmp, writable on Lambda too)."""
+    """Compile Hello.java once per source version into a cache folder (under /tmp, writable on Lambda too) that
+    only this server can write: classes another user planted there would run as the server."""
     source = _HERE / "Hello.java"
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
-    target = Path(tempfile.gettempdir()) / "dpmsf-java" / digest
+    cache = _caches.get(tempfile.gettempdir())
+    if cache is None:
+        cache = _caches[tempfile.gettempdir()] = build_cache("dpmsf-java")
+    target = cache.get() / digest
     if (target / "Hello.class").is_file():
         return target
     missing = [tool for tool in ("javac", "java") if shutil.which(tool) is None]
     if missing:
         raise BadGateway(f"API 'hello-java' needs a JDK: {' and '.join(missing)} not found on PATH.")
-    target.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=f"{digest}.", dir=target.parent))  # concurrent first calls each build
     try:
         await run_program(["javac", "-d", str(build), str(source)], timeout=60, name="hello-java (javac)")

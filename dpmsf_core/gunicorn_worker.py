@@ -1,0 +1,22 @@
+"""The gunicorn worker class of App Engine and the container: uvicorn's, with our HTTP protocol.
+
+``gunicorn -k dpmsf_core.gunicorn_worker.UvicornWorker``: the same deadlines for slow clients and the same
+connection limit as ``dpmsf serve`` (``DPMSF_HEADER_TIMEOUT``, ``DPMSF_BODY_TIMEOUT``, ``DPMSF_MAX_CONNECTIONS``;
+see ``slow_clients.py``), read from the environment in each worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import uvicorn_worker
+
+from .slow_clients import guarded_protocol
+
+__all__ = ["UvicornWorker"]
+
+
+class UvicornWorker(uvicorn_worker.UvicornWorker):
+    """uvicorn_worker's worker; only the HTTP protocol differs."""
+
+    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {**uvicorn_worker.UvicornWorker.CONFIG_KWARGS, "http": guarded_protocol()}

@@ -1,0 +1,205 @@
+"""Deadlines for slow clients, and a connection limit, in the HTTP protocol uvicorn runs for each connection.
+
+uvicorn closes idle keep-alive connections (``timeout_keep_alive``) but waits for a request's headers, and for its
+body, for ever: 50 clients sending a header byte now and then ("slowloris") hold 50 connections, and their
+memory, indefinitely. ``guarded_protocol()`` is uvicorn's own protocol class (httptools when installed, else h11,
+as uvicorn's ``auto`` picks) with three additions:
+
+- the request line and headers must arrive within ``DPMSF_HEADER_TIMEOUT`` seconds (default 10) of the first byte
+  of a request, or of the connection's start;
+- the body must arrive within ``DPMSF_BODY_TIMEOUT`` seconds (default 60) of the headers;
+- at most ``DPMSF_MAX_CONNECTIONS`` connections (default 500) per server process; one more is answered 503 and
+  closed at once.
+
+Past a deadline the client gets **408** (problem+json, ``Connection: close``) if no answer has started, and the
+connection is closed either way; the app's ``receive()`` then reports a disconnect. ``dpmsf serve`` and the
+gunicorn worker of App Engine and the container (``dpmsf_core.gunicorn_worker``) use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # no httptools (PyPy): ``guarded_protocol`` picks GuardedH11, GuardedHttpTools is never used
+    from uvicorn.protocols.http.h11_impl import H11Protocol as HttpToolsProtocol  # type: ignore[assignment]
+
+from .errors import ConfigError
+
+__all__ = ["GuardedH11", "GuardedHttpTools", "Limits", "guarded_protocol"]
+
+log = logging.getLogger("dpmsf.http")
+
+
+class Limits:
+    """The three settings, read once from the environment, checked like every other setting."""
+
+    def __init__(self, header_timeout: float = 10.0, body_timeout: float = 60.0, max_connections: int = 500) -> None:
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.max_connections = max_connections
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Limits:
+        env = os.environ if env is None else env
+        return cls(
+            _number(env, "DPMSF_HEADER_TIMEOUT", 10.0),
+            _number(env, "DPMSF_BODY_TIMEOUT", 60.0),
+            int(_number(env, "DPMSF_MAX_CONNECTIONS", 500, integer=True)),
+        )
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, integer: bool = False) -> float:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        kind = "an integer" if integer else "a number of seconds"
+        raise ConfigError(f"Config '{name}' has value '{raw}'. Not {kind}.") from None
+    if value <= 0:
+        raise ConfigError(f"Config '{name}' has value '{raw}'. Must be greater than 0.")
+    return value
+
+
+def _problem(status: int, title: str, slug: str, detail: str) -> bytes:
+    """A whole HTTP/1.1 answer, written on the socket by the protocol: no request reached the app."""
+    problem = {"type": f"https://dpmsf.dev/problems/{slug}", "title": title, "status": status, "detail": detail}
+    body = json.dumps(problem).encode()
+    head = (
+        f"HTTP/1.1 {status} {title}\r\ncontent-type: application/problem+json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+class _Deadlines:
+    """The mixin: one timer per connection, armed while a request's headers or body are awaited."""
+
+    limits: Limits
+    transport: asyncio.Transport
+    connections: set[Any]
+    cycle: Any
+    client: Any
+    _timer: asyncio.TimerHandle | None = None
+    _phase: str = ""
+
+    def _arm(self, phase: str, seconds: float) -> None:
+        self._disarm()
+        self._phase = phase
+        self._timer = asyncio.get_running_loop().call_later(seconds, self._expired, phase, seconds)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._phase = ""
+
+    def _expired(self, phase: str, seconds: float) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        setting = "DPMSF_HEADER_TIMEOUT" if phase == "headers" else "DPMSF_BODY_TIMEOUT"
+        detail = f"The request's {phase} did not arrive within {seconds:g} s ({setting})."
+        log.info("closing a connection from %s: %s", _peer(self.client), detail)
+        cycle = self.cycle
+        if cycle is None or not cycle.response_started:
+            self.transport.write(_problem(408, "Request Timeout", "request-timeout", detail))
+        self.transport.close()
+
+    def _admit(self) -> bool:
+        """False (and the connection answered 503 and closed) when this process already holds its maximum."""
+        limit = self.limits.max_connections
+        if len(self.connections) <= limit:
+            return True
+        detail = f"This server holds its maximum of {limit} connections (DPMSF_MAX_CONNECTIONS); try again later."
+        self.transport.write(_problem(503, "Service Unavailable", "unavailable", detail))
+        self.transport.close()
+        return False
+
+
+def _peer(client: Any) -> str:
+    return f"{client[0]}:{client[1]}" if client else "?"
+
+
+def guarded_protocol(limits: Limits | None = None) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol (httptools if installed, else h11) with header and body deadlines and a connection
+    limit; pass it as ``uvicorn.Config(http=...)``, and ``limits`` as the config's ``dpmsf_limits`` attribute (read
+    from the environment otherwise). Module-level classes: uvicorn's worker processes receive them pickled."""
+    try:
+        import httptools  # noqa: F401  (uvicorn's "auto" picks it when installed; so do we)
+    except ImportError:
+        return GuardedH11
+    return GuardedHttpTools
+
+
+def limits_of(config: Any) -> Limits:
+    found = getattr(config, "dpmsf_limits", None)
+    return found if isinstance(found, Limits) else Limits.from_env()
+
+
+class GuardedHttpTools(_Deadlines, HttpToolsProtocol):
+    """httptools calls back when a message begins, its headers end and it completes: each moves the deadline."""
+
+    def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        self.limits = limits_of(config)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if self._admit():
+            self._arm("headers", self.limits.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._phase != "headers":
+            self._arm("headers", self.limits.header_timeout)
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self._arm("body", self.limits.body_timeout)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._disarm()
+
+
+class GuardedH11(_Deadlines, H11Protocol):
+    """h11 says where the peer is (``their_state``): IDLE before a request's headers end, SEND_BODY after."""
+
+    def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        self.limits = limits_of(config)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if self._admit():
+            self._arm("headers", self.limits.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE and self._phase != "headers":
+            self._arm("headers", self.limits.header_timeout)  # the first byte of a keep-alive connection's next request
+        super().data_received(data)
+        state = self.conn.their_state
+        if state is h11.SEND_BODY and self._phase != "body":
+            self._arm("body", self.limits.body_timeout)
+        elif state is not h11.IDLE and state is not h11.SEND_BODY:
+            self._disarm()

@@ -125,6 +125,7 @@ def test_gcprunner_starts_the_firestore_emulator_and_stops_it(tmp_path: Path) ->
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DPMSF_", "GAE_", "GOOGLE_", "FIRESTORE_"))}
     env |= {"HOME": str(tmp_path), "DPMSF_STATE_DIR": str(tmp_path / "state"), "DPMSF_MASTER_KEY": generate_key()}
+    env["DPMSF_PLUGINS"] = "my_plugins:."  # app.yaml serves only my_plugins/: the operator opts into the demos
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
     with running(["./gcprunner.sh", "--port", str(port)], ROOT, env, log, base + "/", 120):

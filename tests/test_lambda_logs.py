@@ -21,6 +21,23 @@ def noisy():
 """
 
 
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Any:
+    """The observer configures logging for a Lambda process; later tests in this process get theirs back."""
+    import logging
+
+    root = logging.getLogger()
+    ours = {name: logging.getLogger(name) for name in ("dpmsf", "dpmsf.access")}
+    saved = (root.handlers[:], root.level, {n: (x.level, x.handlers[:]) for n, x in ours.items()})
+    factory = logging.getLogRecordFactory()
+    yield
+    root.handlers[:], root.level = saved[0], saved[1]
+    for name, (level, handlers) in saved[2].items():
+        ours[name].setLevel(level)
+        ours[name].handlers[:] = handlers
+    logging.setLogRecordFactory(factory)
+
+
 def test_a_plugins_log_line_carries_the_request_and_cold_start(
     tmp_path: Path, plugin_dir: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:

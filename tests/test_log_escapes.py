@@ -40,11 +40,24 @@ def text_log() -> Iterator[io.StringIO]:
     old_level = root.level
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    # an earlier test's dictConfig may have disabled, silenced or detached the server's loggers: undo it here
+    ours = [logging.getLogger("dpmsf")] + [
+        logger
+        for name, logger in logging.Logger.manager.loggerDict.items()
+        if name.startswith("dpmsf.") and isinstance(logger, logging.Logger)
+    ]
+    saved = [(logger, logger.level, logger.propagate, logger.disabled) for logger in ours]
+    for logger in ours:
+        logger.setLevel(logging.NOTSET)
+        logger.propagate, logger.disabled = True, False
     try:
         yield out
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
+        for logger, level, propagate, disabled in saved:
+            logger.setLevel(level)
+            logger.propagate, logger.disabled = propagate, disabled
 
 
 def assert_no_forged_line(text: str) -> None:

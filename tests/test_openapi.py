@@ -77,7 +77,7 @@ def test_path_parameters_and_real_content_types(bundled_client: httpx.Client) ->
             "name": "task_id",
             "in": "path",
             "required": True,
-            "schema": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"},
+            "schema": {"type": "string", "maxLength": 64, "minLength": 1, "pattern": "^[^/]+$"},
         }
     ]
     # a bare Response passes through: any media type (image/png is not JSON), or none at all (204)

@@ -257,7 +257,7 @@ def test_gcprunner_runs_the_app_yaml_entrypoint(tmp_path: Path) -> None:
             "GAE_ENV": "localdev",
             "GAE_SERVICE": "default",
             "GAE_VERSION": "local",
-            "GOOGLE_CLOUD_PROJECT": "dpmsf-local",
+            "GOOGLE_CLOUD_PROJECT": "demo-dpmsf-local",
         }
     finally:
         os.killpg(proc.pid, 15)

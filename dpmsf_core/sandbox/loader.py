@@ -13,6 +13,7 @@ from ..context import RequestInfo, current, metered_call
 from ..discovery import Candidate, LoadedModule, Metadata
 from ..errors import FunctionFailed, PluginError, TenantFunctionError, UnprocessableArguments
 from ..tenancy.quotas import QuotaBook
+from .logbudget import LogBudget
 
 if TYPE_CHECKING:
     from .reader import UntrustedEndpoint, UntrustedModule
@@ -73,6 +74,7 @@ class SandboxedLoader:
         self.quotas = quotas  # each tenant's rate and concurrency quotas (the app's); None: the settings' defaults
         self._pool: Any = None
         self._lock = threading.Lock()
+        self.log_budget = LogBudget()  # what each tenant's errors may cost the operator's logs
 
     def pool(self) -> Any:
         if self._pool is None:
@@ -164,7 +166,11 @@ class SandboxedLoader:
             try:
                 return await loader._call(module, endpoint.function, list(args), kwargs)
             except TenantFunctionError as exc:
-                log.warning("sandboxed API %s in %s raised %s", endpoint.spec.api, module.filename, exc.detail)
+                line = loader.log_budget.admit(
+                    module.tenant, f"sandboxed API {endpoint.spec.api} in {module.filename} raised {exc.detail[:2000]}"
+                )
+                if line is not None:
+                    log.warning("%s", line)
                 if loader.settings.debug:
                     raise
                 raise FunctionFailed(f"API '{endpoint.spec.api}' failed; the server log has the details.") from None

@@ -112,7 +112,7 @@ def check_room(tenant: str, quotas: Quotas, used: int, delta: int) -> None:
     if delta > 0 and used + delta > quotas.store_bytes:
         raise QuotaExceeded(
             "store_mb",
-            f"Tenant '{tenant}' stores {used} bytes of documents; {delta} more would pass its quota of"
+            f"The tenant stores {used} bytes of documents; {delta} more would pass its quota of"
             f" {quotas.store_mb:g} MB (store_mb, DPMSF_TENANT_STORE_MB). Nothing was stored.",
             status=413,
         )

@@ -29,6 +29,7 @@ __all__ = [
     "firestore_id",
     "firestore_no_document",
     "parse_backend_url",
+    "redact",
 ]
 
 # -- backend URLs --------------------------------------------------------------------------------------------------
@@ -38,6 +39,7 @@ _FORMS = {
     "sqlite": "sqlite:///path/to/file.db",
     "dynamodb": "dynamodb://table-name",
     "firestore": "firestore://collection",
+    "postgresql": "postgresql://user:password@host:5432/dbname",
 }
 _FIRESTORE_COLLECTION = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}$")
 _FIRESTORE_DATABASE = re.compile(r"^(\(default\)|[a-z][a-z0-9-]{0,62})$")
@@ -48,8 +50,9 @@ class BackendURLError(ConfigError, ValueError):
 
 
 class BackendURL(NamedTuple):
-    """``kind`` is ``memory``, ``sqlite``, ``dynamodb`` or ``firestore``; ``target`` the SQLite path, the table name
-    or the Firestore root collection; ``database`` the Firestore database (None: ``(default)``)."""
+    """``kind`` is ``memory``, ``sqlite``, ``dynamodb``, ``firestore`` or ``postgresql``; ``target`` the SQLite path,
+    the table name, the Firestore root collection or the whole PostgreSQL URL; ``database`` the Firestore database
+    (None: ``(default)``)."""
 
     kind: str
     target: str = ""
@@ -59,7 +62,8 @@ class BackendURL(NamedTuple):
 
 def parse_backend_url(url: str, what: str, kinds: Sequence[str] = ("memory", "sqlite", "dynamodb")) -> BackendURL:
     """``memory``, ``sqlite:///relative.db``, ``sqlite:////abs/path.db``, ``dynamodb://table[?endpoint_url=...]`` or
-    ``firestore://collection[?database=name]`` (the project is the environment's: ``GOOGLE_CLOUD_PROJECT``).
+    ``firestore://collection[?database=name]`` (the project is the environment's: ``GOOGLE_CLOUD_PROJECT``) or
+    ``postgresql://user:password@host:port/dbname[?sslmode=...]`` (a libpq URL; its password is never echoed).
 
     ``what`` names the setting in the error: ``Store URL has value 'x'. Choices are: ...``.
     """
@@ -87,11 +91,23 @@ def parse_backend_url(url: str, what: str, kinds: Sequence[str] = ("memory", "sq
             and (database is None or _FIRESTORE_DATABASE.match(database))
         ):
             return BackendURL("firestore", parts.netloc, database=database)
+    if "postgresql" in kinds and raw.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(raw)
+        if parts.hostname and parts.path.strip("/") and "/" not in parts.path.strip("/"):
+            return BackendURL("postgresql", raw)
     choices = "|".join(_FORMS[k] for k in kinds)
     local = " (add '?endpoint_url=http://...' for a local DynamoDB)" if "dynamodb" in kinds else ""
     if "firestore" in kinds:
         local += " (Firestore: '?database=name' for a named database; the emulator from FIRESTORE_EMULATOR_HOST)"
-    raise BackendURLError(f"{what} has value {url!r}. Choices are: {choices}{local}")
+    raise BackendURLError(f"{what} has value {redact(str(url))!r}. Choices are: {choices}{local}")
+
+
+_CREDENTIALS = re.compile(r"(://[^/\s:@]*:)[^@\s/]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of any ``scheme://user:password@`` in it replaced by ``***`` (for logs, errors)."""
+    return _CREDENTIALS.sub(r"\1***@", text)
 
 
 # -- SQLite --------------------------------------------------------------------------------------------------------

@@ -113,9 +113,9 @@ def _firestore_probe(collection: str, database: str | None, timeout: float) -> P
 
 def _postgresql_probe(url: str, timeout: float) -> Probe:
     def probe() -> None:
-        from ._postgres import ping
+        from ._backends import postgres_ping
 
-        ping(url, timeout)
+        postgres_ping(url, timeout)
 
     return probe
 

@@ -295,6 +295,10 @@ class PostgresPerProcess:
                         name="dpmsf",
                     )
                     self._pid = os.getpid()
+                    import weakref
+
+                    # a store dropped without close() closes its connections then, not in the pool's __del__
+                    weakref.finalize(self, self._pool.close)
         return self._pool
 
     def connection(self) -> Any:

@@ -1,5 +1,5 @@
-"""Two ``dpmsf serve`` replicas sharing a real PostgreSQL replay store, over HTTP: a token presented to both at once
-is accepted exactly once; ``/readyz`` checks the database and never shows its password."""
+"""Two ``dpmsf serve`` replicas sharing a real PostgreSQL server for tenants and used tokens, over HTTP: a token
+presented to both at once is accepted exactly once; ``/readyz`` checks the database and never shows its password."""
 
 from __future__ import annotations
 
@@ -43,14 +43,14 @@ def _env(tmp: Path, name: str, **extra: str) -> dict[str, str]:
 
 @pytest.fixture
 def replicas(tmp_path: Path, pg_url: str) -> Iterator[tuple[list[str], str, str]]:
-    """Two replicas (each its own state folder, like two machines) with the replay store in PostgreSQL; the tenant
-    registry is a SQLite file both read (PostgreSQL tenants are not this test's subject)."""
+    """Two replicas (each its own state folder, like two machines) with the tenant registry and the replay store in
+    one PostgreSQL database; both create the admin tenant at start-up, one wins."""
     (tmp_path / "plugins").mkdir()
     (tmp_path / "plugins" / "who.py").write_text(WHOAMI)
     admin, key = str(uuid.uuid4()), generate_key()
     shared = {
         "DPMSF_REPLAY_STORE": pg_url,
-        "DPMSF_TENANTS": f"sqlite:///{tmp_path}/tenants.db",
+        "DPMSF_TENANTS": pg_url,
         "DPMSF_MASTER_KEY": generate_key(),
         "ADMIN_ID": admin,
         "DPMSF_ADMIN_KEY": key,
@@ -99,7 +99,8 @@ def test_a_token_sent_to_two_replicas_at_once_is_accepted_once(replicas: tuple[l
     print("postgres replay over HTTP, 2 dpmsf serve replicas: 30 tokens x 4 concurrent requests, wins", dict(winners))
     for base in bases:
         ready = httpx.get(f"{base}/readyz")
-        assert ready.status_code == 200 and ready.json()["checks"]["replay"] == "ok", ready.text
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"] == {"plugins": "ok", "store": "ok", "tenants": "ok", "replay": "ok"}
 
 
 def test_readyz_with_postgres_down_says_replay_and_not_the_password(tmp_path: Path) -> None:

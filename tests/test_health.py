@@ -237,3 +237,23 @@ def test_dpmsf_serve_logs_json_lines_when_asked(tmp_path: Path) -> None:
     assert any("/rest/services/nap/" in entry["message"] for entry in access), logged
     assert {"severity", "message", "time"} <= set(access[0])
     assert any(entry["message"] == "Shutting down" for entry in logged), logged
+
+
+def test_the_container_command_drains_on_sigterm_too(tmp_path: Path) -> None:
+    """The Dockerfile's gunicorn command line (and app.yaml's): a slow request finishes after SIGTERM, exit 0."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    command = [gunicorn, "-c", "dpmsf_core/gunicorn_conf.py", "-k", "dpmsf_core.gunicorn_worker.UvicornWorker"]
+    command += ["-w", "1", "-b", f"127.0.0.1:{port}", "handler.gae:app"]
+    env = _env(tmp_path, DPMSF_GRACE_SECONDS="15")
+    with running(command, ROOT, env, tmp_path / "server.log", f"{base}/healthz") as proc:
+        out: dict[str, Any] = {}
+        caller = threading.Thread(target=_slow_call, args=(base, 2, out))
+        caller.start()
+        time.sleep(0.8)
+        proc.send_signal(signal.SIGTERM)
+        caller.join(30)
+        code = proc.wait(timeout=20)
+    assert out == {"status": 200, "body": {"results": "rested"}}, (tmp_path / "server.log").read_text()[-3000:]
+    assert code == 0

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from conftest import ROOT, free_port
 from serverproc import running
 
@@ -176,10 +177,11 @@ def _slow_call(base: str, seconds: float, out: dict[str, Any]) -> None:
         out["error"] = repr(exc)
 
 
-def test_sigterm_lets_a_slow_request_finish_refuses_new_ones_and_exits_0(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "workers-2"])
+def test_sigterm_lets_a_slow_request_finish_refuses_new_ones_and_exits_0(tmp_path: Path, workers: int) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    command = [DPMSF, "serve", "--port", str(port)]
+    command = [DPMSF, "serve", "--port", str(port), "--workers", str(workers)]
     env = _env(tmp_path, DPMSF_GRACE_SECONDS="20")
     with running(command, ROOT, env, tmp_path / "server.log", f"{base}/healthz") as proc:
         out: dict[str, Any] = {}

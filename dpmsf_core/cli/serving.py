@@ -60,6 +60,8 @@ def run(app: Any, options: dict[str, Any], workers: int, banner: Callable[[], li
     if workers > 1:
         from uvicorn.supervisors import Multiprocess
 
+        _Supervisor = _draining_supervisor(Multiprocess)
+
         config = _config(app, options, workers=workers, factory=True)
         sock = config.bind_socket()  # the supervisor binds once; every worker serves that socket
         show()
@@ -67,7 +69,7 @@ def run(app: Any, options: dict[str, Any], workers: int, banner: Callable[[], li
         if "target" in inspect.signature(Multiprocess).parameters:  # uvicorn before 0.30 wanted the target too
             kwargs["target"] = uvicorn.Server(config).run
         try:
-            Multiprocess(config, **kwargs).run()
+            _Supervisor(config, **kwargs).run()
         except KeyboardInterrupt:
             pass
         return
@@ -106,6 +108,19 @@ def _leave_stuck_threads(wait: float = 1.0) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def _draining_supervisor(base: type[Any]) -> type[Any]:
+    """uvicorn's supervisor, closing its copy of the listening socket on SIGTERM: while the workers drain, a new
+    connection is refused at once (and sent elsewhere by a load balancer) instead of waiting in the backlog."""
+
+    class Supervisor(base):
+        def handle_term(self) -> None:
+            for sock in self.sockets:
+                sock.close()
+            super().handle_term()
+
+    return Supervisor
 
 
 def _drained(signum: int, frame: Any) -> None:

@@ -1,7 +1,8 @@
-"""The one copy of the plumbing every backend needs: URLs, a SQLite connection per thread, AWS and Firestore clients.
+"""The one copy of the plumbing every backend needs: URLs, a SQLite connection per thread, AWS and Firestore clients,
+a PostgreSQL connection pool per process.
 
 Used by the document store, the replay store, the tenant registry, the upload stores and the S3 plugin source.
-Nothing here imports boto3 or google-cloud-firestore until a client is asked for.
+Nothing here imports boto3, google-cloud-firestore or psycopg until a client is asked for.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = [
     "BackendURL",
     "BackendURLError",
     "FirestorePerProcess",
+    "PostgresPerProcess",
     "SQLitePerThread",
     "aws_client",
     "aws_error",
@@ -29,6 +31,9 @@ __all__ = [
     "firestore_id",
     "firestore_no_document",
     "parse_backend_url",
+    "postgres_ignore_exists",
+    "postgres_ping",
+    "redact",
 ]
 
 # -- backend URLs --------------------------------------------------------------------------------------------------
@@ -38,6 +43,7 @@ _FORMS = {
     "sqlite": "sqlite:///path/to/file.db",
     "dynamodb": "dynamodb://table-name",
     "firestore": "firestore://collection",
+    "postgresql": "postgresql://user:password@host:5432/dbname",
 }
 _FIRESTORE_COLLECTION = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}$")
 _FIRESTORE_DATABASE = re.compile(r"^(\(default\)|[a-z][a-z0-9-]{0,62})$")
@@ -48,8 +54,9 @@ class BackendURLError(ConfigError, ValueError):
 
 
 class BackendURL(NamedTuple):
-    """``kind`` is ``memory``, ``sqlite``, ``dynamodb`` or ``firestore``; ``target`` the SQLite path, the table name
-    or the Firestore root collection; ``database`` the Firestore database (None: ``(default)``)."""
+    """``kind`` is ``memory``, ``sqlite``, ``dynamodb``, ``firestore`` or ``postgresql``; ``target`` the SQLite path,
+    the table name, the Firestore root collection or the whole PostgreSQL URL; ``database`` the Firestore database
+    (None: ``(default)``)."""
 
     kind: str
     target: str = ""
@@ -59,7 +66,8 @@ class BackendURL(NamedTuple):
 
 def parse_backend_url(url: str, what: str, kinds: Sequence[str] = ("memory", "sqlite", "dynamodb")) -> BackendURL:
     """``memory``, ``sqlite:///relative.db``, ``sqlite:////abs/path.db``, ``dynamodb://table[?endpoint_url=...]`` or
-    ``firestore://collection[?database=name]`` (the project is the environment's: ``GOOGLE_CLOUD_PROJECT``).
+    ``firestore://collection[?database=name]`` (the project is the environment's: ``GOOGLE_CLOUD_PROJECT``) or
+    ``postgresql://user:password@host:port/dbname[?sslmode=...]`` (a libpq URL; its password is never echoed).
 
     ``what`` names the setting in the error: ``Store URL has value 'x'. Choices are: ...``.
     """
@@ -87,11 +95,23 @@ def parse_backend_url(url: str, what: str, kinds: Sequence[str] = ("memory", "sq
             and (database is None or _FIRESTORE_DATABASE.match(database))
         ):
             return BackendURL("firestore", parts.netloc, database=database)
+    if "postgresql" in kinds and raw.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(raw)
+        if parts.hostname and parts.path.strip("/") and "/" not in parts.path.strip("/"):
+            return BackendURL("postgresql", raw)
     choices = "|".join(_FORMS[k] for k in kinds)
     local = " (add '?endpoint_url=http://...' for a local DynamoDB)" if "dynamodb" in kinds else ""
     if "firestore" in kinds:
         local += " (Firestore: '?database=name' for a named database; the emulator from FIRESTORE_EMULATOR_HOST)"
-    raise BackendURLError(f"{what} has value {url!r}. Choices are: {choices}{local}")
+    raise BackendURLError(f"{what} has value {redact(str(url))!r}. Choices are: {choices}{local}")
+
+
+_CREDENTIALS = re.compile(r"(://[^/\s:@]*:)[^@\s/]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of any ``scheme://user:password@`` in it replaced by ``***`` (for logs, errors)."""
+    return _CREDENTIALS.sub(r"\1***@", text)
 
 
 # -- SQLite --------------------------------------------------------------------------------------------------------
@@ -236,3 +256,70 @@ def firestore_no_document(exc: BaseException) -> bool:
     """True for the NotFound of a write that required an existing document; False for any other NotFound (a
     missing database is also a NotFound, and must not pass for a missing document)."""
     return type(exc).__name__ == "NotFound" and bool(_NO_DOCUMENT.match(str(getattr(exc, "message", "")) or ""))
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------------------------------
+
+
+class PostgresPerProcess:
+    """One psycopg connection pool per process (connections do not survive ``fork()``), opened on first use.
+
+    psycopg and psycopg_pool are imported then (``pip install 'dpmsf[postgres]'``), so a deployment without a
+    ``postgresql://`` URL never loads them. Connections are in autocommit: each statement of ours is one atomic
+    step (a conditional insert, an update with its condition), so no transaction is ever left open. ``timeout``
+    bounds both the wait for a free connection and a new connection's handshake.
+    """
+
+    def __init__(self, url: str, *, max_size: int = 8, timeout: float = 5.0) -> None:
+        self.url = url
+        self.max_size = max_size
+        self.timeout = timeout
+        self._pool: Any = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def pool(self) -> Any:
+        """This process's ``psycopg_pool.ConnectionPool``."""
+        if self._pool is None or self._pid != os.getpid():
+            with self._lock:
+                if self._pool is None or self._pid != os.getpid():
+                    from psycopg_pool import ConnectionPool
+
+                    self._pool = ConnectionPool(
+                        self.url,
+                        min_size=1,
+                        max_size=self.max_size,
+                        timeout=self.timeout,
+                        kwargs={"autocommit": True, "connect_timeout": max(2, int(self.timeout))},
+                        open=True,
+                        name="dpmsf",
+                    )
+                    self._pid = os.getpid()
+                    import weakref
+
+                    # a store dropped without close() closes its connections then, not in the pool's __del__
+                    weakref.finalize(self, self._pool.close)
+        return self._pool
+
+    def connection(self) -> Any:
+        """``with backend.connection() as conn:`` a pooled connection, given back afterwards."""
+        return self.pool().connection()
+
+    def close(self) -> None:
+        """Close this process's pool (at shutdown; a later use opens a new one)."""
+        pool, self._pool = self._pool, None
+        if pool is not None and self._pid == os.getpid():
+            pool.close()
+
+
+def postgres_ping(url: str, timeout: float = 1.0) -> None:
+    """Raise unless the server at ``url`` answers ``SELECT 1`` (a fresh connection: the probe of ``/readyz``)."""
+    import psycopg
+
+    with psycopg.connect(url, connect_timeout=max(2, int(timeout)), autocommit=True) as conn:
+        conn.execute("SELECT 1").fetchone()
+
+
+def postgres_ignore_exists(exc: BaseException) -> bool:
+    """True for the error two replicas may get when both create the same table at once (the loser's is harmless)."""
+    return type(exc).__name__ in ("UniqueViolation", "DuplicateTable", "DuplicateObject")

@@ -33,6 +33,7 @@ from .resolve import SERVICES_PREFIX
 from .tenancy.security import LazySecurity
 
 if TYPE_CHECKING:
+    from .health import Readiness
     from .metering import UsageMeter
     from .sandbox.loader import SandboxedLoader
     from .tenancy.quotas import QuotaBook
@@ -45,6 +46,7 @@ access_log = logging.getLogger("dpmsf.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _ADMIN_PREFIX = "/rest/admin"
 _USAGE_PATH = "/rest/admin/usage"
+_PROBES = ("/healthz", "/readyz")
 _DOCS_ASSETS = "/docs/"  # Swagger UI's script and style, served by us: /docs works without internet
 
 
@@ -73,6 +75,7 @@ class DPMSFApp:
         self._meter_lock = threading.Lock()
         self._meter_source = self.get_meter  # one bound method for every request's context
         self.on_shutdown.append(self._close_meter)
+        self.readiness: Readiness | None = None  # the /readyz checks, made on the first probe
 
     def get_meter(self) -> UsageMeter:
         """The per-tenant usage meter, persisting to ``metering.sink_for(settings)``; made on first need."""
@@ -184,7 +187,9 @@ class DPMSFApp:
             path = path[len(base) :] or "/"
         if not path.startswith(("/rest/", _DOCS_ASSETS)) and path not in ("/", "/docs", "/docs/", "/openapi.json"):
             path = _strip_unknown_prefix(path)
-        if path.startswith(SERVICES_PREFIX + "/") or path == SERVICES_PREFIX:
+        if path in _PROBES and scope["method"] in ("GET", "HEAD"):  # the orchestrator's questions (health.py)
+            await responder.json(200, {"status": "ok"} if path == "/healthz" else await self._ready())
+        elif path.startswith(SERVICES_PREFIX + "/") or path == SERVICES_PREFIX:
             await self.services.serve(scope, receive, responder, headers, rid, path[len(SERVICES_PREFIX) :])
         elif path in (_USAGE_PATH, _USAGE_PATH + "/") and self.settings.admin_id:
             from .metering.admin import usage_report
@@ -232,6 +237,14 @@ class DPMSFApp:
             )
         else:
             raise NotFound(f"No route for '{scope['path']}': services live under {SERVICES_PREFIX}/.")
+
+    async def _ready(self) -> dict[str, Any]:
+        from .health import Readiness, answer_ready
+
+        if self.readiness is None:
+            self.readiness = Readiness(self.settings, self.registry)
+            self.on_shutdown.append(self.readiness.close)
+        return await answer_ready(self.readiness)
 
     def get_security(self) -> Security:
         """Tokens and tenants, set up on first need."""

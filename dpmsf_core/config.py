@@ -65,6 +65,7 @@ class Settings:
     base_path: str = ""
     sync_inline: bool = False
     function_timeout: float = 29.0  # API Gateway's integration limit; 0 = none
+    grace_seconds: float = 20.0  # dpmsf serve on SIGTERM: in-flight requests may finish this long (DPMSF_GRACE_SECONDS)
     quotas: Quotas = Quotas()  # every tenant's defaults; a tenant's stored overrides are laid over them
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -228,8 +229,10 @@ def _parse(env: Mapping[str, str]) -> Settings:
         gcs_refresh=_float(env, "DPMSF_GCS_REFRESH", 30.0),
         reload=_bool(env, "DPMSF_RELOAD", True),
         state_dir=(env.get("DPMSF_STATE_DIR") or "").strip() or state_default,
-        replay_store=_backend_url(env, "DPMSF_REPLAY_STORE", replay_default, ("memory", "sqlite", *_SHARED)),
-        tenants=_backend_url(env, "DPMSF_TENANTS", dyn_default, ("sqlite", *_SHARED)),
+        replay_store=_backend_url(
+            env, "DPMSF_REPLAY_STORE", replay_default, ("memory", "sqlite", *_SHARED, "postgresql")
+        ),
+        tenants=_backend_url(env, "DPMSF_TENANTS", dyn_default, ("sqlite", *_SHARED, "postgresql")),
         store=_backend_url(env, "DPMSF_STORE", dyn_default, ("sqlite", *_SHARED)),
         upload_dir=(env.get("DPMSF_UPLOAD_DIR") or "").strip(),
         upload_max=_int(env, "DPMSF_UPLOAD_MAX", 256_000, minimum=1),
@@ -242,6 +245,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         base_path=base_path,
         sync_inline=_bool(env, "DPMSF_SYNC_INLINE", lam),
         function_timeout=_float(env, "DPMSF_FUNCTION_TIMEOUT", 0.0 if lam else 29.0),  # Lambda enforces its own
+        grace_seconds=_float(env, "DPMSF_GRACE_SECONDS", 20.0),
         quotas=_quotas(env),
     )
 

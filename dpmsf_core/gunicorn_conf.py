@@ -1,8 +1,10 @@
 """gunicorn settings for App Engine and the container image (``gunicorn -c dpmsf_core/gunicorn_conf.py``).
 
-Only logging: gunicorn's own lines, its uvicorn workers' lines and the app's share one format (JSON for
-Cloud Logging on Google Cloud, a readable line elsewhere; see ``dpmsf_core/logconfig.py``). The rest of the
-command line (workers, bind, worker class) stays in app.yaml and the Dockerfile, where it is read.
+Logging and the drain on SIGTERM. gunicorn's own lines, its uvicorn workers' lines and the app's share one format
+(JSON for Cloud Logging on Google Cloud, a readable line elsewhere; see ``dpmsf_core/logconfig.py``). The rest of the
+command line (workers, bind, worker class) stays in app.yaml and the Dockerfile, where it is read. On SIGTERM
+(Kubernetes, Knative and Cloud Run send it before they stop a container) the workers stop accepting and their
+in-flight requests get ``DPMSF_GRACE_SECONDS`` (default 20, as ``dpmsf serve``) before gunicorn ends them.
 
 gunicorn loads this file by path before it puts the app's folder on ``sys.path``, and App Engine does not install
 the project (only requirements.txt), so the folder above ``dpmsf_core`` is put there first.
@@ -10,6 +12,7 @@ the project (only requirements.txt), so the folder above ``dpmsf_core`` is put t
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -17,7 +20,10 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+from dpmsf_core.config import Settings  # noqa: E402  (needs the path above)
 from dpmsf_core.logconfig import dict_config  # noqa: E402  (needs the path above)
 
 loglevel = (os.environ.get("DPMSF_LOG_LEVEL") or "info").lower()
 logconfig_dict = dict_config(loglevel)
+# whole seconds for gunicorn; a bad value stops start-up with one line, as everywhere
+graceful_timeout = math.ceil(Settings.from_env().grace_seconds)

@@ -47,7 +47,8 @@ def running(
                 time.sleep(0.2)
             yield proc
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
+            if proc.poll() is None:  # a test may have stopped it already
+                os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:

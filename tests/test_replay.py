@@ -1,5 +1,5 @@
 """Replay stores: a token id is accepted once, even when threads or processes race for it (SQLite, DynamoDB on a
-moto server, Firestore on Google's emulator)."""
+moto server, Firestore on Google's emulator, PostgreSQL on a real server from Debian's package)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from dpmsf_core.tenancy.replay import (
     DynamoDBReplayStore,
     FirestoreReplayStore,
     MemoryReplayStore,
+    PostgresReplayStore,
     ReplayStore,
     SQLiteReplayStore,
     create_dynamodb_table,
@@ -30,7 +31,7 @@ from dpmsf_core.tenancy.replay import (
 
 ROOT = Path(__file__).resolve().parents[1]
 LATER = time.time() + 3600
-pytest_plugins = ["firestore_emulator"]
+pytest_plugins = ["firestore_emulator", "pgserver"]
 
 
 @pytest.fixture
@@ -40,10 +41,12 @@ def table(dynamodb: Any) -> str:
     return name
 
 
-@pytest.fixture(params=["memory", "sqlite", "dynamodb", "firestore"])
+@pytest.fixture(params=["memory", "sqlite", "dynamodb", "firestore", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> ReplayStore:
     if request.param == "memory":
         return MemoryReplayStore()
+    if request.param == "postgresql":
+        return PostgresReplayStore(request.getfixturevalue("pg_url"))
     if request.param == "sqlite":
         return SQLiteReplayStore(str(tmp_path / "replay.db"))
     if request.param == "firestore":
@@ -437,8 +440,158 @@ def test_make_replay_store_rejects_bad_urls(url: str) -> None:
 
 def test_importing_security_modules_leaves_boto3_and_firestore_out() -> None:
     modules = "dpmsf_core.tenancy.replay, dpmsf_core.tenancy.tokens, dpmsf_core.tenancy.tenants, dpmsf_core.client"
-    code = f"import sys, {modules}; print('boto3' in sys.modules, 'google.cloud.firestore' in sys.modules)"
+    code = (
+        f"import sys, {modules}; print('boto3' in sys.modules, 'google.cloud.firestore' in sys.modules,"
+        " 'psycopg' in sys.modules)"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
     )
-    assert out.stdout.strip() == "False False", out.stderr
+    assert out.stdout.strip() == "False False False", out.stderr
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------------------------------
+
+
+def test_postgres_threads_race_one_winner(pg_url: str) -> None:
+    store = PostgresReplayStore(pg_url)
+    jtis = [uuid.uuid4().hex for _ in range(300)]
+    wins = _race(store.claim, jtis, workers=6)
+    assert wins == Counter(dict.fromkeys(jtis, 1))
+    store.close()
+
+
+_PG_WORKER = """
+import sys, threading, time
+from dpmsf_core.tenancy.replay import make_replay_store
+store = make_replay_store(sys.argv[1])
+store.claim("warm-up-" + sys.argv[2], 4e9)  # the pool is open and the table made before any race starts
+print("ready", flush=True)
+for line in sys.stdin:  # one race per line: "<start time> <id>,<id>,..."
+    start_at, jtis = float(line.split()[0]), line.split()[1].split(",")
+    won, lock = [], threading.Lock()
+    def work(offset):
+        time.sleep(max(0.0, start_at - time.time()))  # both processes start at the same wall-clock time
+        for jti in jtis[offset:] + jtis[:offset]:  # each thread starts elsewhere: every id is contended
+            if store.claim(jti, 4e9):
+                with lock:
+                    won.append(jti)
+    threads = [threading.Thread(target=work, args=(n * len(jtis) // 4,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(",".join(won), flush=True)
+"""
+
+
+def test_postgres_two_processes_race_one_winner(pg_url: str) -> None:
+    """Two processes (two replicas, 4 threads each) claim the same 300 ids at once: each id has exactly one winner;
+    up to three races are run until both processes won some ids, so the test shows a real race."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _PG_WORKER, pg_url, str(n)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for n in range(2)
+    ]
+    rounds: list[list[int]] = []
+    try:
+        for worker in workers:
+            assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
+        for _ in range(3):
+            jtis = [uuid.uuid4().hex for _ in range(300)]
+            line = f"{time.time() + 0.5} {','.join(jtis)}\n"
+            for worker in workers:
+                assert worker.stdin is not None
+                worker.stdin.write(line)
+                worker.stdin.flush()
+            per_worker = []
+            for worker in workers:
+                assert worker.stdout is not None
+                per_worker.append([j for j in worker.stdout.readline().strip().split(",") if j])
+            wins = Counter(j for won in per_worker for j in won)
+            assert wins == Counter(dict.fromkeys(jtis, 1))  # every id claimed, none twice
+            rounds.append([len(won) for won in per_worker])
+            if all(per_worker):
+                break
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.close()
+            assert worker.wait(timeout=30) == 0
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+            for pipe in (worker.stdin, worker.stdout):
+                if pipe is not None:
+                    pipe.close()
+    assert all(rounds[-1]), f"one process won every id in each race: {rounds}"
+    print("postgres replay race: 2 processes x 4 threads, 300 ids, wins per process in each race:", rounds)
+
+
+def test_postgres_purge_forgets_only_expired_and_shares_between_instances(pg_url: str) -> None:
+    now = [1_000_000.0]
+    one = PostgresReplayStore(pg_url, clock=lambda: now[0])
+    two = PostgresReplayStore(pg_url, clock=lambda: now[0])
+    assert one.claim("old", now[0] + 10) and one.claim("new", now[0] + 1000)
+    assert two.claim("old", now[0] + 10) is False  # another replica sees the claim
+    now[0] += 100
+    assert two.purge() == 1
+    assert one.claim("new", now[0] + 1000) is False  # not expired: still remembered
+    assert one.claim("old", now[0] + 10) is True  # expired and forgotten: harmless, the verifier refuses it
+    import psycopg
+
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM dpmsf_used_tokens").fetchone() == (2,)
+    one.close()
+    two.close()
+
+
+def test_postgres_claims_purge_on_their_own(pg_url: str) -> None:
+    now = [1_000_000.0]
+    store = PostgresReplayStore(pg_url, clock=lambda: now[0])
+    for n in range(5):
+        assert store.claim(f"gone-{n}", now[0] + 1)
+    now[0] += 120  # past _PURGE_SECONDS: the next claim deletes the expired rows first
+    assert store.claim("fresh", now[0] + 60)
+    import psycopg
+
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT jti FROM dpmsf_used_tokens").fetchall() == [("fresh",)]
+    store.close()
+
+
+def test_make_replay_store_postgres(pg_url: str) -> None:
+    store = make_replay_store(pg_url)
+    assert isinstance(store, PostgresReplayStore)
+    assert store.claim("x", LATER) is True and store.claim("x", LATER) is False
+    store.close()
+
+
+def test_postgres_unreachable_raises_quickly_without_the_password() -> None:
+    from motoserver import free_port
+
+    store = PostgresReplayStore(f"postgresql://dpmsf:hunter2-secret@127.0.0.1:{free_port()}/db", timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(Exception) as caught:
+        store.claim("x", LATER)
+    assert time.monotonic() - started < 5
+    assert "hunter2-secret" not in str(caught.value)
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://", "postgresql://host", "postgresql://u:pw-secret@host/", "postgresql://u:pw-secret@host/a/b"],
+)
+def test_bad_postgres_urls_are_refused_without_their_password(url: str) -> None:
+    with pytest.raises(ValueError, match="Replay store URL has value") as caught:
+        make_replay_store(url)
+    assert "pw-secret" not in str(caught.value)
+    assert "postgresql://user:password@host:5432/dbname" in str(caught.value)

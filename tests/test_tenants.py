@@ -1,4 +1,5 @@
-"""Tenant registries (memory, SQLite, moto DynamoDB, Firestore emulator) and the cached key lookup of the verifier."""
+"""Tenant registries (memory, SQLite, moto DynamoDB, Firestore emulator, a real PostgreSQL server) and the cached key
+lookup of the verifier."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from dpmsf_core.tenancy.tenants import (
 from dpmsf_core.tenancy.tenants_firestore import FirestoreTenantRegistry
 from dpmsf_core.tenancy.tokens import TenantKey, TokenVerifier, decode_key, generate_key, mint
 
-pytest_plugins = ["firestore_emulator"]
+pytest_plugins = ["firestore_emulator", "pgserver"]
 
 TID = "6f1c1b1e-8a8e-4c57-9a53-0d5c6f3f4a10"
 MASTER = generate_key()  # DPMSF_MASTER_KEY of the DynamoDB registries in these tests
@@ -39,10 +40,14 @@ def table(moto_url: str, aws_env: None) -> str:
     return name
 
 
-@pytest.fixture(params=["memory", "sqlite", "dynamodb", "firestore"])
+@pytest.fixture(params=["memory", "sqlite", "dynamodb", "firestore", "postgresql"])
 def registry(request: pytest.FixtureRequest, tmp_path: Path) -> TenantRegistry:
     if request.param == "memory":
         return MemoryTenantRegistry()
+    if request.param == "postgresql":
+        from dpmsf_core.tenancy.tenants_postgres import PostgresTenantRegistry
+
+        return PostgresTenantRegistry(request.getfixturevalue("pg_url"), master_key=MASTER)
     if request.param == "sqlite":
         return SQLiteTenantRegistry(str(tmp_path / "tenants.db"))
     if request.param == "firestore":
@@ -369,3 +374,123 @@ def test_firestore_quotas_are_a_map_field(firestore_env: str) -> None:
     registry.add(tenant_id=TID)
     registry.set_quotas(TID, {"modules": 3, "upload_mb": 1.5})
     assert _firestore_document("dpmsf", TID)["quotas"] == {"modules": 3, "upload_mb": 1.5}
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------------------------------
+
+
+def _pg_row(url: str, tid: str) -> dict[str, Any]:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        row = conn.execute("SELECT * FROM dpmsf_tenants WHERE id = %s", (tid,)).fetchone()
+    assert row is not None
+    return dict(row)
+
+
+def _pg_execute(url: str, statement: str, params: tuple[Any, ...]) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(statement, params)
+
+
+def test_postgres_row_shape_holds_no_clear_key(pg_url: str) -> None:
+    from dpmsf_core.tenancy.tenants_postgres import PostgresTenantRegistry
+
+    registry = PostgresTenantRegistry(pg_url, master_key=MASTER)
+    tenant = registry.add(name="acme", tenant_id=TID)
+    row = _pg_row(pg_url, TID)
+    assert row["key"].startswith("wrap1:") and tenant.key not in repr(row)
+    assert MasterKey(MASTER).unwrap(TID, row["key"]) == tenant.key
+    assert {k: v for k, v in row.items() if k not in ("created_at", "key")} == {
+        "id": TID,
+        "name": "acme",
+        "enabled": True,
+        "admin": False,
+        "quotas": "{}",
+    }
+    rotated = registry.rotate_key(TID)
+    assert rotated.key not in repr(_pg_row(pg_url, TID))
+    registry.set_quotas(TID, {"store_mb": 5})
+    assert _pg_row(pg_url, TID)["quotas"] == '{"store_mb": 5.0}'
+
+
+def test_postgres_registry_is_shared_and_a_wrong_master_key_reads_no_key(pg_url: str) -> None:
+    from dpmsf_core.tenancy.tenants_postgres import PostgresTenantRegistry
+
+    tenant = PostgresTenantRegistry(pg_url, master_key=MASTER).add(tenant_id=TID)
+    assert PostgresTenantRegistry(pg_url, master_key=MASTER).get(TID) == tenant  # another replica reads it
+    wrong = PostgresTenantRegistry(pg_url, master_key=generate_key())
+    assert wrong.get(TID).key == ""  # type: ignore[union-attr]
+    verifier = TokenVerifier(key_lookup(wrong), MemoryReplayStore())
+    with pytest.raises(Unauthorized, match="invalid or expired token"):
+        verifier.verify(mint(TID, tenant.key))
+
+
+def test_postgres_wrapped_key_cannot_be_moved_to_another_tenant(pg_url: str) -> None:
+    from dpmsf_core.tenancy.tenants_postgres import PostgresTenantRegistry
+
+    registry = PostgresTenantRegistry(pg_url, master_key=MASTER)
+    victim = registry.add(tenant_id=TID)
+    other = str(uuid.uuid4())
+    registry.add(tenant_id=other)
+    _pg_execute(pg_url, "UPDATE dpmsf_tenants SET key = %s WHERE id = %s", (_pg_row(pg_url, TID)["key"], other))
+    assert registry.get(other).key == ""  # type: ignore[union-attr]
+    verifier = TokenVerifier(key_lookup(registry), MemoryReplayStore())
+    with pytest.raises(Unauthorized):
+        verifier.verify(mint(other, victim.key))
+
+
+def test_postgres_clear_key_is_wrapped_when_read(pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    from dpmsf_core.tenancy.tenants_postgres import PostgresTenantRegistry
+
+    registry = PostgresTenantRegistry(pg_url, master_key=MASTER)
+    registry.add(name="made", tenant_id=TID)
+    key = generate_key()
+    _pg_execute(pg_url, "UPDATE dpmsf_tenants SET key = %s WHERE id = %s", (key, TID))  # written in clear by hand
+    with caplog.at_level("WARNING", logger="dpmsf.tenants"):
+        assert [t.key for t in registry.list()] == [key]
+    stored = _pg_row(pg_url, TID)["key"]
+    assert key not in stored and MasterKey(MASTER).unwrap(TID, stored) == key
+    assert any("stored in clear" in r.getMessage() for r in caplog.records)
+
+
+def test_postgres_registry_requires_a_master_key(pg_url: str) -> None:
+    from dpmsf_core.tenancy.tenants_postgres import PostgresTenantRegistry
+
+    with pytest.raises(ValueError, match="needs DPMSF_MASTER_KEY"):
+        PostgresTenantRegistry(pg_url)
+    with pytest.raises(ValueError, match="needs DPMSF_MASTER_KEY"):
+        make_tenant_registry(pg_url)
+
+
+def test_make_tenant_registry_postgres(pg_url: str) -> None:
+    from dpmsf_core.tenancy.tenants_postgres import PostgresTenantRegistry
+
+    made = make_tenant_registry(pg_url, master_key=MASTER)
+    assert isinstance(made, PostgresTenantRegistry)
+    assert made.get(made.add().id) is not None
+
+
+def test_postgres_quota_changes_at_once_from_two_replicas_all_hold(pg_url: str) -> None:
+    import threading
+
+    from dpmsf_core.tenancy.tenants_postgres import PostgresTenantRegistry
+
+    one, two = (PostgresTenantRegistry(pg_url, master_key=MASTER) for _ in range(2))
+    one.add(tenant_id=TID)
+    names = ["store_mb", "max_doc", "concurrency", "rate", "modules", "upload_mb"]
+    barrier = threading.Barrier(len(names))
+
+    def change(n: int) -> None:
+        barrier.wait()
+        (one if n % 2 else two).set_quotas(TID, {names[n]: n + 1})
+
+    threads = [threading.Thread(target=change, args=(n,)) for n in range(len(names))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert set(one.get(TID).quotas) == set(names)  # type: ignore[union-attr]  # no change lost to another

@@ -60,6 +60,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "log_config": log_config,
         "access_log": False,  # ours (dpmsf.access) has the request id, endpoint and latency
         "proxy_headers": True,
+        # SIGTERM: stop accepting, let in-flight requests finish this long, then close them and exit 0
+        "timeout_graceful_shutdown": settings.grace_seconds,
     }
     from . import serving  # the banner is printed once the port is bound, not before
 

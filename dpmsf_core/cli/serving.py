@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -59,6 +60,8 @@ def run(app: Any, options: dict[str, Any], workers: int, banner: Callable[[], li
     if workers > 1:
         from uvicorn.supervisors import Multiprocess
 
+        _Supervisor = _draining_supervisor(Multiprocess)
+
         config = _config(app, options, workers=workers, factory=True)
         sock = config.bind_socket()  # the supervisor binds once; every worker serves that socket
         show()
@@ -66,17 +69,62 @@ def run(app: Any, options: dict[str, Any], workers: int, banner: Callable[[], li
         if "target" in inspect.signature(Multiprocess).parameters:  # uvicorn before 0.30 wanted the target too
             kwargs["target"] = uvicorn.Server(config).run
         try:
-            Multiprocess(config, **kwargs).run()
+            _Supervisor(config, **kwargs).run()
         except KeyboardInterrupt:
             pass
         return
     server = _BannerServer(_config(app, options), show)
+    # uvicorn drains on SIGTERM, then raises the signal again once its own handler is gone, so the process would
+    # die of it (exit -15). A drain that finished is a clean stop for an orchestrator: exit 0, so this handler is
+    # what uvicorn restores and re-raises into.
+    signal.signal(signal.SIGTERM, _drained)
     try:
         server.run()
     except KeyboardInterrupt:
         pass
     if not server.started:
         sys.exit(3)  # uvicorn's STARTUP_FAILURE: the port was taken, or the app's startup failed
+    _leave_stuck_threads()
+
+
+def _leave_stuck_threads(wait: float = 1.0) -> None:
+    """Exit now when a sync function still runs after the grace period: Python would wait for its thread at exit,
+    however long it takes, and the orchestrator would end us with SIGKILL instead of a clean exit."""
+    import threading
+    import time
+
+    deadline = time.monotonic() + wait
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon and t.is_alive()]
+    if stuck:
+        import logging
+
+        logging.getLogger("dpmsf").warning(
+            "%d request(s) still running after the grace period (DPMSF_GRACE_SECONDS): exiting without them", len(stuck)
+        )
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def _draining_supervisor(base: type[Any]) -> type[Any]:
+    """uvicorn's supervisor, closing its copy of the listening socket on SIGTERM: while the workers drain, a new
+    connection is refused at once (and sent elsewhere by a load balancer) instead of waiting in the backlog."""
+
+    class Supervisor(base):
+        def handle_term(self) -> None:
+            for sock in self.sockets:
+                sock.close()
+            super().handle_term()
+
+    return Supervisor
+
+
+def _drained(signum: int, frame: Any) -> None:
+    """SIGTERM outside uvicorn's own handling: the server has stopped and drained already; nothing left to do."""
 
 
 class _BannerServer(uvicorn.Server):

@@ -11,7 +11,12 @@ after ``expires_at`` because the verifier rejects the token by then anyway. Back
                              when the document exists), with ``expires_at`` as a timestamp for a TTL policy
                              (``gcloud firestore fields ttls update expires_at --collection-group=COLLECTION
                              --enable-ttl``); ``?database=name`` for a named database; the project is
-                             ``GOOGLE_CLOUD_PROJECT``.
+                             ``GOOGLE_CLOUD_PROJECT``,
+- ``postgresql://user:password@host:port/dbname``  replicas anywhere (Kubernetes, Knative, Cloud Run): one
+                             ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` into table ``dpmsf_used_tokens``
+                             (made on first use), so of any number of replicas exactly one accepts a token;
+                             expired rows are deleted now and then by whichever replica gets there
+                             (``pip install 'dpmsf[postgres]'``).
 
 The SQLite file (and its ``-wal``/``-shm``) is created 0600 in a 0700 folder (``state_files``): the ids of used
 tokens are not secrets, but nobody else should be able to fill or empty the store.
@@ -28,13 +33,22 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from .._backends import FirestorePerProcess, SQLitePerThread, aws_client, firestore_id, parse_backend_url
+from .._backends import (
+    FirestorePerProcess,
+    PostgresPerProcess,
+    SQLitePerThread,
+    aws_client,
+    firestore_id,
+    parse_backend_url,
+    postgres_ignore_exists,
+)
 from .state_files import private_sqlite
 
 __all__ = [
     "DynamoDBReplayStore",
     "FirestoreReplayStore",
     "MemoryReplayStore",
+    "PostgresReplayStore",
     "ReplayStore",
     "SQLiteReplayStore",
     "create_dynamodb_table",
@@ -187,6 +201,66 @@ class FirestoreReplayStore:
         return True
 
 
+class PostgresReplayStore:
+    """Used token ids in a PostgreSQL table shared by every replica: the claim is one conditional insert (``ON
+    CONFLICT DO NOTHING RETURNING``), atomic in the server, so exactly one of any number of concurrent claims wins.
+    Every ``_PURGE_EVERY`` claims or ``_PURGE_SECONDS`` a replica deletes the expired rows (they would be refused by
+    the verifier anyway; deleting them only keeps the table small)."""
+
+    TABLE = "dpmsf_used_tokens"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        timeout: float = 5.0,
+        backend: PostgresPerProcess | None = None,
+    ) -> None:
+        self._pg = backend or PostgresPerProcess(url, timeout=timeout)
+        self._clock = clock
+        self._ready = False  # the table exists (checked once per store, on first use: the server may start later)
+        self._claims = 0
+        self._purged_at = clock()
+
+    def _ensure_table(self, conn: Any) -> None:
+        if self._ready:
+            return
+        try:
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.TABLE} (jti TEXT PRIMARY KEY, expires_at DOUBLE PRECISION NOT NULL)"
+            )
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {self.TABLE}_expires ON {self.TABLE} (expires_at)")
+        except Exception as exc:
+            if not postgres_ignore_exists(exc):  # another replica made it at the same moment: there it is
+                raise
+        self._ready = True
+
+    def claim(self, jti: str, expires_at: float) -> bool:
+        self._claims += 1
+        if self._claims >= _PURGE_EVERY or self._clock() - self._purged_at > _PURGE_SECONDS:
+            self.purge()
+        with self._pg.connection() as conn:
+            self._ensure_table(conn)
+            row = conn.execute(
+                f"INSERT INTO {self.TABLE} (jti, expires_at) VALUES (%s, %s) ON CONFLICT (jti) DO NOTHING RETURNING 1",
+                (jti, float(expires_at)),
+            ).fetchone()
+        return row is not None
+
+    def purge(self) -> int:
+        """Forget ids whose tokens have expired; returns how many (this replica's share of the work)."""
+        self._claims = 0
+        self._purged_at = now = self._clock()
+        with self._pg.connection() as conn:
+            self._ensure_table(conn)
+            return int(conn.execute(f"DELETE FROM {self.TABLE} WHERE expires_at < %s", (now,)).rowcount)
+
+    def close(self) -> None:
+        """Close this process's connection pool."""
+        self._pg.close()
+
+
 def create_dynamodb_table(table_name: str, *, client: Any = None, endpoint_url: str | None = None) -> None:
     """Create the single DPMSF table (pk/sk strings, on-demand, TTL on ``expires_at``) for local use and tests."""
     client = aws_client("dynamodb", endpoint_url, client=client)
@@ -207,11 +281,14 @@ def create_dynamodb_table(table_name: str, *, client: Any = None, endpoint_url: 
 
 def make_replay_store(url: str, *, state_dir: str | os.PathLike[str] | None = None) -> ReplayStore:
     """The replay store named by ``url`` (see the module docstring); ``state_dir`` as for SQLiteReplayStore."""
-    found = parse_backend_url(url, "Replay store URL", ("memory", "sqlite", "dynamodb", "firestore"))
+    kinds = ("memory", "sqlite", "dynamodb", "firestore", "postgresql")
+    found = parse_backend_url(url, "Replay store URL", kinds)
     if found.kind == "memory":
         return MemoryReplayStore()
     if found.kind == "sqlite":
         return SQLiteReplayStore(found.target, state_dir=state_dir)
     if found.kind == "firestore":
         return FirestoreReplayStore(found.target, database=found.database)
+    if found.kind == "postgresql":
+        return PostgresReplayStore(found.target)
     return DynamoDBReplayStore(found.target, endpoint_url=found.endpoint_url)

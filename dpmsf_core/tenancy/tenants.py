@@ -6,24 +6,22 @@ Backends, chosen with ``make_tenant_registry(url)``:
 - ``sqlite:///path.db``      one machine (``sqlite:////abs/path.db`` is absolute),
 - ``dynamodb://table-name``  the single DPMSF table: ``pk="tenant#<uuid>"``, ``sk="tenant"``,
 - ``firestore://collection`` documents ``tenant#<uuid>`` of that Firestore root collection (``?database=name`` for
-                             a named database; the project is ``GOOGLE_CLOUD_PROJECT``): ``tenants_firestore``.
+                             a named database; the project is ``GOOGLE_CLOUD_PROJECT``): ``tenants_firestore``,
+- ``postgresql://user:password@host:port/dbname`` table ``dpmsf_tenants`` (``tenants_postgres``).
 
 ``key_lookup(registry)`` turns a registry into the ``key_for`` callback of ``tokens.TokenVerifier``.
+``Tenant.quotas`` (``dpmsf tenant quota``): JSON text in SQLite (added to older files) and PostgreSQL, else a map.
 
-``Tenant.quotas`` (``dpmsf tenant quota``): a JSON column in SQLite (added to older files), a map elsewhere.
-
-Keys at rest: the SQLite, DynamoDB and Firestore registries never store a tenant key in clear. Each is wrapped with
-AES-256-GCM under the server master key, the tenant id being associated data (a wrapped key copied to another
-tenant's row does not unwrap), and stored as ``wrap1:`` + base64url(nonce || ciphertext || tag). A copy of the
+Keys at rest: the SQLite, DynamoDB, Firestore and PostgreSQL registries never store a tenant key in clear. Each is
+wrapped with AES-256-GCM under the server master key, the tenant id being associated data (a wrapped key copied to
+another tenant's row does not unwrap), and stored as ``wrap1:`` + base64url(nonce || ciphertext || tag). A copy of the
 database, a backup or a DynamoDB export then gives no tenant keys without the master key. The master key is
 ``DPMSF_MASTER_KEY`` (base64url of 32 bytes, e.g. from ``tokens.generate_key()``); without it, the SQLite registry
 creates ``master.key`` in the state directory (0600, in a 0700 folder: ``state_files``). That keeps a laptop
 working with no setup, but the file sits next to the database, so production should set ``DPMSF_MASTER_KEY``. The
-DynamoDB and Firestore registries require ``DPMSF_MASTER_KEY``: a key file on one machine could not be read by the
-others.
-A row that does not unwrap (another master key) has no usable key: its tokens fail as invalid and one log line
-says why. Keys written in clear by older versions are wrapped when the SQLite registry opens, and by the
-DynamoDB and Firestore registries whenever they read them.
+shared registries (DynamoDB, Firestore, PostgreSQL) require it: a key file on one machine is unknown to the others.
+A row that does not unwrap (another master key) has no usable key: its tokens fail as invalid, one log line says
+why. Keys in clear (older versions) are wrapped when the SQLite registry opens, by the others when read.
 """
 
 from __future__ import annotations
@@ -343,7 +341,7 @@ def make_tenant_registry(
     SQLite file's folder is kept private when it lies in the state directory, and the local master key file lives
     there.
     """
-    found = parse_backend_url(url, "Tenant registry URL", ("memory", "sqlite", "dynamodb", "firestore"))
+    found = parse_backend_url(url, "Tenant registry URL", ("memory", "sqlite", "dynamodb", "firestore", "postgresql"))
     if found.kind == "memory":
         return MemoryTenantRegistry()
     if found.kind == "sqlite":
@@ -352,6 +350,10 @@ def make_tenant_registry(
         from .tenants_firestore import FirestoreTenantRegistry
 
         return FirestoreTenantRegistry(found.target, database=found.database, master_key=master_key)
+    if found.kind == "postgresql":
+        from .tenants_postgres import PostgresTenantRegistry
+
+        return PostgresTenantRegistry(found.target, master_key=master_key)
     from .tenants_dynamodb import DynamoDBTenantRegistry
 
     return DynamoDBTenantRegistry(found.target, endpoint_url=found.endpoint_url, master_key=master_key)
@@ -386,8 +388,7 @@ def key_lookup(
 
 
 def __getattr__(name: str) -> Any:
-    """``DynamoDBTenantRegistry`` and ``FirestoreTenantRegistry`` live in ``tenants_dynamodb`` and
-    ``tenants_firestore``; imported on first use (not in ``__all__``, whose names must exist before any import)."""
+    """``DynamoDBTenantRegistry`` and ``FirestoreTenantRegistry`` (their own modules) are imported on first use."""
     if name == "DynamoDBTenantRegistry":
         from .tenants_dynamodb import DynamoDBTenantRegistry
 

@@ -186,7 +186,7 @@ class TenantIndex:
                 description is not None
                 and own <= ENTRY_BYTES
                 and mine + bare + own <= (TENANT_SHARE if share is None else share)
-                and total + bare + own + 1024 <= MAX_BYTES
+                and total + bare + own <= MAX_BYTES * 3 // 4  # the last quarter: room for bare entries
             )
             if description is not None and not kept:
                 log.warning(

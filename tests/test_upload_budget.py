@@ -277,3 +277,41 @@ def test_the_rebuild_after_an_upload_does_not_hold_up_other_callers(
     assert max(during) < 0.3, max(during)  # the 0.6 s rebuilds ran beside the probe, not in its way
     call = server.client.get("/rest/services/m2/m2_api/", headers=server.auth(MALLORY))
     assert call.json() == {"results": 1}
+
+
+def test_the_modules_quota_counts_what_the_bucket_holds_not_this_instances_mirror(
+    make_app: Callable[..., Any],
+    serve: Callable[[Any], httpx.Client],
+    moto_url: str,
+    aws_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Two instances on one S3 prefix (Lambdas): a tenant that spreads its uploads over both gets its quota once."""
+    import uuid
+
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+    bucket = f"quota-{uuid.uuid4().hex[:12]}"
+    s3 = boto3.client("s3", endpoint_url=moto_url)
+    s3.create_bucket(Bucket=bucket)
+    servers = []
+    for n in range(2):
+        env = {
+            "ADMIN_ID": ADMIN,
+            "DPMSF_STATE_DIR": str(tmp_path / f"state{n}"),
+            "DPMSF_TENANT_MODULES": "2",
+            "DPMSF_S3_REFRESH": "3600",  # each mirror as stale as it may get
+            "DPMSF_KEY_CACHE": "0",
+        }
+        app = make_app(f"s3://{bucket}/up", env=env)
+        app.get_security().tenants.add(name="mall", tenant_id=MALLORY)
+        servers.append(Server(serve(app), app, tmp_path / f"state{n}"))
+    one, two = servers
+    assert one.upload(MALLORY, "q0", small("q0")).status_code == 201
+    assert one.upload(MALLORY, "q1", small("q1")).status_code == 201
+    r = two.upload(MALLORY, "q2", small("q2"))
+    assert r.status_code == 409 and r.json()["quota"] == "modules", r.text
+    stored = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="up/").get("Contents", [])]
+    assert sorted(k for k in stored if k.endswith(".py")) == ["up/q0.py", "up/q1.py"]

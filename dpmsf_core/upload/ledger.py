@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-from ..discovery import _STAMP, metadata_from_source, stamped_owner
+from ..discovery import metadata_from_source, stamped_owner, stamped_owner_of
 from ..errors import PluginError
 from ..tenancy.quotas import QuotaExceeded, Quotas
 from ..tenant_index import TenantIndex
@@ -96,8 +96,8 @@ class UploadLedger:
         source = self.store.get(name)
         if source is None:
             return None
-        found = _STAMP.search(source.encode("utf-8")[: 1 << 20])
-        return (found.group(1).decode() if found else "", len(source.encode("utf-8")))
+        raw = source.encode("utf-8")
+        return stamped_owner_of(raw), len(raw)
 
 
 def _parsed_owner(source: str) -> str | None:

@@ -291,7 +291,7 @@ class Registry:
             return Metadata(hit.alias, hit.tenant, hit.source, hit), None
         waiting = (
             self.indexes.fill(index, cand.name, cand.path, cand.signature, self.admin_id)
-            if index and self.snapshot.version
+            if index and (self.snapshot.version or (self.reload and self.indexes.over_start_budget(cand.path)))
             else None
         )
         if waiting is not None:  # serving: a module without an entry is read in the background, not here

@@ -28,6 +28,7 @@ FORMAT = 1
 MAX_BYTES = 16 << 20  # the whole file: a write never passes it (an entry that would is kept without description)
 ENTRY_BYTES = 256 << 10  # one entry's description, encoded: a larger one is not indexed (only that module is read)
 TENANT_SHARE = 2 << 20  # one tenant's entries when its upload quota is not known (a background reading)
+START_INLINE = 3  # at a start, at most this many modules without a usable entry are read before serving
 INLINE_BYTES = 4096  # a module this small is read on the spot while serving: it costs a millisecond or two
 
 log = logging.getLogger("dpmsf.registry")
@@ -264,6 +265,19 @@ class TenantIndexes:
         self._reading: set[str] = set()
         self._done: dict[str, tuple[tuple[int, ...], str | None]] = {}  # path -> (signature, error or None)
         self._pool: Any = None
+        self._start_reads = 0
+
+    def over_start_budget(self, path: str) -> bool:
+        """At a start: True once ``START_INLINE`` modules (larger than ``INLINE_BYTES``, without a usable entry)
+        were read before serving; the rest are read in the background (``fill``), as while serving. A missing or
+        failing index then costs a start a few readings, never one per stored module (tens of seconds)."""
+        try:
+            if os.stat(path).st_size <= INLINE_BYTES:
+                return False
+        except OSError:
+            return False
+        self._start_reads += 1
+        return self._start_reads > START_INLINE
 
     def fill(
         self, index: TenantIndex, name: str, path: str, signature: tuple[int, ...], admin_id: str | None

@@ -344,3 +344,24 @@ def test_a_bloated_docstring_costs_the_index_a_bounded_amount(
     assert listing.status_code == 200
     again, _ = build()  # a restart serves every module from the index
     assert served(again) == {"hello": "loaded", "bmod": "loaded", "doc0": "loaded", "doc1": "loaded", "doc2": "loaded"}
+
+
+def test_a_start_without_a_usable_index_reads_only_a_few_modules_before_serving(
+    build: Callable[[], tuple[Any, float]], serve: Callable[[Any], httpx.Client], folders: tuple[Path, Path]
+) -> None:
+    from dpmsf_core.tenant_index import START_INLINE
+    from dpmsf_core.upload.validation import stamp_tenant
+
+    _, uploads = folders
+    uploads.mkdir(exist_ok=True)
+    for i in range(START_INLINE + 3):  # no index entry: a lost index, a copied folder
+        (uploads / f"slow{i}.py").write_text(stamp_tenant(big_module(f"slow{i}_api", 2_000), MALLORY))
+    app, took = build()
+    loaded = [name for name, status in served(app).items() if name.startswith("slow") and status == "loaded"]
+    assert len(loaded) == START_INLINE, served(app)  # the rest are read in the background, one at a time
+    client = serve(app)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and sum(s == "loaded" for s in served(app).values()) < START_INLINE + 4:
+        assert client.get("/rest/services/hello/").status_code == 200
+        time.sleep(0.1)
+    assert set(served(app).values()) == {"loaded"}, served(app)

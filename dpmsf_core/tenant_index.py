@@ -27,7 +27,7 @@ INDEX_NAME = ".dpmsf-tenant-index.json"
 FORMAT = 1
 MAX_BYTES = 16 << 20  # the whole file: a write never passes it (an entry that would is kept without description)
 ENTRY_BYTES = 256 << 10  # one entry's description, encoded: a larger one is not indexed (only that module is read)
-TENANT_SHARE = 2 << 20  # one tenant's entries when its upload quota is not known (a background reading)
+TENANT_SHARE = (10 << 20) // 8  # one tenant's entries when its quota is not known: the default quota's share
 START_INLINE = 3  # at a start, at most this many modules without a usable entry are read before serving
 INLINE_BYTES = 4096  # a module this small is read on the spot while serving: it costs a millisecond or two
 

@@ -151,8 +151,13 @@ class Registry:
             if self._sync_source(source):
                 changed = True
         if changed or self._watch.changed(r.candidate for r in self._records.values()):
-            with self._lock:
+            if not self._lock.acquire(blocking=False):
+                # another thread rebuilds (an upload's, off the event loop): serve what is published, never wait
+                return self.snapshot
+            try:
                 return self._rebuild()
+            finally:
+                self._lock.release()
         return self.snapshot
 
     def reports(self) -> list[dict[str, Any]]:

@@ -114,9 +114,14 @@ def stamped_owner(path: str) -> str:
     """The tenant line the upload endpoint writes (``__tenant__ = "<id>"``), read without parsing the module."""
     try:
         with open(path, "rb") as fh:
-            found = _STAMP.search(fh.read(1 << 20))
+            return stamped_owner_of(fh.read(1 << 20))
     except OSError:
         return UNKNOWN_OWNER
+
+
+def stamped_owner_of(raw: bytes) -> str:
+    """``stamped_owner`` for a module's bytes (an object store's copy, not mirrored here)."""
+    found = _STAMP.search(raw[: 1 << 20])
     return found.group(1).decode() if found else UNKNOWN_OWNER
 
 

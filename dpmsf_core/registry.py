@@ -151,8 +151,13 @@ class Registry:
             if self._sync_source(source):
                 changed = True
         if changed or self._watch.changed(r.candidate for r in self._records.values()):
-            with self._lock:
+            if not self._lock.acquire(blocking=False):
+                # another thread rebuilds (an upload's, off the event loop): serve what is published, never wait
+                return self.snapshot
+            try:
                 return self._rebuild()
+            finally:
+                self._lock.release()
         return self.snapshot
 
     def reports(self) -> list[dict[str, Any]]:
@@ -291,7 +296,7 @@ class Registry:
             return Metadata(hit.alias, hit.tenant, hit.source, hit), None
         waiting = (
             self.indexes.fill(index, cand.name, cand.path, cand.signature, self.admin_id)
-            if index and self.snapshot.version
+            if index and (self.snapshot.version or (self.reload and self.indexes.over_start_budget(cand.path)))
             else None
         )
         if waiting is not None:  # serving: a module without an entry is read in the background, not here

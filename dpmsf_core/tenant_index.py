@@ -25,7 +25,10 @@ from typing import Any, NamedTuple
 
 INDEX_NAME = ".dpmsf-tenant-index.json"
 FORMAT = 1
-MAX_BYTES = 16 << 20
+MAX_BYTES = 16 << 20  # the whole file: a write never passes it (an entry that would is kept without description)
+ENTRY_BYTES = 256 << 10  # one entry's description, encoded: a larger one is not indexed (only that module is read)
+TENANT_SHARE = (10 << 20) // 8  # one tenant's entries when its quota is not known: the default quota's share
+START_INLINE = 3  # at a start, at most this many modules without a usable entry are read before serving
 INLINE_BYTES = 4096  # a module this small is read on the spot while serving: it costs a millisecond or two
 
 log = logging.getLogger("dpmsf.registry")
@@ -48,6 +51,8 @@ class TenantIndex:
         self.folder = folder
         self.path = os.path.join(folder, INDEX_NAME)
         self._entries: dict[str, dict[str, Any]] = {}
+        # descriptions this process read but the file does not keep (over a bound): name -> (sha256, description)
+        self._unwritten: dict[str, tuple[str, dict[str, Any]]] = {}
         self._seen: tuple[int, int, int] | None = None
         # an object store holding the modules (S3): its copy of the index is fetched when there is no local one
         # (a fresh Lambda's mirror) and written with every change; ``get_index()`` and ``put_index(bytes)``
@@ -114,7 +119,10 @@ class TenantIndex:
         tenant, alias, size, digest = (entry.get(k) for k in ("tenant", "alias", "size", "sha256"))
         if not isinstance(tenant, str) or not tenant or tenant == admin_id or not isinstance(size, int):
             return None
-        if not (alias is None or isinstance(alias, str)) or not isinstance(entry.get("module"), dict):
+        description = entry.get("module")
+        if description is None and self._unwritten.get(name, ("",))[0] == digest:
+            description = self._unwritten[name][1]  # read here earlier, too large for the file
+        if not (alias is None or isinstance(alias, str)) or not isinstance(description, dict):
             return None
         try:
             if os.stat(path).st_size != size:
@@ -132,29 +140,69 @@ class TenantIndex:
             source = raw.decode("utf-8")
         except UnicodeDecodeError:
             return None
-        return Indexed(tenant, alias, source, digest, entry["module"])
+        return Indexed(tenant, alias, source, digest, description)
 
-    def put(self, name: str, source: str, tenant: str, alias: str | None, description: dict[str, Any] | None) -> None:
+    def put(
+        self,
+        name: str,
+        source: str,
+        tenant: str,
+        alias: str | None,
+        description: dict[str, Any] | None,
+        share: int | None = None,
+    ) -> None:
         """Write the entry of module ``name`` (before the module itself is stored: a reader finds it ready).
 
         The admin's uploads get an entry without a description: it says their owner to the upload endpoint
         (``lookup`` never uses it: the admin's modules are imported, and their trust is read from the source).
+        Blocks on a file lock and rewrites the file: call it from a thread, never the event loop.
         """
-        self.put_raw(name, source.encode("utf-8"), tenant, alias, description)
+        self.put_raw(name, source.encode("utf-8"), tenant, alias, description, share)
 
     def put_raw(
-        self, name: str, raw: bytes, tenant: str, alias: str | None, description: dict[str, Any] | None
+        self,
+        name: str,
+        raw: bytes,
+        tenant: str,
+        alias: str | None,
+        description: dict[str, Any] | None,
+        share: int | None = None,
     ) -> None:
-        """``put`` for the bytes as stored."""
-        entry = {
-            "tenant": tenant,
-            "alias": alias,
-            "size": len(raw),
-            "sha256": hashlib.sha256(raw).hexdigest(),
-            "module": description,
-        }
+        """``put`` for the bytes as stored.
+
+        One tenant never costs another its entries: the description is kept only while this entry is within
+        ``ENTRY_BYTES``, the owner's entries within ``share`` bytes (in proportion to its upload quota;
+        ``TENANT_SHARE`` when not known) and the file within ``MAX_BYTES``. Else the entry says only owner, size
+        and hash (quotas and listings still need those): this one module is read at a start, nothing else is
+        dropped. The description stays in this process's memory for ``lookup``."""
+        digest = hashlib.sha256(raw).hexdigest()
+        entry: dict[str, Any] = {"tenant": tenant, "alias": alias, "size": len(raw), "sha256": digest}
+        own = len(_encode(description)) if description is not None else 0
         with self._update() as modules:
-            modules[name] = entry
+            modules.pop(name, None)
+            mine = sum(_size(e) for e in modules.values() if e.get("tenant") == tenant)
+            total = sum(_size(e) for e in modules.values())
+            bare = _size({**entry, "module": None})
+            kept = (
+                description is not None
+                and own <= ENTRY_BYTES
+                and mine + bare + own <= (TENANT_SHARE if share is None else share)
+                and total + bare + own <= MAX_BYTES * 3 // 4  # the last quarter: room for bare entries
+            )
+            if description is not None and not kept:
+                log.warning(
+                    "tenant module index %s: the description of %s (%d bytes) is over its bound; the module "
+                    "is read at each start",
+                    self.path,
+                    name,
+                    own,
+                )
+            if kept or total + bare + 1024 <= MAX_BYTES:
+                modules[name] = {**entry, "module": description if kept else None}
+        if description is not None and not kept:
+            self._unwritten[name] = (digest, description)
+        else:
+            self._unwritten.pop(name, None)
 
     def remember(self, name: str, tenant: str, alias: str | None, read: tuple[str, dict[str, Any]]) -> None:
         """``put`` after a module was read without an entry; a folder that cannot be written only costs time."""
@@ -181,7 +229,7 @@ class TenantIndex:
             self._seen = None
             modules = dict(self.entries())
             yield modules
-            data = json.dumps({"format": FORMAT, "modules": modules}, separators=(",", ":")).encode()
+            data = _encode({"format": FORMAT, "modules": modules})
             self._write(data)
             self._entries, self._seen = modules, None
             if self.remote is not None:
@@ -191,6 +239,16 @@ class TenantIndex:
                     log.warning("tenant module index of %s cannot be stored remotely: %s", self.folder, exc)
         finally:
             os.close(lock)
+
+
+def _encode(value: Any) -> bytes:
+    """Compact JSON: non-ASCII text as UTF-8, not six-byte escapes."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _size(entry: Any) -> int:
+    """What an entry takes in the file (about: its encoding plus its name)."""
+    return len(_encode(entry)) + 64
 
 
 PENDING = object()  # ``Metadata.indexed`` of a module whose reading runs in the background: look again next time
@@ -207,6 +265,19 @@ class TenantIndexes:
         self._reading: set[str] = set()
         self._done: dict[str, tuple[tuple[int, ...], str | None]] = {}  # path -> (signature, error or None)
         self._pool: Any = None
+        self._start_reads = 0
+
+    def over_start_budget(self, path: str) -> bool:
+        """At a start: True once ``START_INLINE`` modules (larger than ``INLINE_BYTES``, without a usable entry)
+        were read before serving; the rest are read in the background (``fill``), as while serving. A missing or
+        failing index then costs a start a few readings, never one per stored module (tens of seconds)."""
+        try:
+            if os.stat(path).st_size <= INLINE_BYTES:
+                return False
+        except OSError:
+            return False
+        self._start_reads += 1
+        return self._start_reads > START_INLINE
 
     def fill(
         self, index: TenantIndex, name: str, path: str, signature: tuple[int, ...], admin_id: str | None

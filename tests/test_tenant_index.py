@@ -256,3 +256,112 @@ def test_a_damaged_description_is_refused(damage: Callable[[dict[str, Any]], Any
     damage(data)
     with pytest.raises(ValueError):
         restore(data, source, "/up/shop.py", "")
+
+
+# -- one tenant cannot bloat the shared index (attack finding F13) -------------------------------------------------
+
+VICTIM = "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb"
+
+
+def bloated(api: str, chars: int = 120_000) -> str:
+    """A module whose docstrings are ``chars`` control characters: six bytes each once escaped in JSON."""
+    doc = "\x01" * chars
+    return (
+        f'"""{doc}"""\nfrom dpmsf_core import expose\n\n\n@expose.endpoint(API={api!r})\ndef {api}():\n'
+        f'    """{doc}"""\n    return 1\n'
+    )
+
+
+def described(name: str, tenant: str, size: int) -> dict[str, Any]:
+    return {
+        "tenant": tenant,
+        "alias": None,
+        "doc": "x" * size,
+        "introspection": False,
+        "duplicates": [],
+        "endpoints": [],
+    }
+
+
+def test_a_tenant_over_the_index_bounds_never_drops_another_tenants_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dpmsf_core import tenant_index
+    from dpmsf_core.tenant_index import TenantIndex
+
+    monkeypatch.setattr(tenant_index, "MAX_BYTES", 400_000)
+    index = TenantIndex(str(tmp_path))
+    index.put("bmod", "b = 1\n", VICTIM, None, described("bmod", VICTIM, 100))
+    for i in range(30):  # 30 x 30 kB of descriptions, within a share of 100 kB (as its upload quota gives)
+        index.put(f"doc{i}", f"a = {i}\n", MALLORY, None, described(f"doc{i}", MALLORY, 30_000), share=100_000)
+    on_disk = json.loads((tmp_path / INDEX_NAME).read_text())
+    assert (tmp_path / INDEX_NAME).stat().st_size <= 110_000
+    assert on_disk["modules"]["bmod"]["module"]["doc"] == "x" * 100  # the victim's entry, untouched
+    assert sorted(on_disk["modules"]) == sorted(["bmod", *(f"doc{i}" for i in range(30))])  # all owners known
+    assert on_disk["modules"]["doc29"]["module"] is None  # the overflow is the flooder's: kept bare
+    index.put("bmod2", "b = 2\n", VICTIM, None, described("bmod2", VICTIM, 100))
+    assert json.loads((tmp_path / INDEX_NAME).read_text())["modules"]["bmod2"]["module"] is not None
+    # even a flood past the whole file's bound (no share known) never drops an entry: the file stays bounded,
+    # and another tenant's new module is still recorded (its owner and size, for quotas and listings)
+    for i in range(30):
+        index.put(f"big{i}", f"a = {i}\n", MALLORY, None, described(f"big{i}", MALLORY, 30_000))
+    index.put("bmod3", "b = 3\n", VICTIM, None, described("bmod3", VICTIM, 100))
+    on_disk = json.loads((tmp_path / INDEX_NAME).read_text())
+    assert (tmp_path / INDEX_NAME).stat().st_size <= 400_000
+    assert on_disk["modules"]["bmod"]["module"] is not None and on_disk["modules"]["bmod2"]["module"] is not None
+    assert on_disk["modules"]["bmod3"]["tenant"] == VICTIM and "doc0" in on_disk["modules"]
+    # what the file could not keep, this process still knows: the module is not read again here
+    (tmp_path / "big29.py").write_text(f'__tenant__ = "{MALLORY}"\n')
+    index.put("big29", f'__tenant__ = "{MALLORY}"\n', MALLORY, None, described("big29", MALLORY, 30_000))
+    hit = index.lookup("big29", str(tmp_path / "big29.py"), ADMIN)
+    assert hit is not None and hit.description["doc"] == "x" * 30_000
+
+
+def test_a_bloated_docstring_costs_the_index_a_bounded_amount(
+    build: Callable[[], tuple[Any, float]], serve: Callable[[Any], httpx.Client], folders: tuple[Path, Path]
+) -> None:
+    _, uploads = folders
+    app, _ = build()
+    security = app.get_security()
+    security.tenants.add(name="mall", tenant_id=MALLORY)
+    security.tenants.add(name="vict", tenant_id=VICTIM)
+    client = serve(app)
+
+    def auth(tenant: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {mint(tenant, security.tenants.get(tenant).key)}"}
+
+    r = client.put("/rest/admin/plugins/bmod", content=HELLO.replace("hello", "bhello"), headers=auth(VICTIM))
+    assert r.status_code == 201, r.text
+    for i in range(3):
+        r = client.put(f"/rest/admin/plugins/doc{i}", content=bloated(f"doc{i}"), headers=auth(MALLORY), timeout=60)
+        assert r.status_code == 201, r.text
+    size = (uploads / INDEX_NAME).stat().st_size
+    print(f"index after three 240 kB-docstring modules: {size} bytes")
+    assert size < 300_000, size  # was 2.2 MB a module: each docstring escaped, kept whole, thrice
+    index = json.loads((uploads / INDEX_NAME).read_text())
+    assert index["modules"]["bmod"]["module"] is not None
+    listing = client.get("/rest/services/doc0/", headers=auth(MALLORY))
+    assert listing.status_code == 200
+    again, _ = build()  # a restart serves every module from the index
+    assert served(again) == {"hello": "loaded", "bmod": "loaded", "doc0": "loaded", "doc1": "loaded", "doc2": "loaded"}
+
+
+def test_a_start_without_a_usable_index_reads_only_a_few_modules_before_serving(
+    build: Callable[[], tuple[Any, float]], serve: Callable[[Any], httpx.Client], folders: tuple[Path, Path]
+) -> None:
+    from dpmsf_core.tenant_index import START_INLINE
+    from dpmsf_core.upload.validation import stamp_tenant
+
+    _, uploads = folders
+    uploads.mkdir(exist_ok=True)
+    for i in range(START_INLINE + 3):  # no index entry: a lost index, a copied folder
+        (uploads / f"slow{i}.py").write_text(stamp_tenant(big_module(f"slow{i}_api", 2_000), MALLORY))
+    app, took = build()
+    loaded = [name for name, status in served(app).items() if name.startswith("slow") and status == "loaded"]
+    assert len(loaded) == START_INLINE, served(app)  # the rest are read in the background, one at a time
+    client = serve(app)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and sum(s == "loaded" for s in served(app).values()) < START_INLINE + 4:
+        assert client.get("/rest/services/hello/").status_code == 200
+        time.sleep(0.1)
+    assert set(served(app).values()) == {"loaded"}, served(app)

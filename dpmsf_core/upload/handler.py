@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,7 @@ class PluginUpload:
         self.ledger = UploadLedger(self.store, index)
         budget = UploadBudget(cpu_seconds=settings.upload_cpu, wall_seconds=4 * settings.upload_cpu + 2)
         self.reader = UploadReader(budget, settings.upload_max)
+        self._commit_lock = threading.Lock()
 
     async def handle(
         self, scope: Scope, receive: Receive, responder: Responder, headers: dict[str, str], rest: str
@@ -62,14 +64,18 @@ class PluginUpload:
         if len(parts) == 1:
             if method not in ("GET", "HEAD"):
                 raise MethodNotAllowed("The plugin list answers GET.", ["GET", "HEAD"])
-            await responder.json(200, {"results": await self._list(tenant, admin)})
+            import asyncio
+
+            await responder.json(200, {"results": await asyncio.to_thread(self._list, tenant, admin)})
             return
         from .validation import check_module_name
 
         name = check_module_name(parts[1])
-        stored = self.store.get_versioned(name)
+        import asyncio  # here: a cold start without uploads does not pay for it
+
+        # the store (a network call for S3) and the index (a file read) are asked in a thread, never on the loop
+        stored, owner = await asyncio.to_thread(self._stored, name)
         existing = stored[0] if stored else None
-        owner = await self.ledger.owner(name, existing)
         mine = admin or (existing is not None and owner == tenant)
         if method in ("GET", "HEAD"):
             if existing is None or not mine:
@@ -79,27 +85,18 @@ class PluginUpload:
             if existing is not None and not mine:
                 raise Conflict(f"The module name '{name}' is taken by another owner; choose another name.")
             body = await read_body(scope, receive, headers, self.settings.upload_max)
-            read = await self.reader.read(name, body, tenant, admin)  # a child process, within its budget
-            source, alias = read.source, read.alias
-            if not admin:
-                _check_names_free(self.registry.snapshot, {name, alias or name}, tenant)
-                quotas = self.security.quotas.for_tenant(tenant)
-                self.ledger.check_quota(tenant, name, len(source.encode("utf-8")), quotas)
-            else:  # the admin's module would lose a public name another trusted file serves: say so, store nothing
-                _check_trusted_name_free(self.registry.snapshot, alias or name, self.folder, name)
-            # first the index entry, then the module: no rebuild in any server process parses it again
-            self.ledger.index.put(name, source, tenant, alias, read.description)
-            # Conditional: created only if still absent, replaced only if still the version whose owner we checked.
-            self.store.put(name, source, expect=stored[1] if stored else None)
-            metered(tenant, upload_bytes=len(body))  # metering: the accepted upload's bytes
-            status = self._reload(name)
+            try:
+                read = await self.reader.read(name, body, tenant, admin)  # a child process, within its budget
+            finally:  # metering: every upload read costs its bytes, refused (422, 429) or accepted
+                metered(tenant, upload_bytes=len(body))
+            status = await asyncio.to_thread(self._commit, name, tenant, admin, read, stored)
             await responder.json(
                 201 if existing is None else 200,
                 {
                     "results": {
                         "name": name,
                         "tenant": None if admin else tenant,
-                        "url": f"/rest/services/{alias or name}/",
+                        "url": f"/rest/services/{read.alias or name}/",
                         **status,
                     }
                 },
@@ -107,19 +104,51 @@ class PluginUpload:
         elif method == "DELETE":
             if existing is None or not mine:
                 raise NotFound(f"No uploaded plugin '{name}'.")
-            self.store.delete(name)
-            self.ledger.index.drop(name)
-            self._reload(name)
+            await asyncio.to_thread(self._delete, name)
             await responder.send(204, b"", b"text/plain")
         else:
             raise MethodNotAllowed(f"Plugin '{name}' answers GET, PUT and DELETE.", ["GET", "HEAD", "PUT", "DELETE"])
 
-    async def _list(self, tenant: str, admin: bool) -> list[dict[str, Any]]:
+    def _stored(self, name: str) -> tuple[tuple[str, Any] | None, str | None]:
+        """Module ``name`` as stored (source, version) and its owner. Blocks: runs in a thread."""
+        stored = self.store.get_versioned(name)
+        return stored, self.ledger.owner(name, stored[0] if stored else None)
+
+    def _commit(self, name: str, tenant: str, admin: bool, read: Any, stored: Any) -> dict[str, Any]:
+        """Check, index, store and load an upload that was read: in a thread (the index rewrite and the registry
+        rebuild once stalled every request), one upload at a time (the quota check and the store agree). The
+        module is live when this returns, as the answer says."""
+        with self._commit_lock:
+            source, alias = read.source, read.alias
+            share = None
+            if not admin:
+                _check_names_free(self.registry.snapshot, {name, alias or name}, tenant)
+                quotas = self.security.quotas.for_tenant(tenant)
+                if self.source is not None:  # count what the bucket holds, not what this instance mirrored
+                    self.source.sync(force=True)
+                self.ledger.check_quota(tenant, name, len(source.encode("utf-8")), quotas)
+                share = max(256 << 10, quotas.upload_bytes // 8)  # its index entries, in proportion to its quota
+            else:  # the admin's module would lose a public name another trusted file serves: say so, store nothing
+                _check_trusted_name_free(self.registry.snapshot, alias or name, self.folder, name)
+            # first the index entry, then the module: no rebuild in any server process parses it again
+            self.ledger.index.put(name, source, tenant, alias, read.description, share)
+            # Conditional: created only if still absent, replaced only if still the version whose owner we checked.
+            self.store.put(name, source, expect=stored[1] if stored else None)
+            return self._reload(name)
+
+    def _delete(self, name: str) -> None:
+        with self._commit_lock:
+            self.store.delete(name)
+            self.ledger.index.drop(name)
+            self._reload(name)
+
+    def _list(self, tenant: str, admin: bool) -> list[dict[str, Any]]:
+        """Every module ``tenant`` may see, with its owner. Blocks: runs in a thread."""
         out = []
         for name in self.store.list():
             owner = self.ledger.listed_owner(name)  # a stat per module, not a read
             if owner is None:
-                owner = await self.ledger.owner(name, self.store.get(name))
+                owner = self.ledger.owner(name, self.store.get(name))
             if admin or owner == tenant:
                 out.append({"name": name, "tenant": owner})
         return out

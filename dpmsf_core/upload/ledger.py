@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-from ..discovery import metadata_from_source, stamped_owner
+from ..discovery import metadata_from_source, stamped_owner, stamped_owner_of
 from ..errors import PluginError
 from ..tenancy.quotas import QuotaExceeded, Quotas
 from ..tenant_index import TenantIndex
@@ -24,8 +24,9 @@ class UploadLedger:
         self.store = store
         self.index = index
 
-    async def owner(self, name: str, source: str | None) -> str | None:
-        """The tenant stamped in ``source`` (module ``name``'s stored text), or None for none or unreadable."""
+    def owner(self, name: str, source: str | None) -> str | None:
+        """The tenant stamped in ``source`` (module ``name``'s stored text), or None for none or unreadable.
+        Reads the index and may parse: call it from a thread."""
         if source is None:
             return None
         entry = self.index.entries().get(name)
@@ -33,9 +34,7 @@ class UploadLedger:
         if entry is not None and entry.get("sha256") == hashlib.sha256(raw).hexdigest():
             tenant = entry.get("tenant")
             return tenant if isinstance(tenant, str) else None
-        import asyncio  # here: a cold start without uploads does not pay for it
-
-        return await asyncio.to_thread(_parsed_owner, source)  # not indexed: an upload from before the index
+        return _parsed_owner(source)  # not indexed: an upload from before the index
 
     def listed_owner(self, name: str) -> str | None:
         """The owner of module ``name`` for a listing: its index entry when the local file has the entry's size
@@ -79,7 +78,11 @@ class UploadLedger:
             path = os.path.join(self.index.folder, f"{name}.py")
             try:
                 size = os.stat(path).st_size
-            except OSError:
+            except OSError:  # stored (an object store's listing) but not mirrored here: ask the store
+                counted = self._remote(name)
+                if counted is not None and counted[0] == tenant:
+                    count += 1
+                    total += counted[1]
                 continue
             entry = entries.get(name)
             owner = entry.get("tenant") if entry is not None and entry.get("size") == size else stamped_owner(path)
@@ -87,6 +90,14 @@ class UploadLedger:
                 count += 1
                 total += size
         return count, total
+
+    def _remote(self, name: str) -> tuple[str, int] | None:
+        """(owner, bytes) of module ``name`` from the store itself; None if it is gone meanwhile."""
+        source = self.store.get(name)
+        if source is None:
+            return None
+        raw = source.encode("utf-8")
+        return stamped_owner_of(raw), len(raw)
 
 
 def _parsed_owner(source: str) -> str | None:

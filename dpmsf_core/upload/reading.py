@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BadRequest, DPMSFError, PayloadTooLarge, PluginError, UnprocessableArguments
+from ..tenancy.quotas import QuotaExceeded
 
 
 @dataclass(frozen=True)
@@ -176,32 +177,78 @@ def _over_budget(name: str, what: str) -> UnprocessableArguments:
 
 
 class UploadReader:
-    """Reads uploads off the event loop, ``concurrency`` at a time; ``queue`` more wait, any further is a 429
-    (each reading may take a CPU core for its whole budget)."""
+    """Reads uploads off the event loop, ``concurrency`` at a time, fairly between tenants: each tenant has at
+    most ``per_tenant`` uploads being read or waiting (one being read and one waiting), any further is its own
+    429; a free slot goes to the tenants waiting in turn (round-robin), so one tenant's flood of slow uploads
+    never keeps another's out. At most ``waiting`` uploads wait in all (each holds its body in memory)."""
 
-    def __init__(self, budget: UploadBudget, max_bytes: int, concurrency: int = 1, queue: int = 4) -> None:
+    def __init__(
+        self, budget: UploadBudget, max_bytes: int, concurrency: int = 1, per_tenant: int = 2, waiting: int = 64
+    ) -> None:
         self.budget = budget
         self.max_bytes = max_bytes
-        self.limit = concurrency + queue
         self.concurrency = concurrency
-        self._slots: Any = None  # an asyncio.Semaphore, made on the first upload (asyncio stays out of a cold start)
-        self._pending = 0  # reading or waiting to
+        self.per_tenant = per_tenant
+        self.waiting = waiting
+        self._active = 0  # being read
+        self._pending: dict[str, int] = {}  # tenant -> its uploads being read or waiting
+        self._queues: dict[str, Any] = {}  # tenant -> deque of futures waiting for a slot, in tenant arrival order
+
+    def _refuse(self, detail: str) -> QuotaExceeded:
+        return QuotaExceeded(
+            "uploads", detail + " Try again shortly; nothing was stored.", retry_after=self.budget.cpu_seconds
+        )
 
     async def read(self, name: str, body: bytes, tenant: str, admin: bool) -> ReadUpload:
-        if self._pending >= self.limit:
-            raise DPMSFError(
-                f"{self._pending} uploads are being read or waiting to be; try again shortly.",
-                status=429,
-                title="Too Many Requests",
-                headers={"Retry-After": str(max(1, int(self.budget.cpu_seconds)))},
-            )
         import asyncio
+        from collections import deque
 
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.concurrency)
-        self._pending += 1
+        if self._pending.get(tenant, 0) >= self.per_tenant:
+            raise self._refuse(f"This tenant has {self.per_tenant} uploads being read or waiting to be.")
+        if sum(len(q) for q in self._queues.values()) >= self.waiting:
+            raise self._refuse(f"{self.waiting} uploads are waiting to be read.")
+        self._pending[tenant] = self._pending.get(tenant, 0) + 1
         try:
-            async with self._slots:
+            if self._active >= self.concurrency:
+                turn = asyncio.get_running_loop().create_future()
+                self._queues.setdefault(tenant, deque()).append(turn)
+                try:
+                    await turn  # the slot is handed over to us (``_active`` stays counted)
+                except BaseException:
+                    if turn.done() and not turn.cancelled():
+                        self._release()  # handed over as we were cancelled: pass it on
+                    else:
+                        self._forget(tenant, turn)
+                    raise
+            else:
+                self._active += 1
+            try:
                 return await asyncio.to_thread(read_in_child, name, body, tenant, admin, self.max_bytes, self.budget)
+            finally:
+                self._release()
         finally:
-            self._pending -= 1
+            left = self._pending[tenant] - 1
+            if left:
+                self._pending[tenant] = left
+            else:
+                del self._pending[tenant]
+
+    def _forget(self, tenant: str, turn: Any) -> None:
+        queue = self._queues.get(tenant)
+        if queue is not None and turn in queue:
+            queue.remove(turn)
+            if not queue:
+                del self._queues[tenant]
+
+    def _release(self) -> None:
+        """A slot is free: hand it to the first waiter of the next tenant in turn, else free it."""
+        while self._queues:
+            tenant = next(iter(self._queues))
+            queue = self._queues.pop(tenant)
+            turn = queue.popleft()
+            if queue:
+                self._queues[tenant] = queue  # to the back: the other tenants come first
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._active -= 1

@@ -8,6 +8,7 @@ read is readable by others (``unprivileged_python``).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import marshal
@@ -36,6 +37,7 @@ UNPRIVILEGED = 65534  # nobody/nogroup: the uid a root server's workers run as
 MIN_CPU_SECONDS = 0.01
 _ENVELOPE_BYTES = 64 * 1024  # room around a result for captured output and the answer's fields
 FRAME_HEADER = 4 + channel.STAMP_BYTES  # what the worker puts before each frame of the guest
+STORE_FRAMES_PER_CALL = 4  # full-size store requests an honest call's byte budget has room for, beside its answer
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,16 @@ class SandboxLimits:
     worker_overhead_mb: int = 128  # the worker's own memory beside the guest's (RLIMIT_DATA; it uses ~45); 0: none
     max_store_frame_bytes: int = 512 * 1024  # one store request of the guest (a document is at most 350 kB)
     max_call_frames: int = 1000  # frames a guest may send in one call: store requests and its answer
-    max_call_bytes: int = 8 * 1024 * 1024  # bytes a guest may send in one call, all frames together
+    max_call_bytes: int = 0  # bytes a guest may send in one call, all frames; 0: its answer + a few store requests
+    host_cpu_share: float = 0.02  # server CPU a second that decoding one tenant's frames may take, on average
+    host_cpu_burst: float = 0.05  # server CPU seconds a tenant's frames may take at once before that share applies
 
     def __post_init__(self) -> None:
         if self.cpu_seconds < MIN_CPU_SECONDS:
             raise ValueError(f"SandboxLimits cpu_seconds={self.cpu_seconds}: at least {MIN_CPU_SECONDS} s")
+        if not self.max_call_bytes:  # what an honest call needs: its result, and a few one-document store requests
+            honest = self.max_answer_bytes + STORE_FRAMES_PER_CALL * self.max_store_frame_bytes
+            object.__setattr__(self, "max_call_bytes", honest)
 
     @property
     def max_answer_bytes(self) -> int:
@@ -82,12 +89,39 @@ class OutputOverBudget(BadFrame):
     """The guest sent more in one call than it may (frames or bytes); its text says which."""
 
 
-class CallOutput:
-    """What a guest has sent in the current call, counted before any of it is read: frames and bytes."""
+class CpuOverBudget(Exception):
+    """The call's CPU (its worker's, plus the server's own spent on its frames) went past its budget."""
 
-    def __init__(self, limits: SandboxLimits) -> None:
+
+class CallOutput:
+    """What a guest has sent in the current call, counted before any of it is read: frames and bytes; and the CPU the
+    call has cost so far, its worker's (from the frames' stamps) plus the server's own decoding and serving them
+    (``host``), which together must stay within the call's CPU budget."""
+
+    def __init__(self, limits: SandboxLimits, cpu_before: float = 0.0, budget: float | None = None) -> None:
         self.limits = limits
+        self.budget = limits.cpu_seconds if budget is None else budget
         self.frames = self.bytes = 0
+        self.cpu_before = cpu_before  # the worker's CPU stamp before the call
+        self.worker = 0.0  # the worker's CPU time in this call, as its latest frame said
+        self.host = 0.0  # the server's own CPU time spent on this call's frames: decoding, store requests
+
+    @property
+    def cpu_seconds(self) -> float:
+        return self.worker + self.host
+
+    def charge(self, seconds: float) -> None:
+        """Server CPU spent for this call; past the call's budget the guest is ended (504)."""
+        self.host += max(0.0, seconds)
+        self._check_cpu()
+
+    def stamped(self, stamp: float) -> None:
+        self.worker = max(self.worker, stamp - self.cpu_before)
+        self._check_cpu()
+
+    def _check_cpu(self) -> None:
+        if self.host and self.worker + self.host > self.budget:
+            raise CpuOverBudget()
 
     def admit(self, size: int, last: bool) -> None:
         limits = self.limits
@@ -119,6 +153,23 @@ def _parsed(data: bytes, last: bool) -> dict[str, Any]:
     return frame
 
 
+def _timed_parse(data: bytes, last: bool) -> tuple[dict[str, Any] | None, float]:
+    """``_parsed`` and the CPU time this thread spent on it (the frame is None if it was no frame of the protocol):
+    decoding is the call's cost, charged to it even when it fails."""
+    began = time.thread_time()
+    collecting = gc.isenabled()
+    if collecting:  # the frame's containers live until it is decoded: each would count toward a full collection
+        gc.disable()
+    try:
+        frame: dict[str, Any] | None = _parsed(data, last)
+    except BadFrame:
+        frame = None
+    finally:
+        if collecting:
+            gc.enable()
+    return frame, time.thread_time() - began
+
+
 def _worker_sys_path() -> list[str]:
     """Where the worker finds wasmtime and dpmsf_core (it runs with -I -S: no site-packages of its own)."""
     import wasmtime
@@ -138,6 +189,9 @@ class WorkerProcess:
         self.started = time.monotonic()
         self.idle_since = 0.0
         self.calls = 0
+        self.start_cpu = 0.0  # what starting it cost (CPU seconds), billed once: to its first call or its debtor
+        self.start_billed = False
+        self.tenant: str | None = None  # the tenant of its owner's latest call (who pays for its replacement)
         config = {
             "compiled": compiled,
             "guest_file": GUEST_FILE,
@@ -182,8 +236,9 @@ class WorkerProcess:
         self.write_poller = select.poll()
         self.write_poller.register(self.in_fd, select.POLLOUT)
         try:
-            ready = self.receive(time.monotonic() + _START_TIMEOUT, CallOutput(limits))
-        except (WorkerDied, WorkerTimedOut, BadFrame) as exc:
+            start = CallOutput(limits, budget=limits.start_cpu_seconds + 1)  # the worker's own watchdog ends it first
+            ready = self.receive(time.monotonic() + _START_TIMEOUT, start)
+        except (WorkerDied, WorkerTimedOut, BadFrame, CpuOverBudget) as exc:
             code = self.exit_status() if isinstance(exc, WorkerDied) else None
             why = self.stderr_tail()
             self.kill()
@@ -194,6 +249,7 @@ class WorkerProcess:
         if ready.get("op") != "ready":
             self.kill()
             raise DPMSFError("sandbox worker did not start: no ready frame")
+        self.start_cpu = start.cpu_seconds  # the worker's CPU to start its guest, and ours to read its ready frame
 
     @property
     def pid(self) -> int:
@@ -253,22 +309,32 @@ class WorkerProcess:
         """One frame from the guest, which is hostile: bounded in size and time, counted against the call's output
         before it is read, and it must be a JSON object."""
         size, last = self._header(self._read(FRAME_HEADER, deadline), output)
-        return _parsed(self._read(size, deadline), last)
+        return self._decoded(_timed_parse(self._read(size, deadline), last), output)
 
     async def receive_async(self, deadline: float, output: CallOutput) -> dict[str, Any]:
         """``receive`` on the event loop; a large frame is decoded in a thread, so the loop stays free meanwhile."""
         size, last = self._header(await self._read_async(FRAME_HEADER, deadline), output)
         data = await self._read_async(size, deadline)
         if size > _OFF_LOOP_BYTES:
-            return await asyncio.to_thread(_parsed, data, last)
-        return _parsed(data, last)
+            return self._decoded(await asyncio.to_thread(_timed_parse, data, last), output)
+        return self._decoded(_timed_parse(data, last), output)
+
+    @staticmethod
+    def _decoded(parsed: tuple[dict[str, Any] | None, float], output: CallOutput) -> dict[str, Any]:
+        """The decoded frame, its decoding charged to the call first."""
+        frame, seconds = parsed
+        output.charge(seconds)
+        if frame is None:
+            raise BadFrame()
+        return frame
 
     def _header(self, header: bytes, output: CallOutput) -> tuple[int, bool]:
         """The frame's size and whether it is the call's last, admitted by ``output``; the worker's CPU stamp."""
         word = int.from_bytes(header[:4], "big")
         size, last = word & channel.SIZE_MASK, bool(word & channel.ANSWER_FLAG)
-        output.admit(size, last)
         self.cpu_stamp = int.from_bytes(header[4:], "big") / 1e6
+        output.stamped(self.cpu_stamp)
+        output.admit(size, last)
         return size, last
 
     @staticmethod

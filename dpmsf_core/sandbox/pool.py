@@ -95,7 +95,7 @@ class SandboxPool:
         run_as: int | None = None,
         on_call: Callable[[CallUsage], None] | None = None,
         quotas: QuotaBook | None = None,
-        free_restarts: int = 5,
+        free_restarts: int = 10,
     ) -> None:
         if size < 1:
             raise ValueError(f"SandboxPool size={size!r}: need at least one worker")
@@ -136,7 +136,11 @@ class SandboxPool:
         if ended.tenant is None or spare.start_billed:
             return
         spare.start_billed = True
-        self._report(CallUsage(ended.tenant, "<start>", spare.start_cpu, 0.0, self.limits.memory_mb, True))
+        self._report(self._start_usage(ended.tenant, spare))
+
+    def _start_usage(self, tenant: str | None, worker: WorkerProcess) -> CallUsage:
+        """What starting ``worker`` cost, as a usage of function ``<start>`` (its memory held for the start's wall)."""
+        return CallUsage(tenant, "<start>", worker.start_cpu, worker.start_wall, self.limits.memory_mb, True)
 
     def _report(self, usage: CallUsage) -> None:
         if self.on_call is not None:
@@ -406,7 +410,7 @@ class SandboxPool:
         never fails the call."""
         if not worker.start_billed:  # the guest was started for this call: its tenant pays the start, apart
             worker.start_billed = True
-            self._report(CallUsage(plan.tenant, "<start>", worker.start_cpu, 0.0, self.limits.memory_mb, True))
+            self._report(self._start_usage(plan.tenant, worker))
         self._report(
             CallUsage(
                 tenant=plan.tenant,

@@ -54,8 +54,8 @@ class SandboxLimits:
     max_store_frame_bytes: int = 512 * 1024  # one store request of the guest (a document is at most 350 kB)
     max_call_frames: int = 1000  # frames a guest may send in one call: store requests and its answer
     max_call_bytes: int = 0  # bytes a guest may send in one call, all frames; 0: its answer + a few store requests
-    host_cpu_share: float = 0.02  # server CPU a second that decoding one tenant's frames may take, on average
-    host_cpu_burst: float = 0.05  # server CPU seconds a tenant's frames may take at once before that share applies
+    host_cpu_share: float = 0.01  # server CPU a second that decoding one tenant's frames may take, on average
+    host_cpu_burst: float = 0.02  # server CPU seconds a tenant's frames may take at once before that share applies
 
     def __post_init__(self) -> None:
         if self.cpu_seconds < MIN_CPU_SECONDS:
@@ -190,6 +190,7 @@ class WorkerProcess:
         self.idle_since = 0.0
         self.calls = 0
         self.start_cpu = 0.0  # what starting it cost (CPU seconds), billed once: to its first call or its debtor
+        self.start_wall = 0.0
         self.start_billed = False
         self.tenant: str | None = None  # the tenant of its owner's latest call (who pays for its replacement)
         config = {
@@ -250,6 +251,7 @@ class WorkerProcess:
             self.kill()
             raise DPMSFError("sandbox worker did not start: no ready frame")
         self.start_cpu = start.cpu_seconds  # the worker's CPU to start its guest, and ours to read its ready frame
+        self.start_wall = time.monotonic() - self.started
 
     @property
     def pid(self) -> int:

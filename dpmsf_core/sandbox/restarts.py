@@ -21,7 +21,7 @@ _FORGET_AFTER = 4096  # owners remembered; those with no death in the window are
 class Restarts:
     """Guest deaths per owner within ``WINDOW``; ``check`` refuses an owner within its back-off. Thread-safe."""
 
-    def __init__(self, free: int = 5, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, free: int = 10, clock: Callable[[], float] = time.monotonic) -> None:
         self.free = free
         self._clock = clock
         self._lock = threading.Lock()

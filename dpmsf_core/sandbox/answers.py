@@ -20,8 +20,9 @@ from ..errors import (
     TenantFunctionError,
 )
 from . import channel
+from .budget import CpuOverBudget, OutputOverBudget, SandboxLimits
 from .headers import tenant_headers
-from .process import CpuOverBudget, OutputOverBudget, SandboxLimits, WorkerDied, WorkerProcess, WorkerTimedOut
+from .process import WorkerDied, WorkerProcess, WorkerTimedOut
 
 log = logging.getLogger("dpmsf.sandbox")
 

@@ -2,7 +2,7 @@
 cost the server process, which the guest's cheap writes can make costly (a frame of empty lists takes the server
 ~40 ns a byte to decode, with the interpreter lock held: every other request waits meanwhile).
 
-A call is charged that CPU against its own budget (``process.CallOutput``); across calls, each tenant may use on
+A call is charged that CPU against its own budget (``budget.CallOutput``); across calls, each tenant may use on
 average ``share`` of one core for it, with ``burst`` seconds at once. A tenant past its share waits before its next
 frame is decoded (its call's wall time runs meanwhile), so a flood of costly frames slows its sender, not the server.
 """

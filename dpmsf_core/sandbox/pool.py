@@ -3,7 +3,8 @@
 A call is planned (``_Call``), given a guest of its tenant by ``guests.py`` (warm if one is idle, else a fresh
 one, else another tenant's least recently used one is recycled), exchanged here (store requests served on the
 way) and mapped by ``answers.py`` to a result or the DPMSFError to answer with. ``process.py`` is one worker
-process as the server sees it.
+process as the server sees it. It is over 400 lines because one call's exchange comes twice (in a thread and on
+the event loop) and must stay beside what it charges: the call's CPU, the tenant's share of the server, its meter.
 """
 
 from __future__ import annotations

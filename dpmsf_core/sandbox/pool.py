@@ -308,6 +308,8 @@ class SandboxPool:
         The server's own CPU on the call's frames (decoding them, serving the store) is the call's: charged to its
         budget and its meter, and to its tenant's share of the server (``hostshare.py``), which it waits for."""
         output = CallOutput(self.limits, worker.cpu_stamp)
+        began = time.thread_time()  # this thread's CPU on the call is all the call's: reading, decoding, the store
+        answer: dict[str, Any] = {}
         try:
             worker.send_bytes(payload, plan.deadline, call=True)
             while True:
@@ -326,8 +328,12 @@ class SandboxPool:
             if not worker.quiet():
                 raise BadFrame()
         except (WorkerTimedOut, WorkerDied, BadFrame, CpuOverBudget) as exc:
-            return self._metered(worker, plan, output, self._breach(worker, plan, exc, output))
-        return self._metered(worker, plan, output, self._answered(worker, plan, answer))
+            done = self._breach(worker, plan, exc, output)
+        else:
+            done = self._answered(worker, plan, answer)
+        del answer  # freed here, counted: a guest's frame of many small containers costs as much to free as to decode
+        output.host = max(output.host, time.thread_time() - began)
+        return self._metered(worker, plan, output, done)
 
     async def _exchange_async(
         self, worker: WorkerProcess, payload: bytes, plan: _Call

@@ -106,6 +106,7 @@ class WorkerProcess:
         self.started = time.monotonic()
         self.idle_since = 0.0
         self.calls = 0
+        self._waited = 0.0
         self.start_cpu = 0.0  # what starting it cost (CPU seconds), billed once: to its first call or its debtor
         self.start_wall = 0.0
         self.start_billed = False
@@ -233,7 +234,9 @@ class WorkerProcess:
     async def receive_async(self, deadline: float, output: CallOutput) -> dict[str, Any]:
         """``receive`` on the event loop; a large frame is decoded in a thread, so the loop stays free meanwhile."""
         size, last = self._header(await self._read_async(FRAME_HEADER, deadline), output)
+        began = time.thread_time()
         data = await self._read_async(size, deadline)
+        output.charge(time.thread_time() - began - self._waited)  # reading it, on the loop: the call's too
         if size > _OFF_LOOP_BYTES:
             return self._decoded(await asyncio.to_thread(_timed_parse, data, last), output)
         return self._decoded(_timed_parse(data, last), output)
@@ -273,11 +276,15 @@ class WorkerProcess:
             timer.cancel()
 
     async def _read_async(self, n: int, deadline: float) -> bytes:
+        """``n`` bytes; ``_waited``: the loop's CPU spent on other work while this waited for them."""
         loop = asyncio.get_running_loop()
         chunks: list[bytes] = []
+        self._waited = 0.0
         while n:
             if not self.poller.poll(0):
+                paused = time.thread_time()
                 await self._until(deadline, loop.add_reader, loop.remove_reader, self.out_fd)
+                self._waited += time.thread_time() - paused
                 if not self.poller.poll(0):
                     raise WorkerTimedOut()
             chunk = os.read(self.out_fd, min(n, 1 << 20))

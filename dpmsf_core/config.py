@@ -237,7 +237,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
         upload_dir=(env.get("DPMSF_UPLOAD_DIR") or "").strip(),
         upload_max=_int(env, "DPMSF_UPLOAD_MAX", 256_000, minimum=1),
         upload_cpu=_float(env, "DPMSF_UPLOAD_CPU", 2.0, minimum=0.5),
-        sandbox_workers=_int(env, "DPMSF_SANDBOX_WORKERS", 2, minimum=1),
+        # warm guests (~50 MB each); one tenant holds at most all but one: off Lambda it takes 2 tenants to fill 4
+        sandbox_workers=_int(env, "DPMSF_SANDBOX_WORKERS", 2 if lam else 4, minimum=1),
         sandbox_timeout=_float(env, "DPMSF_SANDBOX_TIMEOUT", 5.0, minimum=0.1),
         sandbox_memory_mb=_int(env, "DPMSF_SANDBOX_MEMORY_MB", 256, minimum=32),
         sandbox_cpu=_float(env, "DPMSF_SANDBOX_CPU", 2.0, minimum=0.5),

@@ -68,14 +68,15 @@ class TenantGate:
             if len(self._buckets) > _FORGET_AFTER:  # a bucket that has refilled is the same as none
                 self._buckets = {o: b for o, b in self._buckets.items() if b[0] + (now - b[1]) * b[2] < max(1.0, b[2])}
 
-    async def enter(self, owner: str, concurrency: int, timeout: float) -> bool:
+    async def enter(self, owner: str, concurrency: int, timeout: float, quota: int | None = None) -> bool:
         """Return once ``owner`` may run one more call (True if it had to wait behind the owner's own calls); it
         must call :meth:`leave` exactly once afterwards.
 
-        Raises QuotaExceeded("concurrency") at once when the owner's queue is full, or after ``timeout`` seconds
-        of waiting behind the owner's own calls.
+        Raises QuotaExceeded("concurrency") at once when the owner's queue is full (``QUEUE_PER_SLOT`` times its
+        concurrency ``quota``, by default ``concurrency``, which the pool may run fewer at once than), or after
+        ``timeout`` seconds of waiting behind the owner's own calls.
         """
-        limit = QUEUE_PER_SLOT * concurrency
+        limit = QUEUE_PER_SLOT * (quota or concurrency)
         with self._lock:
             running = self._running.get(owner, 0)
             queue = self._waiting.get(owner)

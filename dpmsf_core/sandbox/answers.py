@@ -20,8 +20,9 @@ from ..errors import (
     TenantFunctionError,
 )
 from . import channel
+from .budget import CpuOverBudget, OutputOverBudget, SandboxLimits
 from .headers import tenant_headers
-from .process import OutputOverBudget, SandboxLimits, WorkerDied, WorkerProcess, WorkerTimedOut
+from .process import WorkerDied, WorkerProcess, WorkerTimedOut
 
 log = logging.getLogger("dpmsf.sandbox")
 
@@ -33,6 +34,9 @@ def breach(worker: WorkerProcess, function: str, wall: float, exc: Exception, li
     worker.kill()
     if isinstance(exc, OutputOverBudget):
         return too_much_output(function, str(exc))
+    if isinstance(exc, CpuOverBudget):  # with what the server spent on its frames
+        cpu = limits.cpu_seconds
+        return GatewayTimeout(f"sandboxed function '{function}' used more than its CPU time limit of {cpu:g} s")
     if isinstance(exc, WorkerTimedOut):
         return GatewayTimeout(f"sandboxed function '{function}' ran past its time limit of {wall:g} s")
     return FunctionFailed(f"sandboxed function '{function}' broke the sandbox protocol")

@@ -12,13 +12,18 @@ Who gets the next guest, in order:
   recycling one for every call (each recycle burns a start's CPU that every tenant waits for), and a newcomer
   seldom finds every guest starting;
 - a backlogged owner recycles only guests that idled ``_AFFINITY_WAIT``, or whose owner is itself waiting: a
-  tenant that calls now and then keeps its warm guest between calls while others flood.
+  tenant that calls now and then keeps its warm guest between calls while others flood;
+- one owner never holds more than ``cap`` guests at once (all but one when there are two or more): calls that
+  hold a guest without using CPU (a ``time.sleep``) cannot take every guest, so another tenant's call finds one
+  free or waits only for one that another tenant holds.
 
 A guest that ended is replaced in the background, so the next call finds a warm one.
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import itertools
 import logging
 import threading
@@ -41,9 +46,16 @@ class NoGuestInTime(ServiceUnavailable):
 class Guests:
     """The workers of one pool, at most ``size`` at once; ``start`` makes a fresh one."""
 
-    def __init__(self, size: int, start: Callable[[], WorkerProcess]) -> None:
+    def __init__(
+        self,
+        size: int,
+        start: Callable[[], WorkerProcess],
+        on_spare: Callable[[WorkerProcess, WorkerProcess], None] | None = None,
+    ) -> None:
         self.size = size
+        self.cap = size - 1 if size > 1 else 1  # guests one owner may hold at once
         self.start = start
+        self.on_spare = on_spare  # (the guest that ended, its replacement): who pays for the start
         self._cond = threading.Condition()
         self._idle: list[WorkerProcess] = []  # least recently used first
         self._count = 0  # idle + busy + starting
@@ -147,6 +159,10 @@ class Guests:
         so that at most a third of the guests' time goes to starting them, whoever floods."""
         return max(_MIN_QUANTUM, 2 * self._start_cost)
 
+    def _capped(self, owner: str) -> bool:
+        """Under the lock: ``owner`` holds as many guests as one owner may."""
+        return self._busy.get(owner, 0) >= self.cap
+
     def _waiting_owners(self) -> set[str]:
         return {o for _, o in self._queue}
 
@@ -154,7 +170,7 @@ class Guests:
         """Under the lock: out of turn, ``owner`` may still take its own idle guest within the guest's quantum,
         unless a newcomer waits."""
         number, owner = ticket
-        if any(n < number and o == owner for n, o in self._queue):
+        if self._capped(owner) or any(n < number and o == owner for n, o in self._queue):
             return False
         if any(o not in self._served for _, o in self._queue if o != owner):  # a newcomer waits
             return False
@@ -194,10 +210,10 @@ class Guests:
     def _my_turn(self, ticket: tuple[int, str]) -> bool:
         """The owner's oldest waiting call, and no waiting owner goes before it by ``_priority``."""
         number, owner = ticket
-        if any(n < number and o == owner for n, o in self._queue):
+        if self._capped(owner) or any(n < number and o == owner for n, o in self._queue):
             return False
         mine = self._priority(owner)
-        return not any(o != owner and self._priority(o) < mine for _, o in self._queue)
+        return not any(o != owner and not self._capped(o) and self._priority(o) < mine for _, o in self._queue)
 
     def _granted(self, owner: str) -> None:
         """Under the lock: a call of ``owner`` got a guest; forget owners neither busy nor waiting once many."""
@@ -211,7 +227,7 @@ class Guests:
         with self._cond:
             if self._closed:
                 raise ServiceUnavailable("the sandbox pool is closed")
-            if self._queue:  # others are waiting: take a turn like everybody else
+            if self._queue or self._capped(owner):  # others are waiting: take a turn like everybody else
                 return None
             for worker in self._idle:
                 if worker.owner == owner:
@@ -243,10 +259,11 @@ class Guests:
             self.replaced += 1
             closed = self._closed
             self._cond.notify_all()
-        if not closed:
-            threading.Thread(target=self._spare, name="dpmsf-sandbox-spare", daemon=True).start()
+        if not closed:  # in the caller's context: its meter is told what the start cost
+            spare = functools.partial(contextvars.copy_context().run, self._spare, worker)
+            threading.Thread(target=spare, name="dpmsf-sandbox-spare", daemon=True).start()
 
-    def _spare(self) -> None:
+    def _spare(self, ended: WorkerProcess | None = None) -> None:
         """Start a replacement in the background so the next call finds a warm worker."""
         with self._cond:
             if self._closed or self._count >= self.size:
@@ -262,6 +279,11 @@ class Guests:
                 self._starting -= 1
                 self._cond.notify_all()
             return
+        if ended is not None and self.on_spare is not None:
+            try:
+                self.on_spare(ended, worker)
+            except Exception:
+                log.exception("sandbox: the on_spare hook failed")
         with self._cond:
             self._starting -= 1
             parked = self._park(worker)

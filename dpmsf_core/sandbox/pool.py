@@ -3,7 +3,8 @@
 A call is planned (``_Call``), given a guest of its tenant by ``guests.py`` (warm if one is idle, else a fresh
 one, else another tenant's least recently used one is recycled), exchanged here (store requests served on the
 way) and mapped by ``answers.py`` to a result or the DPMSFError to answer with. ``process.py`` is one worker
-process as the server sees it.
+process as the server sees it. It is over 400 lines because one call's exchange comes twice (in a thread and on
+the event loop) and must stay beside what it charges: the call's CPU, the tenant's share of the server, its meter.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ from . import runtime
 from .admission import FairGate, TenantGate
 from .answers import breach, outcome
 from .guests import Guests, NoGuestInTime
+from .hostshare import HostShare
 from .process import (
     UNPRIVILEGED,
     BadFrame,
     CallOutput,
+    CpuOverBudget,
     SandboxLimits,
     StartOutOfTime,
     WorkerDied,
@@ -42,6 +45,7 @@ from .process import (
     WorkerTimedOut,
     unprivileged_python,
 )
+from .restarts import Restarts
 from .usage import CallUsage
 
 log = logging.getLogger("dpmsf.sandbox")
@@ -92,6 +96,7 @@ class SandboxPool:
         run_as: int | None = None,
         on_call: Callable[[CallUsage], None] | None = None,
         quotas: QuotaBook | None = None,
+        free_restarts: int = 10,
     ) -> None:
         if size < 1:
             raise ValueError(f"SandboxPool size={size!r}: need at least one worker")
@@ -105,7 +110,9 @@ class SandboxPool:
         self.run_as: int | None = None
         if run_as is not None or os.geteuid() == 0:
             self.python, self.run_as = unprivileged_python(python, run_as or UNPRIVILEGED, self.compiled)
-        self.guests = Guests(size, self._start_worker)
+        self.guests = Guests(size, self._start_worker, self._bill_spare)
+        self.restarts = Restarts(free_restarts)  # a tenant whose guests keep ending waits (restarts.py)
+        self.host_share = HostShare(self.limits.host_cpu_share, self.limits.host_cpu_burst)
         # Each tenant's rate and concurrency quotas (admission.py) bound what its flood can take: it waits in its
         # own short queue, then gets 429s. Calls that wait for a guest hold a thread: their own pool (not asyncio's
         # small default one), entered round robin across tenants.
@@ -125,6 +132,24 @@ class SandboxPool:
             log.warning("sandbox worker start ran out of time, starting another: %s", str(exc)[:200])
             return WorkerProcess(self.python, self.limits, self.compiled, self.run_as)
 
+    def _bill_spare(self, ended: WorkerProcess, spare: WorkerProcess) -> None:
+        """A guest ended during a call of ``ended.tenant``, and ``spare`` replaced it: that tenant pays the start."""
+        if ended.tenant is None or spare.start_billed:
+            return
+        spare.start_billed = True
+        self._report(self._start_usage(ended.tenant, spare))
+
+    def _start_usage(self, tenant: str | None, worker: WorkerProcess) -> CallUsage:
+        """What starting ``worker`` cost, as a usage of function ``<start>`` (its memory held for the start's wall)."""
+        return CallUsage(tenant, "<start>", worker.start_cpu, worker.start_wall, self.limits.memory_mb, True)
+
+    def _report(self, usage: CallUsage) -> None:
+        if self.on_call is not None:
+            try:
+                self.on_call(usage)
+            except Exception:
+                log.exception("sandbox: the on_call hook failed for %s", usage.function)
+
     # -- public -------------------------------------------------------------------------------------------------
 
     async def call(self, **kwargs: Any) -> Any:
@@ -137,10 +162,14 @@ class SandboxPool:
         reading times out.
         """
         plan = self._plan(**kwargs)
+        self.restarts.check(plan.owner)
         quotas = self.quotas.for_tenant(plan.tenant)
         self._tenants.charge(plan.owner, quotas.rate)
         crowd = sum(self._tenants.load(plan.owner))  # its calls already in flight: is it flooding?
-        backlog = await self._tenants.enter(plan.owner, quotas.concurrency, plan.deadline - time.monotonic())
+        concurrency = min(quotas.concurrency, self.guests.cap)  # never every guest: another tenant finds one
+        backlog = await self._tenants.enter(
+            plan.owner, concurrency, plan.deadline - time.monotonic(), quota=quotas.concurrency
+        )
         try:
             worker = None if self._gate.waiting() else self.guests.take_warm(plan.owner)
             if worker is None:
@@ -161,6 +190,7 @@ class SandboxPool:
 
     async def _on_loop(self, worker: WorkerProcess, plan: _Call) -> Any:
         plan = plan.started()
+        worker.tenant = plan.tenant
         keep, result, error = False, None, None
         try:
             payload = self._payload(worker, plan)
@@ -188,6 +218,7 @@ class SandboxPool:
         and ``inject`` (parameters that receive it: names, or positions in ``args``).
         """
         plan = self._plan(**kwargs)
+        self.restarts.check(plan.owner)
         self._tenants.charge(plan.owner, self.quotas.for_tenant(plan.tenant).rate)
         return self._call_planned(plan)
 
@@ -224,6 +255,7 @@ class SandboxPool:
     def _call_planned(self, plan: _Call, backlog: bool = False) -> Any:
         worker = self.guests.acquire(plan.owner, plan.deadline, backlog)
         plan = plan.started()
+        worker.tenant = plan.tenant
         keep, result, error = False, None, None
         try:
             keep, result, error = self._exchange(worker, self._payload(worker, plan), plan)
@@ -271,46 +303,95 @@ class SandboxPool:
     # -- one call -----------------------------------------------------------------------------------------------
 
     def _exchange(self, worker: WorkerProcess, payload: bytes, plan: _Call) -> tuple[bool, Any, DPMSFError | None]:
-        """Send one call, serve its store requests, and map the answer to (keep the guest, result, error)."""
-        output, cpu_before = CallOutput(self.limits), worker.cpu_stamp
+        """Send one call, serve its store requests, and map the answer to (keep the guest, result, error).
+
+        The server's own CPU on the call's frames (decoding them, serving the store) is the call's: charged to its
+        budget and its meter, and to its tenant's share of the server (``hostshare.py``), which it waits for."""
+        output = CallOutput(self.limits, worker.cpu_stamp)
+        began = time.thread_time()  # this thread's CPU on the call is all the call's: reading, decoding, the store
+        answer: dict[str, Any] = {}
         try:
             worker.send_bytes(payload, plan.deadline, call=True)
             while True:
-                answer = self._checked(worker.receive(plan.deadline, output), plan)
+                time.sleep(self._share_wait(plan))
+                host = output.host
+                try:
+                    answer = self._checked(worker.receive(plan.deadline, output), plan)
+                finally:
+                    self.host_share.spend(plan.owner, output.host - host)  # what decoding it cost the server
                 if answer.get("op") != "store":
                     break
-                worker.send(self._serve_store(plan.tenant, answer), plan.deadline)
+                reply, seconds = self._timed_store(plan.tenant, answer)
+                self.host_share.spend(plan.owner, seconds)
+                output.charge(seconds)
+                worker.send(reply, plan.deadline)
             if not worker.quiet():
                 raise BadFrame()
-        except (WorkerTimedOut, WorkerDied, BadFrame) as exc:
-            return self._metered(worker, plan, cpu_before, self._breach(worker, plan, exc))
-        return self._metered(worker, plan, cpu_before, self._answered(worker, plan, answer))
+        except (WorkerTimedOut, WorkerDied, BadFrame, CpuOverBudget) as exc:
+            done = self._breach(worker, plan, exc, output)
+        else:
+            done = self._answered(worker, plan, answer)
+        del answer  # freed here, counted: a guest's frame of many small containers costs as much to free as to decode
+        output.host = max(output.host, time.thread_time() - began)
+        return self._metered(worker, plan, output, done)
 
     async def _exchange_async(
         self, worker: WorkerProcess, payload: bytes, plan: _Call
     ) -> tuple[bool, Any, DPMSFError | None]:
         """``_exchange`` on the event loop: small writes, the answer's pipe watched by the loop, large frames
         decoded in a thread."""
-        output, cpu_before = CallOutput(self.limits), worker.cpu_stamp
+        output = CallOutput(self.limits, worker.cpu_stamp)
         try:
             await worker.send_bytes_async(payload, plan.deadline, call=True)
             while True:
-                answer = self._checked(await worker.receive_async(plan.deadline, output), plan)
+                wait = self._share_wait(plan)
+                if wait:
+                    await asyncio.sleep(wait)
+                host = output.host
+                try:
+                    answer = self._checked(await worker.receive_async(plan.deadline, output), plan)
+                finally:
+                    self.host_share.spend(plan.owner, output.host - host)
                 if answer.get("op") != "store":
                     break
-                reply = await asyncio.to_thread(self._serve_store, plan.tenant, answer)  # a backend may block
+                reply, seconds = await asyncio.to_thread(self._timed_store, plan.tenant, answer)  # a backend may block
+                self.host_share.spend(plan.owner, seconds)
+                output.charge(seconds)
                 await worker.send_bytes_async(marshal.dumps(reply), plan.deadline)
             if not worker.quiet():
                 raise BadFrame()
-        except (WorkerTimedOut, WorkerDied, BadFrame) as exc:
-            return self._metered(worker, plan, cpu_before, self._breach(worker, plan, exc))
-        return self._metered(worker, plan, cpu_before, self._answered(worker, plan, answer))
+        except (WorkerTimedOut, WorkerDied, BadFrame, CpuOverBudget) as exc:
+            return self._metered(worker, plan, output, self._breach(worker, plan, exc, output))
+        return self._metered(worker, plan, output, self._answered(worker, plan, answer))
 
-    def _breach(self, worker: WorkerProcess, plan: _Call, exc: Exception) -> tuple[bool, Any, DPMSFError | None]:
+    def _share_wait(self, plan: _Call) -> float:
+        """How long the call waits for its tenant's share of the server's CPU (``hostshare.py``), at most until its
+        deadline; past the deadline the call has run out of time."""
+        left = plan.deadline - time.monotonic()
+        if left <= 0:
+            raise WorkerTimedOut()
+        wait = self.host_share.wait(plan.owner)
+        if wait >= left:
+            raise WorkerTimedOut()
+        return wait
+
+    def _timed_store(self, tenant: str | None, request: dict[str, Any]) -> tuple[dict[str, Any], float]:
+        """``_serve_store`` and the CPU time this thread spent on it, freeing the request's arguments here too (a
+        guest's frame of many small containers costs the server as much to free as to decode)."""
+        began = time.thread_time()
+        reply = self._serve_store(tenant, request)
+        request.clear()
+        return reply, time.thread_time() - began
+
+    def _breach(
+        self, worker: WorkerProcess, plan: _Call, exc: Exception, output: CallOutput
+    ) -> tuple[bool, Any, DPMSFError | None]:
         """The guest is ended; its CPU time is read (from ``/proc``) before it is reaped, for the meter."""
         used = worker.cpu_seconds()
         if used is not None:
             worker.cpu_stamp = max(worker.cpu_stamp, used)
+            output.worker = max(output.worker, worker.cpu_stamp - output.cpu_before)
+        self.restarts.died(plan.owner)
         return False, None, breach(worker, plan.function, plan.wall, exc, self.limits)
 
     def _answered(
@@ -328,23 +409,25 @@ class SandboxPool:
         return outcome(worker, answer, plan.function, self.limits)
 
     def _metered(
-        self, worker: WorkerProcess, plan: _Call, cpu_before: float, done: tuple[bool, Any, DPMSFError | None]
+        self, worker: WorkerProcess, plan: _Call, output: CallOutput, done: tuple[bool, Any, DPMSFError | None]
     ) -> tuple[bool, Any, DPMSFError | None]:
         """Tell ``on_call`` what the call cost: the worker's CPU time between its last frame before the call and
-        its last frame of it (what it did after its previous answer is this call's too); never fails the call."""
-        if self.on_call is not None:
-            usage = CallUsage(
+        its last frame of it (what it did after its previous answer is this call's too), plus the server's own CPU
+        on the call's frames; and before it, as function ``<start>``, the guest's start if it was started for this call;
+        never fails the call."""
+        if not worker.start_billed:  # the guest was started for this call: its tenant pays the start, apart
+            worker.start_billed = True
+            self._report(self._start_usage(plan.tenant, worker))
+        self._report(
+            CallUsage(
                 tenant=plan.tenant,
                 function=plan.function,
-                cpu_seconds=max(0.0, worker.cpu_stamp - cpu_before),
+                cpu_seconds=max(0.0, worker.cpu_stamp - output.cpu_before) + output.host,
                 wall_seconds=max(0.0, time.monotonic() - (plan.deadline - plan.wall)),
                 memory_mb=self.limits.memory_mb,
                 ok=done[2] is None,
             )
-            try:
-                self.on_call(usage)
-            except Exception:
-                log.exception("sandbox: the on_call hook failed for %s", plan.function)
+        )
         return done
 
     @staticmethod

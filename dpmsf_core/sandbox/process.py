@@ -8,6 +8,7 @@ read is readable by others (``unprivileged_python``).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import marshal
@@ -16,11 +17,13 @@ import select
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DPMSFError
 from . import channel, runtime
+from .budget import BadFrame, CallOutput, CpuOverBudget, SandboxLimits
+
+__all__ = ["BadFrame", "CallOutput", "CpuOverBudget", "SandboxLimits", "WorkerProcess"]  # what the pool takes here
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -33,33 +36,7 @@ _PACKAGE_ROOT = os.path.dirname(os.path.dirname(_HERE))  # the folder that holds
 _START_TIMEOUT = 15.0
 _SPIN = 0.0002  # seconds a waiting call spins before it sleeps (not on the event loop: it must stay free)
 UNPRIVILEGED = 65534  # nobody/nogroup: the uid a root server's workers run as
-MIN_CPU_SECONDS = 0.01
-_ENVELOPE_BYTES = 64 * 1024  # room around a result for captured output and the answer's fields
 FRAME_HEADER = 4 + channel.STAMP_BYTES  # what the worker puts before each frame of the guest
-
-
-@dataclass(frozen=True)
-class SandboxLimits:
-    """Per-call limits for sandboxed functions; a guest that breaks one is replaced."""
-
-    cpu_seconds: float = 2  # the worker's CPU time during one call, whatever the guest does meanwhile
-    memory_mb: int = 256  # the guest's linear memory
-    wall_seconds: float = 5  # the call as a whole; the worker process is killed past it
-    max_output_bytes: int = 1_000_000  # the result, JSON-encoded
-    worker_cpu_seconds: float = 600  # a worker's lifetime CPU (RLIMIT_CPU); it is retired before reaching this
-    start_cpu_seconds: float = 5  # the worker's CPU time to start its guest (about 0.3 s)
-    worker_overhead_mb: int = 128  # the worker's own memory beside the guest's (RLIMIT_DATA; it uses ~45); 0: none
-    max_store_frame_bytes: int = 512 * 1024  # one store request of the guest (a document is at most 350 kB)
-    max_call_frames: int = 1000  # frames a guest may send in one call: store requests and its answer
-    max_call_bytes: int = 8 * 1024 * 1024  # bytes a guest may send in one call, all frames together
-
-    def __post_init__(self) -> None:
-        if self.cpu_seconds < MIN_CPU_SECONDS:
-            raise ValueError(f"SandboxLimits cpu_seconds={self.cpu_seconds}: at least {MIN_CPU_SECONDS} s")
-
-    @property
-    def max_answer_bytes(self) -> int:
-        return self.max_output_bytes + _ENVELOPE_BYTES
 
 
 class WorkerDied(Exception):
@@ -72,32 +49,6 @@ class WorkerTimedOut(Exception):
 
 class StartOutOfTime(DPMSFError):
     """The guest ran out of its start-up CPU budget before it was ready."""
-
-
-class BadFrame(Exception):
-    """The guest sent something that is not a frame of the protocol."""
-
-
-class OutputOverBudget(BadFrame):
-    """The guest sent more in one call than it may (frames or bytes); its text says which."""
-
-
-class CallOutput:
-    """What a guest has sent in the current call, counted before any of it is read: frames and bytes."""
-
-    def __init__(self, limits: SandboxLimits) -> None:
-        self.limits = limits
-        self.frames = self.bytes = 0
-
-    def admit(self, size: int, last: bool) -> None:
-        limits = self.limits
-        self.frames, self.bytes = self.frames + 1, self.bytes + size
-        if size > (limits.max_answer_bytes if last else limits.max_store_frame_bytes):
-            raise BadFrame()  # larger than any honest frame of its kind
-        if self.frames > limits.max_call_frames:
-            raise OutputOverBudget(f"more than {limits.max_call_frames} frames in one call")
-        if self.bytes > limits.max_call_bytes:
-            raise OutputOverBudget(f"more than {limits.max_call_bytes} bytes in one call")
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -119,6 +70,23 @@ def _parsed(data: bytes, last: bool) -> dict[str, Any]:
     return frame
 
 
+def _timed_parse(data: bytes, last: bool) -> tuple[dict[str, Any] | None, float]:
+    """``_parsed`` and the CPU time this thread spent on it (the frame is None if it was no frame of the protocol):
+    decoding is the call's cost, charged to it even when it fails."""
+    began = time.thread_time()
+    collecting = gc.isenabled()
+    if collecting:  # the frame's containers live until it is decoded: each would count toward a full collection
+        gc.disable()
+    try:
+        frame: dict[str, Any] | None = _parsed(data, last)
+    except BadFrame:
+        frame = None
+    finally:
+        if collecting:
+            gc.enable()
+    return frame, time.thread_time() - began
+
+
 def _worker_sys_path() -> list[str]:
     """Where the worker finds wasmtime and dpmsf_core (it runs with -I -S: no site-packages of its own)."""
     import wasmtime
@@ -138,6 +106,11 @@ class WorkerProcess:
         self.started = time.monotonic()
         self.idle_since = 0.0
         self.calls = 0
+        self._waited = 0.0
+        self.start_cpu = 0.0  # what starting it cost (CPU seconds), billed once: to its first call or its debtor
+        self.start_wall = 0.0
+        self.start_billed = False
+        self.tenant: str | None = None  # the tenant of its owner's latest call (who pays for its replacement)
         config = {
             "compiled": compiled,
             "guest_file": GUEST_FILE,
@@ -182,8 +155,9 @@ class WorkerProcess:
         self.write_poller = select.poll()
         self.write_poller.register(self.in_fd, select.POLLOUT)
         try:
-            ready = self.receive(time.monotonic() + _START_TIMEOUT, CallOutput(limits))
-        except (WorkerDied, WorkerTimedOut, BadFrame) as exc:
+            start = CallOutput(limits, budget=limits.start_cpu_seconds + 1)  # the worker's own watchdog ends it first
+            ready = self.receive(time.monotonic() + _START_TIMEOUT, start)
+        except (WorkerDied, WorkerTimedOut, BadFrame, CpuOverBudget) as exc:
             code = self.exit_status() if isinstance(exc, WorkerDied) else None
             why = self.stderr_tail()
             self.kill()
@@ -194,6 +168,8 @@ class WorkerProcess:
         if ready.get("op") != "ready":
             self.kill()
             raise DPMSFError("sandbox worker did not start: no ready frame")
+        self.start_cpu = start.cpu_seconds  # the worker's CPU to start its guest, and ours to read its ready frame
+        self.start_wall = time.monotonic() - self.started
 
     @property
     def pid(self) -> int:
@@ -253,22 +229,34 @@ class WorkerProcess:
         """One frame from the guest, which is hostile: bounded in size and time, counted against the call's output
         before it is read, and it must be a JSON object."""
         size, last = self._header(self._read(FRAME_HEADER, deadline), output)
-        return _parsed(self._read(size, deadline), last)
+        return self._decoded(_timed_parse(self._read(size, deadline), last), output)
 
     async def receive_async(self, deadline: float, output: CallOutput) -> dict[str, Any]:
         """``receive`` on the event loop; a large frame is decoded in a thread, so the loop stays free meanwhile."""
         size, last = self._header(await self._read_async(FRAME_HEADER, deadline), output)
+        began = time.thread_time()
         data = await self._read_async(size, deadline)
+        output.charge(time.thread_time() - began - self._waited)  # reading it, on the loop: the call's too
         if size > _OFF_LOOP_BYTES:
-            return await asyncio.to_thread(_parsed, data, last)
-        return _parsed(data, last)
+            return self._decoded(await asyncio.to_thread(_timed_parse, data, last), output)
+        return self._decoded(_timed_parse(data, last), output)
+
+    @staticmethod
+    def _decoded(parsed: tuple[dict[str, Any] | None, float], output: CallOutput) -> dict[str, Any]:
+        """The decoded frame, its decoding charged to the call first."""
+        frame, seconds = parsed
+        output.charge(seconds)
+        if frame is None:
+            raise BadFrame()
+        return frame
 
     def _header(self, header: bytes, output: CallOutput) -> tuple[int, bool]:
         """The frame's size and whether it is the call's last, admitted by ``output``; the worker's CPU stamp."""
         word = int.from_bytes(header[:4], "big")
         size, last = word & channel.SIZE_MASK, bool(word & channel.ANSWER_FLAG)
-        output.admit(size, last)
         self.cpu_stamp = int.from_bytes(header[4:], "big") / 1e6
+        output.stamped(self.cpu_stamp)
+        output.admit(size, last)
         return size, last
 
     @staticmethod
@@ -288,11 +276,15 @@ class WorkerProcess:
             timer.cancel()
 
     async def _read_async(self, n: int, deadline: float) -> bytes:
+        """``n`` bytes; ``_waited``: the loop's CPU spent on other work while this waited for them."""
         loop = asyncio.get_running_loop()
         chunks: list[bytes] = []
+        self._waited = 0.0
         while n:
             if not self.poller.poll(0):
+                paused = time.thread_time()
                 await self._until(deadline, loop.add_reader, loop.remove_reader, self.out_fd)
+                self._waited += time.thread_time() - paused
                 if not self.poller.poll(0):
                     raise WorkerTimedOut()
             chunk = os.read(self.out_fd, min(n, 1 << 20))

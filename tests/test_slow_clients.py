@@ -342,3 +342,29 @@ def test_answers_nobody_reads_are_dropped(tmp_path: Path) -> None:
                 sock.close()
         assert grown[1] < grown[0] * 1.5 + 20, grown  # the first round's memory was given back for reuse
         assert httpx.get(base + "/rest/services/ping/", timeout=10).status_code == 200
+
+
+def test_withheld_bodies_are_bounded_by_the_body_budget(tmp_path: Path) -> None:
+    """F5: 24 clients each send 5 MB of a 6 MB body and wait; the server holds at most DPMSF_BODY_BUDGET_MB
+    (8 here) of them, the rest are refused 503 with Retry-After, and an honest POST is served meanwhile."""
+    env = {"DPMSF_BODY_BUDGET_MB": "8", "DPMSF_BODY_MIN_RATE": "0", "DPMSF_BODY_TIMEOUT": "30"}
+    for base, proc in _serve_proc(tmp_path, 1, **env):
+        before = _rss_mb(proc.pid)
+        socks = []
+        for _ in range(24):
+            sock = _connect(base)
+            sock.sendall(b"POST /rest/services/keep/ HTTP/1.1\r\nHost: x\r\nContent-Length: 6000000\r\n\r\n")
+            try:
+                sock.sendall(b"b" * 5_000_000)
+            except OSError:
+                pass
+            socks.append(sock)
+        time.sleep(1.0)
+        grown = _rss_mb(proc.pid) - before
+        honest = httpx.post(base + "/rest/services/keep/", content=b"small", timeout=10)
+        refused = [data for _, data in (_closed_within(sock, 2) for sock in socks) if data.startswith(b"HTTP/1.1 503")]
+        for sock in socks:
+            sock.close()
+        assert grown < 60, grown  # 120 MB was sent; the budget holds 8 MB (plus uvicorn's 64 kB per connection)
+        assert honest.json() == {"results": 5}
+        assert len(refused) >= 12 and b"retry-after: 5" in refused[0].lower() and b"DPMSF_BODY_BUDGET_MB" in refused[0]

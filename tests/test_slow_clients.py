@@ -368,3 +368,16 @@ def test_withheld_bodies_are_bounded_by_the_body_budget(tmp_path: Path) -> None:
         assert grown < 60, grown  # 120 MB was sent; the budget holds 8 MB (plus uvicorn's 64 kB per connection)
         assert honest.json() == {"results": 5}
         assert len(refused) >= 12 and b"retry-after: 5" in refused[0].lower() and b"DPMSF_BODY_BUDGET_MB" in refused[0]
+
+
+def test_a_body_for_a_method_the_endpoint_refuses_is_never_awaited(server: str) -> None:
+    """F5: a POST to a GET-only API is answered 405 at once, without waiting for (or holding) its 6 MB body."""
+    sock = _connect(server)
+    sock.sendall(b"DELETE /rest/services/ping/ HTTP/1.1\r\nHost: x\r\nContent-Length: 6000000\r\n\r\nx")
+    started = time.monotonic()
+    sock.settimeout(1.5)
+    data = sock.recv(65536)  # the answer, before the body (which never comes)
+    elapsed = time.monotonic() - started
+    sock.close()
+    assert data.startswith(b"HTTP/1.1 405 "), data[:200]
+    assert elapsed < 1.0

@@ -9,7 +9,9 @@ as uvicorn's ``auto`` picks) with three additions:
   of a request, or of the connection's start;
 - the body must arrive within ``DPMSF_BODY_TIMEOUT`` seconds (default 60) of the headers;
 - at most ``DPMSF_MAX_CONNECTIONS`` connections (default 500) per server process; one more is answered 503 and
-  closed at once;
+  closed at once; and, when ``DPMSF_MAX_CONNECTIONS_PER_IP`` is set (default 0: off), at most that many from one
+  client address. Off by default because behind App Engine, a load balancer or any proxy every connection comes
+  from the proxy's address; set it when clients connect directly, so that one address cannot take every slot;
 - the request line and headers together at most ``DPMSF_MAX_HEADER_BYTES`` (default 65536, as nginx's and
   h11's order of size): a larger head is answered **431** and the connection closed, before it is buffered further
   (h11 has its own, smaller bound of 16 kB and answers 400);
@@ -62,6 +64,7 @@ class Limits:
         max_header_bytes: int = 65536,
         body_min_rate: float = 1024.0,
         send_timeout: float = 30.0,
+        max_per_client: int = 0,
     ) -> None:
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
@@ -69,6 +72,7 @@ class Limits:
         self.max_header_bytes = max_header_bytes
         self.body_min_rate = body_min_rate
         self.send_timeout = send_timeout
+        self.max_per_client = max_per_client
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Limits:
@@ -80,6 +84,7 @@ class Limits:
             max_header_bytes=int(_number(env, "DPMSF_MAX_HEADER_BYTES", 65536, integer=True)),
             body_min_rate=_number(env, "DPMSF_BODY_MIN_RATE", 1024.0, zero_ok=True),
             send_timeout=_number(env, "DPMSF_SEND_TIMEOUT", 30.0),
+            max_per_client=int(_number(env, "DPMSF_MAX_CONNECTIONS_PER_IP", 0, integer=True, zero_ok=True)),
         )
 
 
@@ -237,15 +242,29 @@ class _Deadlines:
             self.transport.write(_problem(408, "Request Timeout", "request-timeout", detail))
         self.transport.close()
 
+    def _from_same_client(self) -> int:
+        return _same_client(self.connections, self.client[0])
+
     def _admit(self) -> bool:
         """False (and the connection answered 503 and closed) when this process already holds its maximum."""
         limit = self.limits.max_connections
-        if len(self.connections) <= limit:
+        per_client = self.limits.max_per_client
+        if len(self.connections) > limit:
+            detail = f"This server holds its maximum of {limit} connections (DPMSF_MAX_CONNECTIONS); try again later."
+        elif per_client and self.client and self._from_same_client() > per_client:
+            detail = (
+                f"This address holds its maximum of {per_client} connections (DPMSF_MAX_CONNECTIONS_PER_IP); "
+                "try again later."
+            )
+        else:
             return True
-        detail = f"This server holds its maximum of {limit} connections (DPMSF_MAX_CONNECTIONS); try again later."
         self.transport.write(_problem(503, "Service Unavailable", "unavailable", detail))
         self.transport.close()
         return False
+
+
+def _same_client(connections: set[Any], address: str) -> int:
+    return sum(1 for other in connections if getattr(other, "client", None) and other.client[0] == address)
 
 
 def _peer(client: Any) -> str:

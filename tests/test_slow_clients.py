@@ -214,6 +214,11 @@ def test_two_workers_get_the_deadlines_too(tmp_path: Path) -> None:
 def test_settings_are_checked() -> None:
     assert Limits.from_env({}).header_timeout == 10.0
     assert Limits.from_env({"DPMSF_MAX_CONNECTIONS": "7"}).max_connections == 7
+    defaults = Limits.from_env({})
+    assert (defaults.max_header_bytes, defaults.body_min_rate, defaults.send_timeout) == (65536, 1024.0, 30.0)
+    assert defaults.max_per_client == 0 and Limits.from_env({"DPMSF_BODY_MIN_RATE": "0"}).body_min_rate == 0
+    with pytest.raises(ConfigError, match="DPMSF_SEND_TIMEOUT"):
+        Limits.from_env({"DPMSF_SEND_TIMEOUT": "0"})
     with pytest.raises(ConfigError, match="Config 'DPMSF_HEADER_TIMEOUT' has value 'soon'"):
         Limits.from_env({"DPMSF_HEADER_TIMEOUT": "soon"})
     with pytest.raises(ConfigError, match="greater than 0"):
@@ -381,3 +386,23 @@ def test_a_body_for_a_method_the_endpoint_refuses_is_never_awaited(server: str) 
     sock.close()
     assert data.startswith(b"HTTP/1.1 405 "), data[:200]
     assert elapsed < 1.0
+
+
+def test_one_address_cannot_take_every_slot(tmp_path: Path) -> None:
+    """F5: with DPMSF_MAX_CONNECTIONS_PER_IP, one address holding its share gets 503; another is still served."""
+    env = {"DPMSF_MAX_CONNECTIONS_PER_IP": "10", "DPMSF_HEADER_TIMEOUT": "30"}
+    for base in _serve(tmp_path, 1, **env):
+        port = int(base.rsplit(":", 1)[1])
+
+        def from_other(port: int = port) -> socket.socket:
+            return socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.2", 0))
+
+        held = [from_other() for _ in range(10)]
+        time.sleep(0.3)
+        extra = from_other()
+        closed, data = _closed_within(extra, 3)
+        extra.close()
+        assert closed and data.startswith(b"HTTP/1.1 503 ") and b"DPMSF_MAX_CONNECTIONS_PER_IP" in data, data[:200]
+        assert httpx.get(base + "/rest/services/ping/", timeout=10).status_code == 200  # 127.0.0.1: its own share
+        for sock in held:
+            sock.close()

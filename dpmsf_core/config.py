@@ -45,6 +45,7 @@ class Settings:
     token_skew: float = 5.0
     master_key: str | None = field(default=None, repr=False)  # wraps tenant keys at rest; never printed
     max_body: int = 6 * 1024 * 1024
+    body_budget: int = 256 * 1024 * 1024  # request-body bytes being received at once, all requests together
     max_response: int = 6 * 1024 * 1024  # Lambda's own payload limit: a larger answer could not be sent there
     debug: bool = False
     s3_refresh: float = 30.0
@@ -223,6 +224,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         token_skew=_float(env, "DPMSF_TOKEN_SKEW", 5.0),
         master_key=_master_key(env),
         max_body=_int(env, "DPMSF_MAX_BODY", 6 * 1024 * 1024, minimum=1),
+        body_budget=_int(env, "DPMSF_BODY_BUDGET_MB", 256, minimum=1) * 1024 * 1024,
         max_response=_int(env, "DPMSF_MAX_RESPONSE", 6 * 1024 * 1024, minimum=1),
         debug=_bool(env, "DPMSF_DEBUG", False),
         s3_refresh=_float(env, "DPMSF_S3_REFRESH", 30.0),

@@ -22,7 +22,7 @@ from .errors import (
     ServiceUnavailable,
     Unauthorized,
 )
-from .exchange import JSON, Receive, Responder, Scope, read_body, scope_get
+from .exchange import JSON, BodyBudget, Receive, Responder, Scope, read_body, scope_get
 from .lazyloop import ensure_running_loop
 from .params import assemble, parse_body, parse_query
 from .registry import Endpoint, Registry
@@ -53,6 +53,7 @@ class ServiceDispatcher:
         self.parm_names = settings.url_parm_names
         self._executor: ThreadPoolExecutor | None = None
         self._visible_anon = visible_to(None, settings.admin_id)
+        self.body_budget = BodyBudget(settings.body_budget)  # bodies being received, all requests together
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -150,7 +151,7 @@ class ServiceDispatcher:
                 responder.add_header("X-DPMSF-Next-Token", next_token)
         elif endpoint.auth or (endpoint.auth is None and self.settings.require_tokens):
             raise Unauthorized("missing bearer token")
-        body = await read_body(scope, receive, headers, self.settings.max_body)
+        body = await read_body(scope, receive, headers, self.settings.max_body, self.body_budget)
         plan = endpoint.plan
         body_obj = parse_body(body, headers.get("content-type"), raw_ok=plan.accepts_raw_body)
         templated = endpoint.template is not None

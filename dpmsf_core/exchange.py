@@ -6,7 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .errors import PROBLEM_CONTENT_TYPE, BadRequest, DPMSFError, PayloadTooLarge
+from .errors import PROBLEM_CONTENT_TYPE, BadRequest, DPMSFError, PayloadTooLarge, ServiceUnavailable
 from .responses import dumps, too_large
 
 Scope = dict[str, Any]
@@ -159,7 +159,36 @@ def request_headers(scope: Scope) -> dict[str, str]:
     return out
 
 
-async def read_body(scope: Scope, receive: Receive, headers: dict[str, str], limit: int) -> bytes:
+class BodyBudget:
+    """The request-body bytes this process is receiving at once, all requests together (``DPMSF_BODY_BUDGET_MB``).
+
+    Each body may be ``DPMSF_MAX_BODY``, and a client may send all of it but the last byte and wait: many such
+    clients would hold gigabytes. A body is charged as its bytes arrive (not as declared: a lying
+    ``Content-Length`` costs nothing) and given back when it is complete or abandoned; one that does not fit is
+    refused 503 with ``Retry-After``. Bodies that are complete go on to the function, bounded elsewhere."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int) -> None:
+        if self.used + size > self.limit:
+            raise ServiceUnavailable(
+                f"The server is receiving {self.limit // (1024 * 1024)} MB of request bodies already "
+                "(DPMSF_BODY_BUDGET_MB); try again shortly.",
+                headers={"Retry-After": "5"},
+            )
+        self.used += size
+
+    def give(self, size: int) -> None:
+        self.used = max(0, self.used - size)
+
+
+async def read_body(
+    scope: Scope, receive: Receive, headers: dict[str, str], limit: int, budget: BodyBudget | None = None
+) -> bytes:
     declared = headers.get("content-length")
     if declared is not None:
         try:
@@ -168,17 +197,25 @@ async def read_body(scope: Scope, receive: Receive, headers: dict[str, str], lim
         except ValueError:
             pass
     chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":  # a body cut short (the client left, or its deadline passed)
-            raise BadRequest("The request's body ended early: the client disconnected.")
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"Body is over the limit of {limit} bytes (DPMSF_MAX_BODY).")
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
+    size = charged = 0
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":  # a body cut short (the client left, or its deadline passed)
+                raise BadRequest("The request's body ended early: the client disconnected.")
+            chunk = message.get("body", b"")
+            more = message.get("more_body", False)
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"Body is over the limit of {limit} bytes (DPMSF_MAX_BODY).")
+                if budget is not None and more:  # held while more is awaited; a body in one message never waits
+                    budget.take(len(chunk))
+                    charged += len(chunk)
+                chunks.append(chunk)
+            if not more:
+                break
+    finally:
+        if budget is not None:
+            budget.give(charged)
     return b"".join(chunks) if len(chunks) != 1 else chunks[0]

@@ -1,8 +1,9 @@
 """The gunicorn worker class of App Engine and the container: uvicorn's, with our HTTP protocol.
 
 ``gunicorn -k dpmsf_core.gunicorn_worker.UvicornWorker``: the same deadlines for slow clients and the same
-connection limit as ``dpmsf serve`` (``DPMSF_HEADER_TIMEOUT``, ``DPMSF_BODY_TIMEOUT``, ``DPMSF_MAX_CONNECTIONS``;
-see ``slow_clients.py``), read from the environment in each worker.
+limits as ``dpmsf serve`` (``DPMSF_HEADER_TIMEOUT``, ``DPMSF_BODY_TIMEOUT``, ``DPMSF_BODY_MIN_RATE``,
+``DPMSF_SEND_TIMEOUT``, ``DPMSF_MAX_HEADER_BYTES``, ``DPMSF_MAX_CONNECTIONS``; see ``slow_clients.py``), read from
+the environment in each worker.
 """
 
 from __future__ import annotations

@@ -147,3 +147,90 @@ def test_state_files_of_a_real_server(
     assert {p.name for p in ours} >= {"tenants.db", "tenants.db-wal", "replay.db", "replay.db-wal", "master.key"}
     assert {p.name: mode(p) for p in ours} == {p.name: 0o600 for p in ours}
     assert mode(state) == 0o700
+
+
+PLANTED = """__tenant__ = "{admin}"
+import os
+open({marker!r}, "w").write("ran as uid %d" % os.getuid())
+from dpmsf_core import expose
+
+@expose.endpoint
+def pwn():
+    return os.getuid()
+"""
+
+
+def _serve_state(state: Path, tmp_path: Path, admin: str) -> tuple[int, str]:
+    """``dpmsf serve`` on ``state`` as its state directory: (exit status, output) if it stops, or (-1, output) and
+    an anonymous GET of the planted ``evil/pwn`` answered when it starts."""
+    import subprocess
+    import sys
+
+    from conftest import free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DPMSF_")}
+    env |= {"DPMSF_STATE_DIR": str(state), "ADMIN_ID": admin, "DPMSF_ADMIN_KEY": generate_key()}
+    plugins = tmp_path / "plugins"
+    plugins.mkdir(exist_ok=True)
+    command = [sys.executable, "-m", "dpmsf_core", "serve", "--port", str(port), "--plugins", str(plugins)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=20)
+        return proc.returncode, out
+    except subprocess.TimeoutExpired:  # it serves: try the planted module, as the attacker would
+        try:
+            answer = httpx.get(f"http://127.0.0.1:{port}/rest/services/evil/pwn/", timeout=5)
+            said = f"{answer.status_code} {answer.text[:200]}"
+        except httpx.TransportError as exc:
+            said = repr(exc)
+        proc.terminate()
+        return -1, said + (proc.communicate(timeout=10)[0] or "")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a folder owned by another user")
+def test_a_state_dir_another_user_made_never_runs_its_modules(tmp_path: Path) -> None:
+    """F8: ``nobody`` made the state folder and its uploads/ (0777) first and planted a module stamped with the
+    admin's id. The server refuses to start, saying why, and the planted module never runs."""
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    admin = "00000000-0000-4000-8000-00000000000a"
+    state = tmp_path / "shared-state"
+    uploads = state / "uploads"
+    uploads.mkdir(parents=True)
+    marker = tmp_path / "planted-ran"
+    (uploads / "evil.py").write_text(PLANTED.format(admin=admin, marker=str(marker)))
+    for path in (state, uploads, uploads / "evil.py"):
+        os.chmod(path, 0o777)
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    os.chmod(tmp_path, 0o755)
+    status, out = _serve_state(state, tmp_path, admin)
+    assert status > 0, out
+    assert "owned by uid" in out and str(state) in out and "Traceback" not in out
+    assert not marker.exists()
+    assert os.stat(state).st_uid == nobody.pw_uid  # left as found: the operator decides
+
+
+def test_a_state_dir_that_is_a_symlink_or_writable_by_others_is_refused(tmp_path: Path) -> None:
+    from dpmsf_core.errors import ConfigError
+    from dpmsf_core.tenancy.state_files import claim_state_dir
+
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with pytest.raises(ConfigError, match="symbolic link"):
+        claim_state_dir(link)
+    with pytest.raises(ConfigError, match="symbolic link"):
+        make_tenant_registry(f"sqlite:///{link / 'tenants.db'}", state_dir=link)
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    os.chmod(loose, 0o777)
+    with pytest.raises(ConfigError, match="others may write"):
+        claim_state_dir(loose / ".." / "loose")
+    assert not (loose / "tenants.db").exists()
+    fresh = claim_state_dir(loose, fresh_ok=True)  # Lambda's own /tmp: a fresh private folder is fine
+    assert fresh != loose and mode(fresh) == 0o700
+    assert mode(claim_state_dir(tmp_path / "new" / "state")) == 0o700

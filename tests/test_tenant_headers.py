@@ -49,6 +49,9 @@ def answer(extra: int = 0):
 
 def public():
     raise HTTPError(404, "gone", headers={{"Cache-Control": "public, max-age=31536000", "Vary": "Accept"}})
+
+def revalidate():
+    raise HTTPError(404, "gone", headers={{"Cache-Control": "max-age=86400, must-revalidate"}})
 """
 
 
@@ -102,6 +105,12 @@ def test_cache_control_public_is_dropped(client: tuple[httpx.Client, Any]) -> No
     assert "cache-control" not in answer.headers and answer.headers["vary"] == "Accept"
 
 
+def test_must_revalidate_goes_out_private(client: tuple[httpx.Client, Any]) -> None:
+    answer = as_mallory(client, "/rest/services/mallory_headers/revalidate/")
+    assert answer.status_code == 404
+    assert answer.headers.get_list("cache-control") == ["private, max-age=86400, must-revalidate"]
+
+
 def test_a_thousand_headers_are_bounded(client: tuple[httpx.Client, Any]) -> None:
     answer = as_mallory(client, "/rest/services/mallory_headers/answer/", params={"extra": 1000})
     assert answer.status_code == 429
@@ -128,5 +137,15 @@ def test_the_filter_bounds_count_and_size() -> None:
     assert len(tenant_headers({name: "v" for name in allowed})) <= MAX_HEADERS
     assert tenant_headers({"Location": "/a\r\nSet-Cookie: x=1"}) == {}
     assert tenant_headers({"Cache-Control": "no-store"}) == {"Cache-Control": "no-store"}
+
+
+def test_a_shared_cache_may_never_store_a_tenant_answer() -> None:
+    """``must-revalidate`` (like ``public``) lets a shared cache store an answer to an authenticated request
+    (RFC 9111 3.5): a tenant's Cache-Control always carries ``private`` or ``no-store``."""
+    kept = tenant_headers({"Cache-Control": "max-age=86400, must-revalidate"})
+    assert kept == {"Cache-Control": "private, max-age=86400, must-revalidate"}
+    assert tenant_headers({"Cache-Control": "no-cache"}) == {"Cache-Control": "private, no-cache"}
+    assert tenant_headers({"Cache-Control": "no-store, max-age=0"}) == {"Cache-Control": "no-store, max-age=0"}
+    assert tenant_headers({"Cache-Control": "s-maxage=60, private"}) == {}
     assert tenant_headers({"Cache-Control": "private, s-maxage=99"}) == {}
     assert tenant_headers(["not", "a", "dict"]) == {}

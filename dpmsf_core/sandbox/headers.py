@@ -42,13 +42,19 @@ _CACHE_DIRECTIVES = frozenset({"private", "no-store", "no-cache", "max-age", "mu
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 field-name
 
 
-def _cache_control_ok(value: str) -> bool:
-    """Only directives that keep the answer out of shared caches, or bound its age: never ``public``/``s-maxage``."""
+def _cache_control(value: str) -> str | None:
+    """The value to send, or None to drop it: known directives only (never ``public``/``s-maxage``), and always
+    ``private`` or ``no-store``, added when missing. RFC 9111 3.5 lets a shared cache store an answer to a request
+    with ``Authorization`` when it says ``public``, ``s-maxage`` or ``must-revalidate``; ``private`` forbids it."""
+    directives = set()
     for part in value.split(","):
         directive = part.strip().split("=", 1)[0].strip().lower()
         if directive not in _CACHE_DIRECTIVES:
-            return False
-    return True
+            return None
+        directives.add(directive)
+    if directives & {"private", "no-store"}:
+        return value
+    return f"private, {value}" if value.strip() else "private"
 
 
 def _value_ok(text: str) -> bool:
@@ -72,8 +78,11 @@ def tenant_headers(raw: Any) -> dict[str, str]:
         lowered = name.lower()
         if lowered not in ALLOWED or not _TOKEN.match(name) or not _value_ok(text):
             continue
-        if lowered == "cache-control" and not _cache_control_ok(text):
-            continue
+        if lowered == "cache-control":
+            fixed = _cache_control(text)
+            if fixed is None:
+                continue
+            text = fixed
         if lowered in (k.lower() for k in kept):
             continue
         size += len(name) + len(text)

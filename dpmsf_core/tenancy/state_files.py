@@ -13,6 +13,14 @@ data, nor plant files there, so:
   are 0600 too; siblings left by an older version with wider modes are tightened.
 
 Modes are set with ``fchmod``/``chmod`` after creation, so the umask can neither widen nor narrow them.
+
+An existing state directory (and ``uploads/`` in it, whose modules are imported as trusted code) is used only when
+it is a real directory, not a symlink, owned by this server's uid and writable by nobody else
+(``claim_state_dir``); otherwise start-up stops with a ``ConfigError`` saying why. Another local user who made it
+first could have planted a module stamped with the admin's id, or swapped ``tenants.db`` or ``master.key``. No
+silent fallback to a fresh folder: state must persist, so the operator has to fix the folder (or point
+``DPMSF_STATE_DIR`` elsewhere). Only on Lambda, whose ``/tmp`` is the function's own and empty at each cold start,
+does ``fresh_ok`` allow a fresh private folder instead.
 """
 
 from __future__ import annotations
@@ -22,7 +30,17 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["DIR_MODE", "FILE_MODE", "private_dir", "private_file", "private_sqlite", "write_secret_once"]
+from ..errors import ConfigError
+
+__all__ = [
+    "DIR_MODE",
+    "FILE_MODE",
+    "claim_state_dir",
+    "private_dir",
+    "private_file",
+    "private_sqlite",
+    "write_secret_once",
+]
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -40,6 +58,8 @@ def private_dir(path: str | os.PathLike[str], *, tighten: bool = True) -> Path:
     tighten) is left as it is: changing the mode of a shared folder such as ``/tmp`` would break other programs.
     """
     folder = Path(path)
+    if tighten and (folder.is_symlink() or folder.is_dir()):  # a file is the NotADirectoryError below
+        _refuse_foreign(folder, "State directory")
     missing: list[Path] = []
     probe = folder
     while not probe.exists() and probe != probe.parent:
@@ -53,6 +73,40 @@ def private_dir(path: str | os.PathLike[str], *, tighten: bool = True) -> Path:
     if not stat.S_ISDIR(st.st_mode):
         raise NotADirectoryError(f"State directory {str(folder)!r} is not a directory.")
     if tighten and _ours(st) and stat.S_IMODE(st.st_mode) != DIR_MODE:
+        os.chmod(folder, DIR_MODE)
+    return folder
+
+
+def _refuse_foreign(folder: Path, what: str) -> None:
+    """A ConfigError unless ``folder`` is a real directory of ours that nobody else may write into."""
+    from ..private_dir import refusal
+
+    why = refusal(folder)
+    if why is not None:
+        raise ConfigError(
+            f"{what} {str(folder)!r} cannot be used: {why}. Another local user could have planted files there "
+            f"that this server would run or trust. Remove it, or make it a directory of this server's user that "
+            f"nobody else may write to (chown; chmod 700), or set DPMSF_STATE_DIR to another path."
+        )
+
+
+def claim_state_dir(path: str | os.PathLike[str], *, what: str = "State directory", fresh_ok: bool = False) -> Path:
+    """``path`` created 0700 if missing; an existing one only if ours alone (see the module docstring), else a
+    ConfigError, or with ``fresh_ok`` (Lambda's /tmp default) a fresh private folder."""
+    folder = Path(os.path.abspath(path))
+    try:
+        if os.path.lexists(folder):
+            _refuse_foreign(folder, what)
+        else:
+            private_dir(folder, tighten=False)
+            _refuse_foreign(folder, what)  # made by someone else between the two calls
+    except ConfigError:
+        if not fresh_ok:
+            raise
+        import tempfile
+
+        return Path(tempfile.mkdtemp(prefix="dpmsf-"))
+    if stat.S_IMODE(os.lstat(folder).st_mode) != DIR_MODE:
         os.chmod(folder, DIR_MODE)
     return folder
 

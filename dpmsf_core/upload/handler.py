@@ -215,7 +215,12 @@ def plan_upload(settings: Settings, folders: list[str], sources: list[Any]) -> U
         return UploadTarget(S3PluginStore(source.url), str(source.cache_dir), source)
     else:
         folder = os.path.abspath(os.path.join(settings.state_dir, "uploads"))
-    os.makedirs(folder, exist_ok=True)
+    from ..tenancy.state_files import claim_state_dir  # its modules run as trusted code: ours alone, or no start
+
+    lambda_tmp = folder.startswith("/tmp/") and bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))  # its own, fresh
+    if not settings.upload_dir:
+        claim_state_dir(settings.state_dir, fresh_ok=lambda_tmp)
+    folder = str(claim_state_dir(folder, what="Upload folder", fresh_ok=lambda_tmp))
     if folder not in folders:
         folders.append(folder)
     return UploadTarget(FolderPluginStore(folder), folder)

@@ -83,7 +83,7 @@ def test_frames_past_the_calls_cpu_budget_end_it() -> None:
         with pytest.raises(DPMSFError, match="CPU time limit of 0.5 s") as info:
             pool.call_sync(**plan(BURNER, "burn", HOSTILE, 200))  # ~4 s of the server's decoding
         assert info.value.status == 504 and pool.replaced == 1
-        assert 0.5 <= used[-1].cpu_seconds < 1.0, used[-1]
+        assert 0.5 <= used[-1].cpu_seconds < 1.5, used[-1]  # the budget, plus the frame being decoded when it ran out
 
 
 def test_a_tenants_costly_frames_take_only_its_share_of_the_server() -> None:

@@ -89,7 +89,8 @@ def test_frames_past_the_calls_cpu_budget_end_it() -> None:
 def test_a_tenants_costly_frames_take_only_its_share_of_the_server() -> None:
     """Two threads flood calls of costly frames; the server's CPU stays near the tenant's share, and another
     thread of the server (the event loop's stand-in) keeps waking on time."""
-    with SandboxPool(size=2, limits=SandboxLimits(wall_seconds=4)) as pool:
+    limits = SandboxLimits(wall_seconds=4, host_cpu_share=0.01, host_cpu_burst=0.02)  # a tight share, to see it
+    with SandboxPool(size=2, limits=limits) as pool:
         pool.call_sync(**plan(OK, "ok", HOSTILE))
         stop = time.monotonic() + 3
         answers: list[str] = []

@@ -24,8 +24,10 @@ class SandboxLimits:
     max_store_frame_bytes: int = 512 * 1024  # one store request of the guest (a document is at most 350 kB)
     max_call_frames: int = 1000  # frames a guest may send in one call: store requests and its answer
     max_call_bytes: int = 0  # bytes a guest may send in one call, all frames; 0: its answer + a few store requests
-    host_cpu_share: float = 0.01  # server CPU a second that decoding one tenant's frames may take, on average
-    host_cpu_burst: float = 0.02  # server CPU seconds a tenant's frames may take at once before that share applies
+    # server CPU a second that one tenant's frames (decoding, store requests) may take on average: a tenth of a core,
+    # so an honest tenant writing large documents is not throttled while a flood of costly frames is
+    host_cpu_share: float = 0.1
+    host_cpu_burst: float = 0.2  # server CPU seconds a tenant's frames may take at once before that share applies
 
     def __post_init__(self) -> None:
         if self.cpu_seconds < MIN_CPU_SECONDS:

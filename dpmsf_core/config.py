@@ -235,7 +235,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
             env, "DPMSF_REPLAY_STORE", replay_default, ("memory", "sqlite", *_SHARED, "postgresql")
         ),
         tenants=_backend_url(env, "DPMSF_TENANTS", dyn_default, ("sqlite", *_SHARED, "postgresql")),
-        store=_backend_url(env, "DPMSF_STORE", dyn_default, ("sqlite", *_SHARED)),
+        store=_backend_url(env, "DPMSF_STORE", dyn_default, ("sqlite", *_SHARED, "postgresql")),
         upload_dir=(env.get("DPMSF_UPLOAD_DIR") or "").strip(),
         upload_max=_int(env, "DPMSF_UPLOAD_MAX", 256_000, minimum=1),
         upload_cpu=_float(env, "DPMSF_UPLOAD_CPU", 2.0, minimum=0.5),

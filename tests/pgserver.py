@@ -127,12 +127,17 @@ def postgres_server() -> Iterator[str]:
         pytest.skip(str(missing))
 
 
-@pytest.fixture
-def pg_url(postgres_server: str) -> str:
-    """A new empty database for this test: ``postgresql://dpmsf:...@127.0.0.1:port/t_<hex>``."""
+def new_database(server: str) -> str:
+    """Create an empty database on ``server`` (a URL without one); its full URL."""
     import psycopg
 
     name = "t_" + uuid.uuid4().hex[:16]
-    with psycopg.connect(postgres_server + "/postgres", autocommit=True) as conn:
+    with psycopg.connect(server + "/postgres", autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
-    return f"{postgres_server}/{name}"
+    return f"{server}/{name}"
+
+
+@pytest.fixture
+def pg_url(postgres_server: str) -> str:
+    """A new empty database for this test: ``postgresql://dpmsf:...@127.0.0.1:port/t_<hex>``."""
+    return new_database(postgres_server)

@@ -1,5 +1,5 @@
-"""The per-tenant document store, on SQLite, on DynamoDB (a real moto server on 127.0.0.1) and on Firestore (Google's
-emulator on 127.0.0.1)."""
+"""The per-tenant document store, on SQLite, on DynamoDB (a real moto server on 127.0.0.1), on Firestore (Google's
+emulator on 127.0.0.1) and on PostgreSQL (a real server from Debian's package, tests/pgserver.py)."""
 
 from __future__ import annotations
 
@@ -23,12 +23,12 @@ from motoserver import client as moto_client
 from dpmsf_core import store
 from dpmsf_core.context import RequestInfo, reset_current, set_current
 from dpmsf_core.errors import ConfigError, ServiceUnavailable, UnprocessableArguments
-from dpmsf_core.store import Collection, DynamoDBStore, FirestoreStore, SQLiteStore, make_store
+from dpmsf_core.store import Collection, DynamoDBStore, FirestoreStore, PostgresStore, SQLiteStore, make_store
 from dpmsf_core.tenancy.quotas import QuotaExceeded
 from dpmsf_core.tenancy.replay import create_dynamodb_table
 
 ROOT = Path(__file__).resolve().parent.parent
-pytest_plugins = ["firestore_emulator"]
+pytest_plugins = ["firestore_emulator", "pgserver"]
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +58,16 @@ def table(dynamodb: Any) -> str:
     return name
 
 
-@pytest.fixture(params=["sqlite", "dynamodb", "firestore"])
+@pytest.fixture(params=["sqlite", "dynamodb", "firestore", "postgresql"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     if request.param == "sqlite":
         sqlite = SQLiteStore(tmp_path / "state" / "store.db")
         yield sqlite
         sqlite.close()
+    elif request.param == "postgresql":
+        postgres = PostgresStore(request.getfixturevalue("pg_url"))
+        yield postgres
+        postgres.close()
     elif request.param == "firestore":
         request.getfixturevalue("firestore_env")
         yield FirestoreStore("dpmsf")

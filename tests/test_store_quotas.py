@@ -1,6 +1,6 @@
 """Store quotas and bounded listings, attacked on every backend (SQLite, DynamoDB on a moto server, Firestore on its
-emulator): a refused write stores nothing and counts nothing, a tenant's usage is what it stores, and a listing
-never makes the server hold more than about a page, however large the documents."""
+emulator, PostgreSQL on a real server): a refused write stores nothing and counts nothing, a tenant's usage is what
+it stores, and a listing never makes the server hold more than about a page, however large the documents."""
 
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ from typing import Any
 import pytest
 from motoserver import client as moto_client
 from motoserver import moto_server
+from pgserver import new_database
 
 from dpmsf_core.errors import UnprocessableArguments
-from dpmsf_core.store import Collection, DynamoDBStore, FirestoreStore, SQLiteStore
+from dpmsf_core.store import Collection, DynamoDBStore, FirestoreStore, PostgresStore, SQLiteStore
 from dpmsf_core.tenancy.quotas import QuotaExceeded, Quotas
 from dpmsf_core.tenancy.replay import create_dynamodb_table
 
-pytest_plugins = ["firestore_emulator"]
+pytest_plugins = ["firestore_emulator", "pgserver"]
 
 Make = Callable[..., Any]
 
@@ -32,11 +33,20 @@ def moto_url() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(params=["sqlite", "dynamodb", "firestore"])
+@pytest.fixture(params=["sqlite", "dynamodb", "firestore", "postgresql"])
 def make(request: pytest.FixtureRequest, tmp_path: Path) -> Make:
     """``make(quotas=..., page_bytes=...)``: a fresh, empty backend of the parametrized kind."""
     if request.param == "sqlite":
         return lambda **kw: SQLiteStore(tmp_path / "state" / f"store-{uuid.uuid4().hex[:6]}.db", **kw)
+    if request.param == "postgresql":
+        server = request.getfixturevalue("postgres_server")
+
+        def postgres(**kw: Any) -> PostgresStore:
+            made = PostgresStore(new_database(server), **kw)  # a database each: a fresh, empty store
+            request.addfinalizer(made.close)
+            return made
+
+        return postgres
     if request.param == "firestore":
         request.getfixturevalue("firestore_env")
         return lambda **kw: FirestoreStore(f"dpmsf-{uuid.uuid4().hex[:6]}", **kw)

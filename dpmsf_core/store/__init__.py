@@ -26,7 +26,10 @@ Backends, chosen with ``make_store(url)`` and installed by the app with ``config
                              document as a JSON string in ``doc``; add ``?endpoint_url=http://...`` for a local one,
 - ``firestore://collection`` a Firestore root collection, a subcollection per tenant and collection
                              (``<collection>/store#<tenant>/<name>/<id>``); ``?database=name`` for a named database,
-                             the project from ``GOOGLE_CLOUD_PROJECT``, the emulator from ``FIRESTORE_EMULATOR_HOST``.
+                             the project from ``GOOGLE_CLOUD_PROJECT``, the emulator from ``FIRESTORE_EMULATOR_HOST``,
+- ``postgresql://user:password@host:5432/dbname``  replicas anywhere (Kubernetes, Knative, Cloud Run): tables
+                             ``dpmsf_store`` and ``dpmsf_store_usage``, made on first use
+                             (``pip install 'dpmsf[postgres]'``).
 
 Without ``configure()``, the first use reads ``DPMSF_STORE`` (default ``sqlite:///.dpmsf/store.db``, relative to
 the working directory).
@@ -58,9 +61,15 @@ from .validation import (
 if TYPE_CHECKING:
     from .dynamodb import DynamoDBStore
     from .firestore import FirestoreStore
+    from .postgres import PostgresStore
     from .sqlite import SQLiteStore
 
-_BACKENDS = {"DynamoDBStore": "dynamodb", "FirestoreStore": "firestore", "SQLiteStore": "sqlite"}
+_BACKENDS = {
+    "DynamoDBStore": "dynamodb",
+    "FirestoreStore": "firestore",
+    "PostgresStore": "postgres",
+    "SQLiteStore": "sqlite",
+}
 
 __all__ = [
     "MAX_DOC_BYTES",
@@ -71,6 +80,7 @@ __all__ = [
     "Collection",
     "DynamoDBStore",
     "FirestoreStore",
+    "PostgresStore",
     "SQLiteStore",
     "StoreBackend",
     "collection",
@@ -116,8 +126,9 @@ class StoreBackend(Protocol):
 
 def make_store(url: str, quotas: QuotaLookup | None = None) -> StoreBackend:
     """``sqlite:///relative.db``, ``sqlite:////abs/path.db``, ``dynamodb://table[?endpoint_url=...]`` or
-    ``firestore://collection[?database=name]``; ``quotas`` gives each tenant's (default: the environment's)."""
-    found = parse_backend_url(url, "Store URL", ("sqlite", "dynamodb", "firestore"))
+    ``firestore://collection[?database=name]`` or ``postgresql://user:password@host:port/dbname``; ``quotas`` gives
+    each tenant's (default: the environment's)."""
+    found = parse_backend_url(url, "Store URL", ("sqlite", "dynamodb", "firestore", "postgresql"))
     if found.kind == "sqlite":
         from .sqlite import SQLiteStore
 
@@ -126,6 +137,10 @@ def make_store(url: str, quotas: QuotaLookup | None = None) -> StoreBackend:
         from .firestore import FirestoreStore
 
         return FirestoreStore(found.target, database=found.database, quotas=quotas)
+    if found.kind == "postgresql":
+        from .postgres import PostgresStore
+
+        return PostgresStore(found.target, quotas=quotas)
     from .dynamodb import DynamoDBStore
 
     return DynamoDBStore(found.target, endpoint_url=found.endpoint_url, quotas=quotas)

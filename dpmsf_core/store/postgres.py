@@ -1,0 +1,205 @@
+"""The PostgreSQL document store, for replicas on any platform (Kubernetes, Knative, Cloud Run) sharing one database.
+
+Documents are JSON text in ``dpmsf_store`` (text, not jsonb: the bytes a tenant's quota counts are the bytes stored),
+ids in byte order (``COLLATE "C"``, as on the other backends, whatever the database's locale).
+Each tenant's stored bytes are a row of ``dpmsf_store_usage``, locked (``FOR UPDATE``) and changed in the transaction
+that changes a document, so replicas writing for one tenant at once never pass its ``store_mb`` quota together. A
+listing page is chosen by the server (a running sum of ``octet_length(doc)``), so a replica receives only the page.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from .._backends import PostgresPerProcess, postgres_ignore_exists, redact
+from ..errors import ServiceUnavailable
+from ..tenancy.quotas import Quotas
+from .validation import (
+    DOC_OVERHEAD,
+    MAX_PAGE_BYTES,
+    QuotaLookup,
+    check_doc,
+    check_key,
+    check_limit,
+    check_room,
+    decode_cursor,
+    encode_cursor,
+    encode_doc,
+    page_budget,
+    quota_lookup,
+    stored_size,
+)
+
+log = logging.getLogger("dpmsf.store")
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS dpmsf_store (tenant TEXT NOT NULL, collection TEXT NOT NULL,"
+    ' id TEXT COLLATE "C" NOT NULL, doc TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL,'
+    " PRIMARY KEY (tenant, collection, id))",
+    "CREATE TABLE IF NOT EXISTS dpmsf_store_usage (tenant TEXT PRIMARY KEY, bytes BIGINT NOT NULL)",
+)
+_SIZE = f"octet_length(doc) + {DOC_OVERHEAD}"  # a stored document's ``stored_size``, read by the server
+_KEY = "tenant = %s AND collection = %s AND id = %s"
+# The rows after ``id > cursor`` in id order, with the running byte count: the page's rows carry their document, the
+# first row past the page (by bytes or by count) only its id, so its presence says "more" without sending it (a
+# row is sent when the one before it fits; the first always fits).
+_PAGE = (
+    "SELECT id, CASE WHEN n <= %(limit)s AND (n = 1 OR running <= %(budget)s) THEN doc END FROM ("
+    " SELECT id, doc, row_number() OVER w AS n, sum(octet_length(doc)) OVER w AS running"
+    " FROM dpmsf_store WHERE tenant = %(tenant)s AND collection = %(collection)s AND id > %(after)s"
+    " WINDOW w AS (ORDER BY id ROWS UNBOUNDED PRECEDING) ORDER BY id LIMIT %(limit)s + 1) AS rows"
+    " WHERE n <= 2 OR running - octet_length(doc) <= %(budget)s ORDER BY id"
+)
+
+
+class PostgresStore:
+    """Documents in one PostgreSQL database shared by every replica; psycopg imported on first use, a pool per
+    process. Statements run in autocommit; each write is one transaction that locks its tenant's usage row."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        quotas: QuotaLookup | Quotas | None = None,
+        page_bytes: int = MAX_PAGE_BYTES,
+        timeout: float = 5.0,
+        backend: PostgresPerProcess | None = None,
+    ) -> None:
+        self._pg = backend or PostgresPerProcess(url, timeout=timeout)
+        self._quotas = quota_lookup(quotas)
+        self.page_bytes = page_bytes
+        self._ready = False  # the tables exist (made on first use: the server may come up after us)
+
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[Any]:
+        """A pooled connection, the tables made first; a server that cannot be reached (or a pool with no free
+        connection within the timeout) becomes 503, naming the failure without the URL's password."""
+        import psycopg
+
+        try:
+            with self._pg.connection() as conn:
+                self._ensure_tables(conn)
+                yield conn
+        except psycopg.OperationalError as exc:  # also psycopg_pool.PoolTimeout
+            log.warning("document store (PostgreSQL) failed: %s", redact(str(exc)))
+            raise ServiceUnavailable(f"The document store is unavailable: {type(exc).__name__}.") from None
+
+    def _ensure_tables(self, conn: Any) -> None:
+        if self._ready:
+            return
+        for statement in _SCHEMA:
+            try:
+                conn.execute(statement)
+            except Exception as exc:
+                if not postgres_ignore_exists(exc):  # another replica made it at the same moment: there it is
+                    raise
+        self._ready = True
+
+    @contextlib.contextmanager
+    def _locked(self, tenant: str) -> Iterator[tuple[Any, int]]:
+        """A transaction holding the tenant's usage row (made on its first write, counting any documents it already
+        has), and the bytes it stores: the writes of one tenant queue here, those of other tenants do not."""
+        with self._conn() as conn, conn.transaction():
+            conn.execute(
+                "INSERT INTO dpmsf_store_usage (tenant, bytes) SELECT %s, COALESCE(SUM("
+                + _SIZE
+                + "), 0) FROM dpmsf_store WHERE tenant = %s ON CONFLICT (tenant) DO NOTHING",
+                (tenant, tenant),
+            )
+            row = conn.execute("SELECT bytes FROM dpmsf_store_usage WHERE tenant = %s FOR UPDATE", (tenant,)).fetchone()
+            yield conn, int(row[0])
+
+    def get(self, tenant: str, collection: str, doc_id: str) -> dict[str, Any] | None:
+        check_key(tenant, collection, doc_id)
+        with self._conn() as conn:
+            row = conn.execute(f"SELECT doc FROM dpmsf_store WHERE {_KEY}", (tenant, collection, doc_id)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def _write(self, conn: Any, used: int, key: tuple[str, str, str], text: str, old_size: int) -> None:
+        """Store ``text`` under ``key`` if the tenant's quota has room, its usage changed in the same transaction."""
+        tenant = key[0]
+        delta = stored_size(text) - old_size
+        check_room(tenant, self._quotas(tenant), used, delta)
+        conn.execute(
+            "INSERT INTO dpmsf_store (tenant, collection, id, doc, updated_at) VALUES (%s, %s, %s, %s, %s)"
+            " ON CONFLICT (tenant, collection, id) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at",
+            (*key, text, time.time()),
+        )
+        conn.execute("UPDATE dpmsf_store_usage SET bytes = bytes + %s WHERE tenant = %s", (delta, tenant))
+
+    def put(self, tenant: str, collection: str, doc_id: str, doc: dict[str, Any]) -> dict[str, Any]:
+        check_key(tenant, collection, doc_id)
+        text = encode_doc(doc, max_bytes=self._quotas(tenant).max_doc)
+        with self._locked(tenant) as (conn, used):
+            row = conn.execute(f"SELECT {_SIZE} FROM dpmsf_store WHERE {_KEY}", (tenant, collection, doc_id)).fetchone()
+            self._write(conn, used, (tenant, collection, doc_id), text, int(row[0]) if row else 0)
+        return json.loads(text)
+
+    def update(self, tenant: str, collection: str, doc_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
+        check_key(tenant, collection, doc_id)
+        max_doc = self._quotas(tenant).max_doc
+        encode_doc(check_doc(changes, "Changes"), "Changes", max_bytes=max_doc)
+        with self._locked(tenant) as (conn, used):
+            row = conn.execute(
+                f"SELECT doc, {_SIZE} FROM dpmsf_store WHERE {_KEY}", (tenant, collection, doc_id)
+            ).fetchone()
+            if row is None:
+                return None
+            text = encode_doc({**json.loads(row[0]), **changes}, max_bytes=max_doc)
+            self._write(conn, used, (tenant, collection, doc_id), text, int(row[1]))
+        return json.loads(text)
+
+    def delete(self, tenant: str, collection: str, doc_id: str) -> bool:
+        check_key(tenant, collection, doc_id)
+        with self._locked(tenant) as (conn, _):
+            row = conn.execute(
+                f"DELETE FROM dpmsf_store WHERE {_KEY} RETURNING {_SIZE}", (tenant, collection, doc_id)
+            ).fetchone()
+            if row is None:
+                return False
+            conn.execute("UPDATE dpmsf_store_usage SET bytes = bytes - %s WHERE tenant = %s", (int(row[0]), tenant))
+        return True
+
+    def usage(self, tenant: str) -> int:
+        """Bytes the tenant stores (its ``store_mb`` quota counts these): one indexed read."""
+        with self._conn() as conn:
+            row = conn.execute("SELECT bytes FROM dpmsf_store_usage WHERE tenant = %s", (tenant,)).fetchone()
+        if row is not None:
+            return int(row[0])
+        with self._locked(tenant) as (_, used):
+            return used
+
+    def list(
+        self, tenant: str, collection: str, limit: int = 100, cursor: str | None = None, max_bytes: int | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Up to ``limit`` documents and at most ``page_bytes`` of them (at least one). The server picks the page's
+        rows, so this replica receives the page and one id past it, never the rest, however large the documents."""
+        check_key(tenant, collection)
+        limit = check_limit(limit)
+        params = {
+            "tenant": tenant,
+            "collection": collection,
+            "after": decode_cursor(cursor) or "",
+            "limit": limit,
+            "budget": page_budget(self.page_bytes, max_bytes),
+        }
+        page: list[dict[str, Any]] = []
+        last_id, more = "", False
+        with self._conn() as conn:
+            rows = conn.execute(_PAGE, params)
+            for doc_id, text in rows:
+                if text is None:
+                    more = True
+                    break
+                page.append(json.loads(text))
+                last_id = doc_id
+        return page, encode_cursor(last_id) if more else None
+
+    def close(self) -> None:
+        """Close this process's connection pool."""
+        self._pg.close()

@@ -1,0 +1,107 @@
+"""What only a shared PostgreSQL store must show (the common contract runs in test_store.py and
+test_store_quotas.py): replicas writing for one tenant at once never pass its quota together, each sees the others'
+writes, and a server that cannot be reached is a 503 that never shows the URL's password."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+import pytest
+from conftest import free_port
+
+from dpmsf_core.config import Settings
+from dpmsf_core.errors import ServiceUnavailable
+from dpmsf_core.store import PostgresStore, make_store
+from dpmsf_core.tenancy.quotas import QuotaExceeded, Quotas
+
+pytest_plugins = ["pgserver"]
+
+
+def size(text_len: int) -> int:
+    return text_len + 100
+
+
+def test_replicas_writing_for_one_tenant_at_once_never_pass_its_quota(pg_url: str) -> None:
+    quota = Quotas(store_mb=50_000 / 1024 / 1024)  # 50,000 bytes: 12 documents of 4,000 bytes and their overhead
+    replicas = [PostgresStore(pg_url, quotas=quota) for _ in range(3)]  # three pools: three replicas
+    doc = {"v": "x" * 3_992}  # {"v":"..."} is 4,000 bytes of JSON
+    stored: list[str] = []
+    refused: list[int] = []
+    start = threading.Barrier(6)
+
+    def writer(store: PostgresStore, name: str) -> None:
+        start.wait()
+        for i in range(10):
+            try:
+                store.put("T", "c", f"{name}-{i}", doc)
+                stored.append(f"{name}-{i}")
+            except QuotaExceeded:
+                refused.append(1)
+
+    threads = [threading.Thread(target=writer, args=(replicas[n % 3], f"w{n}")) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert len(stored) == 50_000 // size(4_000) == 12 and len(refused) == 60 - 12
+        for store in replicas:  # every replica sees every acknowledged write, and the same count
+            assert store.usage("T") == 12 * size(4_000)
+            assert all(store.get("T", "c", name) == doc for name in stored)
+        assert replicas[0].delete("T", "c", stored[0])
+        assert replicas[1].usage("T") == 11 * size(4_000)
+    finally:
+        for store in replicas:
+            store.close()
+
+
+def test_concurrent_updates_from_replicas_lose_nothing(pg_url: str) -> None:
+    replicas = [PostgresStore(pg_url) for _ in range(2)]
+    replicas[0].put("_", "c", "counter", {})
+
+    def bump(store: PostgresStore, worker: int) -> None:
+        for i in range(8):
+            store.update("_", "c", "counter", {f"w{worker}": i})
+
+    threads = [threading.Thread(target=bump, args=(replicas[n % 2], n)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert replicas[1].get("_", "c", "counter") == {f"w{n}": 7 for n in range(4)}
+    finally:
+        for store in replicas:
+            store.close()
+
+
+def test_unreachable_server_is_503_without_the_password(caplog: pytest.LogCaptureFixture) -> None:
+    password = "pw-" + uuid.uuid4().hex
+    store = PostgresStore(f"postgresql://dpmsf:{password}@127.0.0.1:{free_port()}/dpmsf", timeout=1.0)
+    calls: list[Any] = [
+        lambda: store.get("_", "c", "d"),
+        lambda: store.put("_", "c", "d", {"a": 1}),
+        lambda: store.list("_", "c"),
+        lambda: store.usage("_"),
+    ]
+    try:
+        for call in calls:
+            with pytest.raises(ServiceUnavailable) as info:
+                call()
+            assert info.value.status == 503 and password not in str(info.value.detail)
+    finally:
+        store.close()
+    assert password not in caplog.text
+
+
+def test_make_store_and_settings_take_a_postgresql_url(pg_url: str) -> None:
+    made = make_store(pg_url)
+    try:
+        assert isinstance(made, PostgresStore)
+        made.put("_", "c", "d", {"a": 1})
+        assert PostgresStore(pg_url).get("_", "c", "d") == {"a": 1}
+    finally:
+        made.close()  # type: ignore[attr-defined]
+    assert Settings.from_env({"DPMSF_STORE": pg_url}, dotenv=None).store_url == pg_url

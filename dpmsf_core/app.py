@@ -33,6 +33,7 @@ from .resolve import SERVICES_PREFIX
 from .tenancy.security import LazySecurity
 
 if TYPE_CHECKING:
+    from .changes import PluginChanges
     from .health import Readiness
     from .metering import UsageMeter
     from .sandbox.loader import SandboxedLoader
@@ -76,6 +77,7 @@ class DPMSFApp:
         self._meter_source = self.get_meter  # one bound method for every request's context
         self.on_shutdown.append(self._close_meter)
         self.readiness: Readiness | None = None  # the /readyz checks, made on the first probe
+        self.changes: PluginChanges | None = None  # plugin changes heard from other replicas (changes.py)
 
     def get_meter(self) -> UsageMeter:
         """The per-tenant usage meter, persisting to ``metering.sink_for(settings)``; made on first need."""
@@ -130,6 +132,8 @@ class DPMSFApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
+        if self.changes is not None:
+            self.changes.ensure_started()  # a process forked after create_app has no listener thread yet
         headers = scope_get(scope, "dpmsf.headers") or request_headers(scope)  # the Lambda adapter has them decoded
         rid = headers.get("x-request-id")
         if rid is None or not _REQUEST_ID.match(rid):
@@ -355,11 +359,28 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
         upload = PluginUpload(target, settings, registry, security)
     app = DPMSFApp(settings, registry, security, upload)
     app.on_shutdown.append(loader.close)
+    if sources and settings.reload and not on_lambda():
+        _listen_for_changes(app, upload)
     from . import store
 
     store.configure(settings.store_url, security.quotas.for_tenant)  # a URL only: the backend opens on first use
     registry.load()
     return app
+
+
+def _listen_for_changes(app: DPMSFApp, upload: PluginUpload | None) -> None:
+    """Replicas sharing an S3 or Cloud Storage plugin path hear each other's uploads through PostgreSQL when one is
+    configured (changes.py): the listener re-lists the source and reloads; uploads through this one announce."""
+    from .changes import PluginChanges, notify_url
+
+    url = notify_url(app.settings)
+    if url is None:
+        return
+    app.changes = PluginChanges(url, app.registry.load)
+    app.on_shutdown.append(app.changes.close)
+    if upload is not None:
+        upload.changes = app.changes
+    app.changes.ensure_started()
 
 
 def _mirror_dir(state_dir: str, kind: str, url: str) -> str:

@@ -50,6 +50,7 @@ class Settings:
     debug: bool = False
     s3_refresh: float = 30.0
     gcs_refresh: float = 30.0  # seconds between listings of a gs:// plugin path
+    notify: str = ""  # DPMSF_NOTIFY: plugin changes told to every replica (postgresql:// or "off"; changes.py)
     reload: bool = True
     state_dir: str = ".dpmsf"
     replay_store: str = "memory"
@@ -229,6 +230,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         debug=_bool(env, "DPMSF_DEBUG", False),
         s3_refresh=_float(env, "DPMSF_S3_REFRESH", 30.0),
         gcs_refresh=_float(env, "DPMSF_GCS_REFRESH", 30.0),
+        notify=_notify(env),
         reload=_bool(env, "DPMSF_RELOAD", True),
         state_dir=(env.get("DPMSF_STATE_DIR") or "").strip() or state_default,
         replay_store=_backend_url(
@@ -251,6 +253,18 @@ def _parse(env: Mapping[str, str]) -> Settings:
         grace_seconds=_float(env, "DPMSF_GRACE_SECONDS", 20.0),
         quotas=_quotas(env),
     )
+
+
+def _notify(env: Mapping[str, str]) -> str:
+    """``DPMSF_NOTIFY``: empty (the first postgresql:// URL of the stores, if any), ``off``, or a postgresql:// URL."""
+    raw = (env.get("DPMSF_NOTIFY") or "").strip()
+    if raw in ("", "off"):
+        return raw
+    try:
+        parse_backend_url(raw, "Config 'DPMSF_NOTIFY'", ("postgresql",))
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}|off") from None
+    return raw
 
 
 def _quotas(env: Mapping[str, str]) -> Quotas:

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .discovery import Candidate, Metadata
-from .manifest import ManifestEntry, content_signature, read_manifest, relative_file
+from .manifest import ManifestEntry, content_signature, content_version, read_manifest, relative_file
 from .snapshot import Endpoint, ModuleEntry
 
 log = logging.getLogger("dpmsf.registry")
@@ -53,6 +53,10 @@ class Deferrals:
         if signature != (found.size, found.crc32):
             log.info("plugin %s changed since it was packaged: imported now", cand.path)
             return None
+        try:
+            version = content_version(cand.path, cand.is_package)  # what its answers name, as once imported
+        except OSError:
+            return None
         public = meta.alias or cand.name
         routes: dict[str, list[Endpoint]] = {}
         for spec in found.endpoints:
@@ -70,6 +74,7 @@ class Deferrals:
             time.time(),
             {api: tuple(eps) for api, eps in routes.items()},
             deferred=True,
+            version=version,
         )
 
 

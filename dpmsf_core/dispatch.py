@@ -139,6 +139,9 @@ class ServiceDispatcher:
         scope["dpmsf.endpoint"] = f"{endpoint.module}.{endpoint.api}"  # the per-endpoint metrics dimension
         scope["dpmsf.tenant"] = endpoint.tenant or tenant  # metering: billed to the module's owner, else the caller
         self._mark_stale(snapshot, endpoint, responder)
+        serving = snapshot.modules.get(endpoint.module)
+        if serving is not None and serving.version:  # a rollout is observed answer by answer
+            responder.add_header("DPMSF-Plugin-Version", serving.version)
         if method == "OPTIONS" and "OPTIONS" not in endpoint.methods:
             await responder.preflight(list(route.allow), headers)
             return

@@ -17,7 +17,7 @@ JSON = b"application/json"
 # A scope's own keys, read as from a plain dict: the Lambda adapter's LazyScope overrides ``get`` in Python to build
 # ``headers``/``query_string`` on demand, which no other key needs (a few per request on the hot path).
 scope_get = dict.get
-_EXPOSE = b"X-Request-Id, X-DPMSF-Next-Token"
+_EXPOSE = b"X-Request-Id, X-DPMSF-Next-Token, DPMSF-Plugin-Version"
 
 log = logging.getLogger("dpmsf")
 

@@ -79,6 +79,23 @@ def content_signature(path: str, is_package: bool) -> tuple[int, int]:
     return size, crc
 
 
+def content_version(path: str, is_package: bool) -> str:
+    """The module's version as answers name it (``DPMSF-Plugin-Version``): 12 hex digits of the SHA-256 of its bytes
+    (for a package, of every ``.py`` file with its relative path), the same on every replica serving that code."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    if not is_package:
+        with open(path, "rb") as fh:
+            digest.update(fh.read())
+        return digest.hexdigest()[:12]
+    root = os.path.dirname(path)
+    for rel in _package_files(root):
+        with open(os.path.join(root, rel), "rb") as fh:
+            digest.update(rel.encode() + b"\0" + fh.read() + b"\0")
+    return digest.hexdigest()[:12]
+
+
 def _package_files(root: str) -> list[str]:
     found: list[str] = []
     for current, dirs, files in os.walk(root):

@@ -124,6 +124,7 @@ class ModuleEntry:
     # (``tasks`` GET and POST, ``tasks/{task_id}``); ``endpoints`` holds the first of each
     routes: dict[str, tuple[Endpoint, ...]] = field(default_factory=dict)
     deferred: bool = False  # from the manifest: imported on its first call (its events hold no functions yet)
+    version: str = ""  # manifest.content_version of the code serving: each answer names it (DPMSF-Plugin-Version)
 
     def __post_init__(self) -> None:
         if not self.routes:

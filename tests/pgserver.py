@@ -21,7 +21,7 @@ import socket
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -135,6 +135,13 @@ def new_database(server: str) -> str:
     with psycopg.connect(server + "/postgres", autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     return f"{server}/{name}"
+
+
+@pytest.fixture(scope="session")
+def pg_database(postgres_server: str) -> Callable[[], str]:
+    """``pg_database()``: the URL of a new empty database on the session's server (for module-scoped fixtures and
+    tests that need several)."""
+    return lambda: new_database(postgres_server)
 
 
 @pytest.fixture

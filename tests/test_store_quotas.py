@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from motoserver import client as moto_client
 from motoserver import moto_server
-from pgserver import new_database
 
 from dpmsf_core.errors import UnprocessableArguments
 from dpmsf_core.store import Collection, DynamoDBStore, FirestoreStore, PostgresStore, SQLiteStore
@@ -39,10 +38,10 @@ def make(request: pytest.FixtureRequest, tmp_path: Path) -> Make:
     if request.param == "sqlite":
         return lambda **kw: SQLiteStore(tmp_path / "state" / f"store-{uuid.uuid4().hex[:6]}.db", **kw)
     if request.param == "postgresql":
-        server = request.getfixturevalue("postgres_server")
+        database = request.getfixturevalue("pg_database")
 
         def postgres(**kw: Any) -> PostgresStore:
-            made = PostgresStore(new_database(server), **kw)  # a database each: a fresh, empty store
+            made = PostgresStore(database(), **kw)  # a database each: a fresh, empty store
             request.addfinalizer(made.close)
             return made
 

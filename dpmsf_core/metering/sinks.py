@@ -51,15 +51,18 @@ class UsageSink(Protocol):
 
 
 def usage_file(settings: Settings) -> str | None:
-    """The SQLite file usage is kept in, or None when it goes to the shared document store (DynamoDB, Firestore)."""
+    """The SQLite file usage is kept in, or None when it goes to the shared document store (DynamoDB, Firestore,
+    PostgreSQL)."""
     from .._backends import parse_backend_url
 
-    found = parse_backend_url(settings.store_url, "Config 'DPMSF_STORE'", ("sqlite", "dynamodb", "firestore"))
+    kinds = ("sqlite", "dynamodb", "firestore", "postgresql")
+    found = parse_backend_url(settings.store_url, "Config 'DPMSF_STORE'", kinds)
     return os.path.join(settings.state_dir, "usage.db") if found.kind == "sqlite" else None
 
 
 def sink_for(settings: Settings) -> UsageSink:
-    """A SQLite file in the state directory, unless the document store is shared (DynamoDB, Firestore): then there."""
+    """A SQLite file in the state directory, unless the document store is shared (DynamoDB, Firestore, PostgreSQL):
+    then there."""
     path = usage_file(settings)
     if path is not None:
         return SQLiteUsageSink(path, state_dir=settings.state_dir)

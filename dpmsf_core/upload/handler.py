@@ -46,6 +46,7 @@ class PluginUpload:
         budget = UploadBudget(cpu_seconds=settings.upload_cpu, wall_seconds=4 * settings.upload_cpu + 2)
         self.reader = UploadReader(budget, settings.upload_max)
         self._commit_lock = threading.Lock()
+        self.changes: Any = None  # changes.PluginChanges: tells the other replicas (set by create_app)
 
     async def handle(
         self, scope: Scope, receive: Receive, responder: Responder, headers: dict[str, str], rest: str
@@ -134,13 +135,21 @@ class PluginUpload:
             self.ledger.index.put(name, source, tenant, alias, read.description, share)
             # Conditional: created only if still absent, replaced only if still the version whose owner we checked.
             self.store.put(name, source, expect=stored[1] if stored else None)
-            return self._reload(name)
+            status = self._reload(name)
+        self._announce(name, "put")
+        return status
 
     def _delete(self, name: str) -> None:
         with self._commit_lock:
             self.store.delete(name)
             self.ledger.index.drop(name)
             self._reload(name)
+        self._announce(name, "delete")
+
+    def _announce(self, name: str, change: str) -> None:
+        """The other replicas re-list the shared source now, not at their next poll (when a server carries it)."""
+        if self.changes is not None:
+            self.changes.announce(name, change)
 
     def _list(self, tenant: str, admin: bool) -> list[dict[str, Any]]:
         """Every module ``tenant`` may see, with its owner. Blocks: runs in a thread."""

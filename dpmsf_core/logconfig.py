@@ -2,7 +2,9 @@
 
 Locally a readable line, ``2026-12-02 01:07:33.123 INFO  [rid] logger: message`` (``[-]`` outside a request);
 on Google Cloud (``GAE_SERVICE`` or ``K_SERVICE`` set) one JSON object per line that Cloud Logging groups by
-request (``dpmsf_core/gcp/cloudlogging.py``). ``DPMSF_LOG_FORMAT=text|json`` overrides the choice.
+request (``dpmsf_core/gcp/cloudlogging.py``). ``DPMSF_LOG_FORMAT=text|json`` overrides the choice, and
+``DPMSF_LOG_STREAM=stdout`` writes the lines to standard output instead of standard error (what log collectors that
+read only stdout want, e.g. with JSON on Kubernetes).
 
 The request a line belongs to comes from ``current_request``, a context variable the app sets for each HTTP
 request (copied into the threads that run sync functions), so a plugin's own ``logging`` calls carry the
@@ -30,7 +32,9 @@ __all__ = [
     "dict_config",
     "ensure_configured",
     "log_format",
+    "log_stream",
     "make_formatter",
+    "make_handler",
 ]
 
 # dict_config() as a file, for a plain ``uvicorn --workers N --log-config <it>`` (its parent process's lines too).
@@ -73,6 +77,20 @@ def log_format(env: Mapping[str, str] | None = None) -> str:
     if chosen in ("text", "json"):
         return chosen
     return "json" if env.get("GAE_SERVICE") or env.get("K_SERVICE") else "text"
+
+
+def log_stream(env: Mapping[str, str] | None = None) -> str:
+    """``stdout`` when ``DPMSF_LOG_STREAM=stdout``, else ``stderr`` (any other value too: logging must not stop a
+    server from starting)."""
+    env = os.environ if env is None else env
+    return "stdout" if (env.get("DPMSF_LOG_STREAM") or "").strip().lower() == "stdout" else "stderr"
+
+
+def make_handler() -> logging.Handler:
+    """The one handler of every logger we configure, on the stream ``log_stream()`` names, chosen where it runs."""
+    import sys
+
+    return logging.StreamHandler(sys.stdout if log_stream() == "stdout" else sys.stderr)
 
 
 def _control_escapes() -> dict[int, str]:
@@ -148,15 +166,15 @@ def make_formatter() -> logging.Formatter:
 
 
 def dict_config(level: str = "INFO", *, access: bool = True) -> dict[str, Any]:
-    """A ``logging.config.dictConfig`` document: one stderr handler with our formatter, for the root logger and
-    every server logger. ``access``: our one line per request (``dpmsf.access``)."""
+    """A ``logging.config.dictConfig`` document: one handler (stderr, or stdout: ``log_stream``) with our formatter,
+    for the root logger and every server logger. ``access``: our one line per request (``dpmsf.access``)."""
     level = level.upper()
     handler = ["dpmsf"]
     return {
         "version": 1,
         "disable_existing_loggers": False,  # loggers made at import (dpmsf.*) keep working
         "formatters": {"dpmsf": {"()": f"{__name__}.make_formatter"}},
-        "handlers": {"dpmsf": {"class": "logging.StreamHandler", "formatter": "dpmsf", "stream": "ext://sys.stderr"}},
+        "handlers": {"dpmsf": {"()": f"{__name__}.make_handler", "formatter": "dpmsf"}},
         "root": {"level": level, "handlers": handler},
         "loggers": {
             **{name: {"level": level, "handlers": handler, "propagate": False} for name in SERVER_LOGGERS},

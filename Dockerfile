@@ -35,5 +35,6 @@ ENV DPMSF_PLUGINS="my_plugins" \
 
 USER 10001:10001
 EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=2s CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8080'), timeout=2)"]
 # app.yaml's entrypoint, run by a shell so that $PORT expands (exec: gunicorn is PID 1 and gets SIGTERM).
 CMD ["/bin/sh", "-c", "exec gunicorn -c dpmsf_core/gunicorn_conf.py -k dpmsf_core.gunicorn_worker.UvicornWorker -w 2 -b :$PORT handler.gae:app"]

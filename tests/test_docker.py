@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-IMAGES = ["Dockerfile", "Dockerfile.lambda"]
+IMAGES = ["Dockerfile", "Dockerfile.lambda", "deploy/Dockerfile"]
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@
 
 (a) a token check per request (verify + replay-store claim) in µs, median of one run per thread count; the
     tenant's key comes from ``key_lookup``'s cache, as on a warm server;
-(b) one uncached tenant registry read (``get``), µs median.
+(b) one uncached tenant registry read (``get``), µs median;
+(c) the document store: ``get`` and ``put`` (a replacement, quota counted in the same transaction) of a 200-byte
+    document, µs median, SQLite file against PostgreSQL, same run.
 
 PostgreSQL: a real server from Debian's ``postgresql`` package, started like the tests start it
 (``tests/pgserver.py``: initdb + pg_ctl in a temporary folder, fsync off, 127.0.0.1 over TCP).
@@ -28,6 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from pgserver import postgres  # noqa: E402
 
+from dpmsf_core.store import PostgresStore, SQLiteStore  # noqa: E402
 from dpmsf_core.tenancy.replay import MemoryReplayStore, PostgresReplayStore, SQLiteReplayStore  # noqa: E402
 from dpmsf_core.tenancy.tenants import SQLiteTenantRegistry, key_lookup  # noqa: E402
 from dpmsf_core.tenancy.tenants_postgres import PostgresTenantRegistry  # noqa: E402
@@ -105,6 +108,33 @@ def main() -> None:
         print("    (a random id, never found)", end=" ")
         print(f"postgresql {timed(lambda: pg_tenants.get(str(uuid.uuid4())), args.calls, 1):7.1f}")
         pg_tenants.close()
+        store_costs(url, tmp, args.calls, threads)
+
+
+def store_costs(url: str, tmp: str, calls: int, threads: list[int]) -> None:
+    """(c): get and put of one tenant's documents (each thread its own ids), SQLite against PostgreSQL."""
+    doc = {"title": "x" * 180, "done": False}
+    stores = {"sqlite": SQLiteStore(f"{tmp}/store.db"), "postgresql": PostgresStore(url)}
+    for backend in stores.values():
+        for i in range(64):
+            backend.put(TENANT, "bench", f"d{i}", doc)
+    print(f"(c) document store, µs median of {calls} calls (200-byte documents, one tenant)")
+    for n in threads:
+        row = []
+        for name, backend in stores.items():
+            ids = iter(range(10**9))
+            lock = threading.Lock()
+
+            def one_id(ids: object = ids, lock: threading.Lock = lock) -> str:
+                with lock:
+                    return f"d{next(ids) % 64}"  # type: ignore[call-overload]
+
+            get = timed(lambda b=backend, f=one_id: b.get(TENANT, "bench", f()), calls, n)
+            put = timed(lambda b=backend, f=one_id: b.put(TENANT, "bench", f(), doc), calls, n)
+            row.append(f"{name} get {get:7.1f} put {put:7.1f}")
+        print(f"    {n} thread(s): " + "   ".join(row))
+    for backend in stores.values():
+        backend.close()
 
 
 if __name__ == "__main__":

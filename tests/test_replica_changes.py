@@ -111,7 +111,7 @@ def test_a_tenant_upload_reaches_the_other_replicas(replicas: Cluster) -> None:
     assert anonymous.status_code in (401, 404)
 
 
-def test_each_answer_names_the_version_and_dir_says_the_listener_listens(replicas: Cluster) -> None:
+def test_every_replica_names_the_same_version_and_shares_the_documents(replicas: Cluster) -> None:
     r1, r2, _, r4 = replicas.replicas
     notes = replicas.stored_version("notes")
     for replica in replicas.replicas:

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import free_port
 
 from dpmsf_core.config import Settings
-from dpmsf_core.errors import ServiceUnavailable
-from dpmsf_core.store import PostgresStore, make_store
+from dpmsf_core.errors import ServiceUnavailable, UnprocessableArguments
+from dpmsf_core.store import PostgresStore, SQLiteStore, make_store
 from dpmsf_core.tenancy.quotas import QuotaExceeded, Quotas
 
 pytest_plugins = ["pgserver"]
@@ -75,6 +76,32 @@ def test_concurrent_updates_from_replicas_lose_nothing(pg_url: str) -> None:
     finally:
         for store in replicas:
             store.close()
+
+
+def test_ids_list_in_the_same_order_as_on_sqlite_nul_included(pg_url: str, tmp_path: Path) -> None:
+    """Ids are stored as their UTF-8 bytes: any character (NUL too, which PostgreSQL text refuses), and the same
+    byte order as SQLite's whatever the database's locale (a collation would put 'B' after 'a')."""
+    ids = ["a", "a\x00b", "a\x01", "B", "ab", "é", "z", "\U0001f600", "A b", "a/b"]
+    stores = [PostgresStore(pg_url), SQLiteStore(tmp_path / "store.db")]
+    try:
+        listed = []
+        for store in stores:
+            for doc_id in ids:
+                store.put("T", "c", doc_id, {"id": doc_id})
+            pages, cursor = [], None
+            while True:  # pages of 3: every cursor is an id, NUL included
+                page, cursor = store.list("T", "c", limit=3, cursor=cursor)
+                pages += [d["id"] for d in page]
+                if cursor is None:
+                    break
+            listed.append(pages)
+            assert store.get("T", "c", "a\x00b") == {"id": "a\x00b"} and store.delete("T", "c", "a\x00b")
+        assert listed[0] == listed[1] == sorted(ids, key=str.encode)
+    finally:
+        for store in stores:
+            store.close()
+    with pytest.raises(UnprocessableArguments):
+        PostgresStore(pg_url).put("T\x00", "c", "d", {})
 
 
 def test_unreachable_server_is_503_without_the_password(caplog: pytest.LogCaptureFixture) -> None:

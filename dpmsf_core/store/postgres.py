@@ -1,7 +1,8 @@
 """The PostgreSQL document store, for replicas on any platform (Kubernetes, Knative, Cloud Run) sharing one database.
 
-Documents are JSON text in ``dpmsf_store`` (text, not jsonb: the bytes a tenant's quota counts are the bytes stored),
-ids in byte order (``COLLATE "C"``, as on the other backends, whatever the database's locale).
+Documents are JSON text in ``dpmsf_store`` (text, not jsonb: the bytes a tenant's quota counts are the bytes stored);
+ids are their UTF-8 bytes (``bytea``): listed in byte order as on the other backends, whatever the database's
+locale, and an id may hold any character, NUL included, which PostgreSQL text cannot.
 Each tenant's stored bytes are a row of ``dpmsf_store_usage``, locked (``FOR UPDATE``) and changed in the transaction
 that changes a document, so replicas writing for one tenant at once never pass its ``store_mb`` quota together. A
 listing page is chosen by the server (a running sum of ``octet_length(doc)``), so a replica receives only the page.
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .._backends import PostgresPerProcess, postgres_ignore_exists, redact
-from ..errors import ServiceUnavailable
+from ..errors import ServiceUnavailable, UnprocessableArguments
 from ..tenancy.quotas import Quotas
 from .validation import (
     DOC_OVERHEAD,
@@ -39,7 +40,7 @@ log = logging.getLogger("dpmsf.store")
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS dpmsf_store (tenant TEXT NOT NULL, collection TEXT NOT NULL,"
-    ' id TEXT COLLATE "C" NOT NULL, doc TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL,'
+    " id BYTEA NOT NULL, doc TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL,"
     " PRIMARY KEY (tenant, collection, id))",
     "CREATE TABLE IF NOT EXISTS dpmsf_store_usage (tenant TEXT PRIMARY KEY, bytes BIGINT NOT NULL)",
 )
@@ -55,6 +56,11 @@ _PAGE = (
     " WINDOW w AS (ORDER BY id ROWS UNBOUNDED PRECEDING) ORDER BY id LIMIT %(limit)s + 1) AS rows"
     " WHERE n <= 2 OR running - octet_length(doc) <= %(budget)s ORDER BY id"
 )
+
+
+def _key(tenant: str, collection: str, doc_id: str) -> tuple[str, str, bytes]:
+    """A document's primary key as stored: the id as its UTF-8 bytes."""
+    return tenant, collection, doc_id.encode()
 
 
 class PostgresStore:
@@ -88,6 +94,8 @@ class PostgresStore:
         except psycopg.OperationalError as exc:  # also psycopg_pool.PoolTimeout
             log.warning("document store (PostgreSQL) failed: %s", redact(str(exc)))
             raise ServiceUnavailable(f"The document store is unavailable: {type(exc).__name__}.") from None
+        except psycopg.DataError as exc:  # a value PostgreSQL cannot hold (a tenant name with NUL): the caller's
+            raise UnprocessableArguments(f"The document store cannot store this value: {exc}.") from None
 
     def _ensure_tables(self, conn: Any) -> None:
         if self._ready:
@@ -117,10 +125,10 @@ class PostgresStore:
     def get(self, tenant: str, collection: str, doc_id: str) -> dict[str, Any] | None:
         check_key(tenant, collection, doc_id)
         with self._conn() as conn:
-            row = conn.execute(f"SELECT doc FROM dpmsf_store WHERE {_KEY}", (tenant, collection, doc_id)).fetchone()
+            row = conn.execute(f"SELECT doc FROM dpmsf_store WHERE {_KEY}", _key(tenant, collection, doc_id)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def _write(self, conn: Any, used: int, key: tuple[str, str, str], text: str, old_size: int) -> None:
+    def _write(self, conn: Any, used: int, key: tuple[str, str, bytes], text: str, old_size: int) -> None:
         """Store ``text`` under ``key`` if the tenant's quota has room, its usage changed in the same transaction."""
         tenant = key[0]
         delta = stored_size(text) - old_size
@@ -136,8 +144,10 @@ class PostgresStore:
         check_key(tenant, collection, doc_id)
         text = encode_doc(doc, max_bytes=self._quotas(tenant).max_doc)
         with self._locked(tenant) as (conn, used):
-            row = conn.execute(f"SELECT {_SIZE} FROM dpmsf_store WHERE {_KEY}", (tenant, collection, doc_id)).fetchone()
-            self._write(conn, used, (tenant, collection, doc_id), text, int(row[0]) if row else 0)
+            row = conn.execute(
+                f"SELECT {_SIZE} FROM dpmsf_store WHERE {_KEY}", _key(tenant, collection, doc_id)
+            ).fetchone()
+            self._write(conn, used, _key(tenant, collection, doc_id), text, int(row[0]) if row else 0)
         return json.loads(text)
 
     def update(self, tenant: str, collection: str, doc_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
@@ -146,19 +156,19 @@ class PostgresStore:
         encode_doc(check_doc(changes, "Changes"), "Changes", max_bytes=max_doc)
         with self._locked(tenant) as (conn, used):
             row = conn.execute(
-                f"SELECT doc, {_SIZE} FROM dpmsf_store WHERE {_KEY}", (tenant, collection, doc_id)
+                f"SELECT doc, {_SIZE} FROM dpmsf_store WHERE {_KEY}", _key(tenant, collection, doc_id)
             ).fetchone()
             if row is None:
                 return None
             text = encode_doc({**json.loads(row[0]), **changes}, max_bytes=max_doc)
-            self._write(conn, used, (tenant, collection, doc_id), text, int(row[1]))
+            self._write(conn, used, _key(tenant, collection, doc_id), text, int(row[1]))
         return json.loads(text)
 
     def delete(self, tenant: str, collection: str, doc_id: str) -> bool:
         check_key(tenant, collection, doc_id)
         with self._locked(tenant) as (conn, _):
             row = conn.execute(
-                f"DELETE FROM dpmsf_store WHERE {_KEY} RETURNING {_SIZE}", (tenant, collection, doc_id)
+                f"DELETE FROM dpmsf_store WHERE {_KEY} RETURNING {_SIZE}", _key(tenant, collection, doc_id)
             ).fetchone()
             if row is None:
                 return False
@@ -184,7 +194,7 @@ class PostgresStore:
         params = {
             "tenant": tenant,
             "collection": collection,
-            "after": decode_cursor(cursor) or "",
+            "after": (decode_cursor(cursor) or "").encode(),
             "limit": limit,
             "budget": page_budget(self.page_bytes, max_bytes),
         }
@@ -197,7 +207,7 @@ class PostgresStore:
                     more = True
                     break
                 page.append(json.loads(text))
-                last_id = doc_id
+                last_id = bytes(doc_id).decode()
         return page, encode_cursor(last_id) if more else None
 
     def close(self) -> None:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("dpmsf.changes")
 
 CHANNEL = "dpmsf_plugins"
+APPLICATION_NAME = "dpmsf-plugin-changes"
 _KEEPALIVE: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
 
 
@@ -131,7 +132,8 @@ class PluginChanges:
     def _listen(self) -> None:
         import psycopg
 
-        with psycopg.connect(self.url, autocommit=True, connect_timeout=5, **_KEEPALIVE) as conn:
+        options = {**_KEEPALIVE, "application_name": APPLICATION_NAME}  # named in pg_stat_activity
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=5, **options) as conn:
             conn.execute(f"LISTEN {CHANNEL}")
             self.listening, self.last_error = True, None
             log.info("listening for plugin changes on PostgreSQL channel %s", CHANNEL)

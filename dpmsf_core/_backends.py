@@ -67,7 +67,8 @@ class BackendURL(NamedTuple):
 def parse_backend_url(url: str, what: str, kinds: Sequence[str] = ("memory", "sqlite", "dynamodb")) -> BackendURL:
     """``memory``, ``sqlite:///relative.db``, ``sqlite:////abs/path.db``, ``dynamodb://table[?endpoint_url=...]`` or
     ``firestore://collection[?database=name]`` (the project is the environment's: ``GOOGLE_CLOUD_PROJECT``) or
-    ``postgresql://user:password@host:port/dbname[?sslmode=...]`` (a libpq URL; its password is never echoed).
+    ``postgresql://user:password@host:port/dbname[?sslmode=...]`` (a libpq URL; its password is never echoed; the
+    host may be given as ``?host=/cloudsql/PROJECT:REGION:INSTANCE``, a Unix socket folder).
 
     ``what`` names the setting in the error: ``Store URL has value 'x'. Choices are: ...``.
     """
@@ -97,7 +98,9 @@ def parse_backend_url(url: str, what: str, kinds: Sequence[str] = ("memory", "sq
             return BackendURL("firestore", parts.netloc, database=database)
     if "postgresql" in kinds and raw.startswith(("postgresql://", "postgres://")):
         parts = urlsplit(raw)
-        if parts.hostname and parts.path.strip("/") and "/" not in parts.path.strip("/"):
+        # the host in the URL, or as ``?host=`` (a Unix socket folder: Cloud SQL's /cloudsql/PROJECT:REGION:NAME)
+        host = parts.hostname or parse_qs(parts.query).get("host")
+        if host and parts.path.strip("/") and "/" not in parts.path.strip("/"):
             return BackendURL("postgresql", raw)
     choices = "|".join(_FORMS[k] for k in kinds)
     local = " (add '?endpoint_url=http://...' for a local DynamoDB)" if "dynamodb" in kinds else ""

@@ -8,12 +8,13 @@ import threading
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from conftest import free_port
 
 from dpmsf_core.config import Settings
-from dpmsf_core.errors import ServiceUnavailable, UnprocessableArguments
+from dpmsf_core.errors import ConfigError, ServiceUnavailable, UnprocessableArguments
 from dpmsf_core.store import PostgresStore, SQLiteStore, make_store
 from dpmsf_core.tenancy.quotas import QuotaExceeded, Quotas
 
@@ -121,6 +122,24 @@ def test_unreachable_server_is_503_without_the_password(caplog: pytest.LogCaptur
     finally:
         store.close()
     assert password not in caplog.text
+
+
+def test_the_host_may_be_a_query_parameter_as_for_cloud_sql_sockets(pg_url: str) -> None:
+    """Cloud Run reaches Cloud SQL through a socket folder: ``postgresql://u:p@/db?host=/cloudsql/P:R:I``. The same
+    form with a TCP host, against the real server: accepted by the settings and served."""
+    parts = urlsplit(pg_url)
+    url = f"postgresql://{parts.username}:{parts.password}@{parts.path}?host={parts.hostname}&port={parts.port}"
+    assert Settings.from_env({"DPMSF_STORE": url, "DPMSF_TENANTS": url}, dotenv=None).store_url == url
+    made = make_store(url)
+    try:
+        made.put("_", "c", "d", {"via": "query host"})
+        assert PostgresStore(pg_url).get("_", "c", "d") == {"via": "query host"}
+    finally:
+        made.close()  # type: ignore[attr-defined]
+    socket = "postgresql://u:p@/dpmsf?host=/cloudsql/project:region:instance"
+    assert Settings.from_env({"DPMSF_STORE": socket}, dotenv=None).store_url == socket
+    with pytest.raises(ConfigError):
+        Settings.from_env({"DPMSF_STORE": "postgresql://u:p@/dpmsf"}, dotenv=None)  # no host at all
 
 
 def test_make_store_and_settings_take_a_postgresql_url(pg_url: str) -> None:

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 from .config import BUNDLED_PLUGINS, Settings, on_lambda
 from .context import reset_meter, set_meter
 from .directory import DiscoveryDocs
-from .discovery import resolve_folder
 from .dispatch import ServiceDispatcher
 from .errors import DPMSFError, FunctionFailed, NotFound
 from .exchange import Receive, Responder, Scope, Send, request_headers, scope_get
+from .loading.discovery import resolve_folder
+from .loading.registry import Registry
 from .logconfig import RequestLog, current_request
 from .metrics import EndpointUsage, memory_mb
-from .registry import Registry
 from .resolve import SERVICES_PREFIX
 from .tenancy.security import LazySecurity
 
@@ -318,14 +318,14 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
     sources: list[Any] = []  # S3 and Cloud Storage mirrors (registry.PluginSource)
     for entry in settings.plugins:
         if entry.startswith("s3://"):
-            from .aws.s3source import S3PluginSource
+            from .sources.s3 import S3PluginSource
 
             cache = _mirror_dir(settings.state_dir, "s3-cache", entry)
             source = S3PluginSource(entry, cache, refresh_seconds=settings.s3_refresh)
             sources.append(source)
             folders.append(str(source.cache_dir))
         elif entry.startswith("gs://"):
-            from .gcp.gcs import GCSPluginSource
+            from .sources.gcs import GCSPluginSource
 
             cache = _mirror_dir(settings.state_dir, "gcs-cache", entry)
             gcs = GCSPluginSource(entry, cache, refresh_seconds=settings.gcs_refresh)

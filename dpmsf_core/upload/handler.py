@@ -11,9 +11,9 @@ from ..config import Settings
 from ..context import metered
 from ..errors import Conflict, MethodNotAllowed, NotFound
 from ..exchange import Receive, Responder, Scope, read_body
-from ..registry import Registry
+from ..loading.registry import Registry
+from ..loading.tenant_index import TenantIndex
 from ..tenancy.security import LazySecurity, bearer, require
-from ..tenant_index import TenantIndex
 from .ledger import UploadLedger
 from .reading import UploadBudget, UploadReader
 from .stores import PluginStore
@@ -209,7 +209,7 @@ def plan_upload(settings: Settings, folders: list[str], sources: list[Any]) -> U
     elif sources:
         source = sources[0]
         if source.url.startswith("gs://"):
-            from ..gcp.gcs import GCSPluginStore
+            from ..sources.gcs import GCSPluginStore
 
             return UploadTarget(GCSPluginStore(source.url), str(source.cache_dir), source)
         return UploadTarget(S3PluginStore(source.url), str(source.cache_dir), source)

@@ -159,7 +159,7 @@ class S3PluginStore(VersionedStore):
     """Uploaded modules as objects ``<prefix><name>.py`` in S3, the same prefix an ``s3://`` plugin path reads."""
 
     def __init__(self, url: str, *, client: Any = None, endpoint_url: str | None = None) -> None:
-        from ..aws.s3source import parse_s3_url
+        from ..sources.s3 import parse_s3_url
 
         self.url = url
         self.bucket, self.prefix = parse_s3_url(url)

@@ -313,8 +313,8 @@ class TenantIndexes:
         return f"{path}: being read (it has no entry in the tenant index); it is served in a moment", True
 
     def _read(self, index: TenantIndex, name: str, path: str, signature: tuple[int, ...], raw: bytes) -> None:
-        from .errors import DPMSFError
-        from .upload.reading import UploadBudget, read_stored_in_child
+        from ..errors import DPMSFError
+        from ..upload.reading import UploadBudget, read_stored_in_child
 
         error: str | None = None
         try:

@@ -1,7 +1,7 @@
 """Plugins from Cloud Storage: ``DPMSF_PLUGINS=gs://bucket/prefix`` mirrored locally, uploads written there.
 
 ``GCSPluginSource`` lists the prefix and fetches objects by generation; the refresh itself (what to download,
-staging, deletion, the last good copy when Cloud Storage fails) is ``dpmsf_core/mirror.py``, shared with S3.
+staging, deletion, the last good copy when Cloud Storage fails) is ``dpmsf_core/sources/mirror.py``, shared with S3.
 ``GCSPluginStore`` is the upload store for ``PUT /rest/admin/plugins/<name>`` when a ``gs://`` source is the
 writable one: every write is conditional on the generation the caller read (``ifGenerationMatch``; 0 means
 "only if absent"), so ownership checked on a read still holds when the object is written.
@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadRequest, ConfigError, Conflict
-from ..mirror import MirroredSource, parse_bucket_url
 from ..upload.stores import ANY_VERSION, INDEX_OBJECT, VersionedStore
 from ..upload.validation import check_module_name
+from .mirror import MirroredSource, parse_bucket_url
 
 MANIFEST_NAME = ".gcs-manifest.json"
 _TIMEOUT = 10.0  # seconds per Cloud Storage call: a refresh on the request path must not hang on an outage

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeGuard
 
+from ..errors import PluginError
 from .deferred import Deferrals, same_routes
 from .discovery import (
     Candidate,
@@ -23,8 +24,7 @@ from .discovery import (
     scan_folder,
     stamped_owner,
 )
-from .errors import PluginError
-from .registry_report import log_reload, module_report
+from .report import log_reload, module_report
 from .reserved import reserved_names, withhold
 from .snapshot import EMPTY, Endpoint, ModuleEntry, ModuleReport, Snapshot
 from .tenant_index import PENDING, TenantIndexes

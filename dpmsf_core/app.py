@@ -20,14 +20,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .config import BUNDLED_PLUGINS, Settings, on_lambda
-from .context import reset_meter, set_meter
+from .context import RequestLog, current_request, reset_meter, set_meter
 from .directory import DiscoveryDocs
 from .dispatch import ServiceDispatcher
 from .errors import DPMSFError, FunctionFailed, NotFound
 from .exchange import Receive, Responder, Scope, Send, request_headers, scope_get
 from .loading.discovery import resolve_folder
 from .loading.registry import Registry
-from .logconfig import RequestLog, current_request
 from .metrics import EndpointUsage, memory_mb
 from .resolve import SERVICES_PREFIX
 from .tenancy.security import LazySecurity

@@ -19,8 +19,9 @@ from gcsemulator import gcs_emulator
 
 from dpmsf_core.config import Settings
 from dpmsf_core.errors import ConfigError, Conflict
-from dpmsf_core.sources.gcs import MANIFEST_NAME, GCSPluginSource, GCSPluginStore, parse_gs_url
+from dpmsf_core.sources.gcs import MANIFEST_NAME, GCSPluginSource, parse_gs_url
 from dpmsf_core.tenancy.tokens import generate_key, mint
+from dpmsf_core.upload.gcs_store import GCSPluginStore
 
 pytestmark = pytest.mark.slow
 

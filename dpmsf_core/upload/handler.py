@@ -202,14 +202,15 @@ def plan_upload(settings: Settings, folders: list[str], sources: list[Any]) -> U
     """
     if not settings.admin_id:
         return None
-    from .stores import FolderPluginStore, S3PluginStore
+    from .s3_store import S3PluginStore
+    from .stores import FolderPluginStore
 
     if settings.upload_dir:
         folder = os.path.abspath(settings.upload_dir)
     elif sources:
         source = sources[0]
         if source.url.startswith("gs://"):
-            from ..sources.gcs import GCSPluginStore
+            from .gcs_store import GCSPluginStore
 
             return UploadTarget(GCSPluginStore(source.url), str(source.cache_dir), source)
         return UploadTarget(S3PluginStore(source.url), str(source.cache_dir), source)

@@ -29,6 +29,7 @@ from .loading.discovery import resolve_folder
 from .loading.registry import Registry
 from .metrics import EndpointUsage, memory_mb
 from .resolve import SERVICES_PREFIX
+from .sources import open_plugin_path
 from .tenancy.security import LazySecurity
 
 if TYPE_CHECKING:
@@ -313,25 +314,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
     from .hardening import make_non_dumpable
 
     make_non_dumpable()  # same-uid processes cannot read our environment (admin and master keys) or memory
-    folders = []
-    sources: list[Any] = []  # S3 and Cloud Storage mirrors (registry.PluginSource)
-    for entry in settings.plugins:
-        if entry.startswith("s3://"):
-            from .sources.s3 import S3PluginSource
-
-            cache = _mirror_dir(settings.state_dir, "s3-cache", entry)
-            source = S3PluginSource(entry, cache, refresh_seconds=settings.s3_refresh)
-            sources.append(source)
-            folders.append(str(source.cache_dir))
-        elif entry.startswith("gs://"):
-            from .sources.gcs import GCSPluginSource
-
-            cache = _mirror_dir(settings.state_dir, "gcs-cache", entry)
-            gcs = GCSPluginSource(entry, cache, refresh_seconds=settings.gcs_refresh)
-            sources.append(gcs)
-            folders.append(str(gcs.cache_dir))
-        else:
-            folders.append(resolve_folder(entry, BUNDLED_PLUGINS))
+    folders, sources = open_plugin_path(settings, lambda entry: resolve_folder(entry, BUNDLED_PLUGINS))
     target = None
     if settings.admin_id:
         from .upload.handler import plan_upload
@@ -359,12 +342,3 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
     store.configure(settings.store_url, security.quotas.for_tenant)  # a URL only: the backend opens on first use
     registry.load()
     return app
-
-
-def _mirror_dir(state_dir: str, kind: str, url: str) -> str:
-    """The local copy of a remote plugin source: its modules are imported, so the folder must be ours alone (a
-    state folder under /tmp that another user made first is refused for a fresh one; see ``private_dir``)."""
-    from .private_dir import PrivateDir
-
-    folder = os.path.join(state_dir, kind, re.sub(r"[^A-Za-z0-9_.-]", "_", url[5:]))
-    return str(PrivateDir(folder, purpose=f"plugin mirror of {url}").get())

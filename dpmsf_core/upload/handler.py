@@ -202,18 +202,14 @@ def plan_upload(settings: Settings, folders: list[str], sources: list[Any]) -> U
     """
     if not settings.admin_id:
         return None
-    from .s3_store import S3PluginStore
     from .stores import FolderPluginStore
 
     if settings.upload_dir:
         folder = os.path.abspath(settings.upload_dir)
     elif sources:
-        source = sources[0]
-        if source.url.startswith("gs://"):
-            from .gcs_store import GCSPluginStore
+        from ..sources import upload_store
 
-            return UploadTarget(GCSPluginStore(source.url), str(source.cache_dir), source)
-        return UploadTarget(S3PluginStore(source.url), str(source.cache_dir), source)
+        return UploadTarget(upload_store(sources[0]), str(sources[0].cache_dir), sources[0])
     else:
         folder = os.path.abspath(os.path.join(settings.state_dir, "uploads"))
     from ..tenancy.state_files import claim_state_dir  # its modules run as trusted code: ours alone, or no start

@@ -29,15 +29,15 @@ from .loading.discovery import resolve_folder
 from .loading.registry import Registry
 from .metrics import EndpointUsage, memory_mb
 from .resolve import SERVICES_PREFIX
+from .security import LazySecurity
 from .sources import open_plugin_path
-from .tenancy.security import LazySecurity
 
 if TYPE_CHECKING:
     from .health import Readiness
     from .metering import UsageMeter
     from .sandbox.loader import SandboxedLoader
+    from .security import Security
     from .tenancy.quotas import QuotaBook
-    from .tenancy.security import Security
     from .upload.handler import PluginUpload
 
 log = logging.getLogger("dpmsf")

@@ -28,7 +28,7 @@ from .loading.registry import Endpoint, Registry
 from .params import assemble, parse_body, parse_query
 from .resolve import resolve_route, visible_to
 from .responses import encode_results, is_framework_response
-from .tenancy.security import LazySecurity, bearer
+from .security import LazySecurity, bearer
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor

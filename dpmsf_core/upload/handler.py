@@ -13,7 +13,7 @@ from ..errors import Conflict, MethodNotAllowed, NotFound
 from ..exchange import Receive, Responder, Scope, read_body
 from ..loading.registry import Registry
 from ..loading.tenant_index import TenantIndex
-from ..tenancy.security import LazySecurity, bearer, require
+from ..security import LazySecurity, bearer, require
 from .ledger import UploadLedger
 from .reading import UploadBudget, UploadReader
 from .stores import PluginStore

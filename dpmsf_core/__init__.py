@@ -27,7 +27,7 @@ from .expose import expose
 if TYPE_CHECKING:
     from . import store, testing
     from .app import DPMSFApp
-    from .commands import ProgramResult, run_program, run_program_sync
+    from .commands.programs import ProgramResult, run_program, run_program_sync
 
 __all__ = [
     "BadRequest",

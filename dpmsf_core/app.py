@@ -20,25 +20,25 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .config import BUNDLED_PLUGINS, Settings, on_lambda
-from .context import reset_meter, set_meter
+from .context import RequestLog, current_request, reset_meter, set_meter
 from .directory import DiscoveryDocs
-from .discovery import resolve_folder
 from .dispatch import ServiceDispatcher
 from .errors import DPMSFError, FunctionFailed, NotFound
 from .exchange import Receive, Responder, Scope, Send, request_headers, scope_get
-from .logconfig import RequestLog, current_request
+from .loading.discovery import resolve_folder
+from .loading.registry import Registry
 from .metrics import EndpointUsage, memory_mb
-from .registry import Registry
 from .resolve import SERVICES_PREFIX
-from .tenancy.security import LazySecurity
+from .security import LazySecurity
+from .sources import open_plugin_path
 
 if TYPE_CHECKING:
     from .changes import PluginChanges
     from .health import Readiness
     from .metering import UsageMeter
     from .sandbox.loader import SandboxedLoader
+    from .security import Security
     from .tenancy.quotas import QuotaBook
-    from .tenancy.security import Security
     from .upload.handler import PluginUpload
 
 log = logging.getLogger("dpmsf")
@@ -303,6 +303,13 @@ class _SandboxOnDemand:
             self._loader.close()
 
 
+def _read_stored_module(name: str, path: str, raw: bytes) -> Any:
+    """A stored tenant module the tenant index has no entry for, read in a budgeted child (``upload.reading``)."""
+    from .upload.reading import UploadBudget, read_stored_in_child
+
+    return read_stored_in_child(name, path, raw, UploadBudget())
+
+
 def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
     """Build an app from ``settings`` (default: environment and ``.env``); plugins load now, once.
 
@@ -318,25 +325,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
     from .hardening import make_non_dumpable
 
     make_non_dumpable()  # same-uid processes cannot read our environment (admin and master keys) or memory
-    folders = []
-    sources: list[Any] = []  # S3 and Cloud Storage mirrors (registry.PluginSource)
-    for entry in settings.plugins:
-        if entry.startswith("s3://"):
-            from .aws.s3source import S3PluginSource
-
-            cache = _mirror_dir(settings.state_dir, "s3-cache", entry)
-            source = S3PluginSource(entry, cache, refresh_seconds=settings.s3_refresh)
-            sources.append(source)
-            folders.append(str(source.cache_dir))
-        elif entry.startswith("gs://"):
-            from .gcp.gcs import GCSPluginSource
-
-            cache = _mirror_dir(settings.state_dir, "gcs-cache", entry)
-            gcs = GCSPluginSource(entry, cache, refresh_seconds=settings.gcs_refresh)
-            sources.append(gcs)
-            folders.append(str(gcs.cache_dir))
-        else:
-            folders.append(resolve_folder(entry, BUNDLED_PLUGINS))
+    folders, sources = open_plugin_path(settings, lambda entry: resolve_folder(entry, BUNDLED_PLUGINS))
     target = None
     if settings.admin_id:
         from .upload.handler import plan_upload
@@ -351,6 +340,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
         reload=settings.reload,
         untrusted_loader=loader,
         owned_folders=[target.folder] if target is not None else [],
+        read_stored=_read_stored_module,
     )
     upload = None
     if target is not None:
@@ -381,12 +371,3 @@ def _listen_for_changes(app: DPMSFApp, upload: PluginUpload | None) -> None:
     if upload is not None:
         upload.changes = app.changes
     app.changes.ensure_started()
-
-
-def _mirror_dir(state_dir: str, kind: str, url: str) -> str:
-    """The local copy of a remote plugin source: its modules are imported, so the folder must be ours alone (a
-    state folder under /tmp that another user made first is refused for a fresh one; see ``private_dir``)."""
-    from .private_dir import PrivateDir
-
-    folder = os.path.join(state_dir, kind, re.sub(r"[^A-Za-z0-9_.-]", "_", url[5:]))
-    return str(PrivateDir(folder, purpose=f"plugin mirror of {url}").get())

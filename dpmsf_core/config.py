@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._backends import parse_backend_url
 from .errors import ConfigError
+from .sources import split_plugin_path
 from .tenancy.quotas import Quotas
 
 if TYPE_CHECKING:
@@ -181,7 +182,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         raise ConfigError(f"Config 'URL_PARM1..{num}' name the same parameter twice: {names}")
 
     plugins_raw = env.get("DPMSF_PLUGINS") or env.get("plugins") or "."
-    plugins = tuple(_split_plugins(plugins_raw))
+    plugins = tuple(split_plugin_path(plugins_raw))
     if not plugins:
         raise ConfigError(
             f"Config 'DPMSF_PLUGINS' has value '{plugins_raw}'. Name at least one folder ('.' = bundled)."
@@ -272,20 +273,3 @@ def _quotas(env: Mapping[str, str]) -> Quotas:
         return Quotas.from_env(env)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-
-
-def _split_plugins(raw: str) -> list[str]:
-    """Split on ':' like PYTHONPATH, but keep ``s3://bucket/prefix`` and ``gs://bucket/prefix`` entries whole."""
-    out: list[str] = []
-    parts = raw.split(":")
-    i = 0
-    while i < len(parts):
-        part = parts[i].strip()
-        if part in ("s3", "gs") and i + 1 < len(parts) and parts[i + 1].startswith("//"):
-            out.append(part + ":" + parts[i + 1].strip())
-            i += 2
-            continue
-        if part:
-            out.append(part)
-        i += 1
-    return out

@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+
+
+class RequestLog(NamedTuple):
+    """What a log line says about the request it is written in; the endpoint is read from the scope when the line
+    is written, because dispatch records it (``scope["dpmsf.endpoint"]``) after the request began."""
+
+    request_id: str
+    scope: Mapping[str, Any]
+    trace_header: str | None = None  # X-Cloud-Trace-Context, else traceparent
+    started: float = 0.0  # time.perf_counter() at the start of the request
+
+    @property
+    def endpoint(self) -> str | None:
+        found = self.scope.get("dpmsf.endpoint")
+        return str(found) if found else None
+
+
+# The request the current log line belongs to: set by the app per HTTP request, read by every log formatter.
+current_request: ContextVar[RequestLog | None] = ContextVar("dpmsf_request", default=None)
+
+
+def elapsed_ms(request: RequestLog) -> float:
+    """Milliseconds since the request began."""
+    return (time.perf_counter() - request.started) * 1000
 
 
 @dataclass
@@ -88,6 +113,4 @@ def metered_store(backend: Any, tenant: str) -> tuple[Any, str]:
     source = _meter.get()
     if source is None or tenant == "_":
         return backend, tenant
-    from .metering.store import MeteredStore  # only once a tenant touches the store
-
-    return MeteredStore(backend, tenant, source()), tenant
+    return source().metered_store(backend, tenant), tenant

@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from .config import Settings
-from .registry import Registry
+from .loading.registry import Registry
 from .resolve import visible_to
 
 

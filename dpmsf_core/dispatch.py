@@ -24,11 +24,11 @@ from .errors import (
 )
 from .exchange import JSON, BodyBudget, Receive, Responder, Scope, read_body, scope_get
 from .lazyloop import ensure_running_loop
+from .loading.registry import Endpoint, Registry
 from .params import assemble, parse_body, parse_query
-from .registry import Endpoint, Registry
 from .resolve import resolve_route, visible_to
 from .responses import encode_results, is_framework_response
-from .tenancy.security import LazySecurity, bearer
+from .security import LazySecurity, bearer
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor

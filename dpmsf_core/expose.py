@@ -289,7 +289,7 @@ class Expose:
         doc: str | None = None,
     ) -> Callable[..., Any]:
         """An endpoint backed by a program: ``hello = expose.command(API="hello-node", argv=["node", "hello.js"])``."""
-        from .commands import command_function  # the subprocess machinery loads only for plugins that use it
+        from .commands.programs import command_function  # the subprocess machinery loads only for plugins that use it
 
         module_name = sys._getframe(1).f_globals.get("__name__", "__main__")
         module_file = sys._getframe(1).f_globals.get("__file__")

@@ -26,7 +26,7 @@ from .errors import ServiceUnavailable
 
 if TYPE_CHECKING:
     from .config import Settings
-    from .registry import Registry
+    from .loading.registry import Registry
 
 __all__ = ["Readiness", "probe_for"]
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 from collections.abc import Mapping
-from contextvars import ContextVar
-from typing import Any, NamedTuple
+from typing import Any
+
+from .context import RequestLog, current_request
 
 __all__ = [
     "CONFIG_FILE",
@@ -45,29 +45,12 @@ SERVER_LOGGERS = ("uvicorn", "gunicorn.error")
 ACCESS_LOGGERS = ("uvicorn.access", "gunicorn.access")
 
 
-class RequestLog(NamedTuple):
-    """What a log line says about the request it is written in; the endpoint is read from the scope when the line
-    is written, because dispatch records it (``scope["dpmsf.endpoint"]``) after the request began."""
-
-    request_id: str
-    scope: Mapping[str, Any]
-    trace_header: str | None = None  # X-Cloud-Trace-Context, else traceparent
-    started: float = 0.0  # time.perf_counter() at the start of the request
-
-    @property
-    def endpoint(self) -> str | None:
-        found = self.scope.get("dpmsf.endpoint")
-        return str(found) if found else None
-
-
 # The lines of a traceback that start in column 0: its headers, and ``Type: message`` right after a frame line.
 _HEADER = re.compile(
     r"^(Traceback \(most recent call last\):|During handling of the above exception|The above exception was the "
     r"direct cause|Stack \(most recent call last\):)"
 )
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(: |$)")
-
-current_request: ContextVar[RequestLog | None] = ContextVar("dpmsf_request", default=None)
 
 
 def log_format(env: Mapping[str, str] | None = None) -> str:
@@ -210,11 +193,6 @@ def uvicorn_choices() -> tuple[str | None, bool]:
     error, access = logging.getLogger("uvicorn.error"), logging.getLogger("uvicorn.access")
     level = logging.getLevelName(error.level) if error.level else None
     return level, bool(access.handlers) or access.propagate
-
-
-def elapsed_ms(request: RequestLog) -> float:
-    """Milliseconds since the request began."""
-    return (time.perf_counter() - request.started) * 1000
 
 
 if __name__ == "__main__":  # ``uvicorn ... --log-config "$(python -m dpmsf_core.logconfig)"``

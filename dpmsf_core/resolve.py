@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from .errors import Conflict, MethodNotAllowed, NotFound
-from .registry import Endpoint, ModuleEntry, Snapshot
+from .loading.registry import Endpoint, ModuleEntry, Snapshot
 
 SERVICES_PREFIX = "/rest/services"
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import socket
 import tempfile
 import threading
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Settings
+from .sources import is_remote, split_plugin_path
 
 __all__ = ["LambdaContext", "LambdaInvoker", "http_client", "lambda_invoker"]
 
@@ -42,8 +42,8 @@ def _settings(plugins: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
         name = os.fspath(folder)
         if not isinstance(name, str):
             raise TypeError(f"plugins={folder!r}: expected a folder path (str or os.PathLike), or a list of them")
-        for entry in re.split(r":(?!//)", name):  # s3:// and gs:// entries stay whole
-            if entry and entry != "." and "://" not in entry and not os.path.isdir(entry):
+        for entry in split_plugin_path(name):  # s3:// and gs:// entries stay whole
+            if entry != "." and not is_remote(entry) and not os.path.isdir(entry):
                 raise FileNotFoundError(f"plugins={entry!r}: no such folder (relative to {os.getcwd()})")
     environ = {"DPMSF_PLUGINS": ":".join(os.fspath(f) for f in folders), **env}
     environ.setdefault("DPMSF_STATE_DIR", tempfile.mkdtemp(prefix="dpmsf-test-"))  # never your real state

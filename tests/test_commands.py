@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from dpmsf_core import supervision
-from dpmsf_core.commands import command_function, run_program, run_program_sync
+from dpmsf_core.commands import supervision
+from dpmsf_core.commands.programs import command_function, run_program, run_program_sync
 from dpmsf_core.context import RequestInfo, reset_current, set_current
 from dpmsf_core.errors import BadGateway, GatewayTimeout
 from dpmsf_core.expose import endpoint_spec
@@ -258,7 +258,7 @@ def test_server_death_kills_the_program_tree(tmp_path: Path) -> None:
     pidfile = tmp_path / "pids"
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "from dpmsf_core.commands import run_program_sync;"
+        "from dpmsf_core.commands.programs import run_program_sync;"
         "run_program_sync(['sh', sys.argv[2]], env={'PIDFILE': sys.argv[3], 'HOW': 'double', 'THEN': 'hang'})"
     )
     server = subprocess.Popen([sys.executable, "-c", code, str(ROOT), str(CASE / "escape.sh"), str(pidfile)])

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from dpmsf_core.registry import Registry
+from dpmsf_core.loading.registry import Registry
 from dpmsf_core.sandbox.reader import inspect_file
 
 CASES = Path(__file__).parent / "plugins" / "parity"

@@ -25,7 +25,7 @@ from motoserver import free_port
 from serverproc import running
 
 from dpmsf_core.config import Settings
-from dpmsf_core.tenancy.security import Security
+from dpmsf_core.security import Security
 from dpmsf_core.tenancy.tokens import generate_key, mint
 
 pytestmark = pytest.mark.slow

@@ -19,8 +19,9 @@ from gcsemulator import gcs_emulator
 
 from dpmsf_core.config import Settings
 from dpmsf_core.errors import ConfigError, Conflict
-from dpmsf_core.gcp.gcs import MANIFEST_NAME, GCSPluginSource, GCSPluginStore, parse_gs_url
+from dpmsf_core.sources.gcs import MANIFEST_NAME, GCSPluginSource, parse_gs_url
 from dpmsf_core.tenancy.tokens import generate_key, mint
+from dpmsf_core.upload.gcs_store import GCSPluginStore
 
 pytestmark = pytest.mark.slow
 
@@ -295,6 +296,6 @@ def test_plugin_path_keeps_gs_and_s3_urls_whole() -> None:
 
 
 def test_import_does_not_pull_google_cloud_storage() -> None:
-    code = "import sys, dpmsf_core.gcp.gcs, dpmsf_core.app; print('google.cloud.storage' in sys.modules)"
+    code = "import sys, dpmsf_core.sources.gcs, dpmsf_core.app; print('google.cloud.storage' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -22,8 +22,8 @@ import pytest
 
 from dpmsf_core.config import Settings
 from dpmsf_core.errors import Unauthorized
+from dpmsf_core.security import Security
 from dpmsf_core.tenancy.replay import MemoryReplayStore, create_dynamodb_table
-from dpmsf_core.tenancy.security import Security
 from dpmsf_core.tenancy.tenants import (
     MASTER_KEY_FILE,
     DynamoDBTenantRegistry,

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from childproc import run_for_result
 
-from dpmsf_core.manifest import MANIFEST_NAME, read_manifest
+from dpmsf_core.loading.manifest import MANIFEST_NAME, read_manifest
+from dpmsf_core.loading.registry import Registry
 from dpmsf_core.packaging.manifest import write_manifest
-from dpmsf_core.registry import Registry
 from dpmsf_core.testing import lambda_invoker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,7 +186,7 @@ def test_a_tenant_module_is_never_deferred_even_if_the_manifest_matches(tmp_path
     (folder / "hello.py").write_text(source + '\n__tenant__ = "t-1"\n')
     data = _hostile(folder)
     entry = _entry(data, "hello.py")
-    from dpmsf_core.manifest import content_signature
+    from dpmsf_core.loading.manifest import content_signature
 
     entry["size"], entry["crc32"] = content_signature(str(folder / "hello.py"), False)  # a forged match
     (folder / MANIFEST_NAME).write_text(json.dumps(data))

@@ -13,7 +13,7 @@ from childproc import run_for_result
 from samcli import unavailable
 
 from dpmsf_core.cli.init import write_project
-from dpmsf_core.manifest import MANIFEST_NAME
+from dpmsf_core.loading.manifest import MANIFEST_NAME
 from dpmsf_core.packaging import LAMBDA_PYTHON, PackagingError, Target, build, find_python
 from dpmsf_core.packaging.dependencies import copy_from_environment
 from dpmsf_core.packaging.target import check_imports, check_native_code, machine_arch, running_python

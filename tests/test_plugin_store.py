@@ -11,10 +11,10 @@ import pytest
 from motoserver import client as moto_client
 
 from dpmsf_core.errors import BadRequest, PayloadTooLarge, UnprocessableArguments
+from dpmsf_core.upload.s3_store import S3PluginStore
 from dpmsf_core.upload.stores import (
     FolderPluginStore,
     PluginStore,
-    S3PluginStore,
     stamp_tenant,
     validate_upload,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dpmsf_core.registry import Registry
+from dpmsf_core.loading.registry import Registry
 
 
 def registry(*folders: Path, **kw: Any) -> Registry:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from dpmsf_core.errors import Conflict, NotFound
-from dpmsf_core.registry import Registry
+from dpmsf_core.loading.registry import Registry
 from dpmsf_core.resolve import resolve, visible_to
 
 TENANT_A = "11111111-1111-4111-8111-111111111111"

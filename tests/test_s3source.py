@@ -14,8 +14,8 @@ import pytest
 from motoserver import client as moto_client
 from motoserver import free_port, moto_server
 
-from dpmsf_core.aws.s3source import MANIFEST_NAME, S3PluginSource, SyncResult, parse_s3_url, select_plugin_keys
 from dpmsf_core.errors import ConfigError
+from dpmsf_core.sources.s3 import MANIFEST_NAME, S3PluginSource, SyncResult, parse_s3_url, select_plugin_keys
 
 pytestmark = pytest.mark.slow
 
@@ -353,7 +353,7 @@ def test_parse_s3_url_rejects(url: str) -> None:
 
 
 def test_import_does_not_pull_boto3() -> None:
-    code = "import sys, dpmsf_core.aws.s3source, dpmsf_core.upload.stores; print('boto3' in sys.modules)"
+    code = "import sys, dpmsf_core.sources.s3, dpmsf_core.upload.s3_store; print('boto3' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

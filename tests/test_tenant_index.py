@@ -14,7 +14,7 @@ import pytest
 
 from dpmsf_core.tenancy.tokens import mint
 
-INDEX_NAME = ".dpmsf-tenant-index.json"  # dpmsf_core.tenant_index.INDEX_NAME
+INDEX_NAME = ".dpmsf-tenant-index.json"  # dpmsf_core.loading.tenant_index.INDEX_NAME
 pytestmark = pytest.mark.slow
 
 ADMIN = "00000000-0000-4000-8000-00000000000a"
@@ -286,8 +286,8 @@ def described(name: str, tenant: str, size: int) -> dict[str, Any]:
 def test_a_tenant_over_the_index_bounds_never_drops_another_tenants_entry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dpmsf_core import tenant_index
-    from dpmsf_core.tenant_index import TenantIndex
+    from dpmsf_core.loading import tenant_index
+    from dpmsf_core.loading.tenant_index import TenantIndex
 
     monkeypatch.setattr(tenant_index, "MAX_BYTES", 400_000)
     index = TenantIndex(str(tmp_path))
@@ -349,7 +349,7 @@ def test_a_bloated_docstring_costs_the_index_a_bounded_amount(
 def test_a_start_without_a_usable_index_reads_only_a_few_modules_before_serving(
     build: Callable[[], tuple[Any, float]], serve: Callable[[Any], httpx.Client], folders: tuple[Path, Path]
 ) -> None:
-    from dpmsf_core.tenant_index import START_INLINE
+    from dpmsf_core.loading.tenant_index import START_INLINE
     from dpmsf_core.upload.validation import stamp_tenant
 
     _, uploads = folders

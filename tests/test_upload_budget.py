@@ -135,7 +135,7 @@ def test_a_module_within_budget_is_stored_and_served(start: Callable[..., Server
     r = server.upload(MALLORY, "fine", big_module(2_000, api="fine_api"))
     assert r.status_code == 201, r.text
     assert r.json()["results"]["status"] == "loaded"
-    from dpmsf_core.tenant_index import INDEX_NAME
+    from dpmsf_core.loading.tenant_index import INDEX_NAME
 
     index = json.loads((server.uploads / INDEX_NAME).read_text())
     assert index["modules"]["fine"]["tenant"] == MALLORY  # written at upload time

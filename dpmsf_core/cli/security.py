@@ -17,7 +17,7 @@ def _security() -> Any:
     A registry that cannot be opened (DynamoDB without DPMSF_MASTER_KEY, an unreadable master key file, a bad
     path) is a ConfigError: ``dpmsf`` prints one line and exits 2, never a traceback.
     """
-    from ..tenancy.security import Security
+    from ..security import Security
 
     try:
         return Security(Settings.from_env())

@@ -17,7 +17,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from ..logconfig import RequestLog, current_request, elapsed_ms
+from ..context import RequestLog, current_request, elapsed_ms
 
 TRACE_KEY = "logging.googleapis.com/trace"
 _CLOUD_TRACE = re.compile(r"^([0-9a-fA-F]{32})(?:/([0-9]{1,20}))?(?:;o=([01]))?")

@@ -8,7 +8,8 @@ imported until a tenant's usage is first counted.
 
 from __future__ import annotations
 
-from .meter import FIELDS, Counts, UsageMeter
+from .counts import FIELDS, Counts
+from .meter import UsageMeter
 from .sinks import SQLiteUsageSink, StoreUsageSink, UsageSink, sink_for
 
 __all__ = ["FIELDS", "Counts", "SQLiteUsageSink", "StoreUsageSink", "UsageMeter", "UsageSink", "sink_for"]

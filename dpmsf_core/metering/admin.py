@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import Forbidden, MethodNotAllowed, ServiceUnavailable, UnprocessableArguments
 from ..exchange import Responder, Scope
 from ..params import parse_query
-from ..tenancy.security import bearer, require
+from ..security import bearer, require
 from .report import parse_since, report
 
 log = logging.getLogger("dpmsf.metering")

@@ -14,9 +14,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from .counts import FIELDS, HOUR, Counts
 
 if TYPE_CHECKING:
     from ..sandbox.usage import CallUsage
@@ -24,35 +25,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dpmsf.metering")
 
-HOUR = 3600
 FLUSH_SECONDS = 10.0
 MAX_TENANTS = 10_000
 OVERFLOW = "-"  # the tenants past ``max_tenants``, together (never expected: tenants are created by the operator)
 
 
-@dataclass(slots=True)
-class Counts:
-    """One tenant's usage over some period; every field adds up."""
-
-    requests: int = 0  # requests served for the tenant: to its own modules, or with its token
-    errors: int = 0  # of those, answers of 500 and above
-    cpu_ms: float = 0.0  # CPU time of its guests' worker processes during its calls
-    wall_ms: float = 0.0  # its guests' wall time, from taking a call to answering it
-    gb_seconds: float = 0.0  # guest memory limit / 1024 x guest wall time, summed per call
-    store_ops: int = 0  # document-store operations (get, put, create, update, delete, list)
-    store_bytes: int = 0  # JSON bytes of the documents those operations wrote and read
-    upload_bytes: int = 0  # bytes of the modules it uploaded (accepted uploads)
-
-    def add(self, other: Counts | Mapping[str, float]) -> None:
-        items = asdict(other).items() if isinstance(other, Counts) else other.items()
-        for name, value in items:
-            setattr(self, name, getattr(self, name) + value)
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-
-FIELDS = tuple(f.name for f in fields(Counts))
 _KNOWN = frozenset(FIELDS)
 
 
@@ -135,6 +112,12 @@ class UsageMeter:
         return OVERFLOW
 
     # -- reading --------------------------------------------------------------------------------------------------
+
+    def metered_store(self, backend: Any, tenant: str) -> Any:
+        """``backend`` as ``tenant``'s calls use it: each operation and its bytes counted here (``store.py``)."""
+        from .store import MeteredStore  # only once a tenant touches the store
+
+        return MeteredStore(backend, tenant, self)
 
     def totals(self) -> dict[str, Counts]:
         """Every tenant's usage since this process started (``/metrics``), copied."""

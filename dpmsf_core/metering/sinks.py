@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .meter import FIELDS, Counts
+from .counts import FIELDS, Counts
 
 if TYPE_CHECKING:
     import sqlite3

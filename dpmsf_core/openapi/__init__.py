@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import Settings
-from ..registry import Endpoint, Snapshot
+from ..loading.registry import Endpoint, Snapshot
 from ..resolve import SERVICES_PREFIX
 from .answers import PROBLEM_SCHEMA, responses
 from .requests import Components, request_shape

@@ -12,7 +12,7 @@ import inspect
 import typing
 from typing import Any
 
-from ..registry import Endpoint
+from ..loading.registry import Endpoint
 from .requests import RequestShape
 
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}

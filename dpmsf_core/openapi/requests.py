@@ -12,8 +12,8 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..loading.registry import Endpoint
 from ..params import type_hints
-from ..registry import Endpoint
 
 BODY_METHODS = ("POST", "PUT", "PATCH")  # GET, HEAD, DELETE and OPTIONS take their arguments from the query
 

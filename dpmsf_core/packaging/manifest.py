@@ -1,4 +1,4 @@
-"""The artefact's routing manifest (``dpmsf_core.manifest``): its plugins really imported, by the artefact's own
+"""The artefact's routing manifest (``dpmsf_core.loading.manifest``): its plugins really imported, by the artefact's own
 core, in a child interpreter with only the artefact (and the standard library) on its path.
 
 A child, not this process: a plugin runs code at import, which must neither change nor stop the build, and it
@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..manifest import MANIFEST_NAME, read_manifest
+from ..loading.manifest import MANIFEST_NAME, read_manifest
 
 _DESCRIBE = """
 import json, sys
@@ -24,8 +24,8 @@ plugins, out, paths = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 sys.path[:0] = paths
 import logging
 logging.basicConfig(level=logging.WARNING, format="%(message)s")
-from dpmsf_core.manifest import describe
-from dpmsf_core.registry import Registry
+from dpmsf_core.loading.manifest import describe
+from dpmsf_core.loading.registry import Registry
 registry = Registry([plugins], reload=False)
 snapshot = registry.load()
 data = describe(snapshot, plugins)

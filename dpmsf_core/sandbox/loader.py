@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
 from ..context import RequestInfo, current, metered_call
-from ..discovery import Candidate, LoadedModule, Metadata
 from ..errors import FunctionFailed, PluginError, TenantFunctionError, UnprocessableArguments
+from ..loading.discovery import Candidate, LoadedModule, Metadata
 from ..tenancy.quotas import QuotaBook
 from .logbudget import LogBudget
 

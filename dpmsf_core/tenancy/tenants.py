@@ -32,17 +32,17 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from .._backends import SQLitePerThread, parse_backend_url
 from .keys import MASTER_KEY_FILE, WRAP_PREFIX, MasterKey, Sealer, load_master_key
+from .model import Tenant, TenantNotFound, TenantRegistry, already_exists, new_tenant, tenant_id
 from .state_files import private_sqlite
 from .tenant_quotas import changed_quotas, quotas_json
-from .tokens import TenantKey, decode_key, encode_key, generate_key
+from .tokens import TenantKey, decode_key, generate_key
 
 __all__ = [
     "MASTER_KEY_FILE",
@@ -61,74 +61,7 @@ __all__ = [
 log = logging.getLogger("dpmsf.tenants")
 
 
-@dataclass(frozen=True)
-class Tenant:
-    """One tenant; ``key`` is base64url text from ``tokens.generate_key()`` and is kept out of ``repr``.
-
-    ``key`` is ``""`` when the stored key cannot be unwrapped (the registry was written under another master
-    key): such a tenant cannot mint or verify tokens until its key is rotated or the right master key is set.
-    """
-
-    id: str
-    key: str = field(repr=False)
-    enabled: bool
-    name: str = ""
-    admin: bool = False
-    quotas: dict[str, float] = field(default_factory=dict, hash=False)  # overrides of the operator's defaults
-
-
-class TenantNotFound(LookupError):
-    """No tenant has this id."""
-
-    def __init__(self, tenant: str) -> None:
-        super().__init__(f"No tenant with id '{tenant}'.")
-        self.tenant = tenant
-
-
-def tenant_id(value: str) -> str:
-    """The canonical (lowercase, hyphenated) form of a tenant UUID; ValueError quoting the bad value."""
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        raise ValueError(f"Tenant id {value!r} is not a UUID. Expected e.g. '{uuid.uuid4()}'.") from None
-
-
 _canonical = tenant_id  # methods take a ``tenant_id`` parameter, which shadows the function
-
-
-def new_tenant(name: str, tid: str | None, key: str | None, admin: bool) -> Tenant:
-    key = encode_key(decode_key(key)) if key is not None else generate_key()  # ValueError before anything is stored
-    return Tenant(
-        id=tenant_id(tid) if tid is not None else str(uuid.uuid4()), key=key, enabled=True, name=name, admin=admin
-    )
-
-
-def already_exists(tenant: str) -> ValueError:
-    return ValueError(f"Tenant '{tenant}' already exists.")
-
-
-class TenantRegistry(Protocol):
-    """Where tenants are kept; every method validates the id and raises TenantNotFound for unknown ones."""
-
-    def add(self, name: str = "", tenant_id: str | None = None, key: str | None = None, admin: bool = False) -> Tenant:
-        """Create an enabled tenant (new UUID and key unless given); ValueError if the id exists."""
-        ...
-
-    def get(self, tenant_id: str) -> Tenant | None: ...
-
-    def list(self) -> list[Tenant]: ...
-
-    def disable(self, tenant_id: str) -> Tenant: ...
-
-    def enable(self, tenant_id: str) -> Tenant: ...
-
-    def rotate_key(self, tenant_id: str) -> Tenant:
-        """Give the tenant a new key; tokens minted with the old one stop working."""
-        ...
-
-    def set_quotas(self, tenant_id: str, changes: Mapping[str, Any]) -> Tenant:
-        """Change the tenant's quota overrides (None clears one); servers see them within ``DPMSF_KEY_CACHE``."""
-        ...
 
 
 class MemoryTenantRegistry:

@@ -11,9 +11,9 @@ from typing import Any
 
 from .._backends import PostgresPerProcess, postgres_ignore_exists
 from .keys import MasterKey, Sealer, load_master_key
+from .model import Tenant, TenantNotFound, already_exists, new_tenant
+from .model import tenant_id as canonical_tenant_id
 from .tenant_quotas import changed_quotas, quotas_json
-from .tenants import Tenant, TenantNotFound, already_exists, new_tenant
-from .tenants import tenant_id as canonical_tenant_id
 from .tokens import generate_key
 
 log = logging.getLogger("dpmsf.tenants")

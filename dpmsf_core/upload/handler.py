@@ -11,9 +11,9 @@ from ..config import Settings
 from ..context import metered
 from ..errors import Conflict, MethodNotAllowed, NotFound
 from ..exchange import Receive, Responder, Scope, read_body
-from ..registry import Registry
-from ..tenancy.security import LazySecurity, bearer, require
-from ..tenant_index import TenantIndex
+from ..loading.registry import Registry
+from ..loading.tenant_index import TenantIndex
+from ..security import LazySecurity, bearer, require
 from .ledger import UploadLedger
 from .reading import UploadBudget, UploadReader
 from .stores import PluginStore
@@ -211,17 +211,14 @@ def plan_upload(settings: Settings, folders: list[str], sources: list[Any]) -> U
     """
     if not settings.admin_id:
         return None
-    from .stores import FolderPluginStore, S3PluginStore
+    from .stores import FolderPluginStore
 
     if settings.upload_dir:
         folder = os.path.abspath(settings.upload_dir)
     elif sources:
-        source = sources[0]
-        if source.url.startswith("gs://"):
-            from ..gcp.gcs import GCSPluginStore
+        from ..sources import upload_store
 
-            return UploadTarget(GCSPluginStore(source.url), str(source.cache_dir), source)
-        return UploadTarget(S3PluginStore(source.url), str(source.cache_dir), source)
+        return UploadTarget(upload_store(sources[0]), str(sources[0].cache_dir), sources[0])
     else:
         folder = os.path.abspath(os.path.join(settings.state_dir, "uploads"))
     from ..tenancy.state_files import claim_state_dir  # its modules run as trusted code: ours alone, or no start

@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import os
 
-from ..discovery import metadata_from_source, stamped_owner, stamped_owner_of
 from ..errors import PluginError
+from ..loading.discovery import metadata_from_source, stamped_owner, stamped_owner_of
+from ..loading.tenant_index import TenantIndex
 from ..tenancy.quotas import QuotaExceeded, Quotas
-from ..tenant_index import TenantIndex
 from .stores import PluginStore
 
 

@@ -43,7 +43,7 @@ class ReadUpload:
 
 def read_upload(name: str, body: bytes, tenant: str, admin: bool, max_bytes: int, max_nodes: int) -> ReadUpload:
     """Validate, stamp and read an upload; raises the DPMSFError its answer is. Runs in the child."""
-    from ..discovery import metadata_from_source
+    from ..loading.discovery import metadata_from_source
     from .validation import stamp_tenant, validate_upload
 
     try:
@@ -66,7 +66,7 @@ def read_upload(name: str, body: bytes, tenant: str, admin: bool, max_bytes: int
 def read_stored(name: str, path: str, body: bytes, max_nodes: int) -> ReadUpload:
     """A stored tenant module (no tenant index entry for it), read as at load time: its owner, alias and
     description, or the error a load would report (naming ``path``). Runs in the child."""
-    from ..discovery import metadata_from_source
+    from ..loading.discovery import metadata_from_source
     from ..sandbox.described import describe
     from ..sandbox.loader import read_tenant_module
     from .validation import validate_upload

@@ -1,4 +1,5 @@
-"""Where uploads are stored: ``FolderPluginStore`` and ``S3PluginStore`` keep text under ``<name>.py``, and write
+"""Where uploads are stored: ``FolderPluginStore`` (and ``S3PluginStore``, ``GCSPluginStore`` in
+their own modules) keep text under ``<name>.py``, and write
 only conditionally (created if still absent, replaced if still the version the caller checked).
 
 The upload endpoint does ``store.put(name, stamp_tenant(validate_upload(...), id), expect=...)``; validation and
@@ -12,7 +13,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from .._backends import aws_client, aws_error_code
 from ..errors import BadRequest, Conflict
 from .validation import TENANT_NAME, check_module_name, stamp_tenant, validate_upload
 
@@ -21,7 +21,7 @@ __all__ = [
     "TENANT_NAME",
     "FolderPluginStore",
     "PluginStore",
-    "S3PluginStore",
+    "is_upload_name",
     "check_module_name",
     "stamp_tenant",
     "validate_upload",
@@ -144,102 +144,12 @@ class FolderPluginStore(VersionedStore):
         """Stored module names (files only; packages and private names are not uploads)."""
         if not self.folder.is_dir():
             return []
-        return sorted(p.stem for p in self.folder.glob("*.py") if p.is_file() and _is_upload_name(p.stem))
+        return sorted(p.stem for p in self.folder.glob("*.py") if p.is_file() and is_upload_name(p.stem))
 
 
-def _is_upload_name(name: str) -> bool:
+def is_upload_name(name: str) -> bool:
     try:
         check_module_name(name)
     except BadRequest:
         return False
     return True
-
-
-class S3PluginStore(VersionedStore):
-    """Uploaded modules as objects ``<prefix><name>.py`` in S3, the same prefix an ``s3://`` plugin path reads."""
-
-    def __init__(self, url: str, *, client: Any = None, endpoint_url: str | None = None) -> None:
-        from ..aws.s3source import parse_s3_url
-
-        self.url = url
-        self.bucket, self.prefix = parse_s3_url(url)
-        self._client = client
-        self._endpoint_url = endpoint_url
-
-    @property
-    def client(self) -> Any:
-        """Created on first use so that importing DPMSF never imports boto3."""
-        if self._client is None:
-            self._client = aws_client("s3", self._endpoint_url)
-        return self._client
-
-    def _key(self, name: str) -> str:
-        return f"{self.prefix}{check_module_name(name)}.py"
-
-    def put(self, name: str, source: str, *, expect: str | None = ANY_VERSION) -> None:
-        """One PutObject, conditional: ``If-None-Match: *`` to create, ``If-Match: <etag>`` to replace."""
-        condition: dict[str, str] = {}
-        if expect is None:
-            condition = {"IfNoneMatch": "*"}
-        elif expect != ANY_VERSION:
-            condition = {"IfMatch": expect}
-        try:
-            self.client.put_object(
-                Bucket=self.bucket,
-                Key=self._key(name),
-                Body=source.encode("utf-8"),
-                ContentType="text/x-python; charset=utf-8",
-                **condition,
-            )
-        except Exception as exc:
-            if aws_error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey"):
-                raise Conflict(f"Plugin '{name}' was created or changed by someone else meanwhile.") from None
-            raise
-
-    def get_versioned(self, name: str) -> tuple[str, str] | None:
-        """The source and its ETag (the version ``put(expect=...)`` sends as ``If-Match``)."""
-        try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self._key(name))
-        except Exception as exc:
-            if aws_error_code(exc) in ("NoSuchKey", "404", "NotFound"):
-                return None
-            raise
-        return response["Body"].read().decode("utf-8"), str(response["ETag"])
-
-    def delete(self, name: str) -> bool:
-        """HeadObject then DeleteObject (S3's delete is idempotent and cannot say whether anything was there)."""
-        key = self._key(name)
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=key)
-        except Exception as exc:
-            if aws_error_code(exc) in ("NoSuchKey", "404", "NotFound"):
-                return False
-            raise
-        self.client.delete_object(Bucket=self.bucket, Key=key)
-        return True
-
-    def get_index(self) -> bytes | None:
-        """The tenant index beside the modules (``tenant_index``): a fresh Lambda's mirror starts without one."""
-        try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + INDEX_OBJECT)
-        except Exception as exc:
-            if aws_error_code(exc) in ("NoSuchKey", "404", "NotFound"):
-                return None
-            raise
-        body: bytes = response["Body"].read()
-        return body
-
-    def put_index(self, data: bytes) -> None:
-        """Write the tenant index (a hidden name: the mirror and ``list`` never take it for a module)."""
-        self.client.put_object(Bucket=self.bucket, Key=self.prefix + INDEX_OBJECT, Body=data)
-
-    def list(self) -> list[str]:
-        """Names of ``<prefix><name>.py`` objects directly under the prefix."""
-        names: list[str] = []
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix, Delimiter="/"):
-            for obj in page.get("Contents", []):
-                rest = obj["Key"][len(self.prefix) :]
-                if rest.endswith(".py") and _is_upload_name(rest[:-3]):
-                    names.append(rest[:-3])
-        return sorted(names)

@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .expose import EndpointSpec, EventSpec
-from .params import CallPlan
+from ..expose import EndpointSpec, EventSpec
+from ..params import CallPlan
 
 
 class Endpoint:

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .context import current
-from .errors import BadGateway, GatewayTimeout
-from .private_dir import PrivateDir
+from ..context import current
+from ..errors import BadGateway, GatewayTimeout
+from ..private_dir import PrivateDir
 from .supervision import OutputTooLarge, Supervised
 
 log = logging.getLogger("dpmsf.commands")

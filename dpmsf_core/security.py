@@ -7,9 +7,9 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from ..config import Settings
-from ..errors import Unauthorized
-from .quotas import QuotaBook
+from .config import Settings
+from .errors import Unauthorized
+from .tenancy.quotas import QuotaBook
 
 log = logging.getLogger("dpmsf.security")
 
@@ -22,9 +22,9 @@ class Security:
     """
 
     def __init__(self, settings: Settings, tenants: Any = None, replay: Any = None) -> None:
-        from .replay import make_replay_store
-        from .tenants import key_lookup, make_tenant_registry
-        from .tokens import TokenVerifier
+        from .tenancy.replay import make_replay_store
+        from .tenancy.tenants import key_lookup, make_tenant_registry
+        from .tenancy.tokens import TokenVerifier
 
         self.settings = settings
         self.tenants = (
@@ -50,7 +50,7 @@ class Security:
 
     def next_token(self, tenant: str) -> str | None:
         """A fresh token for an enabled tenant with a usable key (the ``X-DPMSF-Next-Token`` header), else None."""
-        from .tokens import TenantKey, mint
+        from .tenancy.tokens import TenantKey, mint
 
         found = self._key_for(tenant)
         key: bytes | None
@@ -116,7 +116,7 @@ class LazySecurity:
     def _stored_quotas(self, tenant: str) -> Mapping[str, Any] | None:
         """A tenant's quota overrides; None (the defaults) for the anonymous tenant ``_`` and any id that is no
         tenant's, without opening the registry."""
-        from .tenants import tenant_id
+        from .tenancy.tenants import tenant_id
 
         try:
             tid = tenant_id(tenant)

@@ -1,7 +1,7 @@
 """The Registry owns every loaded plugin and swaps whole immutable snapshots, so a request never sees half a reload.
 
-A few lines over 400 lines: the version each answer names is read where a module loads (the split into
-``loading/`` is under way)."""
+A few lines over 400 lines: the version each answer names (``DPMSF-Plugin-Version``) is read where a module loads,
+in the one place that imports it."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeGuard
 
+from ..errors import PluginError
 from .deferred import Deferrals, same_routes
 from .discovery import (
     Candidate,
@@ -26,12 +27,11 @@ from .discovery import (
     scan_folder,
     stamped_owner,
 )
-from .errors import PluginError
 from .manifest import content_version
-from .registry_report import log_reload, module_report
+from .report import log_reload, module_report
 from .reserved import reserved_names, withhold
 from .snapshot import EMPTY, Endpoint, ModuleEntry, ModuleReport, Snapshot
-from .tenant_index import PENDING, TenantIndexes
+from .tenant_index import PENDING, ReadStored, TenantIndexes
 from .watch import FolderWatch
 
 __all__ = [
@@ -92,6 +92,7 @@ class Registry:
         sweep_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         owned_folders: Iterable[str] = (),
+        read_stored: ReadStored | None = None,
     ) -> None:
         self.folders = [str(f) for f in folders]
         self.owned_folders = {os.path.realpath(str(f)) for f in owned_folders}  # uploads: a module needs an owner
@@ -103,11 +104,9 @@ class Registry:
         self._lock = threading.RLock()
         self._records: dict[str, _Record] = {}
         self._deferrals = Deferrals(self.owned_folders)  # modules the packaged manifest describes
-        self.indexes = TenantIndexes(self.owned_folders)  # what uploads' tenant modules serve, without a parse
+        self.indexes = TenantIndexes(self.owned_folders, read_stored)  # uploads' tenant modules, without a parse
         self._manifest_differs = False
         self.snapshot: Snapshot = EMPTY
-
-    # -- public -------------------------------------------------------------------------------------------------
 
     def load(self) -> Snapshot:
         """Full scan and import; called once at start-up and whenever a change is seen."""

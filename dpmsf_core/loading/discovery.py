@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from .errors import PluginError
-from .expose import ENDPOINT_ATTR, EVENT_ATTR, Definition, EndpointSpec, EventSpec, exposure, first_doc_line
+from ..errors import PluginError
+from ..expose import ENDPOINT_ATTR, EVENT_ATTR, Definition, EndpointSpec, EventSpec, exposure, first_doc_line
 
 PLUGIN_PACKAGE = "dpmsf_plugins"
 

@@ -3,7 +3,7 @@
 ``S3PluginSource("s3://bucket/plugins", "/tmp/dpmsf-s3").sync()`` lists the prefix, downloads only
 objects whose ETag changed, removes local files whose objects are gone, and never leaves a half-written
 module or a half-applied sync behind. The refresh logic is shared with the Cloud Storage source
-(``dpmsf_core/mirror.py``); this module only lists and fetches S3 objects.
+(``dpmsf_core/sources/mirror.py``); this module only lists and fetches S3 objects.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .._backends import aws_client, aws_error
-from ..mirror import MirroredSource, SyncResult, parse_bucket_url, select_plugin_keys
+from .mirror import MirroredSource, SyncResult, parse_bucket_url, select_plugin_keys
 
 __all__ = ["MANIFEST_NAME", "S3PluginSource", "SyncResult", "parse_s3_url", "select_plugin_keys"]
 

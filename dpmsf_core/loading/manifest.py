@@ -21,7 +21,7 @@ import zlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .expose import ALLOWED_METHODS, EVENT_SOURCES, EndpointSpec, EventSpec
+from ..expose import ALLOWED_METHODS, EVENT_SOURCES, EndpointSpec, EventSpec
 
 if TYPE_CHECKING:
     from .snapshot import Snapshot

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 _SKIPPED_PARTS = {"__pycache__"}
 

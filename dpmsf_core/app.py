@@ -33,11 +33,11 @@ from .security import LazySecurity
 from .sources import open_plugin_path
 
 if TYPE_CHECKING:
-    from .changes import PluginChanges
     from .health import Readiness
     from .metering import UsageMeter
     from .sandbox.loader import SandboxedLoader
     from .security import Security
+    from .sources.changes import PluginChanges
     from .tenancy.quotas import QuotaBook
     from .upload.handler import PluginUpload
 
@@ -77,7 +77,7 @@ class DPMSFApp:
         self._meter_source = self.get_meter  # one bound method for every request's context
         self.on_shutdown.append(self._close_meter)
         self.readiness: Readiness | None = None  # the /readyz checks, made on the first probe
-        self.changes: PluginChanges | None = None  # plugin changes heard from other replicas (changes.py)
+        self.changes: PluginChanges | None = None  # plugin changes heard from other replicas (sources/changes.py)
 
     def get_meter(self) -> UsageMeter:
         """The per-tenant usage meter, persisting to ``metering.sink_for(settings)``; made on first need."""
@@ -360,8 +360,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
 
 def _listen_for_changes(app: DPMSFApp, upload: PluginUpload | None) -> None:
     """Replicas sharing an S3 or Cloud Storage plugin path hear each other's uploads through PostgreSQL when one is
-    configured (changes.py): the listener re-lists the source and reloads; uploads through this one announce."""
-    from .changes import PluginChanges, notify_url
+    configured (sources/changes.py): the listener re-lists the source and reloads; uploads through this one announce."""
+    from .sources.changes import PluginChanges, notify_url
 
     url = notify_url(app.settings)
     if url is None:

@@ -51,7 +51,7 @@ class Settings:
     debug: bool = False
     s3_refresh: float = 30.0
     gcs_refresh: float = 30.0  # seconds between listings of a gs:// plugin path
-    notify: str = ""  # DPMSF_NOTIFY: plugin changes told to every replica (postgresql:// or "off"; changes.py)
+    notify: str = ""  # DPMSF_NOTIFY: plugin changes told to every replica (postgresql:// or "off"; sources/changes.py)
     reload: bool = True
     state_dir: str = ".dpmsf"
     replay_store: str = "memory"

@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator
 import pytest
 from conftest import free_port
 
-from dpmsf_core.changes import APPLICATION_NAME, PluginChanges, notify_url
 from dpmsf_core.config import Settings
 from dpmsf_core.errors import ConfigError
+from dpmsf_core.sources.changes import APPLICATION_NAME, PluginChanges, notify_url
 
 pytest_plugins = ["pgserver"]
 

@@ -19,12 +19,9 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from ._backends import redact
-
-if TYPE_CHECKING:
-    from .config import Settings
+from .._backends import redact
 
 log = logging.getLogger("dpmsf.changes")
 
@@ -33,7 +30,23 @@ APPLICATION_NAME = "dpmsf-plugin-changes"
 _KEEPALIVE: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
 
 
-def notify_url(settings: Settings) -> str | None:
+class NotifySettings(Protocol):
+    """What choosing the server reads of ``config.Settings`` (the settings sit above the sources)."""
+
+    @property
+    def notify(self) -> str: ...
+
+    @property
+    def tenants(self) -> str: ...
+
+    @property
+    def store(self) -> str: ...
+
+    @property
+    def replay_store(self) -> str: ...
+
+
+def notify_url(settings: NotifySettings) -> str | None:
     """The PostgreSQL server that carries change notifications, or None (polling only)."""
     if settings.notify == "off":
         return None

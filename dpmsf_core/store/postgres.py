@@ -3,8 +3,9 @@
 Documents are JSON text in ``dpmsf_store`` (text, not jsonb: the bytes a tenant's quota counts are the bytes stored);
 ids are their UTF-8 bytes (``bytea``): listed in byte order as on the other backends, whatever the database's
 locale, and an id may hold any character, NUL included, which PostgreSQL text cannot.
-Each tenant's stored bytes are a row of ``dpmsf_store_usage``, locked (``FOR UPDATE``) and changed in the transaction
-that changes a document, so replicas writing for one tenant at once never pass its ``store_mb`` quota together. A
+Each tenant's stored bytes are a row of ``dpmsf_store_usage``, changed by one conditional ``UPDATE`` (room left, or
+nothing) in the transaction that changes a document, so replicas writing for one tenant at once never pass its
+``store_mb`` quota together, and each write holds that row only from its last statement to its commit. A
 listing page is chosen by the server (a running sum of ``octet_length(doc)``), so a replica receives only the page.
 """
 
@@ -65,7 +66,7 @@ def _key(tenant: str, collection: str, doc_id: str) -> tuple[str, str, bytes]:
 
 class PostgresStore:
     """Documents in one PostgreSQL database shared by every replica; psycopg imported on first use, a pool per
-    process. Statements run in autocommit; each write is one transaction that locks its tenant's usage row."""
+    process. Reads run in autocommit; each write is one transaction: the document first, its tenant's count last."""
 
     def __init__(
         self,
@@ -108,81 +109,102 @@ class PostgresStore:
                     raise
         self._ready = True
 
-    @contextlib.contextmanager
-    def _locked(self, tenant: str) -> Iterator[tuple[Any, int]]:
-        """A transaction holding the tenant's usage row (made on its first write, counting any documents it already
-        has), and the bytes it stores: the writes of one tenant queue here, those of other tenants do not."""
-        with self._conn() as conn, conn.transaction():
-            conn.execute(
-                "INSERT INTO dpmsf_store_usage (tenant, bytes) SELECT %s, COALESCE(SUM("
-                + _SIZE
-                + "), 0) FROM dpmsf_store WHERE tenant = %s ON CONFLICT (tenant) DO NOTHING",
-                (tenant, tenant),
-            )
-            row = conn.execute("SELECT bytes FROM dpmsf_store_usage WHERE tenant = %s FOR UPDATE", (tenant,)).fetchone()
-            yield conn, int(row[0])
-
     def get(self, tenant: str, collection: str, doc_id: str) -> dict[str, Any] | None:
         check_key(tenant, collection, doc_id)
         with self._conn() as conn:
             row = conn.execute(f"SELECT doc FROM dpmsf_store WHERE {_KEY}", _key(tenant, collection, doc_id)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def _write(self, conn: Any, used: int, key: tuple[str, str, bytes], text: str, old_size: int) -> None:
-        """Store ``text`` under ``key`` if the tenant's quota has room, its usage changed in the same transaction."""
-        tenant = key[0]
-        delta = stored_size(text) - old_size
-        check_room(tenant, self._quotas(tenant), used, delta)
-        conn.execute(
-            "INSERT INTO dpmsf_store (tenant, collection, id, doc, updated_at) VALUES (%s, %s, %s, %s, %s)"
-            " ON CONFLICT (tenant, collection, id) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at",
-            (*key, text, time.time()),
-        )
-        conn.execute("UPDATE dpmsf_store_usage SET bytes = bytes + %s WHERE tenant = %s", (delta, tenant))
+    def _count(self, conn: Any, tenant: str, delta: int) -> None:
+        """Add ``delta`` bytes to the tenant's usage in the caller's transaction, or raise QuotaExceeded (and the
+        caller's write rolls back). One conditional UPDATE: the usage row is locked only from it to the commit, so
+        one tenant's writes queue for that moment alone. A tenant's first write counts what it stores then."""
+        quotas = self._quotas(tenant)
+        for _ in range(5):  # each turn ends in an answer unless another writer changed the row in between
+            row = conn.execute(
+                "UPDATE dpmsf_store_usage SET bytes = bytes + %(d)s"
+                " WHERE tenant = %(t)s AND (%(d)s <= 0 OR bytes + %(d)s <= %(q)s) RETURNING bytes",
+                {"d": delta, "t": tenant, "q": quotas.store_bytes},
+            ).fetchone()
+            if row is not None:
+                return
+            found = conn.execute("SELECT bytes FROM dpmsf_store_usage WHERE tenant = %s", (tenant,)).fetchone()
+            if found is not None:
+                check_room(tenant, quotas, int(found[0]), delta)  # raises, unless room was made meanwhile
+                continue
+            total = conn.execute(  # this transaction's write included
+                f"SELECT COALESCE(SUM({_SIZE}), 0) FROM dpmsf_store WHERE tenant = %s", (tenant,)
+            ).fetchone()[0]
+            check_room(tenant, quotas, int(total) - delta, delta)
+            made = conn.execute(
+                "INSERT INTO dpmsf_store_usage (tenant, bytes) VALUES (%s, %s) ON CONFLICT (tenant) DO NOTHING"
+                " RETURNING 1",
+                (tenant, int(total)),
+            ).fetchone()
+            if made is not None:
+                return
+        raise ServiceUnavailable("The document store is too busy to count this write; try again.")
+
+    def _upsert(self, conn: Any, key: tuple[str, str, bytes], text: str) -> int:
+        """Write the document (locked until the commit); the stored size it replaced, 0 for a new one."""
+        for _ in range(5):
+            created = conn.execute(
+                "INSERT INTO dpmsf_store (tenant, collection, id, doc, updated_at) VALUES (%s, %s, %s, %s, %s)"
+                " ON CONFLICT (tenant, collection, id) DO NOTHING RETURNING 1",
+                (*key, text, time.time()),
+            ).fetchone()
+            if created is not None:
+                return 0
+            old = conn.execute(f"SELECT {_SIZE} FROM dpmsf_store WHERE {_KEY} FOR UPDATE", key).fetchone()
+            if old is not None:  # else deleted since the INSERT saw it: insert again
+                conn.execute(
+                    f"UPDATE dpmsf_store SET doc = %s, updated_at = %s WHERE {_KEY}", (text, time.time(), *key)
+                )
+                return int(old[0])
+        raise ServiceUnavailable("The document store is too busy to write this document; try again.")
 
     def put(self, tenant: str, collection: str, doc_id: str, doc: dict[str, Any]) -> dict[str, Any]:
         check_key(tenant, collection, doc_id)
         text = encode_doc(doc, max_bytes=self._quotas(tenant).max_doc)
-        with self._locked(tenant) as (conn, used):
-            row = conn.execute(
-                f"SELECT {_SIZE} FROM dpmsf_store WHERE {_KEY}", _key(tenant, collection, doc_id)
-            ).fetchone()
-            self._write(conn, used, _key(tenant, collection, doc_id), text, int(row[0]) if row else 0)
+        with self._conn() as conn, conn.transaction():
+            old_size = self._upsert(conn, _key(tenant, collection, doc_id), text)
+            self._count(conn, tenant, stored_size(text) - old_size)
         return json.loads(text)
 
     def update(self, tenant: str, collection: str, doc_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
         check_key(tenant, collection, doc_id)
         max_doc = self._quotas(tenant).max_doc
         encode_doc(check_doc(changes, "Changes"), "Changes", max_bytes=max_doc)
-        with self._locked(tenant) as (conn, used):
-            row = conn.execute(
-                f"SELECT doc, {_SIZE} FROM dpmsf_store WHERE {_KEY}", _key(tenant, collection, doc_id)
-            ).fetchone()
+        key = _key(tenant, collection, doc_id)
+        with self._conn() as conn, conn.transaction():
+            row = conn.execute(f"SELECT doc, {_SIZE} FROM dpmsf_store WHERE {_KEY} FOR UPDATE", key).fetchone()
             if row is None:
                 return None
             text = encode_doc({**json.loads(row[0]), **changes}, max_bytes=max_doc)
-            self._write(conn, used, _key(tenant, collection, doc_id), text, int(row[1]))
+            conn.execute(f"UPDATE dpmsf_store SET doc = %s, updated_at = %s WHERE {_KEY}", (text, time.time(), *key))
+            self._count(conn, tenant, stored_size(text) - int(row[1]))
         return json.loads(text)
 
     def delete(self, tenant: str, collection: str, doc_id: str) -> bool:
         check_key(tenant, collection, doc_id)
-        with self._locked(tenant) as (conn, _):
+        with self._conn() as conn, conn.transaction():
             row = conn.execute(
                 f"DELETE FROM dpmsf_store WHERE {_KEY} RETURNING {_SIZE}", _key(tenant, collection, doc_id)
             ).fetchone()
             if row is None:
                 return False
-            conn.execute("UPDATE dpmsf_store_usage SET bytes = bytes - %s WHERE tenant = %s", (int(row[0]), tenant))
+            self._count(conn, tenant, -int(row[0]))
         return True
 
     def usage(self, tenant: str) -> int:
         """Bytes the tenant stores (its ``store_mb`` quota counts these): one indexed read."""
         with self._conn() as conn:
             row = conn.execute("SELECT bytes FROM dpmsf_store_usage WHERE tenant = %s", (tenant,)).fetchone()
-        if row is not None:
-            return int(row[0])
-        with self._locked(tenant) as (_, used):
-            return used
+            if row is None:  # nothing written yet through this store: what it holds
+                row = conn.execute(
+                    f"SELECT COALESCE(SUM({_SIZE}), 0) FROM dpmsf_store WHERE tenant = %s", (tenant,)
+                ).fetchone()
+        return int(row[0])
 
     def list(
         self, tenant: str, collection: str, limit: int = 100, cursor: str | None = None, max_bytes: int | None = None

@@ -87,14 +87,6 @@ def as_tenant() -> Iterator[Any]:
     return use
 
 
-@pytest.fixture
-def unconfigured() -> Iterator[None]:
-    """The module-level backend is forgotten before and after, so tests never share one."""
-    store.configure(None)
-    yield
-    store.configure(None)
-
-
 DOC = {"title": "Write docs", "price": 12.75, "tags": ["a", "é"], "nested": {"n": [1, None, True, {"x": -0.5}]}}
 
 
@@ -474,29 +466,26 @@ def test_settings_accept_firestore_urls_and_name_the_variable_of_a_bad_one() -> 
         Settings.from_env({"DPMSF_STORE": "firestore://a/b"}, dotenv=None)
 
 
-def test_configure_and_lazy_default(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unconfigured: None, as_tenant: Any
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("DPMSF_STORE", raising=False)
+def test_the_store_is_the_one_bound_to_the_context_and_none_outside(tmp_path: Path, as_tenant: Any) -> None:
     notes = store.collection("notes")
-    with as_tenant("t1"):
-        saved = notes.create({"text": "hi"})
-    assert (tmp_path / ".dpmsf" / "store.db").is_file()  # the default, relative to the working directory
-    store.get_backend().close()  # type: ignore[attr-defined]
-
-    store.configure(None)
-    monkeypatch.setenv("DPMSF_STORE", f"sqlite:///{tmp_path}/env.db")
-    assert notes.list() == ([], None)
-    assert (tmp_path / "env.db").is_file()
-    store.get_backend().close()  # type: ignore[attr-defined]
-
-    configured = SQLiteStore(tmp_path / ".dpmsf" / "store.db")
-    store.configure(configured)
-    assert store.get_backend() is configured
-    with as_tenant("t1"):
-        assert notes.get(saved["id"]) == saved
-    configured.close()
+    with pytest.raises(ServiceUnavailable, match=r"outside one .* store\.using"):
+        notes.list()  # no app serving a request and no store.using: no global backend to fall back on
+    first, second = SQLiteStore(tmp_path / "first.db"), SQLiteStore(tmp_path / "second.db")
+    try:
+        with store.using(first), as_tenant("t1"):
+            saved = notes.create({"text": "hi"})
+            with store.using(second):
+                assert notes.list() == ([], None)  # the inner binding wins, and sees none of the outer's data
+                notes.put("only-second", {"text": "there"})
+            assert notes.get(saved["id"]) == saved  # the outer one is back
+            assert notes.get("only-second") is None
+        assert first.get("t1", "notes", saved["id"]) == saved
+        assert second.get("t1", "notes", "only-second") == {"id": "only-second", "text": "there"}
+        with pytest.raises(ServiceUnavailable):
+            notes.get(saved["id"])  # unbound again once the block ends
+    finally:
+        first.close()
+        second.close()
 
 
 def test_sqlite_store_files_are_private(tmp_path: Path) -> None:

@@ -177,7 +177,8 @@ def build_handler(app: DPMSFApp | None = None) -> LambdaHandler:
         if not isinstance(event, dict):  # events.py's fallback expects a dict (see the report on events.py:127)
             log.warning("Ignored a %s event: no function takes it", type(event).__name__)
             return {"handled": 0, "source": "unknown", "records": 0}
-        result = dispatch_event(event, context, registry.refresh().events())
+        with app.serving():  # event functions store in the app's store, as its HTTP requests do
+            result = dispatch_event(event, context, registry.refresh().events())
         if watcher is not None:
             watcher.event(source, result)
         return result

@@ -108,8 +108,12 @@ def _uses_aws(settings: Any) -> bool:
     """Patch botocore for X-Ray only when the app talks to AWS anyway (else it would import it for nothing)."""
     if settings is None:
         return False
-    urls = [settings.replay_store, settings.tenants, settings.store, *settings.plugins]
-    return any(str(u).startswith(("dynamodb://", "s3://")) for u in urls)
+    from ..sources import platform_of  # the one table of plugin URL schemes
+
+    backends = [settings.replay_store, settings.tenants, settings.store]
+    return any(str(u).startswith("dynamodb://") for u in backends) or any(
+        platform_of(str(entry)) == "aws" for entry in settings.plugins
+    )
 
 
 class PowertoolsObserver:

@@ -23,7 +23,6 @@ not import Mangum and so not ``asyncio``; ALB, payload 1.0 on an HTTP API and La
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -124,7 +123,7 @@ def malformed_answer(event: Any, exc: BaseException, context: Any = None) -> dic
     reason = f"{type(exc).__name__}: {exc}"
     log.warning("Answered 400 to a malformed HTTP event (%s)", reason)
     err = BadRequest(f"The Lambda event could not be read as an HTTP request ({reason[:200]}).", title="Bad Event")
-    body = json.dumps(err.problem(getattr(context, "aws_request_id", None)))
+    body = err.problem_json(getattr(context, "aws_request_id", None)).decode()
     records = event.get("Records") if isinstance(event, dict) else None
     if isinstance(records, list) and records and isinstance(records[0], dict) and "cf" in records[0]:
         header = [{"key": "Content-Type", "value": PROBLEM_CONTENT_TYPE}]  # Lambda@Edge's answer shape
@@ -154,7 +153,7 @@ def _too_large(size: int, limit: int, scope: Scope) -> Response:
         f"The response of {size} bytes is over Lambda's limit of {limit} bytes.", title="Response Too Large"
     )
     ctx = scope.get("aws.context")
-    body = json.dumps(err.problem(getattr(ctx, "aws_request_id", None), scope.get("path"))).encode()
+    body = err.problem_json(getattr(ctx, "aws_request_id", None), scope.get("path"))
     log.error("%s %s: response of %d bytes is over the limit of %d", scope["method"], scope["path"], size, limit)
     return {"status": 500, "headers": [[b"content-type", PROBLEM_CONTENT_TYPE.encode()]], "body": body}
 

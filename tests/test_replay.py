@@ -237,7 +237,7 @@ def test_firestore_token_used_once_across_two_uvicorn_workers(firestore_env: str
     import urllib.error
     import urllib.request
 
-    from motoserver import free_port
+    from ports import free_port
     from serverproc import running
 
     from dpmsf_core.tenancy.tokens import generate_key, mint
@@ -324,7 +324,7 @@ def test_firestore_ids_that_firestore_would_refuse(firestore_env: str) -> None:
 
 def test_firestore_unreachable_raises_quickly(monkeypatch: pytest.MonkeyPatch) -> None:
     from google.api_core.exceptions import GoogleAPIError
-    from motoserver import free_port
+    from ports import free_port
 
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{free_port()}")
     started = time.monotonic()
@@ -575,7 +575,7 @@ def test_make_replay_store_postgres(pg_url: str) -> None:
 
 
 def test_postgres_unreachable_raises_quickly_without_the_password() -> None:
-    from motoserver import free_port
+    from ports import free_port
 
     store = PostgresReplayStore(f"postgresql://dpmsf:hunter2-secret@127.0.0.1:{free_port()}/db", timeout=1.0)
     started = time.monotonic()

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from motoserver import REGION, free_port, moto_server
+from motoserver import REGION, moto_server
 from motoserver import client as moto_client
+from ports import free_port
 
 from dpmsf_core import store
 from dpmsf_core.context import RequestInfo, reset_current, set_current

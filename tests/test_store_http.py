@@ -17,7 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ROOT, free_port
+from conftest import ROOT
+from ports import free_port
 from serverproc import running
 
 from dpmsf_core.sandbox.loader import sandbox_installed, serve_store

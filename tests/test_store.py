@@ -12,7 +12,7 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -304,17 +304,22 @@ def test_firestore_ids_firestore_would_refuse(firestore_env: str) -> None:
     assert backend.delete("_", "..", "__x__") and backend.get("_", "..", "__x__") is None
 
 
+def every_operation(backend: Any) -> list[Callable[[], Any]]:
+    """One call of each store operation on ``backend``: each must fail alike when it cannot be reached."""
+    return [
+        lambda: backend.put("_", "c", "d", {"a": 1}),
+        lambda: backend.get("_", "c", "d"),
+        lambda: backend.update("_", "c", "d", {"a": 1}),
+        lambda: backend.delete("_", "c", "d"),
+        lambda: backend.list("_", "c"),
+    ]
+
+
 def test_firestore_unreachable_is_503(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{free_port()}")
     down = FirestoreStore("dpmsf", timeout=0.5)
     started = time.monotonic()
-    for call in (
-        lambda: down.put("_", "c", "d", {"a": 1}),
-        lambda: down.get("_", "c", "d"),
-        lambda: down.update("_", "c", "d", {"a": 1}),
-        lambda: down.delete("_", "c", "d"),
-        lambda: down.list("_", "c"),
-    ):
+    for call in every_operation(down):
         with pytest.raises(ServiceUnavailable) as info:
             call()
         assert info.value.status == 503
@@ -342,13 +347,7 @@ def test_sqlite_unreachable_is_503(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     broken = SQLiteStore(blocker / "sub" / "store.db")  # its folder can never exist, even for root
-    for call in (
-        lambda: broken.put("_", "c", "d", {"a": 1}),
-        lambda: broken.get("_", "c", "d"),
-        lambda: broken.update("_", "c", "d", {"a": 1}),
-        lambda: broken.delete("_", "c", "d"),
-        lambda: broken.list("_", "c"),
-    ):
+    for call in every_operation(broken):
         with pytest.raises(ServiceUnavailable) as info:
             call()
         assert info.value.status == 503
@@ -365,13 +364,7 @@ def test_dynamodb_unreachable_is_503(aws_env: None) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
     down = DynamoDBStore("any", endpoint_url=closed, connect_timeout=0.3, read_timeout=0.5, max_attempts=1)
     started = time.monotonic()
-    for call in (
-        lambda: down.put("_", "c", "d", {"a": 1}),
-        lambda: down.get("_", "c", "d"),
-        lambda: down.update("_", "c", "d", {"a": 1}),
-        lambda: down.delete("_", "c", "d"),
-        lambda: down.list("_", "c"),
-    ):
+    for call in every_operation(down):
         with pytest.raises(ServiceUnavailable, match="unavailable"):
             call()
     assert time.monotonic() - started < 10

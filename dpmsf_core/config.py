@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ._backends import parse_backend_url
 from .errors import ConfigError
 from .sources import split_plugin_path
+from .switches import OFF_WORDS, ON_WORDS
 from .tenancy.quotas import Quotas
 
 if TYPE_CHECKING:
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
 # a str, not a Path: pathlib imports urllib.parse and ipaddress, which a Lambda cold start does not otherwise need
 BUNDLED_PLUGINS = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "plugins")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 
 def on_lambda(env: Mapping[str, str] | None = None) -> bool:
@@ -125,9 +124,9 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw is None:
         return default
     low = raw.strip().lower()
-    if low in _TRUE:
+    if low in ON_WORDS:
         return True
-    if low in _FALSE:
+    if low in OFF_WORDS:
         return False
     raise ConfigError(f"Config '{name}' has value '{raw}'. Not a valid bool. Choices are: 1|0|true|false|yes|no|on|off")
 

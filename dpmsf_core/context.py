@@ -25,7 +25,7 @@ class RequestLog(NamedTuple):
 
 
 # The request the current log line belongs to: set by the app per HTTP request, read by every log formatter.
-current_request: ContextVar[RequestLog | None] = ContextVar("dpmsf_request", default=None)
+current_request: ContextVar[RequestLog | None] = ContextVar("dpmsf_request_log", default=None)
 
 
 def elapsed_ms(request: RequestLog) -> float:
@@ -103,6 +103,26 @@ def metered_call(usage: Any) -> None:
     source = _meter.get()
     if source is not None:
         source().call(usage)
+
+
+# -- the document store: the app serving this request puts its store here (a zero-argument callable that opens it on
+# first use), so that plugin code's ``store.collection(...)`` reaches that app's own backend: two apps in one process
+# (tests, ``fastapi_app.mount(create_app())``) each keep their own data, and nothing is installed module-wide.
+_store: ContextVar[Callable[[], Any] | None] = ContextVar("dpmsf_store", default=None)
+
+
+def set_store(source: Callable[[], Any] | None) -> Token[Callable[[], Any] | None]:
+    return _store.set(source)
+
+
+def reset_store(token: Token[Callable[[], Any] | None]) -> None:
+    _store.reset(token)
+
+
+def current_store() -> Any | None:
+    """The store backend of the app serving this request (or of ``store.using``), None outside both."""
+    source = _store.get()
+    return source() if source is not None else None
 
 
 def metered_store(backend: Any, tenant: str) -> tuple[Any, str]:

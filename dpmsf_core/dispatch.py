@@ -23,6 +23,7 @@ from .errors import (
     Unauthorized,
 )
 from .exchange import JSON, BodyBudget, Receive, Responder, Scope, read_body, scope_get
+from .expose import allowed_methods, runs_for
 from .lazyloop import ensure_running_loop
 from .loading.registry import Endpoint, Registry
 from .params import assemble, parse_body, parse_query
@@ -106,8 +107,8 @@ class ServiceDispatcher:
         snapshot = self.registry.refresh_routing()  # modules from the packaged manifest import when first called
         if segments and segments[0] == "__dir__" and len(segments) == 1:
             scope["dpmsf.endpoint"] = "__dir__"
-            if method not in ("GET", "HEAD", "OPTIONS"):
-                raise MethodNotAllowed("__dir__ answers GET only.", ["GET", "HEAD", "OPTIONS"])
+            if method != "OPTIONS" and not runs_for(("GET",), method):
+                raise MethodNotAllowed("__dir__ answers GET only.", allowed_methods(("GET",)))
             tenant = self.security.tenant_for_read(headers)
             listing = self.directory(tenant, scope.get("root_path") or "")
             if parse_query(scope["query_string"]).get("pretty", "0") not in ("", "0", "false", "no"):
@@ -142,7 +143,7 @@ class ServiceDispatcher:
         if method == "OPTIONS" and "OPTIONS" not in endpoint.methods:
             await responder.preflight(list(route.allow), headers)
             return
-        if method not in endpoint.methods and not (method == "HEAD" and "GET" in endpoint.methods):
+        if not runs_for(endpoint.methods, method):
             allow = list(route.allow)
             raise MethodNotAllowed(f"API '{endpoint.api}' answers {', '.join(allow)}; not {method}.", allow)
         if tenant is not None:

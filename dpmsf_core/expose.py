@@ -21,6 +21,24 @@ ENDPOINT_ATTR = "__dpmsf_endpoint__"
 EVENT_ATTR = "__dpmsf_event__"
 
 
+def allowed_methods(methods: Iterable[str]) -> list[str]:
+    """What ``Allow`` lists for an endpoint declaring ``methods``: those, HEAD wherever GET is (RFC 9110 9.3.2: a GET
+    answered without its body) and OPTIONS always (the CORS preflight). The one copy of the rule."""
+    allowed = list(dict.fromkeys(methods))
+    if "GET" in allowed and "HEAD" not in allowed:
+        allowed.append("HEAD")
+    if "OPTIONS" not in allowed:
+        allowed.append("OPTIONS")
+    return allowed
+
+
+def runs_for(methods: Iterable[str], method: str) -> bool:
+    """Whether an endpoint declaring ``methods`` runs for a ``method`` request: declared, or HEAD where GET is (an
+    undeclared OPTIONS is the preflight, answered without running it)."""
+    declared = tuple(methods)
+    return method in declared or (method == "HEAD" and "GET" in declared)
+
+
 # The specs are NamedTuples, not frozen dataclasses: as immutable, and 0.1 ms to define instead of 0.8 ms, which
 # every Lambda cold start pays for each of them (discovery, resolve and logconfig do the same).
 class EndpointSpec(NamedTuple):

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from .errors import Conflict, MethodNotAllowed, NotFound
+from .expose import allowed_methods, runs_for
 from .loading.registry import Endpoint, ModuleEntry, Snapshot
 
 SERVICES_PREFIX = "/rest/services"
@@ -109,12 +110,11 @@ def _pick(routes: tuple[Endpoint, ...], params: list[str], method: str | None, m
         shapes = ", ".join(dict.fromkeys(f"{SERVICES_PREFIX}/{first.module}/{ep.route()}/" for ep in routes))
         got = "/".join([first.api, *params])
         raise NotFound(f"API '{first.api}' answers {shapes}; not .../{got}/.")
-    allow = list(dict.fromkeys(m for ep, _ in fitting for m in ep.methods))
-    allow += [m for m in ("HEAD", "OPTIONS") if m not in allow and (m == "OPTIONS" or "GET" in allow)]
+    allow = allowed_methods(m for ep, _ in fitting for m in ep.methods)
     if method is None:
         return Route(fitting[0][0], params, fitting[0][1], tuple(allow))
     for ep, values in fitting:
-        if method in ep.methods or (method == "HEAD" and "GET" in ep.methods):
+        if runs_for(ep.methods, method):
             return Route(ep, params, values, tuple(allow))
     if method == "OPTIONS":
         return Route(fitting[0][0], params, fitting[0][1], tuple(allow))

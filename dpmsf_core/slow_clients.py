@@ -31,7 +31,6 @@ gunicorn worker of App Engine and the container (``dpmsf_core.gunicorn_worker``)
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -45,7 +44,14 @@ try:
 except ImportError:  # no httptools (PyPy): ``guarded_protocol`` picks GuardedH11, GuardedHttpTools is never used
     from uvicorn.protocols.http.h11_impl import H11Protocol as HttpToolsProtocol  # type: ignore[assignment]
 
-from .errors import ConfigError
+from .errors import (
+    PROBLEM_CONTENT_TYPE,
+    ConfigError,
+    DPMSFError,
+    HeadersTooLarge,
+    RequestTimeout,
+    ServiceUnavailable,
+)
 
 __all__ = ["GuardedH11", "GuardedHttpTools", "Limits", "guarded_protocol"]
 
@@ -107,12 +113,11 @@ def _number(
 RATE_GRACE = 5.0  # seconds a body may take before its average rate is checked (a slow start, a TCP ramp-up)
 
 
-def _problem(status: int, title: str, slug: str, detail: str) -> bytes:
+def _problem(error: DPMSFError) -> bytes:
     """A whole HTTP/1.1 answer, written on the socket by the protocol: no request reached the app."""
-    problem = {"type": f"https://dpmsf.dev/problems/{slug}", "title": title, "status": status, "detail": detail}
-    body = json.dumps(problem).encode()
+    body = error.problem_json()
     head = (
-        f"HTTP/1.1 {status} {title}\r\ncontent-type: application/problem+json\r\n"
+        f"HTTP/1.1 {error.status} {error.title}\r\ncontent-type: {PROBLEM_CONTENT_TYPE}\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
     )
     return head.encode("latin-1") + body
@@ -171,7 +176,7 @@ class _Deadlines:
         log.info("closing a connection from %s: %s", _peer(self.client), detail)
         cycle = self.cycle
         if cycle is None or not cycle.response_started:
-            self.transport.write(_problem(431, "Request Header Fields Too Large", "headers-too-large", detail))
+            self.transport.write(_problem(HeadersTooLarge(detail)))
         self._stop_all()
         self.transport.close()
         return True
@@ -202,7 +207,7 @@ class _Deadlines:
             log.info("closing a connection from %s: %s", _peer(self.client), detail)
             cycle = self.cycle
             if cycle is None or not cycle.response_started:
-                self.transport.write(_problem(408, "Request Timeout", "request-timeout", detail))
+                self.transport.write(_problem(RequestTimeout(detail)))
             self._stop_all()
             self.transport.close()
             return
@@ -239,7 +244,7 @@ class _Deadlines:
         log.info("closing a connection from %s: %s", _peer(self.client), detail)
         cycle = self.cycle
         if cycle is None or not cycle.response_started:
-            self.transport.write(_problem(408, "Request Timeout", "request-timeout", detail))
+            self.transport.write(_problem(RequestTimeout(detail)))
         self.transport.close()
 
     def _from_same_client(self) -> int:
@@ -258,7 +263,7 @@ class _Deadlines:
             )
         else:
             return True
-        self.transport.write(_problem(503, "Service Unavailable", "unavailable", detail))
+        self.transport.write(_problem(ServiceUnavailable(detail)))
         self.transport.close()
         return False
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 import textwrap
 import threading
@@ -13,17 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # helpers such as eventdata.py, motoserver.py
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PluginDir:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port
+from ports import free_port
 from serverproc import running
 
 from dpmsf_core.tenancy.tokens import generate_key, mint

@@ -541,7 +541,7 @@ def test_a_sink_that_stays_down_does_not_grow_memory_without_end() -> None:
 def test_dpmsf_serve_flushes_at_sigterm_and_the_cli_reads_it(plugin_dir: Any, tmp_path: Path) -> None:
     """The real command: ``dpmsf serve`` stopped with SIGTERM writes what it counted; ``dpmsf tenant usage``,
     another process, reports it."""
-    from conftest import free_port
+    from ports import free_port
     from serverproc import running
 
     plugin_dir.write("shared.py", SHARED)

@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ROOT, free_port
+from conftest import ROOT
+from ports import free_port
 
 GOOD = """
 from dpmsf_core import expose

@@ -170,7 +170,7 @@ def test_planted_java_classes_never_run(
 def test_planted_java_classes_never_run_over_http(tmp_path: Path) -> None:
     """The whole server, as deployed: an anonymous ``hello-java`` with ``$TMPDIR/dpmsf-java`` planted."""
     import httpx
-    from conftest import free_port
+    from ports import free_port
     from serverproc import running
 
     temp = tmp_path / "tmp"

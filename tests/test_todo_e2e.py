@@ -12,8 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, free_port
+from conftest import ROOT
 from eventdata import lambda_context, load_event
+from ports import free_port
 
 BASE = "/rest/services/todo/tasks/"
 

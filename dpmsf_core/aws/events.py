@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("dpmsf.events")
 
-Handler = tuple[EventSpec, Callable[..., Any]]
+EventHandler = tuple[EventSpec, Callable[..., Any]]
 
 _RECORD_SOURCES = {"aws:sqs": "sqs", "aws:sns": "sns", "aws:s3": "s3", "aws:dynamodb": "dynamodb"}
 
@@ -73,7 +73,7 @@ def event_source(event: Any) -> str | None:
     return "unknown"
 
 
-def dispatch_event(event: dict[str, Any], context: Any, handlers: list[Handler]) -> dict[str, Any]:
+def dispatch_event(event: dict[str, Any], context: Any, handlers: list[EventHandler]) -> dict[str, Any]:
     """Call the functions whose ``EventSpec`` takes ``event``; answer what Lambda expects for that source."""
     source = event_source(event)
     if source is None:
@@ -161,7 +161,9 @@ def _record_id(source: str, record: Any) -> str:
     return str(stream.get("SequenceNumber") or "") if isinstance(stream, dict) else ""
 
 
-def _dispatch_batch(event: dict[str, Any], source: str, candidates: list[Handler], caller: _Caller) -> dict[str, Any]:
+def _dispatch_batch(
+    event: dict[str, Any], source: str, candidates: list[EventHandler], caller: _Caller
+) -> dict[str, Any]:
     malformed: list[dict[str, str]] = []
     records = []
     for record in event["Records"]:
@@ -210,7 +212,9 @@ def _dispatch_batch(event: dict[str, Any], source: str, candidates: list[Handler
     return response
 
 
-def _dispatch_records(event: dict[str, Any], source: str, candidates: list[Handler], caller: _Caller) -> dict[str, Any]:
+def _dispatch_records(
+    event: dict[str, Any], source: str, candidates: list[EventHandler], caller: _Caller
+) -> dict[str, Any]:
     handled = 0
     failures: list[tuple[str, BaseException]] = []
     for record in event["Records"]:
@@ -233,7 +237,9 @@ def _dispatch_records(event: dict[str, Any], source: str, candidates: list[Handl
     return {"handled": handled, "source": source, "records": len(event["Records"])}
 
 
-def _dispatch_whole(event: dict[str, Any], source: str, candidates: list[Handler], caller: _Caller) -> dict[str, Any]:
+def _dispatch_whole(
+    event: dict[str, Any], source: str, candidates: list[EventHandler], caller: _Caller
+) -> dict[str, Any]:
     chosen = [(spec, func) for spec, func in candidates if _takes(spec, source, event)]
     if not chosen:
         return _unhandled(event, source)

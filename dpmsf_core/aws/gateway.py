@@ -182,7 +182,7 @@ class RestAPI(_Handler):
                 "method": event["httpMethod"],
                 "path": strip_api_gateway_path(event["path"], api_gateway_base_path=base),
                 "raw_path": None,
-                "root_path": _root_path(event, base),
+                "root_path": _stage_root(event, base),
                 "scheme": headers.get("x-forwarded-proto", "https"),
                 "server": _server(headers),
                 "client": ((event["requestContext"].get("identity") or {}).get("sourceIp"), 0),
@@ -299,7 +299,7 @@ def http_api_paths(scope: Any, event: dict[str, Any], config: Any) -> dict[str, 
         raw = rc["http"]["path"] if event["version"] == "2.0" else event["path"]
         base = config["api_gateway_base_path"]
         scope["path"] = _strip_base(raw or "/", base)
-    scope["root_path"] = _root_path(event, config["api_gateway_base_path"])
+    scope["root_path"] = _stage_root(event, config["api_gateway_base_path"])
     stage = rc.get("stage")
     if event.get("version") == "2.0" and isinstance(stage, str) and stage and stage != "$default":
         # a named HTTP API stage is in the path itself: it moves to root_path, where generated URLs find it
@@ -316,7 +316,7 @@ def _strip_base(path: str, base: str) -> str:
     return path
 
 
-def _root_path(event: dict[str, Any], base: str) -> str:
+def _stage_root(event: dict[str, Any], base: str) -> str:
     """What sits in front of the scope path in the URL the client used: REST stage, and/or the stripped base."""
     prefix = base if base and base != "/" else ""
     rc = event.get("requestContext") or {}

@@ -22,6 +22,8 @@ import traceback
 from collections.abc import Mapping
 from typing import IO, Any
 
+from ..switches import switched_off
+
 RESERVED_LOG_ATTRS = frozenset(
     (
         "name",
@@ -65,12 +67,11 @@ _POWERTOOLS_ONLY = (
     "POWERTOOLS_DEV",
     "DPMSF_POWERTOOLS_LOGGER",
 )
-_FALSE = {"", "0", "false", "no", "off"}
 
 
 def wants_powertools(env: Mapping[str, str]) -> bool:
     """A setting only Powertools' Logger honours is set: use it, whatever it costs."""
-    return any((env.get(name) or "").strip().lower() not in _FALSE for name in _POWERTOOLS_ONLY)
+    return any(not switched_off(env.get(name)) for name in _POWERTOOLS_ONLY)
 
 
 def log_level(env: Mapping[str, str]) -> str:

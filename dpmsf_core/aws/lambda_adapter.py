@@ -23,7 +23,6 @@ not import Mangum and so not ``asyncio``; ALB, payload 1.0 on an HTTP API and La
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -124,7 +123,7 @@ def malformed_answer(event: Any, exc: BaseException, context: Any = None) -> dic
     reason = f"{type(exc).__name__}: {exc}"
     log.warning("Answered 400 to a malformed HTTP event (%s)", reason)
     err = BadRequest(f"The Lambda event could not be read as an HTTP request ({reason[:200]}).", title="Bad Event")
-    body = json.dumps(err.problem(getattr(context, "aws_request_id", None)))
+    body = err.problem_json(getattr(context, "aws_request_id", None)).decode()
     records = event.get("Records") if isinstance(event, dict) else None
     if isinstance(records, list) and records and isinstance(records[0], dict) and "cf" in records[0]:
         header = [{"key": "Content-Type", "value": PROBLEM_CONTENT_TYPE}]  # Lambda@Edge's answer shape
@@ -154,7 +153,7 @@ def _too_large(size: int, limit: int, scope: Scope) -> Response:
         f"The response of {size} bytes is over Lambda's limit of {limit} bytes.", title="Response Too Large"
     )
     ctx = scope.get("aws.context")
-    body = json.dumps(err.problem(getattr(ctx, "aws_request_id", None), scope.get("path"))).encode()
+    body = err.problem_json(getattr(ctx, "aws_request_id", None), scope.get("path"))
     log.error("%s %s: response of %d bytes is over the limit of %d", scope["method"], scope["path"], size, limit)
     return {"status": 500, "headers": [[b"content-type", PROBLEM_CONTENT_TYPE.encode()]], "body": body}
 
@@ -177,7 +176,8 @@ def build_handler(app: DPMSFApp | None = None) -> LambdaHandler:
         if not isinstance(event, dict):  # events.py's fallback expects a dict (see the report on events.py:127)
             log.warning("Ignored a %s event: no function takes it", type(event).__name__)
             return {"handled": 0, "source": "unknown", "records": 0}
-        result = dispatch_event(event, context, registry.refresh().events())
+        with app.serving():  # event functions store in the app's store, as its HTTP requests do
+            result = dispatch_event(event, context, registry.refresh().events())
         if watcher is not None:
             watcher.event(source, result)
         return result

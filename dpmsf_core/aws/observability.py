@@ -29,10 +29,9 @@ from typing import Any, Protocol
 
 from ..config import on_lambda
 from ..metrics import gb_seconds, memory_mb
+from ..switches import switched_on
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
-
-_TRUE = {"1", "true", "yes", "on"}
 
 
 class Observer(Protocol):
@@ -108,8 +107,12 @@ def _uses_aws(settings: Any) -> bool:
     """Patch botocore for X-Ray only when the app talks to AWS anyway (else it would import it for nothing)."""
     if settings is None:
         return False
-    urls = [settings.replay_store, settings.tenants, settings.store, *settings.plugins]
-    return any(str(u).startswith(("dynamodb://", "s3://")) for u in urls)
+    from ..sources import platform_of  # the one table of plugin URL schemes
+
+    backends = [settings.replay_store, settings.tenants, settings.store]
+    return any(str(u).startswith("dynamodb://") for u in backends) or any(
+        platform_of(str(entry)) == "aws" for entry in settings.plugins
+    )
 
 
 class PowertoolsObserver:
@@ -124,14 +127,14 @@ class PowertoolsObserver:
 
         service = env.get("POWERTOOLS_SERVICE_NAME") or "dpmsf"
         self.logger = _logger(service, env)
-        if (env.get("DPMSF_ACCESS_LOG") or "").strip().lower() not in _TRUE:
+        if not switched_on(env.get("DPMSF_ACCESS_LOG")):
             # A JSON access line per request costs ~25 µs; Lambda's REPORT line, the metrics and API Gateway's
             # access logs already cover it. DPMSF_ACCESS_LOG=1 brings it back.
             logging.getLogger("dpmsf.access").setLevel(logging.WARNING)
         self.metrics = EMFWriter(env)
         self.memory_mb = memory_mb(env)  # set by Lambda; the template's default elsewhere (serverless-offline)
         self.tracer: Any = None
-        disabled = (env.get("POWERTOOLS_TRACE_DISABLED") or "").strip().lower() in _TRUE
+        disabled = switched_on(env.get("POWERTOOLS_TRACE_DISABLED"))
         if env.get("AWS_XRAY_DAEMON_ADDRESS") and not disabled:
             from aws_lambda_powertools import Tracer
 

@@ -172,14 +172,14 @@ class ServiceDispatcher:
             context=scope_get(scope, "aws.context"),
             root_path=(scope_get(scope, "root_path") or "").rstrip("/"),
         )
-        token = set_current(info)
+        bound = set_current(info)
         try:
             mapped = isinstance(body_obj, dict) and "__map__" in body_obj  # names given by the caller win
             named_url = [] if mapped or templated else list(zip(self.parm_names, url_params, strict=False))
             args, kwargs = plan.bind(args, kwargs, info, body_obj, named_url)
             result = await self._invoke(endpoint, args, kwargs)
         finally:
-            reset_current(token)
+            reset_current(bound)
         if is_framework_response(result):
             ensure_running_loop()  # a streaming response runs in a task group
             await responder.passthrough(result, scope, receive, self.settings.max_response, endpoint.api)

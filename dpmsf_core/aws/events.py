@@ -31,6 +31,8 @@ from ..expose import EventSpec
 if TYPE_CHECKING:
     import asyncio
 
+    from ..context import LambdaContext
+
 logger = logging.getLogger("dpmsf.events")
 
 Handler = tuple[EventSpec, Callable[..., Any]]
@@ -73,7 +75,7 @@ def event_source(event: Any) -> str | None:
     return "unknown"
 
 
-def dispatch_event(event: dict[str, Any], context: Any, handlers: list[Handler]) -> dict[str, Any]:
+def dispatch_event(event: dict[str, Any], context: LambdaContext, handlers: list[Handler]) -> dict[str, Any]:
     """Call the functions whose ``EventSpec`` takes ``event``; answer what Lambda expects for that source."""
     source = event_source(event)
     if source is None:
@@ -248,7 +250,7 @@ def _dispatch_whole(event: dict[str, Any], source: str, candidates: list[Handler
 class _Caller:
     """Calls event functions; runs coroutines on one event loop per dispatch, created only if needed."""
 
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: LambdaContext) -> None:
         self.context = context
         self._runner: asyncio.Runner | None = None
         self._wants_context: dict[Callable[..., Any], bool] = {}

@@ -190,7 +190,7 @@ def _insertion_line(tree: ast.Module) -> int:
         return (anchor.end_lineno or anchor.lineno) + 1
     if tree.body:
         first = tree.body[0]
-        decorators = getattr(first, "decorator_list", [])
+        decorators: list[ast.expr] = getattr(first, "decorator_list", [])
         return min([first.lineno, *(d.lineno for d in decorators)])
     return 0  # empty module: append
 

@@ -33,6 +33,8 @@ from .security import LazySecurity, bearer
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
+    from .loading.snapshot import ModuleReport, Snapshot
+
 log = logging.getLogger("dpmsf")
 
 
@@ -70,7 +72,7 @@ class ServiceDispatcher:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _refuse_failed_module(
-        self, snapshot: Any, segments: list[str], tenant: str | None, visible: Callable[[str | None], bool]
+        self, snapshot: Snapshot, segments: list[str], tenant: str | None, visible: Callable[[str | None], bool]
     ) -> None:
         """A call to a module that failed to load is a 503 saying why (to whom may see where), not a 404."""
         if not segments:
@@ -88,11 +90,11 @@ class ServiceDispatcher:
                     f"{self._why(report, tenant)}"
                 )
 
-    def _why(self, report: Any, tenant: str | None) -> str | None:
+    def _why(self, report: ModuleReport, tenant: str | None) -> str | None:
         own = tenant is not None and (tenant == self.settings.admin_id or tenant == report.tenant)
         return report.error if own else without_paths(report.error)
 
-    def _mark_stale(self, snapshot: Any, endpoint: Endpoint, responder: Responder) -> None:
+    def _mark_stale(self, snapshot: Snapshot, endpoint: Endpoint, responder: Responder) -> None:
         """A module whose newer file failed to load still serves its last good version: every answer says so."""
         if endpoint.module in snapshot.stale:
             reason = without_paths(snapshot.stale[endpoint.module]) or "the newer file failed to load"

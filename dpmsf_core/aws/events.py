@@ -30,6 +30,7 @@ from ..expose import EventSpec
 
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Mapping
 
     from ..context import LambdaContext
 
@@ -264,10 +265,11 @@ class _Caller:
 
     def _takes_context(self, func: Callable[..., Any]) -> bool:
         if func not in self._wants_context:
+            params: Mapping[str, inspect.Parameter]
             try:
                 params = inspect.signature(func).parameters
             except (TypeError, ValueError):
-                params = {}  # type: ignore[assignment]  # builtins without a signature get the record only
+                params = {}  # builtins without a signature get the record only
             self._wants_context[func] = "context" in params
         return self._wants_context[func]
 

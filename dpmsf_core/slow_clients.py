@@ -43,6 +43,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # no httptools (PyPy): ``guarded_protocol`` picks GuardedH11, GuardedHttpTools is never used
+    # a stand-in class under the same name, so the class below still defines (mypy sees two classes for one name)
     from uvicorn.protocols.http.h11_impl import H11Protocol as HttpToolsProtocol  # type: ignore[assignment]
 
 from .errors import ConfigError
@@ -294,6 +295,7 @@ class GuardedHttpTools(_Deadlines, HttpToolsProtocol):
         super().__init__(config, *args, **kwargs)
         self.limits = limits_of(config)
 
+    # as in uvicorn's own protocols: asyncio declares a BaseTransport, a TCP server hands a Transport
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if self._admit():
@@ -342,6 +344,7 @@ class GuardedH11(_Deadlines, H11Protocol):
         super().__init__(config, *args, **kwargs)
         self.limits = limits_of(config)
 
+    # as in uvicorn's own protocols: asyncio declares a BaseTransport, a TCP server hands a Transport
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if self._admit():

@@ -35,7 +35,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -47,6 +47,9 @@ except ImportError:  # no httptools (PyPy): ``guarded_protocol`` picks GuardedH1
     from uvicorn.protocols.http.h11_impl import H11Protocol as HttpToolsProtocol  # type: ignore[assignment]
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from uvicorn.config import Config
 
 __all__ = ["GuardedH11", "GuardedHttpTools", "Limits", "guarded_protocol"]
 
@@ -283,7 +286,7 @@ def guarded_protocol(limits: Limits | None = None) -> type[asyncio.Protocol]:
     return GuardedHttpTools
 
 
-def limits_of(config: Any) -> Limits:
+def limits_of(config: Config) -> Limits:
     found = getattr(config, "dpmsf_limits", None)
     return found if isinstance(found, Limits) else Limits.from_env()
 
@@ -291,7 +294,7 @@ def limits_of(config: Any) -> Limits:
 class GuardedHttpTools(_Deadlines, HttpToolsProtocol):
     """httptools calls back when a message begins, its headers end and it completes: each moves the deadline."""
 
-    def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, config: Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         self.limits = limits_of(config)
 
@@ -340,7 +343,7 @@ class GuardedHttpTools(_Deadlines, HttpToolsProtocol):
 class GuardedH11(_Deadlines, H11Protocol):
     """h11 says where the peer is (``their_state``): IDLE before a request's headers end, SEND_BODY after."""
 
-    def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, config: Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         self.limits = limits_of(config)
 

@@ -12,7 +12,7 @@ from ..context import metered
 from ..errors import Conflict, MethodNotAllowed, NotFound
 from ..exchange import Receive, Responder, Scope, read_body
 from ..loading.registry import Registry
-from ..loading.tenant_index import TenantIndex
+from ..loading.tenant_index import RemoteIndex, TenantIndex
 from ..security import LazySecurity, bearer, require
 from .ledger import UploadLedger
 from .reading import UploadBudget, UploadReader
@@ -45,7 +45,7 @@ class PluginUpload:
         self.registry = registry
         self.security = security
         index = registry.indexes.for_folder(self.folder) or TenantIndex(self.folder)
-        if hasattr(self.store, "put_index"):  # an object store: the index travels with the modules
+        if isinstance(self.store, RemoteIndex):  # an object store: the index travels with the modules
             index.remote = self.store
         self.ledger = UploadLedger(self.store, index)
         budget = UploadBudget(cpu_seconds=settings.upload_cpu, wall_seconds=4 * settings.upload_cpu + 2)

@@ -46,7 +46,7 @@ class Observer(Protocol):
 
     def request(self, scope: Mapping[str, Any], status: int, seconds: float) -> None: ...
 
-    def event(self, source: str, result: Any) -> None: ...
+    def event(self, source: str, result: object) -> None: ...
 
 
 def observer(
@@ -190,6 +190,6 @@ class PowertoolsObserver:
             for tenant, counts in meter.drain_invocation().items():
                 self.metrics.tenant(tenant, counts.as_dict())
 
-    def event(self, source: str, result: Any) -> None:
+    def event(self, source: str, result: object) -> None:
         failures = len(result.get("batchItemFailures") or ()) if isinstance(result, dict) else 0
         self.metrics.event(source, failures)

@@ -255,7 +255,7 @@ def _encode(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def _size(entry: Any) -> int:
+def _size(entry: dict[str, Any]) -> int:
     """What an entry takes in the file (about: its encoding plus its name)."""
     return len(_encode(entry)) + 64
 

@@ -300,6 +300,13 @@ class _SandboxOnDemand:
             self._loader.close()
 
 
+def _read_stored_module(name: str, path: str, raw: bytes) -> Any:
+    """A stored tenant module the tenant index has no entry for, read in a budgeted child (``upload.reading``)."""
+    from .upload.reading import UploadBudget, read_stored_in_child
+
+    return read_stored_in_child(name, path, raw, UploadBudget())
+
+
 def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
     """Build an app from ``settings`` (default: environment and ``.env``); plugins load now, once.
 
@@ -330,6 +337,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
         reload=settings.reload,
         untrusted_loader=loader,
         owned_folders=[target.folder] if target is not None else [],
+        read_stored=_read_stored_module,
     )
     upload = None
     if target is not None:

@@ -134,6 +134,4 @@ def metered_store(backend: Any, tenant: str) -> tuple[Any, str]:
     source = _meter.get()
     if source is None or tenant == "_":
         return backend, tenant
-    from .metering.store import MeteredStore  # only once a tenant touches the store
-
-    return MeteredStore(backend, tenant, source()), tenant
+    return source().metered_store(backend, tenant), tenant

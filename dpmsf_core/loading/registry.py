@@ -27,7 +27,7 @@ from .discovery import (
 from .report import log_reload, module_report
 from .reserved import reserved_names, withhold
 from .snapshot import EMPTY, Endpoint, ModuleEntry, ModuleReport, Snapshot
-from .tenant_index import PENDING, TenantIndexes
+from .tenant_index import PENDING, ReadStored, TenantIndexes
 from .watch import FolderWatch
 
 __all__ = [
@@ -86,6 +86,7 @@ class Registry:
         sweep_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         owned_folders: Iterable[str] = (),
+        read_stored: ReadStored | None = None,
     ) -> None:
         self.folders = [str(f) for f in folders]
         self.owned_folders = {os.path.realpath(str(f)) for f in owned_folders}  # uploads: a module needs an owner
@@ -97,11 +98,9 @@ class Registry:
         self._lock = threading.RLock()
         self._records: dict[str, _Record] = {}
         self._deferrals = Deferrals(self.owned_folders)  # modules the packaged manifest describes
-        self.indexes = TenantIndexes(self.owned_folders)  # what uploads' tenant modules serve, without a parse
+        self.indexes = TenantIndexes(self.owned_folders, read_stored)  # uploads' tenant modules, without a parse
         self._manifest_differs = False
         self.snapshot: Snapshot = EMPTY
-
-    # -- public -------------------------------------------------------------------------------------------------
 
     def load(self) -> Snapshot:
         """Full scan and import; called once at start-up and whenever a change is seen."""

@@ -20,7 +20,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 INDEX_NAME = ".dpmsf-tenant-index.json"
@@ -263,12 +263,30 @@ def _size(entry: dict[str, Any]) -> int:
 PENDING = object()  # ``Metadata.indexed`` of a module whose reading runs in the background: look again next time
 
 
+class StoredReading(Protocol):
+    """What reading a stored tenant module tells the index (``upload.reading.ReadUpload``)."""
+
+    @property
+    def tenant(self) -> str | None: ...
+
+    @property
+    def alias(self) -> str | None: ...
+
+    @property
+    def description(self) -> Any: ...
+
+
+# (name, path, its bytes) -> what it serves; raises DPMSFError naming the budget it broke
+ReadStored = Callable[[str, str, bytes], StoredReading]
+
+
 class TenantIndexes:
     """One ``TenantIndex`` per upload folder of a registry (the folders where every module needs an owner), and
     the background reading of modules a server meets without an entry while it serves (``fill``)."""
 
-    def __init__(self, owned_folders: set[str]) -> None:
+    def __init__(self, owned_folders: set[str], read_stored: ReadStored | None = None) -> None:
         self._owned = owned_folders
+        self._read_stored = read_stored  # the app's budgeted reading in a child process (``upload.reading``)
         self._indexes: dict[str, TenantIndex] = {}
         self._lock = threading.Lock()
         self._reading: set[str] = set()
@@ -323,11 +341,12 @@ class TenantIndexes:
 
     def _read(self, index: TenantIndex, name: str, path: str, signature: tuple[int, ...], raw: bytes) -> None:
         from ..errors import DPMSFError
-        from ..upload.reading import UploadBudget, read_stored_in_child
 
         error: str | None = None
         try:
-            read = read_stored_in_child(name, path, raw, UploadBudget())
+            if self._read_stored is None:
+                raise ValueError("this registry reads no stored tenant modules")
+            read = self._read_stored(name, path, raw)
             if read.tenant is None or read.description is None:
                 raise ValueError("no owner")
             index.put_raw(name, raw, read.tenant, read.alias, read.description)

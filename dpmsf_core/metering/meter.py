@@ -114,6 +114,12 @@ class UsageMeter:
 
     # -- reading --------------------------------------------------------------------------------------------------
 
+    def metered_store(self, backend: Any, tenant: str) -> Any:
+        """``backend`` as ``tenant``'s calls use it: each operation and its bytes counted here (``store.py``)."""
+        from .store import MeteredStore  # only once a tenant touches the store
+
+        return MeteredStore(backend, tenant, self)
+
     def totals(self) -> dict[str, Counts]:
         """Every tenant's usage since this process started (``/metrics``), copied."""
         with self._lock:

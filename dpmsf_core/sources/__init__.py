@@ -14,13 +14,20 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from ..config import Settings
     from .mirror import MirroredSource
 
-__all__ = ["SCHEMES", "Scheme", "is_remote", "open_plugin_path", "split_plugin_path", "upload_store"]
+__all__ = [
+    "SCHEMES",
+    "PluginPathSettings",
+    "Scheme",
+    "is_remote",
+    "open_plugin_path",
+    "split_plugin_path",
+    "upload_store",
+]
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,16 @@ SCHEMES: dict[str, Scheme] = {
         "gcs_refresh",
     ),
 }
+
+
+class PluginPathSettings(Protocol):
+    """What opening a plugin path reads of ``config.Settings`` (which imports this module for ``split_plugin_path``)."""
+
+    @property
+    def plugins(self) -> tuple[str, ...]: ...
+
+    @property
+    def state_dir(self) -> str: ...
 
 
 def _scheme_of(entry: str) -> Scheme | None:
@@ -79,7 +96,7 @@ def _load(target: str) -> Any:
 
 
 def open_plugin_path(
-    settings: Settings, resolve_folder: Callable[[str], str]
+    settings: PluginPathSettings, resolve_folder: Callable[[str], str]
 ) -> tuple[list[str], list[MirroredSource]]:
     """The folders to scan for ``settings.plugins`` and the remote sources mirrored into some of them, in order;
     a folder entry becomes ``resolve_folder(entry)``."""

@@ -35,6 +35,7 @@ from .sources import open_plugin_path
 
 if TYPE_CHECKING:
     from .health import Readiness
+    from .loading.discovery import Candidate, LoadedModule, Metadata
     from .metering import UsageMeter
     from .sandbox.loader import SandboxedLoader
     from .security import Security
@@ -325,7 +326,7 @@ class _SandboxOnDemand:
         self.quotas = quotas
         self._loader: SandboxedLoader | None = None
 
-    def __call__(self, candidate: Any, meta: Any) -> Any:
+    def __call__(self, candidate: Candidate, meta: Metadata) -> LoadedModule:
         if self._loader is None:
             from .sandbox.loader import SandboxedLoader
 

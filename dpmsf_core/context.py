@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 
 class RequestLog(NamedTuple):
@@ -33,6 +33,27 @@ def elapsed_ms(request: RequestLog) -> float:
     return (time.perf_counter() - request.started) * 1000
 
 
+class LambdaContext(Protocol):
+    """What DPMSF and plugins read of the Lambda context: AWS's object, ``testing.LambdaContext`` and a test's
+    stand-in all fit, and nothing of AWS is imported to say so."""
+
+    @property
+    def aws_request_id(self) -> str: ...
+    @property
+    def function_name(self) -> str: ...
+    @property
+    def function_version(self) -> str: ...
+    @property
+    def invoked_function_arn(self) -> str: ...
+    @property
+    def memory_limit_in_mb(self) -> int | str: ...  # AWS's runtime gives the environment's string
+    @property
+    def log_group_name(self) -> str: ...
+    @property
+    def log_stream_name(self) -> str: ...
+    def get_remaining_time_in_millis(self) -> int: ...
+
+
 @dataclass
 class RequestInfo:
     """What a function may ask about the call it serves: ``def f(request: RequestInfo, ...)`` or ``current()``."""
@@ -47,7 +68,7 @@ class RequestInfo:
     api: str = ""
     module: str = ""
     event: dict[str, Any] | None = None  # the Lambda event, on Lambda
-    context: Any = None  # the Lambda context, on Lambda
+    context: LambdaContext | None = None  # the Lambda context, on Lambda
     root_path: str = ""  # where the app is mounted (``/Prod`` behind an API Gateway stage): prefix URLs you build
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -69,11 +90,11 @@ def current_tenant() -> str | None:
     return info.tenant if info else None
 
 
-def set_current(info: RequestInfo | None):
+def set_current(info: RequestInfo | None) -> Token[RequestInfo | None]:
     return _current.set(info)
 
 
-def reset_current(token) -> None:
+def reset_current(token: Token[RequestInfo | None]) -> None:
     _current.reset(token)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, overload
 
 from .errors import PluginError
 
@@ -246,6 +246,28 @@ def check_api_name(api: str) -> str:
 class Expose:
     """``expose.endpoint``, ``expose.event`` and ``expose.command``: the whole plugin-facing vocabulary."""
 
+    @overload
+    def endpoint(
+        self,
+        func: F,
+        *,
+        method: str | Iterable[str] | None = None,
+        API: str | None = None,
+        auth: bool | None = None,
+        path: str | None = None,
+    ) -> F: ...
+
+    @overload
+    def endpoint(
+        self,
+        func: None = None,
+        *,
+        method: str | Iterable[str] | None = None,
+        API: str | None = None,
+        auth: bool | None = None,
+        path: str | None = None,
+    ) -> Callable[[F], F]: ...
+
     def endpoint(
         self,
         func: F | None = None,
@@ -254,7 +276,7 @@ class Expose:
         API: str | None = None,
         auth: bool | None = None,
         path: str | None = None,
-    ) -> Any:
+    ) -> F | Callable[[F], F]:
         """Mark ``func`` as an HTTP endpoint; usable bare (``@expose.endpoint``) or called.
 
         ``path="tasks/{task_id}"`` names the API (``tasks``) and the URL segments after it: ``{task_id}`` binds

@@ -34,7 +34,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -42,6 +42,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # no httptools (PyPy): ``guarded_protocol`` picks GuardedH11, GuardedHttpTools is never used
+    # a stand-in class under the same name, so the class below still defines (mypy sees two classes for one name)
     from uvicorn.protocols.http.h11_impl import H11Protocol as HttpToolsProtocol  # type: ignore[assignment]
 
 from .errors import (
@@ -52,6 +53,9 @@ from .errors import (
     RequestTimeout,
     ServiceUnavailable,
 )
+
+if TYPE_CHECKING:
+    from uvicorn.config import Config
 
 __all__ = ["GuardedH11", "GuardedHttpTools", "Limits", "guarded_protocol"]
 
@@ -287,7 +291,7 @@ def guarded_protocol(limits: Limits | None = None) -> type[asyncio.Protocol]:
     return GuardedHttpTools
 
 
-def limits_of(config: Any) -> Limits:
+def limits_of(config: Config) -> Limits:
     found = getattr(config, "dpmsf_limits", None)
     return found if isinstance(found, Limits) else Limits.from_env()
 
@@ -295,10 +299,11 @@ def limits_of(config: Any) -> Limits:
 class GuardedHttpTools(_Deadlines, HttpToolsProtocol):
     """httptools calls back when a message begins, its headers end and it completes: each moves the deadline."""
 
-    def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, config: Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         self.limits = limits_of(config)
 
+    # as in uvicorn's own protocols: asyncio declares a BaseTransport, a TCP server hands a Transport
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if self._admit():
@@ -343,10 +348,11 @@ class GuardedHttpTools(_Deadlines, HttpToolsProtocol):
 class GuardedH11(_Deadlines, H11Protocol):
     """h11 says where the peer is (``their_state``): IDLE before a request's headers end, SEND_BODY after."""
 
-    def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, config: Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         self.limits = limits_of(config)
 
+    # as in uvicorn's own protocols: asyncio declares a BaseTransport, a TCP server hands a Transport
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if self._admit():

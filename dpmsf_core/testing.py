@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,7 +106,7 @@ class LambdaInvoker:
     """Calls the Lambda handler of an app with events in the shapes AWS sends (REST v1 with a stage, HTTP API
     payload 2.0, SQS, a schedule), so tests see exactly what API Gateway and Lambda would get back."""
 
-    def __init__(self, handler: Any) -> None:
+    def __init__(self, handler: Callable[[dict[str, Any], LambdaContext], Mapping[str, Any]]) -> None:
         self.handler = handler
 
     def __call__(self, event: dict[str, Any]) -> dict[str, Any]:

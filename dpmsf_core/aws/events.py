@@ -30,6 +30,9 @@ from ..expose import EventSpec
 
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Mapping
+
+    from ..context import LambdaContext
 
 logger = logging.getLogger("dpmsf.events")
 
@@ -73,7 +76,7 @@ def event_source(event: Any) -> str | None:
     return "unknown"
 
 
-def dispatch_event(event: dict[str, Any], context: Any, handlers: list[EventHandler]) -> dict[str, Any]:
+def dispatch_event(event: dict[str, Any], context: LambdaContext, handlers: list[EventHandler]) -> dict[str, Any]:
     """Call the functions whose ``EventSpec`` takes ``event``; answer what Lambda expects for that source."""
     source = event_source(event)
     if source is None:
@@ -254,7 +257,7 @@ def _dispatch_whole(
 class _Caller:
     """Calls event functions; runs coroutines on one event loop per dispatch, created only if needed."""
 
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: LambdaContext) -> None:
         self.context = context
         self._runner: asyncio.Runner | None = None
         self._wants_context: dict[Callable[..., Any], bool] = {}
@@ -268,10 +271,11 @@ class _Caller:
 
     def _takes_context(self, func: Callable[..., Any]) -> bool:
         if func not in self._wants_context:
+            params: Mapping[str, inspect.Parameter]
             try:
                 params = inspect.signature(func).parameters
             except (TypeError, ValueError):
-                params = {}  # type: ignore[assignment]  # builtins without a signature get the record only
+                params = {}  # builtins without a signature get the record only
             self._wants_context[func] = "context" in params
         return self._wants_context[func]
 

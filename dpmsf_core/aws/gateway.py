@@ -10,9 +10,18 @@ payload 1.0 on an HTTP API, Lambda@Edge) keep Mangum's handlers (``mangum_handle
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .scope import LazyScope
+
+if TYPE_CHECKING:
+    from collections.abc import MutableMapping
+
+    from mangum.types import LambdaConfig
+
+    from ..context import LambdaContext
+
+_Scope = TypeVar("_Scope", bound="MutableMapping[str, Any]")
 
 # Mangum's DEFAULT_TEXT_MIME_TYPES, and what DPMSF answers as text too
 TEXT_MIME_TYPES = [
@@ -34,7 +43,7 @@ class _Handler:
 
     _scope: Any = None
 
-    def __init__(self, event: dict[str, Any], context: Any, config: Any) -> None:
+    def __init__(self, event: dict[str, Any], context: LambdaContext, config: LambdaConfig) -> None:
         self.event = event
         self.context = context
         self.config = config
@@ -148,11 +157,11 @@ class RestAPI(_Handler):
     bytes built here), and ``multiValueHeaders``, a superset of ``headers``, is read alone when it holds them all.
     """
 
-    def __init__(self, event: dict[str, Any], context: Any, config: Any) -> None:
+    def __init__(self, event: dict[str, Any], context: LambdaContext, config: LambdaConfig) -> None:
         super().__init__(identity_fixed(without_nulls(event, ("headers", "multiValueHeaders"))), context, config)
 
     @classmethod
-    def infer(cls, event: Any, context: Any, config: Any) -> bool:
+    def infer(cls, event: dict[str, Any], context: LambdaContext, config: LambdaConfig) -> bool:
         return "resource" in event and "requestContext" in event and "version" not in event
 
     def __call__(self, response: dict[str, Any]) -> dict[str, Any]:
@@ -232,12 +241,12 @@ def _rest_query(event: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 class HTTPAPI(_Handler):
     """HTTP API and Function URL, payload 2.0: null-safe, path decoded once (1.0 on an HTTP API: ``HTTPAPIv1``)."""
 
-    def __init__(self, event: dict[str, Any], context: Any, config: Any) -> None:
+    def __init__(self, event: dict[str, Any], context: LambdaContext, config: LambdaConfig) -> None:
         event = without_nulls(event, ("headers", "multiValueHeaders", "rawQueryString"))
         super().__init__(identity_fixed(event), context, config)
 
     @classmethod
-    def infer(cls, event: Any, context: Any, config: Any) -> bool:
+    def infer(cls, event: dict[str, Any], context: LambdaContext, config: LambdaConfig) -> bool:
         return "version" in event and "requestContext" in event and event["version"] == "2.0"
 
     def _build_scope(self) -> dict[str, Any]:
@@ -291,7 +300,7 @@ class HTTPAPI(_Handler):
         )
 
 
-def http_api_paths(scope: Any, event: dict[str, Any], config: Any) -> dict[str, Any]:
+def http_api_paths(scope: _Scope, event: dict[str, Any], config: LambdaConfig) -> _Scope:
     """An HTTP API's path fixed in ``scope``: decoded once (not twice), its stage and base path in ``root_path``."""
     rc = event["requestContext"]
     if ".lambda-url." not in (rc.get("domainName") or ""):

@@ -120,6 +120,7 @@ class PowertoolsShapedFormatter(logging.Formatter):
         exc_info = record.exc_info
         if isinstance(exc_info, tuple) and hasattr(exc_info[0], "__name__"):
             line.setdefault("exception", self.formatException(exc_info))
+            # hasattr above does not narrow exc_info[0] from None for mypy
             line.setdefault("exception_name", exc_info[0].__name__)  # type: ignore[union-attr]
             line.setdefault("exception_notes", getattr(exc_info[1], "__notes__", None))
             line["stack_trace"] = _stack_trace(exc_info)

@@ -20,6 +20,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # helpers such as eventdata.py, motoserver.py
 
 
+@pytest.fixture(autouse=True)
+def _close_moto_clients() -> Iterator[None]:
+    """boto3 clients a test made against moto are closed when it ends, not whenever they are collected."""
+    yield
+    if "motoserver" in sys.modules:
+        sys.modules["motoserver"].close_clients()
+
+
 class PluginDir:
     """A temporary plugin folder that tests write modules into."""
 

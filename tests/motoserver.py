@@ -74,4 +74,18 @@ def client(service: str, endpoint_url: str, **kwargs: Any) -> Any:
     """A boto3 client for the moto server with fake credentials (no environment variables needed)."""
     import boto3
 
-    return boto3.client(service, endpoint_url=endpoint_url, region_name=REGION, **_FAKE_CREDENTIALS, **kwargs)
+    made = boto3.client(service, endpoint_url=endpoint_url, region_name=REGION, **_FAKE_CREDENTIALS, **kwargs)
+    _OPEN_CLIENTS.append(made)
+    return made
+
+
+# Clients made by tests, closed after each test (``close_clients``, from conftest): a client left to the garbage
+# collector closes its sockets whenever it is collected, and the ResourceWarning then fails an unrelated test.
+_OPEN_CLIENTS: list[Any] = []
+
+
+def close_clients() -> None:
+    """Close the connections of every client made so far. They are kept (a few dozen per run) because a module's
+    client closed after one test reconnects in the next, and must be closed again."""
+    for made in _OPEN_CLIENTS:
+        made.close()

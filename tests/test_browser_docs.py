@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from browser.cdp import Chromium
-from conftest import ROOT
+from bundled import bundled
 from test_browser_token import chromium
 
 from dpmsf_core.testing import http_client
@@ -30,7 +30,7 @@ ONE_TASK = "/rest/services/todo/tasks/{task_id}/"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     state = tmp_path_factory.mktemp("state")
-    with http_client(str(ROOT / "plugins"), DPMSF_STATE_DIR=str(state)) as client:
+    with http_client(str(bundled()), DPMSF_STATE_DIR=str(state)) as client:
         yield client
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from bundled import bundled
 from conftest import ROOT, free_port
 
 GOOD = """
@@ -120,7 +121,7 @@ def _cli(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> sub
 def test_routes_prints_each_broken_plugin_once(tmp_path: Path) -> None:
     (tmp_path / "broken.py").write_text("import nothing_of_that_name\n", encoding="utf-8")
     (tmp_path / "v1_copy.py").write_text('__alias__ = "v1"\n\ndef f():\n    return 1\n', encoding="utf-8")
-    done = _cli("routes", "--plugins", f"{tmp_path}:.", env={"DPMSF_STATE_DIR": str(tmp_path / "state")})
+    done = _cli("routes", "--plugins", f"{tmp_path}:{bundled()}", env={"DPMSF_STATE_DIR": str(tmp_path / "state")})
     assert done.returncode == 0
     assert done.stderr.splitlines() == [
         "! broken.py: error: broken.py, line 1: import raised ModuleNotFoundError: "

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from bundled import bundled
 from childproc import run_for_result
 from eventdata import load_event
 from samcli import ROOT, sam_env, sam_executable, unavailable
@@ -52,7 +53,13 @@ def sam_build(sam: Path, runtime_python: str, tmp_path_factory: pytest.TempPathF
     cmd = [str(sam), "build", "--template-file", str(TEMPLATE), "--build-dir", str(work / "build")]
     cmd += ["--cache-dir", str(work / "cache")]
     proc = subprocess.run(
-        cmd, cwd=work, env=sam_env(PYTHON=sys.executable), capture_output=True, text=True, timeout=600, check=False
+        cmd,
+        cwd=work,
+        env=sam_env(PYTHON=sys.executable, PLUGINS=str(bundled())),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Build Succeeded" in proc.stdout
@@ -299,7 +306,13 @@ def project_build(sam: Path, runtime_python: str, tmp_path_factory: pytest.TempP
     cmd = [str(sam), "build", "--template-file", "infra/template.yaml", "--build-dir", str(work / "out")]
     cmd += ["--cache-dir", str(work / "cache")]
     proc = subprocess.run(
-        cmd, cwd=project, env=sam_env(PYTHON=sys.executable), capture_output=True, text=True, timeout=600, check=False
+        cmd,
+        cwd=project,
+        env=sam_env(PYTHON=sys.executable, PLUGINS=str(bundled())),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"modules import under Python {LAMBDA_PYTHON}" in proc.stdout + proc.stderr  # dpmsf package --strict ran

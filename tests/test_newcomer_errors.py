@@ -212,12 +212,12 @@ def test_an_upload_whose_alias_is_taken_is_told_so(
 
 
 def test_the_readmes_first_plugin_loads_beside_the_bundled_ones(tmp_path: Path) -> None:
+    from docsnippets import plugin_file
+
     from dpmsf_core.testing import http_client, plugin_folder
 
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Writing plugins") :]
-    example = section[section.index("```python\n") + len("```python\n") : section.index("```\n", 10)]
-    name = example.splitlines()[0].removeprefix("# plugins/")
+    name = "welcome.py"
+    example = plugin_file(name)
     (tmp_path / name).write_text(example, encoding="utf-8")
     with http_client([plugin_folder(), tmp_path]) as client:
         listing = client.get("/rest/services/__dir__/").json()

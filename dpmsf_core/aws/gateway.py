@@ -323,8 +323,8 @@ def _root_path(event: dict[str, Any], base: str) -> str:
     full, path = rc.get("path"), event.get("path")
     if full and path and full != path and full.endswith(path):
         prefix = full[: len(full) - len(path)] + prefix  # execute-api host: "/Prod" + "/rest/..."
-    elif _stage_only_in_route(event, rc):
-        prefix = f"/{rc['stage']}" + prefix
+    elif _stage_only_in_route(event, rc) and not f"{prefix}/".startswith(f"/{rc['stage']}/"):
+        prefix = f"/{rc['stage']}" + prefix  # (a base path configured as the stage, the old workaround, stays one)
     return prefix
 
 

@@ -100,4 +100,14 @@ def test_a_plugin_added_to_a_clone_breaks_no_test_and_is_never_imported(tmp_path
         timeout=280,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert " passed" in done.stdout and not mark.exists()
+    assert "[100%]" in done.stdout and "F" not in done.stdout.split("[")[0] and not mark.exists(), done.stdout
+    # The trap works: served from the clone's plugins/ as they are, the module is imported and takes hello-world.
+    control = (
+        "from dpmsf_core.testing import http_client\n"
+        "with http_client(%r) as c:\n"
+        "    print(c.get('/rest/services/hello-world/').status_code)\n"
+    )
+    served = subprocess.run(
+        [sys.executable, "-c", control % str(clone / "plugins")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert served.stdout.strip() == "409" and mark.exists(), served.stdout + served.stderr

@@ -119,9 +119,7 @@ def test_only_the_runtime_is_in_the_artefact(built: Path) -> None:
     names = sorted(p.name for p in ours.iterdir() if not p.name.startswith((".", "_")))
     assert shipped == sorted([*names, ".dpmsf-manifest.json"])  # the manifest sam build wrote (lazy imports)
     described = json.loads((built / "plugins" / ".dpmsf-manifest.json").read_text())["modules"]
-    modules = {
-        p.removesuffix(".py") for p in names if p.endswith(".py") or (ours / p / "__init__.py").exists()
-    }
+    modules = {p.removesuffix(".py") for p in names if p.endswith(".py") or (ours / p / "__init__.py").exists()}
     assert {m["name"] for m in described} == modules
 
 

@@ -150,3 +150,25 @@ def test_the_upload_example_leaves_the_first_screen_answering(reader: Reader) ->
     test_the_example_runs_as_shown(reader, first)
     listing = _sh(reader, _on(reader, "curl -s http://127.0.0.1:8080/rest/services/__dir__/"), strict=True).stdout
     assert '"shout"' in listing  # the upload really happened
+
+
+def test_the_testing_guides_python_example_passes(tmp_path: Path) -> None:
+    """The tests docs/guides/testing.md shows, run as a reader's test file against the bundled plugins."""
+    from docsnippets import blocks
+
+    (example,) = [
+        b.text for b in blocks(ROOT / "docs" / "guides" / "testing.md") if b.text.startswith("from dpmsf_core.testing")
+    ]
+    assert 'json={"item": "tea"}' in example  # the Lambda helper takes json= as the HTTP client does
+    (tmp_path / "test_example.py").write_text(example.replace('"plugins"', repr(str(bundled()))), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DPMSF_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_example.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert done.stdout.startswith("..") and "[100%]" in done.stdout

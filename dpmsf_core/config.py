@@ -142,9 +142,10 @@ def _backend_url(env: Mapping[str, str], name: str, default: str, kinds: tuple[s
     return raw
 
 
-def _master_key(env: Mapping[str, str]) -> str | None:
-    """``DPMSF_MASTER_KEY``: 32 bytes as base64url. The error never quotes the value: it is a secret."""
-    raw = (env.get("DPMSF_MASTER_KEY") or "").strip()
+def _master_key(env: Mapping[str, str], name: str = "DPMSF_MASTER_KEY") -> str | None:
+    """``DPMSF_MASTER_KEY`` (or ``DPMSF_ADMIN_KEY``): 32 bytes as base64url, checked at start-up so a bad one stops
+    the server with this message instead of answering 500 on the first token. The error never quotes the value."""
+    raw = (env.get(name) or "").strip()
     if not raw:
         return None
     text = raw.rstrip("=")
@@ -157,7 +158,7 @@ def _master_key(env: Mapping[str, str]) -> str | None:
         ok = False
     if not ok:
         raise ConfigError(
-            "Config 'DPMSF_MASTER_KEY' is not valid (the value is a secret: not shown). Expected 32 bytes as"
+            f"Config '{name}' is not valid (the value is a secret: not shown). Expected 32 bytes as"
             " base64url (43 characters), e.g. from dpmsf_core.tenancy.tokens.generate_key()."
         )
     return text
@@ -216,7 +217,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         url_parm_names=tuple(names),
         plugins=plugins,
         admin_id=admin_id,
-        admin_key=(env.get("DPMSF_ADMIN_KEY") or "").strip() or None,
+        admin_key=_master_key(env, "DPMSF_ADMIN_KEY"),
         require_tokens=_bool(env, "DPMSF_REQUIRE_TOKENS", False),
         token_ttl=token_ttl,
         token_max_ttl=token_max_ttl,

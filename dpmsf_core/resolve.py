@@ -95,15 +95,17 @@ def resolve_route(
         if len(params) > max_url_params:
             raise NotFound(f"API '{endpoint.api}' takes at most {max_url_params} URL parameters; got {len(params)}.")
         return Route(endpoint, params, {}, tuple(endpoint.allow()))
-    return _pick(routes, params, method, max_url_params)
+    return _pick(routes, params, method)
 
 
-def _pick(routes: tuple[Endpoint, ...], params: list[str], method: str | None, max_url_params: int) -> Route:
-    """Among one API's routes: templates that fit exactly come first, then the one without a template."""
+def _pick(routes: tuple[Endpoint, ...], params: list[str], method: str | None) -> Route:
+    """Among one API's routes: templates that fit exactly come first, then the one without a template, which
+    beside templates answers only the bare API URL (no URL segments): an API's URLs are exactly those OpenAPI
+    documents, so ``PUT /welcome/fr/`` beside ``GET welcome/{lang}`` is a 405, ``/welcome/fr/extra/`` a 404."""
     fitting: list[tuple[Endpoint, dict[str, str]]] = []
     for ep in sorted(routes, key=lambda e: e.template is None):
         values = ep.match(params)
-        if values is not None and (ep.template is not None or len(params) <= max_url_params):
+        if values is not None and (ep.template is not None or not params):
             fitting.append((ep, values))
     if not fitting:
         first = routes[0]

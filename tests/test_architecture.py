@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from bundled import bundled
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "dpmsf_core"
@@ -159,7 +160,7 @@ def test_the_lambda_handler_loads_no_cli_and_no_packaging() -> None:
         "import json, sys; import handler.aws_lambda;"
         "print(json.dumps(sorted(m for m in sys.modules if m.startswith('dpmsf_core'))))"
     )
-    env = {"AWS_LAMBDA_FUNCTION_NAME": "arch-test", "DPMSF_PLUGINS": ".", "PATH": "/usr/bin:/bin"}
+    env = {"AWS_LAMBDA_FUNCTION_NAME": "arch-test", "DPMSF_PLUGINS": str(bundled()), "PATH": "/usr/bin:/bin"}
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True, timeout=60
     ).stdout

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from bundled import bundled
 
 from dpmsf_core.metering import Counts, SQLiteUsageSink, StoreUsageSink, UsageMeter
 from dpmsf_core.metering.report import parse_since, report
@@ -478,7 +479,7 @@ def test_a_plain_get_imports_no_metering(tmp_path: Path) -> None:
         "AWS_LAMBDA_FUNCTION_NAME": "dpmsf-meter",
         "AWS_REGION": "us-east-1",
         "DPMSF_STATE_DIR": str(tmp_path / "state"),
-        "DPMSF_PLUGINS": ".",
+        "DPMSF_PLUGINS": str(bundled()),
     }
     assert run_for_result([sys.executable, "-c", child], cwd=ROOT, env=env) == [200, []]
 

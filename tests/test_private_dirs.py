@@ -21,6 +21,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from bundled import bundled
 
 from dpmsf_core.private_dir import PrivateDir
 
@@ -178,7 +179,12 @@ def test_planted_java_classes_never_run_over_http(tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     _plant_classes(temp / "dpmsf-java", marker)
     port = free_port()
-    env = {**os.environ, "TMPDIR": str(temp), "DPMSF_STATE_DIR": str(tmp_path / "state"), "DPMSF_PLUGINS": "."}
+    env = {
+        **os.environ,
+        "TMPDIR": str(temp),
+        "DPMSF_STATE_DIR": str(tmp_path / "state"),
+        "DPMSF_PLUGINS": str(bundled()),
+    }
     base = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "dpmsf_core", "serve", "--port", str(port)]
     with running(command, ROOT, env, tmp_path / "server.log", base + "/rest/services/__dir__/"):

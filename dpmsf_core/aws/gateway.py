@@ -332,4 +332,19 @@ def _stage_root(event: dict[str, Any], base: str) -> str:
     full, path = rc.get("path"), event.get("path")
     if full and path and full != path and full.endswith(path):
         prefix = full[: len(full) - len(path)] + prefix  # execute-api host: "/Prod" + "/rest/..."
+    elif _stage_only_in_route(event, rc) and not f"{prefix}/".startswith(f"/{rc['stage']}/"):
+        prefix = f"/{rc['stage']}" + prefix  # (a base path configured as the stage, the old workaround, stays one)
     return prefix
+
+
+def _stage_only_in_route(event: dict[str, Any], rc: dict[str, Any]) -> bool:
+    """serverless-offline (REST, stage in the URL, as by default): ``path`` and ``requestContext.path`` both lack
+    the stage the client's URL had (``/dev/docs``); only its route, ``resourcePath`` (``/dev/{proxy*}``), keeps it,
+    while ``resource`` drops it. API Gateway's ``resourcePath`` is the ``resource``, without any stage."""
+    stage, route, resource = rc.get("stage"), rc.get("resourcePath"), event.get("resource")
+    if not (isinstance(stage, str) and stage and isinstance(route, str) and isinstance(resource, str)):
+        return False
+    staged = f"/{stage}"
+    return (route == staged or route.startswith(staged + "/")) and not (
+        resource == staged or resource.startswith(staged + "/")
+    )

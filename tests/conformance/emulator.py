@@ -139,7 +139,7 @@ def serverless_offline(env: Mapping[str, str], state: Path) -> Iterator[dict[str
     }
     started: dict[str, _Started] = {}
     try:  # both start at once, then both are waited for
-        started["staged"] = _start(service, CONFIGS[0], {**environ, "CONFORMANCE_REST_BASE": "/dev"}, [])
+        started["staged"] = _start(service, CONFIGS[0], environ, [])
         started["flat"] = _start(service, CONFIGS[1], environ, ["--noPrependStageInUrl"])
         deadline = time.monotonic() + 90
         for one in started.values():

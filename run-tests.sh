@@ -6,7 +6,19 @@ set -euo pipefail
 cd "$(dirname "$0")"
 DPMSF_VENV_EXTRAS=dev source scripts/venv.sh
 ours=(dpmsf_core handler tests bench)
+started=$SECONDS
+echo "DPMSF: ruff (lint and format) on ${ours[*]} ..." >&2
 .venv/bin/ruff check "${ours[@]}"
 .venv/bin/ruff format --check "${ours[@]}"
+echo "DPMSF: mypy ..." >&2
 .venv/bin/mypy
-exec .venv/bin/pytest "$@"
+if [ $# -eq 0 ]; then
+  echo "DPMSF: pytest, the whole suite: about 10 minutes on a 2-core machine; a dot per test, the share done at the" \
+    "end of each line (./run-tests.sh -k WORD or a test file runs a part) ..." >&2
+else
+  echo "DPMSF: pytest $* ..." >&2
+fi
+status=0
+.venv/bin/pytest "$@" || status=$?
+echo "DPMSF: finished in $((SECONDS - started)) s (pytest exit status $status)" >&2
+exit "$status"

@@ -111,11 +111,10 @@ def store_latency(base: Path, docs: int, calls: int) -> dict[str, tuple[float, f
     rows["SQLiteStore.put (new id)"] = timed(
         backend.put, [(TENANT, COLLECTION, i, task_doc(n, i)) for n, i in enumerate(fresh)]
     )
-    store_mod.configure(backend)
-    tasks = store_mod.collection(COLLECTION)
-    rows["collection.get"] = timed(tasks.get, [(i,) for i in pick])
-    rows["collection.create"] = timed(tasks.create, [({"title": "t", "description": "", "done": False},)] * calls)
-    store_mod.configure(None)
+    with store_mod.using(backend):
+        tasks = store_mod.collection(COLLECTION)
+        rows["collection.get"] = timed(tasks.get, [(i,) for i in pick])
+        rows["collection.create"] = timed(tasks.create, [({"title": "t", "description": "", "done": False},)] * calls)
     backend.close()
     return rows
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from . import store, testing
     from .app import DPMSFApp
     from .commands.programs import ProgramResult, run_program, run_program_sync
+    from .config import Settings
 
 __all__ = [
     "BadRequest",
@@ -51,7 +52,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def create_app(settings: Any = None, **overrides: Any) -> DPMSFApp:
+def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
     """Build the ASGI app; imported lazily so plugins importing ``expose`` stay cheap."""
     from .app import create_app as _create_app
 

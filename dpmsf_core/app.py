@@ -10,17 +10,18 @@ FastAPI/Starlette app (``fastapi_app.mount("/", create_app())``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .config import BUNDLED_PLUGINS, Settings, on_lambda
-from .context import RequestLog, current_request, reset_meter, set_meter
+from .context import RequestLog, current_request, reset_meter, reset_store, set_meter, set_store
 from .directory import DiscoveryDocs
 from .dispatch import ServiceDispatcher
 from .errors import DPMSFError, FunctionFailed, NotFound
@@ -34,10 +35,12 @@ from .sources import open_plugin_path
 
 if TYPE_CHECKING:
     from .health import Readiness
+    from .loading.discovery import Candidate, LoadedModule, Metadata
     from .metering import UsageMeter
     from .sandbox.loader import SandboxedLoader
     from .security import Security
     from .sources.changes import PluginChanges
+    from .store import StoreBackend
     from .tenancy.quotas import QuotaBook
     from .upload.handler import PluginUpload
 
@@ -60,6 +63,7 @@ class DPMSFApp:
         registry: Registry,
         security: LazySecurity | None = None,
         upload: PluginUpload | None = None,
+        store: StoreBackend | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -76,6 +80,12 @@ class DPMSFApp:
         self._meter_lock = threading.Lock()
         self._meter_source = self.get_meter  # one bound method for every request's context
         self.on_shutdown.append(self._close_meter)
+        # the document store plugins use (store.collection): this app's own, opened from settings.store_url when a
+        # request first stores something, and handed to plugin code through the request's context (context.py)
+        self.store = store
+        self._store_lock = threading.Lock()
+        self._store_source = self.get_store
+        self.on_shutdown.append(self._close_store)
         self.readiness: Readiness | None = None  # the /readyz checks, made on the first probe
         self.changes: PluginChanges | None = None  # plugin changes heard from other replicas (sources/changes.py)
 
@@ -92,6 +102,33 @@ class DPMSFApp:
                     self.meter = UsageMeter(functools.partial(sink_for, self.settings), per_invocation=on_lambda())
                 meter = self.meter
         return meter
+
+    def get_store(self) -> StoreBackend:
+        """This app's document store, from ``settings.store_url`` with each tenant's quotas; opened on first need."""
+        backend = self.store
+        if backend is None:
+            with self._store_lock:
+                if self.store is None:
+                    from .store import make_store
+
+                    self.store = make_store(self.settings.store_url, self.security.quotas.for_tenant)
+                backend = self.store
+        return backend
+
+    def _close_store(self) -> None:
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            close()
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """Plugin code run here outside an HTTP request (event functions, module imports at load) uses this app's
+        store, as a request's does."""
+        token = set_store(self._store_source)
+        try:
+            yield
+        finally:
+            reset_store(token)
 
     def _close_meter(self) -> None:
         if self.meter is not None:
@@ -143,6 +180,7 @@ class DPMSFApp:
         trace = headers.get("x-cloud-trace-context") or headers.get("traceparent")
         logged = current_request.set(RequestLog(rid, scope, trace, start))  # every log line names this request
         metering = set_meter(self._meter_source)
+        storing = set_store(self._store_source)
         try:
             await self._route(scope, receive, responder, headers, rid)
         except DPMSFError as exc:
@@ -162,6 +200,7 @@ class DPMSFApp:
             billed = scope_get(scope, "dpmsf.tenant")  # set by the dispatcher: the module's owner, else the caller
             if billed:
                 self.get_meter().request(billed, responder.status)
+            reset_store(storing)
             reset_meter(metering)
             if access_log.isEnabledFor(logging.INFO):
                 client = scope.get("client") or ("-", 0)
@@ -291,7 +330,7 @@ class _SandboxOnDemand:
         self.quotas = quotas
         self._loader: SandboxedLoader | None = None
 
-    def __call__(self, candidate: Any, meta: Any) -> Any:
+    def __call__(self, candidate: Candidate, meta: Metadata) -> LoadedModule:
         if self._loader is None:
             from .sandbox.loader import SandboxedLoader
 
@@ -349,25 +388,12 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> DPMSFApp:
         upload = PluginUpload(target, settings, registry, security)
     app = DPMSFApp(settings, registry, security, upload)
     app.on_shutdown.append(loader.close)
-    if sources and settings.reload and not on_lambda():
-        _listen_for_changes(app, upload)
-    from . import store
+    with app.serving():  # a module that stores something as it is imported uses this app's store
+        registry.load()
+    if sources and settings.reload and not on_lambda():  # replicas hear each other's uploads (sources/changes.py)
+        from .sources.changes import listen
 
-    store.configure(settings.store_url, security.quotas.for_tenant)  # a URL only: the backend opens on first use
-    registry.load()
+        app.changes = listen(settings, registry.load, app.serving, upload)
+        if app.changes is not None:
+            app.on_shutdown.append(app.changes.close)
     return app
-
-
-def _listen_for_changes(app: DPMSFApp, upload: PluginUpload | None) -> None:
-    """Replicas sharing an S3 or Cloud Storage plugin path hear each other's uploads through PostgreSQL when one is
-    configured (sources/changes.py): the listener re-lists the source and reloads; uploads through this one announce."""
-    from .sources.changes import PluginChanges, notify_url
-
-    url = notify_url(app.settings)
-    if url is None:
-        return
-    app.changes = PluginChanges(url, app.registry.load)
-    app.on_shutdown.append(app.changes.close)
-    if upload is not None:
-        upload.changes = app.changes
-    app.changes.ensure_started()

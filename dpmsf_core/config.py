@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ._backends import parse_backend_url
 from .errors import ConfigError
 from .sources import split_plugin_path
+from .switches import OFF_WORDS, ON_WORDS
 from .tenancy.quotas import Quotas
 
 if TYPE_CHECKING:
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
 # a str, not a Path: pathlib imports urllib.parse and ipaddress, which a Lambda cold start does not otherwise need
 BUNDLED_PLUGINS = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "plugins")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 
 def on_lambda(env: Mapping[str, str] | None = None) -> bool:
@@ -126,9 +125,9 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw is None:
         return default
     low = raw.strip().lower()
-    if low in _TRUE:
+    if low in ON_WORDS:
         return True
-    if low in _FALSE:
+    if low in OFF_WORDS:
         return False
     raise ConfigError(f"Config '{name}' has value '{raw}'. Not a valid bool. Choices are: 1|0|true|false|yes|no|on|off")
 
@@ -144,9 +143,10 @@ def _backend_url(env: Mapping[str, str], name: str, default: str, kinds: tuple[s
     return raw
 
 
-def _master_key(env: Mapping[str, str]) -> str | None:
-    """``DPMSF_MASTER_KEY``: 32 bytes as base64url. The error never quotes the value: it is a secret."""
-    raw = (env.get("DPMSF_MASTER_KEY") or "").strip()
+def _master_key(env: Mapping[str, str], name: str = "DPMSF_MASTER_KEY") -> str | None:
+    """``DPMSF_MASTER_KEY`` (or ``DPMSF_ADMIN_KEY``): 32 bytes as base64url, checked at start-up so a bad one stops
+    the server with this message instead of answering 500 on the first token. The error never quotes the value."""
+    raw = (env.get(name) or "").strip()
     if not raw:
         return None
     text = raw.rstrip("=")
@@ -159,7 +159,7 @@ def _master_key(env: Mapping[str, str]) -> str | None:
         ok = False
     if not ok:
         raise ConfigError(
-            "Config 'DPMSF_MASTER_KEY' is not valid (the value is a secret: not shown). Expected 32 bytes as"
+            f"Config '{name}' is not valid (the value is a secret: not shown). Expected 32 bytes as"
             " base64url (43 characters), e.g. from dpmsf_core.tenancy.tokens.generate_key()."
         )
     return text
@@ -218,7 +218,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         url_parm_names=tuple(names),
         plugins=plugins,
         admin_id=admin_id,
-        admin_key=(env.get("DPMSF_ADMIN_KEY") or "").strip() or None,
+        admin_key=_master_key(env, "DPMSF_ADMIN_KEY"),
         require_tokens=_bool(env, "DPMSF_REQUIRE_TOKENS", False),
         token_ttl=token_ttl,
         token_max_ttl=token_max_ttl,

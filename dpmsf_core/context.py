@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 
 class RequestLog(NamedTuple):
@@ -25,12 +25,33 @@ class RequestLog(NamedTuple):
 
 
 # The request the current log line belongs to: set by the app per HTTP request, read by every log formatter.
-current_request: ContextVar[RequestLog | None] = ContextVar("dpmsf_request", default=None)
+current_request: ContextVar[RequestLog | None] = ContextVar("dpmsf_request_log", default=None)
 
 
 def elapsed_ms(request: RequestLog) -> float:
     """Milliseconds since the request began."""
     return (time.perf_counter() - request.started) * 1000
+
+
+class LambdaContext(Protocol):
+    """What DPMSF and plugins read of the Lambda context: AWS's object, ``testing.LambdaContext`` and a test's
+    stand-in all fit, and nothing of AWS is imported to say so."""
+
+    @property
+    def aws_request_id(self) -> str: ...
+    @property
+    def function_name(self) -> str: ...
+    @property
+    def function_version(self) -> str: ...
+    @property
+    def invoked_function_arn(self) -> str: ...
+    @property
+    def memory_limit_in_mb(self) -> int | str: ...  # AWS's runtime gives the environment's string
+    @property
+    def log_group_name(self) -> str: ...
+    @property
+    def log_stream_name(self) -> str: ...
+    def get_remaining_time_in_millis(self) -> int: ...
 
 
 @dataclass
@@ -47,7 +68,7 @@ class RequestInfo:
     api: str = ""
     module: str = ""
     event: dict[str, Any] | None = None  # the Lambda event, on Lambda
-    context: Any = None  # the Lambda context, on Lambda
+    context: LambdaContext | None = None  # the Lambda context, on Lambda
     root_path: str = ""  # where the app is mounted (``/Prod`` behind an API Gateway stage): prefix URLs you build
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -69,11 +90,11 @@ def current_tenant() -> str | None:
     return info.tenant if info else None
 
 
-def set_current(info: RequestInfo | None):
+def set_current(info: RequestInfo | None) -> Token[RequestInfo | None]:
     return _current.set(info)
 
 
-def reset_current(token) -> None:
+def reset_current(token: Token[RequestInfo | None]) -> None:
     _current.reset(token)
 
 
@@ -103,6 +124,26 @@ def metered_call(usage: Any) -> None:
     source = _meter.get()
     if source is not None:
         source().call(usage)
+
+
+# -- the document store: the app serving this request puts its store here (a zero-argument callable that opens it on
+# first use), so that plugin code's ``store.collection(...)`` reaches that app's own backend: two apps in one process
+# (tests, ``fastapi_app.mount(create_app())``) each keep their own data, and nothing is installed module-wide.
+_store: ContextVar[Callable[[], Any] | None] = ContextVar("dpmsf_store", default=None)
+
+
+def set_store(source: Callable[[], Any] | None) -> Token[Callable[[], Any] | None]:
+    return _store.set(source)
+
+
+def reset_store(token: Token[Callable[[], Any] | None]) -> None:
+    _store.reset(token)
+
+
+def current_store() -> Any | None:
+    """The store backend of the app serving this request (or of ``store.using``), None outside both."""
+    source = _store.get()
+    return source() if source is not None else None
 
 
 def metered_store(backend: Any, tenant: str) -> tuple[Any, str]:

@@ -23,6 +23,7 @@ from .errors import (
     Unauthorized,
 )
 from .exchange import JSON, BodyBudget, Receive, Responder, Scope, read_body, scope_get
+from .expose import allowed_methods, runs_for
 from .lazyloop import ensure_running_loop
 from .loading.registry import Endpoint, Registry
 from .params import assemble, parse_body, parse_query
@@ -32,6 +33,8 @@ from .security import LazySecurity, bearer
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
+
+    from .loading.snapshot import ModuleReport, Snapshot
 
 log = logging.getLogger("dpmsf")
 
@@ -70,7 +73,7 @@ class ServiceDispatcher:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _refuse_failed_module(
-        self, snapshot: Any, segments: list[str], tenant: str | None, visible: Callable[[str | None], bool]
+        self, snapshot: Snapshot, segments: list[str], tenant: str | None, visible: Callable[[str | None], bool]
     ) -> None:
         """A call to a module that failed to load is a 503 saying why (to whom may see where), not a 404."""
         if not segments:
@@ -88,11 +91,11 @@ class ServiceDispatcher:
                     f"{self._why(report, tenant)}"
                 )
 
-    def _why(self, report: Any, tenant: str | None) -> str | None:
+    def _why(self, report: ModuleReport, tenant: str | None) -> str | None:
         own = tenant is not None and (tenant == self.settings.admin_id or tenant == report.tenant)
         return report.error if own else without_paths(report.error)
 
-    def _mark_stale(self, snapshot: Any, endpoint: Endpoint, responder: Responder) -> None:
+    def _mark_stale(self, snapshot: Snapshot, endpoint: Endpoint, responder: Responder) -> None:
         """A module whose newer file failed to load still serves its last good version: every answer says so."""
         if endpoint.module in snapshot.stale:
             reason = without_paths(snapshot.stale[endpoint.module]) or "the newer file failed to load"
@@ -106,8 +109,8 @@ class ServiceDispatcher:
         snapshot = self.registry.refresh_routing()  # modules from the packaged manifest import when first called
         if segments and segments[0] == "__dir__" and len(segments) == 1:
             scope["dpmsf.endpoint"] = "__dir__"
-            if method not in ("GET", "HEAD", "OPTIONS"):
-                raise MethodNotAllowed("__dir__ answers GET only.", ["GET", "HEAD", "OPTIONS"])
+            if method != "OPTIONS" and not runs_for(("GET",), method):
+                raise MethodNotAllowed("__dir__ answers GET only.", allowed_methods(("GET",)))
             tenant = self.security.tenant_for_read(headers)
             listing = self.directory(tenant, scope.get("root_path") or "")
             if parse_query(scope["query_string"]).get("pretty", "0") not in ("", "0", "false", "no"):
@@ -145,7 +148,7 @@ class ServiceDispatcher:
         if method == "OPTIONS" and "OPTIONS" not in endpoint.methods:
             await responder.preflight(list(route.allow), headers)
             return
-        if method not in endpoint.methods and not (method == "HEAD" and "GET" in endpoint.methods):
+        if not runs_for(endpoint.methods, method):
             allow = list(route.allow)
             raise MethodNotAllowed(f"API '{endpoint.api}' answers {', '.join(allow)}; not {method}.", allow)
         if tenant is not None:
@@ -175,14 +178,14 @@ class ServiceDispatcher:
             context=scope_get(scope, "aws.context"),
             root_path=(scope_get(scope, "root_path") or "").rstrip("/"),
         )
-        token = set_current(info)
+        bound = set_current(info)
         try:
             mapped = isinstance(body_obj, dict) and "__map__" in body_obj  # names given by the caller win
             named_url = [] if mapped or templated else list(zip(self.parm_names, url_params, strict=False))
             args, kwargs = plan.bind(args, kwargs, info, body_obj, named_url)
             result = await self._invoke(endpoint, args, kwargs)
         finally:
-            reset_current(token)
+            reset_current(bound)
         if is_framework_response(result):
             ensure_running_loop()  # a streaming response runs in a task group
             await responder.passthrough(result, scope, receive, self.settings.max_response, endpoint.api)

@@ -48,6 +48,12 @@ class DPMSFError(Exception):
         body.update(self.extra)
         return body
 
+    def problem_json(self, request_id: str | None = None, instance: str | None = None) -> bytes:
+        """The problem document as every answer carries it (ASGI, Lambda, the slow-client guard): compact UTF-8."""
+        import json  # here: a plugin importing HTTPError should not pay for it
+
+        return json.dumps(self.problem(request_id, instance), ensure_ascii=False, separators=(",", ":")).encode()
+
 
 class BadRequest(DPMSFError):
     status, title, slug = 400, "Bad Request", "bad-request"
@@ -89,12 +95,20 @@ class Conflict(DPMSFError):
         super().__init__(detail, **kw)
 
 
+class RequestTimeout(DPMSFError):
+    status, title, slug = 408, "Request Timeout", "request-timeout"
+
+
 class PayloadTooLarge(DPMSFError):
     status, title, slug = 413, "Content Too Large", "payload-too-large"
 
 
 class UnsupportedMediaType(DPMSFError):
     status, title, slug = 415, "Unsupported Media Type", "unsupported-media-type"
+
+
+class HeadersTooLarge(DPMSFError):
+    status, title, slug = 431, "Request Header Fields Too Large", "headers-too-large"
 
 
 class UnprocessableArguments(DPMSFError):

@@ -74,7 +74,7 @@ class Responder:
             return
         headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
         rid = self.rid.decode("latin-1")
-        await self.send(exc.status, dumps(exc.problem(rid, instance)), PROBLEM_CONTENT_TYPE.encode(), headers)
+        await self.send(exc.status, exc.problem_json(rid, instance), PROBLEM_CONTENT_TYPE.encode(), headers)
 
     async def preflight(self, allow: list[str], headers: dict[str, str]) -> None:
         extra = [(b"allow", ", ".join(allow).encode())]

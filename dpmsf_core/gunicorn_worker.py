@@ -17,7 +17,7 @@ from .slow_clients import guarded_protocol
 __all__ = ["UvicornWorker"]
 
 
-class UvicornWorker(uvicorn_worker.UvicornWorker):
+class UvicornWorker(uvicorn_worker.UvicornWorker):  # type: ignore[misc]  # uvicorn_worker ships no type hints
     """uvicorn_worker's worker; only the HTTP protocol differs."""
 
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {**uvicorn_worker.UvicornWorker.CONFIG_KWARGS, "http": guarded_protocol()}

@@ -19,7 +19,10 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .loading.snapshot import Snapshot
 
 DEFAULT_MEMORY_MB = 512  # infra/template.yaml's MemorySize
 NO_ENDPOINT = "-"  # a request that resolved no endpoint (404, /docs, ...)
@@ -136,7 +139,7 @@ def _tenant_families(tenants: Mapping[str, Any], family: Any) -> Iterator[Any]:
 
 def metrics_page(
     usage: EndpointUsage,
-    snapshot: object,
+    snapshot: Snapshot,
     tenant: str | None,
     admin_id: str | None,
     tenants: Mapping[str, Any] | None = None,
@@ -147,7 +150,7 @@ def metrics_page(
 
     visible = visible_to(tenant, admin_id)
     admin = tenant is not None and tenant == admin_id
-    owner = {f"{ep.module}.{ep.api}": ep.tenant for ep in snapshot.endpoints()}  # type: ignore[attr-defined]
+    owner = {f"{ep.module}.{ep.api}": ep.tenant for ep in snapshot.endpoints()}
 
     def shown(label: str) -> bool:
         if label in owner:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from .errors import Conflict, MethodNotAllowed, NotFound
+from .expose import allowed_methods, runs_for
 from .loading.registry import Endpoint, ModuleEntry, Snapshot
 
 SERVICES_PREFIX = "/rest/services"
@@ -94,27 +95,28 @@ def resolve_route(
         if len(params) > max_url_params:
             raise NotFound(f"API '{endpoint.api}' takes at most {max_url_params} URL parameters; got {len(params)}.")
         return Route(endpoint, params, {}, tuple(endpoint.allow()))
-    return _pick(routes, params, method, max_url_params)
+    return _pick(routes, params, method)
 
 
-def _pick(routes: tuple[Endpoint, ...], params: list[str], method: str | None, max_url_params: int) -> Route:
-    """Among one API's routes: templates that fit exactly come first, then the one without a template."""
+def _pick(routes: tuple[Endpoint, ...], params: list[str], method: str | None) -> Route:
+    """Among one API's routes: templates that fit exactly come first, then the one without a template, which
+    beside templates answers only the bare API URL (no URL segments): an API's URLs are exactly those OpenAPI
+    documents, so ``PUT /welcome/fr/`` beside ``GET welcome/{lang}`` is a 405, ``/welcome/fr/extra/`` a 404."""
     fitting: list[tuple[Endpoint, dict[str, str]]] = []
     for ep in sorted(routes, key=lambda e: e.template is None):
         values = ep.match(params)
-        if values is not None and (ep.template is not None or len(params) <= max_url_params):
+        if values is not None and (ep.template is not None or not params):
             fitting.append((ep, values))
     if not fitting:
         first = routes[0]
         shapes = ", ".join(dict.fromkeys(f"{SERVICES_PREFIX}/{first.module}/{ep.route()}/" for ep in routes))
         got = "/".join([first.api, *params])
         raise NotFound(f"API '{first.api}' answers {shapes}; not .../{got}/.")
-    allow = list(dict.fromkeys(m for ep, _ in fitting for m in ep.methods))
-    allow += [m for m in ("HEAD", "OPTIONS") if m not in allow and (m == "OPTIONS" or "GET" in allow)]
+    allow = allowed_methods(m for ep, _ in fitting for m in ep.methods)
     if method is None:
         return Route(fitting[0][0], params, fitting[0][1], tuple(allow))
     for ep, values in fitting:
-        if method in ep.methods or (method == "HEAD" and "GET" in ep.methods):
+        if runs_for(ep.methods, method):
             return Route(ep, params, values, tuple(allow))
     if method == "OPTIONS":
         return Route(fitting[0][0], params, fitting[0][1], tuple(allow))

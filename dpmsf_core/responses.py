@@ -43,7 +43,8 @@ def _default(value: Any) -> Any:
 _encoder = json.JSONEncoder(default=_default, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 # the C encoder ``_encoder.encode`` would build anew on every call, built once; without ``markers`` (it keeps the
 # ids of the containers being written, and after a failed call its leftovers could refuse a later value): a value
-# that contains itself then fails as RecursionError instead of ValueError (see ``encode_results``)
+# that contains itself then fails as RecursionError instead of ValueError (see ``encode_results``). typeshed does
+# not declare json.encoder.c_make_encoder (the C accelerator, None without it): hence the ignore
 _c_encode = json.encoder.c_make_encoder and json.encoder.c_make_encoder(  # type: ignore[attr-defined]
     None, _default, json.encoder.encode_basestring, None, ":", ",", False, False, False
 )

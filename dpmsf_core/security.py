@@ -5,11 +5,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Settings
 from .errors import Unauthorized
 from .tenancy.quotas import QuotaBook
+
+if TYPE_CHECKING:
+    from .tenancy.model import TenantRegistry
+    from .tenancy.replay import ReplayStore
 
 log = logging.getLogger("dpmsf.security")
 
@@ -21,7 +25,9 @@ class Security:
     files are private there); the verifier refuses tokens that live longer than ``DPMSF_TOKEN_MAX_TTL``.
     """
 
-    def __init__(self, settings: Settings, tenants: Any = None, replay: Any = None) -> None:
+    def __init__(
+        self, settings: Settings, tenants: TenantRegistry | None = None, replay: ReplayStore | None = None
+    ) -> None:
         from .tenancy.replay import make_replay_store
         from .tenancy.tenants import key_lookup, make_tenant_registry
         from .tenancy.tokens import TokenVerifier
@@ -66,7 +72,7 @@ class Security:
         return tenant is not None and tenant == self.settings.admin_id
 
 
-def ensure_admin(tenants: Any, admin_id: str, admin_key: str | None) -> None:
+def ensure_admin(tenants: TenantRegistry, admin_id: str, admin_key: str | None) -> None:
     """The ``ADMIN_ID`` tenant exists in the registry (with ``DPMSF_ADMIN_KEY`` when given)."""
     if tenants.get(admin_id) is not None:
         return

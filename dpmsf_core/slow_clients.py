@@ -31,11 +31,10 @@ gunicorn worker of App Engine and the container (``dpmsf_core.gunicorn_worker``)
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -43,9 +42,20 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # no httptools (PyPy): ``guarded_protocol`` picks GuardedH11, GuardedHttpTools is never used
+    # a stand-in class under the same name, so the class below still defines (mypy sees two classes for one name)
     from uvicorn.protocols.http.h11_impl import H11Protocol as HttpToolsProtocol  # type: ignore[assignment]
 
-from .errors import ConfigError
+from .errors import (
+    PROBLEM_CONTENT_TYPE,
+    ConfigError,
+    DPMSFError,
+    HeadersTooLarge,
+    RequestTimeout,
+    ServiceUnavailable,
+)
+
+if TYPE_CHECKING:
+    from uvicorn.config import Config
 
 __all__ = ["GuardedH11", "GuardedHttpTools", "Limits", "guarded_protocol"]
 
@@ -107,12 +117,11 @@ def _number(
 RATE_GRACE = 5.0  # seconds a body may take before its average rate is checked (a slow start, a TCP ramp-up)
 
 
-def _problem(status: int, title: str, slug: str, detail: str) -> bytes:
+def _problem(error: DPMSFError) -> bytes:
     """A whole HTTP/1.1 answer, written on the socket by the protocol: no request reached the app."""
-    problem = {"type": f"https://dpmsf.dev/problems/{slug}", "title": title, "status": status, "detail": detail}
-    body = json.dumps(problem).encode()
+    body = error.problem_json()
     head = (
-        f"HTTP/1.1 {status} {title}\r\ncontent-type: application/problem+json\r\n"
+        f"HTTP/1.1 {error.status} {error.title}\r\ncontent-type: {PROBLEM_CONTENT_TYPE}\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
     )
     return head.encode("latin-1") + body
@@ -171,7 +180,7 @@ class _Deadlines:
         log.info("closing a connection from %s: %s", _peer(self.client), detail)
         cycle = self.cycle
         if cycle is None or not cycle.response_started:
-            self.transport.write(_problem(431, "Request Header Fields Too Large", "headers-too-large", detail))
+            self.transport.write(_problem(HeadersTooLarge(detail)))
         self._stop_all()
         self.transport.close()
         return True
@@ -202,7 +211,7 @@ class _Deadlines:
             log.info("closing a connection from %s: %s", _peer(self.client), detail)
             cycle = self.cycle
             if cycle is None or not cycle.response_started:
-                self.transport.write(_problem(408, "Request Timeout", "request-timeout", detail))
+                self.transport.write(_problem(RequestTimeout(detail)))
             self._stop_all()
             self.transport.close()
             return
@@ -239,7 +248,7 @@ class _Deadlines:
         log.info("closing a connection from %s: %s", _peer(self.client), detail)
         cycle = self.cycle
         if cycle is None or not cycle.response_started:
-            self.transport.write(_problem(408, "Request Timeout", "request-timeout", detail))
+            self.transport.write(_problem(RequestTimeout(detail)))
         self.transport.close()
 
     def _from_same_client(self) -> int:
@@ -258,7 +267,7 @@ class _Deadlines:
             )
         else:
             return True
-        self.transport.write(_problem(503, "Service Unavailable", "unavailable", detail))
+        self.transport.write(_problem(ServiceUnavailable(detail)))
         self.transport.close()
         return False
 
@@ -282,7 +291,7 @@ def guarded_protocol(limits: Limits | None = None) -> type[asyncio.Protocol]:
     return GuardedHttpTools
 
 
-def limits_of(config: Any) -> Limits:
+def limits_of(config: Config) -> Limits:
     found = getattr(config, "dpmsf_limits", None)
     return found if isinstance(found, Limits) else Limits.from_env()
 
@@ -290,10 +299,11 @@ def limits_of(config: Any) -> Limits:
 class GuardedHttpTools(_Deadlines, HttpToolsProtocol):
     """httptools calls back when a message begins, its headers end and it completes: each moves the deadline."""
 
-    def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, config: Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         self.limits = limits_of(config)
 
+    # as in uvicorn's own protocols: asyncio declares a BaseTransport, a TCP server hands a Transport
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if self._admit():
@@ -338,10 +348,11 @@ class GuardedHttpTools(_Deadlines, HttpToolsProtocol):
 class GuardedH11(_Deadlines, H11Protocol):
     """h11 says where the peer is (``their_state``): IDLE before a request's headers end, SEND_BODY after."""
 
-    def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, config: Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         self.limits = limits_of(config)
 
+    # as in uvicorn's own protocols: asyncio declares a BaseTransport, a TCP server hands a Transport
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if self._admit():

@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,11 +102,19 @@ class LambdaContext:
         return self.remaining_ms
 
 
+def _json_body(value: Any, older: Any) -> str | None:
+    """The body of ``json=`` (the name httpx uses) or ``json_body=`` (kept for existing tests); not both."""
+    if value is not None and older is not None:
+        raise TypeError("pass the body as json= or as json_body=, not both")
+    chosen = value if value is not None else older
+    return None if chosen is None else json.dumps(chosen)
+
+
 class LambdaInvoker:
     """Calls the Lambda handler of an app with events in the shapes AWS sends (REST v1 with a stage, HTTP API
     payload 2.0, SQS, a schedule), so tests see exactly what API Gateway and Lambda would get back."""
 
-    def __init__(self, handler: Any) -> None:
+    def __init__(self, handler: Callable[[dict[str, Any], LambdaContext], Mapping[str, Any]]) -> None:
         self.handler = handler
 
     def __call__(self, event: dict[str, Any]) -> dict[str, Any]:
@@ -118,16 +126,17 @@ class LambdaInvoker:
         path: str,
         *,
         query: Mapping[str, str | Sequence[str]] | None = None,
+        json: Any = None,
         json_body: Any = None,
         headers: Mapping[str, str] | None = None,
         stage: str = "Prod",
     ) -> dict[str, Any]:
-        """A REST API (payload 1.0) request through ``ANY /{proxy+}`` on ``stage``."""
+        """A REST API (payload 1.0) request through ``ANY /{proxy+}`` on ``stage``; ``json=`` is the body, sent as
+        httpx's ``json=`` sends it (``json_body=`` is its older name)."""
         multi = {k: [v] if isinstance(v, str) else list(v) for k, v in (query or {}).items()}
         head = {"Host": "abc123.execute-api.us-east-1.amazonaws.com", **(headers or {})}
-        body = None
-        if json_body is not None:
-            body = json.dumps(json_body)
+        body = _json_body(json, json_body)
+        if body is not None:
             head.setdefault("Content-Type", "application/json")
         return self(
             {
@@ -161,17 +170,18 @@ class LambdaInvoker:
         path: str,
         *,
         query: str = "",
+        json: Any = None,
         json_body: Any = None,
         headers: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        """An HTTP API (payload 2.0) request on the ``$default`` stage; ``query`` is the raw query string."""
+        """An HTTP API (payload 2.0) request on the ``$default`` stage; ``query`` is the raw query string, ``json=``
+        (or ``json_body=``) the body."""
         head = {
             "host": "abc123.execute-api.us-east-1.amazonaws.com",
             **{k.lower(): v for k, v in (headers or {}).items()},
         }
-        body = None
-        if json_body is not None:
-            body = json.dumps(json_body)
+        body = _json_body(json, json_body)
+        if body is not None:
             head.setdefault("content-type", "application/json")
         return self(
             {

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import socket
+import os
+import shutil
 import sys
 import textwrap
 import threading
@@ -13,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -20,10 +22,39 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # helpers such as eventdata.py, motoserver.py
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(autouse=True)
+def _close_moto_clients() -> Iterator[None]:
+    """boto3 clients a test made against moto are closed when it ends, not whenever they are collected."""
+    yield
+    if "motoserver" in sys.modules:
+        sys.modules["motoserver"].close_clients()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One copy of the bundled plugins for the run, without a user's additions to plugins/ (tests/bundled.py)."""
+    import tempfile
+
+    from bundled import ENV, copy_bundled
+
+    if os.environ.get(ENV) is None:
+        folder = Path(tempfile.mkdtemp(prefix="dpmsf-bundled-"))
+        config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
+        os.environ[ENV] = str(copy_bundled(ROOT, folder))
+        config.add_cleanup(lambda: os.environ.pop(ENV, None))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _bundled_is_the_copy() -> Iterator[None]:
+    """``DPMSF_PLUGINS=.`` (the default) means the bundled plugins: in this process, the run's copy of them."""
+    from bundled import bundled
+
+    import dpmsf_core.app
+    import dpmsf_core.config
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dpmsf_core.config, "BUNDLED_PLUGINS", str(bundled()))
+        mp.setattr(dpmsf_core.app, "BUNDLED_PLUGINS", str(bundled()))
+        yield
 
 
 class PluginDir:
@@ -121,10 +152,12 @@ def serve() -> Iterator[Callable[[Any], httpx.Client]]:
 @pytest.fixture(scope="module")
 def bundled_client() -> Iterator[httpx.Client]:
     """One real server on the bundled plugins for the whole module (the README's examples)."""
+    from bundled import bundled
+
     from dpmsf_core.app import create_app
     from dpmsf_core.config import Settings
 
-    app = create_app(Settings.from_env({"DPMSF_PLUGINS": "."}, dotenv=None))
+    app = create_app(Settings.from_env({"DPMSF_PLUGINS": str(bundled())}, dotenv=None))
     with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=10) as client:
         yield client
     app.close()

@@ -17,7 +17,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,18 +26,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 PROJECT = "demo-dpmsf-test"  # "demo-" projects never reach Google even if the emulator variable were lost
 
 
 class EmulatorMissing(RuntimeError):
     """The CLI or its emulator component is not installed here: tests skip with this message."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _answers(host: str) -> bool:

@@ -14,12 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from ports import free_port
 
 
 def _command() -> list[str] | None:
@@ -35,7 +30,7 @@ def gcs_emulator(port: int | None = None) -> Iterator[str]:
     command = _command()
     if command is None:
         pytest.skip("gcp-storage-emulator is not installed (pip install -e '.[dev]')")
-    port = port or _free_port()
+    port = port or free_port()
     proc = subprocess.Popen(
         [*command, "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"],
         stdout=subprocess.DEVNULL,

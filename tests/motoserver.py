@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,15 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ports import free_port
+
 _FAKE_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 REGION = "us-east-1"
-
-
-def free_port() -> int:
-    """A port nobody listens on right now (also used by tests that need a closed port)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _moto_executable() -> str:
@@ -80,4 +74,18 @@ def client(service: str, endpoint_url: str, **kwargs: Any) -> Any:
     """A boto3 client for the moto server with fake credentials (no environment variables needed)."""
     import boto3
 
-    return boto3.client(service, endpoint_url=endpoint_url, region_name=REGION, **_FAKE_CREDENTIALS, **kwargs)
+    made = boto3.client(service, endpoint_url=endpoint_url, region_name=REGION, **_FAKE_CREDENTIALS, **kwargs)
+    _OPEN_CLIENTS.append(made)
+    return made
+
+
+# Clients made by tests, closed after each test (``close_clients``, from conftest): a client left to the garbage
+# collector closes its sockets whenever it is collected, and the ResourceWarning then fails an unrelated test.
+_OPEN_CLIENTS: list[Any] = []
+
+
+def close_clients() -> None:
+    """Close the connections of every client made so far. They are kept (a few dozen per run) because a module's
+    client closed after one test reconnects in the next, and must be closed again."""
+    for made in _OPEN_CLIENTS:
+        made.close()

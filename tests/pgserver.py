@@ -17,7 +17,6 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -25,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 PASSWORD = "pg-secret-" + uuid.uuid4().hex[:12]  # tests check it never appears in an answer or an error
 
@@ -41,12 +41,6 @@ def _bin_dir() -> Path:
     if on_path and shutil.which("initdb"):
         return Path(on_path).parent
     raise PostgresMissing("PostgreSQL's initdb/pg_ctl not found: apt-get install postgresql")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _as_server_user(command: list[str]) -> list[str]:
@@ -90,7 +84,7 @@ def postgres(timeout: float = 60) -> Iterator[str]:
             ),
             **run,  # type: ignore[arg-type]
         )
-        port = _free_port()
+        port = free_port()
         options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
         log = folder / "server.log"
         started = subprocess.run(

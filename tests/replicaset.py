@@ -12,7 +12,6 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DPMSF = str(Path(sys.executable).parent / "dpmsf")
@@ -67,12 +67,6 @@ def whoami():
 
 class HAProxyMissing(RuntimeError):
     """No ``haproxy`` program here: tests skip with this message."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def version_of(source: str) -> str:

@@ -17,20 +17,20 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from browser.cdp import Chromium
-from conftest import ROOT
+from bundled import bundled
 from test_browser_token import chromium
 
 from dpmsf_core.testing import http_client
 
 pytestmark = pytest.mark.slow
 
-ONE_TASK = "/rest/services/todo/tasks/{task_id}/"
+ONE_TASK = "/rest/services/tasks/{task_id}/"  # as the author declared it: path="tasks/{task_id}"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     state = tmp_path_factory.mktemp("state")
-    with http_client(str(ROOT / "plugins"), DPMSF_STATE_DIR=str(state)) as client:
+    with http_client(str(bundled()), DPMSF_STATE_DIR=str(state)) as client:
         yield client
 
 
@@ -94,6 +94,14 @@ def test_docs_render_every_operation_offline(server: httpx.Client, page: Chromiu
     assert count == sum(len(ops) for ops in spec["paths"].values())  # one block per endpoint and method
     tag = page.evaluate("[...document.querySelectorAll('.opblock-tag')].find(t => t.dataset.tag === 'todo').innerText")
     assert "The classic tasks API, persisted in the per-tenant document store" in tag  # the module docstring
+    hello = page.evaluate(
+        "[...document.querySelectorAll('.opblock-tag')].find(t => t.dataset.tag === 'hello').innerText"
+    )
+    lines = [line.strip() for line in hello.splitlines()]  # the docstring's lines as its author wrapped them
+    assert (
+        "GET /rest/services/hello-world/?name=Ada" in lines
+        and "GET /rest/services/hello-world/slug-or-numbers/" in lines
+    )
     page.evaluate("1")  # collect the last network events
     assert f"{base(server)}/docs/swagger-ui-bundle.min.js" in page.requests
     assert f"{base(server)}/openapi.json" in page.requests
@@ -106,12 +114,12 @@ def test_try_it_out_on_a_path_parameter(server: httpx.Client, page: Chromium) ->
 
     status, shown, url = try_it_out(page, "GET", ONE_TASK, task["id"])
     assert (status, shown) == (200, {"results": task})  # the server's answer, as the page shows it
-    assert url == f"{base(server)}/rest/services/todo/tasks/{task['id']}/"
+    assert url == f"{base(server)}/rest/services/tasks/{task['id']}/"
 
     status, shown, _ = try_it_out(page, "PUT", ONE_TASK, task["id"], body={"done": True})
     assert (status, shown) == (200, {"results": {**task, "done": True}})
     assert server.get(f"/rest/services/todo/tasks/{task['id']}/").json()["results"]["done"] is True
 
     page.evaluate("1")
-    assert f"{base(server)}/rest/services/todo/tasks/{task['id']}/" in page.requests
+    assert f"{base(server)}/rest/services/tasks/{task['id']}/" in page.requests
     assert left_loopback(page.requests) == []

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from conftest import free_port
+from ports import free_port
 
 from dpmsf_core.config import Settings
 from dpmsf_core.errors import ConfigError

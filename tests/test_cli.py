@@ -12,7 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, free_port
+from bundled import bundled
+from conftest import ROOT
+from ports import free_port
 
 DPMSF = [sys.executable, "-m", "dpmsf_core"]
 
@@ -35,7 +37,7 @@ def test_routes_lists_bundled_endpoints() -> None:
 def test_openapi_prints_the_spec() -> None:
     spec = json.loads(run("openapi").stdout)
     assert spec["openapi"] == "3.1.0"
-    assert "get" in spec["paths"]["/rest/services/hello/hello-world/"]
+    assert "get" in spec["paths"]["/rest/services/hello-world/"]
 
 
 def test_new_writes_a_working_skeleton(tmp_path: Path) -> None:
@@ -83,7 +85,7 @@ def test_serve_runs_a_real_server(tmp_path: Path) -> None:
     port = free_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith("DPMSF_")}
     proc = subprocess.Popen(
-        [*DPMSF, "serve", "--port", str(port), "--plugins", "."],
+        [*DPMSF, "serve", "--port", str(port), "--plugins", str(bundled())],
         cwd=ROOT,
         text=True,
         stderr=subprocess.PIPE,
@@ -140,7 +142,7 @@ def test_commands_use_the_project_they_stand_in(shop: Path) -> None:
     assert routes.returncode == 0, routes.stderr
     urls = {line.split()[1] for line in routes.stdout.splitlines()[1:]}
     assert urls == {"/rest/services/hello/", "/rest/services/greetings/{lang}/"}
-    assert "/rest/services/greetings/hello/" in json.loads(run("openapi", cwd=deep).stdout)["paths"]
+    assert "/rest/services/hello/" in json.loads(run("openapi", cwd=deep).stdout)["paths"]
     event = json.loads((ROOT / "tests" / "events" / "apigw_v1.json").read_text())
     event |= {"path": "/rest/services/greetings/fr/", "queryStringParameters": {"name": "Ada"}}
     event["multiValueQueryStringParameters"] = {"name": ["Ada"]}

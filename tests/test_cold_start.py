@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from bundled import bundled
 from childproc import run_for_result
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +54,7 @@ def cold_start(tmp_path: Path, **env: str) -> dict:
         "AWS_REGION": "us-east-1",
         "LAMBDA_TASK_ROOT": str(ROOT),
         "DPMSF_STATE_DIR": str(tmp_path / "state"),
+        "DPMSF_PLUGINS": str(bundled()),
         **env,
     }
     return run_for_result([sys.executable, "-c", CHILD.replace("HEAVY_MODULES", repr(HEAVY))], cwd=ROOT, env=clean)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,26 @@ def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None
         Settings.from_env(env, dotenv=None)
     assert str(info.value).startswith(message)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("bad", ["not-a-key", "c2hvcnQ", "A" * 44 + "!"])
+def test_a_bad_admin_key_stops_start_up_naming_it_never_quoting_it(bad: str, tmp_path: Path) -> None:
+    """Before: a bad DPMSF_ADMIN_KEY started fine and answered 500 on the first token. Now start-up stops."""
+    from dpmsf_core.tenancy.tokens import generate_key
+
+    admin = "8c4c1a5e-3f4b-4a53-9d1e-2f0f8f1b9a11"
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"ADMIN_ID": admin, "DPMSF_ADMIN_KEY": bad}, dotenv=None)
+    assert "Config 'DPMSF_ADMIN_KEY' is not valid" in str(caught.value) and bad not in str(caught.value)
+    good = generate_key()
+    assert Settings.from_env({"ADMIN_ID": admin, "DPMSF_ADMIN_KEY": good}, dotenv=None).admin_key == good
+    done = subprocess.run(
+        [sys.executable, "-m", "dpmsf_core", "serve", "--port", "0", "--plugins", str(tmp_path)],
+        env={**os.environ, "ADMIN_ID": admin, "DPMSF_ADMIN_KEY": bad, "DPMSF_STATE_DIR": str(tmp_path / "state")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and "Config 'DPMSF_ADMIN_KEY' is not valid" in done.stderr, done.stderr
+    assert bad not in done.stderr + done.stdout and "Traceback" not in done.stderr

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bundled import bundled
 from conformance.cases import CASES, MAX_BODY, NO_BODY, Case
 from conformance.emulator import EmulatorUnavailable, serverless_offline
 
@@ -34,7 +35,7 @@ from dpmsf_core.testing import LambdaInvoker, http_client, lambda_invoker
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # the first run installs serverless (npm ci)
 
 REPO = Path(__file__).resolve().parent.parent
-PLUGINS = [str(REPO / "plugins"), str(REPO / "tests" / "conformance" / "plugins")]
+PLUGINS = [str(bundled()), str(REPO / "tests" / "conformance" / "plugins")]
 ENV = {"DPMSF_MAX_BODY": str(MAX_BODY)}
 GENERATED = ("/rest/", "/docs", "/openapi.json")  # how every URL the app generates starts, after its root
 TARGETS = ("uvicorn", "lambda-rest-stage", "lambda-http-api", "sls-rest-stage", "sls-rest-no-stage", "sls-http-api")

@@ -24,8 +24,8 @@ import httpx
 import jsonschema
 import pytest
 import yaml
-from conftest import free_port
 from helmlite import render_chart
+from ports import free_port
 from test_docker import _env, copy_sources, parse, stages
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -244,7 +244,7 @@ def test_the_dockerfile_app_runs_from_exactly_what_it_copies(tmp_path: Path) -> 
     """No engine here, so the image's /app is assembled by hand from its COPY lines alone (the Python packages
     that `pip install -r requirements.txt` puts in the image come from this virtualenv), then its CMD runs with its
     ENV and a PORT of ours: the app must start and answer from those files only."""
-    from conftest import free_port
+    from ports import free_port
     from serverproc import running
 
     final = stages(parse(ROOT / "Dockerfile"))[-1]

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
-from motoserver import free_port
+from ports import free_port
 from serverproc import running
 
 from dpmsf_core.config import Settings

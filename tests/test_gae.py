@@ -14,7 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port
+from bundled import bundled
+from ports import free_port
 from serverproc import running
 
 from dpmsf_core.tenancy.tokens import generate_key, mint
@@ -38,7 +39,7 @@ def gae_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {
         **os.environ,
         "DPMSF_STATE_DIR": str(state),
-        "DPMSF_PLUGINS": "my_plugins:.",  # the operator's opt-in to the bundled demos (app.yaml serves my_plugins/)
+        "DPMSF_PLUGINS": f"my_plugins:{bundled()}",  # opted into the bundled demos (app.yaml serves my_plugins/)
         "ADMIN_ID": ADMIN,
         "DPMSF_ADMIN_KEY": ADMIN_KEY,
         "DPMSF_TENANTS": f"sqlite:///{state}/tenants.db",
@@ -125,7 +126,9 @@ def test_gcprunner_starts_the_firestore_emulator_and_stops_it(tmp_path: Path) ->
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DPMSF_", "GAE_", "GOOGLE_", "FIRESTORE_"))}
     env |= {"HOME": str(tmp_path), "DPMSF_STATE_DIR": str(tmp_path / "state"), "DPMSF_MASTER_KEY": generate_key()}
-    env["DPMSF_PLUGINS"] = "my_plugins:."  # app.yaml serves only my_plugins/: the operator opts into the demos
+    env["DPMSF_PLUGINS"] = (
+        f"my_plugins:{bundled()}"  # app.yaml serves only my_plugins/: the operator opts into the demos
+    )
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
     with running(["./gcprunner.sh", "--port", str(port)], ROOT, env, log, base + "/", 120):
@@ -177,7 +180,7 @@ def test_app_yaml_firestore_defaults(tmp_path: Path) -> None:
                 "FIRESTORE_EMULATOR_HOST": host,
                 "GOOGLE_CLOUD_PROJECT": emulator.PROJECT,
                 "DPMSF_STATE_DIR": str(tmp_path / "state"),
-                "DPMSF_PLUGINS": "my_plugins:.",  # opted into the bundled demos: hello-world
+                "DPMSF_PLUGINS": f"my_plugins:{bundled()}",  # opted into the bundled demos: hello-world
                 "ADMIN_ID": ADMIN,
                 "DPMSF_ADMIN_KEY": ADMIN_KEY,
                 "DPMSF_MASTER_KEY": generate_key(),
@@ -229,13 +232,13 @@ def test_dev_appserver_runs_app_yaml(tmp_path: Path) -> None:
     app.mkdir()
     for name in ("app.yaml", "requirements.txt"):
         shutil.copy(ROOT / name, app / name)
-    for name in ("dpmsf_core", "handler", "plugins"):
-        shutil.copytree(ROOT / name, app / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name, source in (("dpmsf_core", ROOT / "dpmsf_core"), ("handler", ROOT / "handler"), ("plugins", bundled())):
+        shutil.copytree(source, app / name, ignore=shutil.ignore_patterns("__pycache__"))
     port, admin, api = free_port(), free_port(), free_port()
     state = tmp_path / "state"
     overrides = {  # instance-local SQLite (each file shared by the two workers) instead of Firestore
         "DPMSF_STATE_DIR": str(state),
-        "DPMSF_PLUGINS": "my_plugins:.",  # opted into the bundled demos: hello-world
+        "DPMSF_PLUGINS": f"my_plugins:{bundled()}",  # opted into the bundled demos: hello-world
         "DPMSF_TENANTS": f"sqlite:///{state}/tenants.db",
         "DPMSF_STORE": f"sqlite:///{state}/store.db",
         "DPMSF_REPLAY_STORE": f"sqlite:///{state}/replay.db",

@@ -19,7 +19,7 @@ from gcsemulator import gcs_emulator
 
 from dpmsf_core.config import Settings
 from dpmsf_core.errors import ConfigError, Conflict
-from dpmsf_core.sources.gcs import MANIFEST_NAME, GCSPluginSource, parse_gs_url
+from dpmsf_core.sources.gcs import GCSPluginSource, parse_gs_url
 from dpmsf_core.tenancy.tokens import generate_key, mint
 from dpmsf_core.upload.gcs_store import GCSPluginStore
 
@@ -93,8 +93,8 @@ def test_sync_mirrors_modules_and_packages(gcs: Any, bucket: str, tmp_path: Path
     cache = tmp_path / "cache"
     assert (cache / "hello.py").read_text() == "def hi():\n    return 'hi'\n"
     assert (cache / "pkg" / "impl.py").read_text() == "X = 1\n"
-    assert sorted(p.name for p in cache.iterdir()) == [MANIFEST_NAME, "hello.py", "pkg"]
-    manifest = json.loads((cache / MANIFEST_NAME).read_text())
+    assert sorted(p.name for p in cache.iterdir()) == [GCSPluginSource.manifest_name, "hello.py", "pkg"]
+    manifest = json.loads((cache / GCSPluginSource.manifest_name).read_text())
     listed = {b.name[len("plugins/") :]: str(b.generation) for b in gcs.list_blobs(bucket, prefix="plugins/")}
     assert manifest == {
         "url": f"gs://{bucket}/plugins",
@@ -138,7 +138,7 @@ def test_deleted_package_disappears_whole(gcs: Any, bucket: str, tmp_path: Path)
     delete(gcs, bucket, "pkg/__init__.py")
     delete(gcs, bucket, "pkg/impl.py")
     assert source.sync(force=True).removed == ["pkg/__init__.py", "pkg/impl.py"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST_NAME]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [GCSPluginSource.manifest_name]
 
 
 def test_missing_bucket_records_the_error(gcs: Any, tmp_path: Path) -> None:
@@ -158,11 +158,11 @@ def test_outage_keeps_the_last_good_copy_then_recovers(tmp_path: Path) -> None:
         put(client, "b", "p/a.py", "A = 1\n")
         source = GCSPluginSource("gs://b/p", tmp_path, refresh_seconds=0, client=client)
         assert source.sync().added == ["a.py"]
-        good_manifest = (tmp_path / MANIFEST_NAME).read_text()
+        good_manifest = (tmp_path / GCSPluginSource.manifest_name).read_text()
     result = source.sync()
     assert result.error is not None and result.error.startswith("gs://b/p/: ConnectionError (")
     assert (tmp_path / "a.py").read_text() == "A = 1\n"
-    assert (tmp_path / MANIFEST_NAME).read_text() == good_manifest
+    assert (tmp_path / GCSPluginSource.manifest_name).read_text() == good_manifest
     status = source.status()
     assert (status["last_error"], status["objects"]) == (result.error, 1)
     with gcs_emulator(port) as url:  # in-memory: the bucket comes back empty but for what we write now

@@ -310,6 +310,38 @@ def test_rest_stage_reaches_generated_urls(handler: Any) -> None:
     assert named["servers"] == [{"url": "/dev"}]
 
 
+def _serverless_offline(path: str) -> dict[str, Any]:
+    """A REST event as serverless-offline 13 builds it (``LambdaProxyIntegrationEvent.create``) for
+    ``http://localhost:3000/dev<path>``: ``path`` and ``requestContext.path`` without the stage, the stage kept only
+    in the route (``resourcePath``: ``/dev/{proxy*}``), which ``resource`` drops."""
+    event = load_event("apigw_v1", path=path, query={})
+    rc = event["requestContext"]
+    rc.update(path=path, stage="dev", resourcePath="/dev/{proxy*}", domainName="offlineContext_domainName")
+    event["resource"] = "/{proxy+}"
+    event["headers"] = {"Host": "localhost:3000", "Accept": "text/html"}
+    event["multiValueHeaders"] = {k: [v] for k, v in event["headers"].items()}
+    return event
+
+
+def test_docs_behind_serverless_offline_load_their_assets_with_the_stage(handler: Any) -> None:
+    """``/dev/docs`` on serverless-offline: the page's script, style and document URLs carry ``/dev``, so the browser
+    fetches them from where they are served (before: ``/docs/swagger-ui.min.css``, a 404 on serverless-offline)."""
+    page = invoke(handler, _serverless_offline("/docs"))
+    assert page["statusCode"] == 200
+    for url in ("/dev/docs/swagger-ui.min.css", "/dev/docs/swagger-ui-bundle.min.js", '"/dev/openapi.json"'):
+        assert url in page["body"], url
+    assert 'href="/docs/' not in page["body"] and 'src="/docs/' not in page["body"]
+    asset = invoke(handler, _serverless_offline("/docs/swagger-ui.min.css"))
+    assert asset["statusCode"] == 200 and "swagger" in asset["body"]
+    spec = json.loads(invoke(handler, _serverless_offline("/openapi.json"))["body"])
+    assert spec["servers"] == [{"url": "/dev"}]
+    flat = _serverless_offline("/docs")  # --noPrependStageInUrl: the route has no stage, nor have the URLs
+    flat["requestContext"]["resourcePath"] = "/{proxy*}"
+    assert 'href="/docs/swagger-ui.min.css"' in invoke(handler, flat)["body"]
+    with handler_for(DPMSF_BASE_PATH="/dev") as configured:  # the old workaround: the stage as the base path
+        assert 'href="/dev/docs/swagger-ui.min.css"' in invoke(configured, _serverless_offline("/docs"))["body"]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_generated_url_carries_the_stage_and_base_path(handler: Any, kind: str) -> None:
     """``GET /`` links, ``__dir__`` URLs and the todo ``Location`` start with the path the client used (a custom

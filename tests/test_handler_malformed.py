@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bundled import bundled
 from eventdata import EVENTS_DIR, lambda_context, load_event
 
 from dpmsf_core.app import create_app
@@ -66,7 +67,7 @@ JUNK = [None, [], "x", 3, {}, {"Records": []}, {"Records": [1]}, {"requestContex
 @pytest.fixture(scope="module")
 def handler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     state = tmp_path_factory.mktemp("state")
-    settings = Settings.from_env({"DPMSF_PLUGINS": "plugins", "DPMSF_STATE_DIR": str(state)}, dotenv=None)
+    settings = Settings.from_env({"DPMSF_PLUGINS": str(bundled()), "DPMSF_STATE_DIR": str(state)}, dotenv=None)
     built = build_handler(create_app(settings))
     yield built
     built.close()

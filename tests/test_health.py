@@ -19,7 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ROOT, free_port
+from conftest import ROOT
+from ports import free_port
 from serverproc import running
 
 DPMSF = str(Path(sys.executable).parent / "dpmsf")

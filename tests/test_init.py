@@ -15,7 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, free_port
+from conftest import ROOT
+from ports import free_port
 from samcli import unavailable
 
 from dpmsf_core.cli.init import SERVE, TEST, write_project

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, free_port
+from conftest import ROOT
+from ports import free_port
 
 from dpmsf_core.logconfig import log_stream
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port
+from ports import free_port
 from serverproc import running
 
 from dpmsf_core.gcp.cloudlogging import CloudLoggingFormatter, project_id, trace_fields

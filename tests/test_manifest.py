@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bundled import bundled
 from childproc import run_for_result
 
 from dpmsf_core.loading.manifest import MANIFEST_NAME, read_manifest
@@ -38,7 +39,7 @@ print("RESULT " + json.dumps({"out": out, "plugins": plugins, "heavy": heavy}))
 def bundle(tmp_path: Path, name: str = "art") -> Path:
     """A copy of the bundled plugins, as ``dpmsf package`` lays them out."""
     folder = tmp_path / name / "plugins"
-    shutil.copytree(ROOT / "plugins", folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(bundled(), folder, ignore=shutil.ignore_patterns("__pycache__"))
     return folder
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from bundled import bundled
 
 from dpmsf_core.metering import Counts, SQLiteUsageSink, StoreUsageSink, UsageMeter
 from dpmsf_core.metering.report import parse_since, report
@@ -478,7 +479,7 @@ def test_a_plain_get_imports_no_metering(tmp_path: Path) -> None:
         "AWS_LAMBDA_FUNCTION_NAME": "dpmsf-meter",
         "AWS_REGION": "us-east-1",
         "DPMSF_STATE_DIR": str(tmp_path / "state"),
-        "DPMSF_PLUGINS": ".",
+        "DPMSF_PLUGINS": str(bundled()),
     }
     assert run_for_result([sys.executable, "-c", child], cwd=ROOT, env=env) == [200, []]
 
@@ -541,7 +542,7 @@ def test_a_sink_that_stays_down_does_not_grow_memory_without_end() -> None:
 def test_dpmsf_serve_flushes_at_sigterm_and_the_cli_reads_it(plugin_dir: Any, tmp_path: Path) -> None:
     """The real command: ``dpmsf serve`` stopped with SIGTERM writes what it counted; ``dpmsf tenant usage``,
     another process, reports it."""
-    from conftest import free_port
+    from ports import free_port
     from serverproc import running
 
     plugin_dir.write("shared.py", SHARED)

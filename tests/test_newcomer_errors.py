@@ -16,7 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ROOT, free_port
+from bundled import bundled
+from conftest import ROOT
+from ports import free_port
 
 GOOD = """
 from dpmsf_core import expose
@@ -120,7 +122,7 @@ def _cli(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> sub
 def test_routes_prints_each_broken_plugin_once(tmp_path: Path) -> None:
     (tmp_path / "broken.py").write_text("import nothing_of_that_name\n", encoding="utf-8")
     (tmp_path / "v1_copy.py").write_text('__alias__ = "v1"\n\ndef f():\n    return 1\n', encoding="utf-8")
-    done = _cli("routes", "--plugins", f"{tmp_path}:.", env={"DPMSF_STATE_DIR": str(tmp_path / "state")})
+    done = _cli("routes", "--plugins", f"{tmp_path}:{bundled()}", env={"DPMSF_STATE_DIR": str(tmp_path / "state")})
     assert done.returncode == 0
     assert done.stderr.splitlines() == [
         "! broken.py: error: broken.py, line 1: import raised ModuleNotFoundError: "
@@ -211,12 +213,12 @@ def test_an_upload_whose_alias_is_taken_is_told_so(
 
 
 def test_the_readmes_first_plugin_loads_beside_the_bundled_ones(tmp_path: Path) -> None:
+    from docsnippets import plugin_file
+
     from dpmsf_core.testing import http_client, plugin_folder
 
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Writing plugins") :]
-    example = section[section.index("```python\n") + len("```python\n") : section.index("```\n", 10)]
-    name = example.splitlines()[0].removeprefix("# plugins/")
+    name = "welcome.py"
+    example = plugin_file(name)
     (tmp_path / name).write_text(example, encoding="utf-8")
     with http_client([plugin_folder(), tmp_path]) as client:
         listing = client.get("/rest/services/__dir__/").json()

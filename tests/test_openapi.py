@@ -5,12 +5,13 @@ from __future__ import annotations
 import ast
 
 import httpx
+import pytest
 from conftest import ROOT
 
 
 def test_openapi_types_and_descriptions(bundled_client: httpx.Client) -> None:
     spec = bundled_client.get("/openapi.json").json()
-    greet = spec["paths"]["/rest/services/showcase/greet/"]
+    greet = spec["paths"]["/rest/services/greet/"]
     params = {p["name"]: p for p in greet["get"]["parameters"]}
     assert params["name"] == {
         "name": "name",
@@ -21,12 +22,12 @@ def test_openapi_types_and_descriptions(bundled_client: httpx.Client) -> None:
     assert params["times"]["schema"] == {"type": "integer", "default": 1, "minimum": 1, "maximum": 100}
     assert params["shout"]["schema"]["type"] == "boolean"
     assert greet["get"]["summary"].startswith("Typed parameters")
-    assert "Also served unqualified: `GET /rest/services/greet/`." in greet["get"]["description"]
+    assert "Also served qualified by its module: `GET /rest/services/showcase/greet/`." in greet["get"]["description"]
     body = greet["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["required"] == ["name"] and "times" in body["properties"]
     assert "additionalProperties" not in body  # unknown keys are dropped by the server, not refused
     # a single pydantic model parameter takes the whole body: the body's schema is the model's
-    order = spec["paths"]["/rest/services/showcase/order/"]["post"]["requestBody"]
+    order = spec["paths"]["/rest/services/order/"]["post"]["requestBody"]
     assert order == {
         "required": True,
         "content": {
@@ -55,8 +56,11 @@ def test_one_operation_per_endpoint_and_method(bundled_client: httpx.Client) -> 
     spec = bundled_client.get("/openapi.json").json()
     listed = bundled_client.get("/rest/services/__dir__/").json()["endpoints"]
     operations = [(method, path) for path, ops in spec["paths"].items() for method in ops]
-    assert sorted(operations) == sorted((m.lower(), e["qualified_url"]) for e in listed for m in e["methods"])
-    assert "/rest/services/greet/" not in spec["paths"]  # the unqualified URL is a note, not a second operation
+    assert sorted(operations) == sorted((m.lower(), e["url"]) for e in listed for m in e["methods"])
+    assert "/rest/services/greet/" in spec["paths"]  # the URL its author declared, as __dir__ lists it
+    assert "/rest/services/showcase/greet/" not in spec["paths"]  # the qualified one is a note, not a second operation
+    assert "/rest/services/showcase/greet/" in spec["paths"]["/rest/services/greet/"]["get"]["description"]
+    assert "/rest/services/v1/api-name/" in spec["paths"]  # defined by several modules: only the qualified URL
     ids = [op["operationId"] for path in spec["paths"].values() for op in path.values()]
     assert len(ids) == len(set(ids))
 
@@ -64,14 +68,22 @@ def test_one_operation_per_endpoint_and_method(bundled_client: httpx.Client) -> 
 def test_module_docstrings_are_tag_descriptions(bundled_client: httpx.Client) -> None:
     source = (ROOT / "plugins" / "todo.py").read_text(encoding="utf-8")
     tags = {t["name"]: t for t in bundled_client.get("/openapi.json").json()["tags"]}
-    assert tags["todo"] == {"name": "todo", "description": ast.get_docstring(ast.parse(source))}
+    docstring = ast.get_docstring(ast.parse(source))
+    assert docstring is not None and tags["todo"]["name"] == "todo"
+    described = tags["todo"]["description"]
+    assert [line.rstrip() for line in described.splitlines()] == docstring.splitlines()  # every line, as written
+    # Swagger UI renders it as Markdown, which would join a paragraph's lines: each break is a hard one.
+    markdown_it = pytest.importorskip("markdown_it")
+    html = markdown_it.MarkdownIt("commonmark").render(described)
+    breaks = sum(1 for a, b in zip(docstring.splitlines(), docstring.splitlines()[1:], strict=False) if a and b)
+    assert breaks > 1 and html.count("<br />") == breaks, html
     assert tags["v1"]["description"].startswith("Version 1 of a small API, published under the alias ``v1``")
 
 
 def test_path_parameters_and_real_content_types(bundled_client: httpx.Client) -> None:
     paths = bundled_client.get("/openapi.json").json()["paths"]
-    one = paths["/rest/services/todo/tasks/{task_id}/"]
-    assert set(one) == {"get", "put", "delete"} and set(paths["/rest/services/todo/tasks/"]) == {"get", "post"}
+    one = paths["/rest/services/tasks/{task_id}/"]
+    assert set(one) == {"get", "put", "delete"} and set(paths["/rest/services/tasks/"]) == {"get", "post"}
     assert one["get"]["parameters"] == [
         {
             "name": "task_id",
@@ -81,31 +93,31 @@ def test_path_parameters_and_real_content_types(bundled_client: httpx.Client) ->
         }
     ]
     # a bare Response passes through: any media type (image/png is not JSON), or none at all (204)
-    png = paths["/rest/services/showcase/png/"]["get"]["responses"]
+    png = paths["/rest/services/png/"]["get"]["responses"]
     assert png["2XX"]["content"] == {"*/*": {"schema": {}}} and png["204"] == {"description": "No content"}
     assert "200" not in png
-    greet = paths["/rest/services/showcase/greet/"]["get"]["responses"]
+    greet = paths["/rest/services/greet/"]["get"]["responses"]
     assert greet["200"]["content"]["application/json"]["schema"] == {
         "type": "object",
         "properties": {"results": {"type": "string"}},  # from the return annotation
         "required": ["results"],
     }
-    statuses = {code: sorted(op["responses"]) for code, op in paths["/rest/services/showcase/greet/"].items()}
+    statuses = {code: sorted(op["responses"]) for code, op in paths["/rest/services/greet/"].items()}
     errors = ["401", "403", "404", "422", "500", "503", "504", "default"]
     assert statuses == {"get": sorted(["200", *errors]), "post": sorted(["200", "400", "413", "415", *errors])}
-    assert "502" in paths["/rest/services/polyglot/hello-node/"]["get"]["responses"]  # a program behind it
-    problem = paths["/rest/services/showcase/item/"]["get"]["responses"]["default"]  # raise HTTPError(404, ...)
+    assert "502" in paths["/rest/services/hello-node/"]["get"]["responses"]  # a program behind it
+    problem = paths["/rest/services/item/"]["get"]["responses"]["default"]  # raise HTTPError(404, ...)
     assert problem["content"] == {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
 
 
 def test_request_schemas_are_what_the_server_enforces(bundled_client: httpx.Client) -> None:
     paths = bundled_client.get("/openapi.json").json()["paths"]
-    free = paths["/rest/services/hello/hello-world/"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    free = paths["/rest/services/hello-world/"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert free["properties"]["args"]["type"] == ["array", "null"]  # {"args": null} means no positional arguments
     post = bundled_client.post
     assert post("/rest/services/hello-world/", json={"args": None}).json()["results"]["args"] == []
     assert post("/rest/services/hello-world/", json={"args": 5}).status_code == 422
-    add = "/rest/services/introspected/add/"
+    add = "/rest/services/add/"
     assert paths[add]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["b"] == {
         "type": "integer",
         "default": 0,
@@ -176,7 +188,7 @@ def test_nested_models_are_shared_components(make_app, plugin_dir, serve) -> Non
     plugin_dir.write("shop.py", NESTED)
     client = serve(make_app(plugin_dir.path))
     spec = client.get("/openapi.json").json()
-    op = spec["paths"]["/rest/services/shop/baskets/{basket_id}/"]["post"]
+    op = spec["paths"]["/rest/services/baskets/{basket_id}/"]["post"]
     assert op["parameters"] == [{"name": "basket_id", "in": "path", "required": True, "schema": {"type": "integer"}}]
     body = op["requestBody"]["content"]["application/json"]["schema"]
     assert body["properties"]["lines"]["items"] == {"$ref": "#/components/schemas/Line"}  # resolvable from the root

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from bundled import bundled
 from childproc import run_for_result
 from samcli import unavailable
 
@@ -75,15 +76,15 @@ def check_artifact(folder: Path, tmp_path: Path, python: str = sys.executable) -
     assert result["heavy"] == []
     assert result["plugins"] == ["dpmsf_plugins.hello"]  # the manifest routes it: no other plugin is imported
     listed = {m["file"] for m in json.loads((folder / "plugins" / MANIFEST_NAME).read_text())["modules"]}
-    bundled = {p.name for p in (ROOT / "plugins").glob("*.py")} | {
-        f"{p.name}/__init__.py" for p in (ROOT / "plugins").iterdir() if (p / "__init__.py").is_file()
+    ours = {p.name for p in bundled().glob("*.py")} | {
+        f"{p.name}/__init__.py" for p in bundled().iterdir() if (p / "__init__.py").is_file()
     }
-    assert listed == bundled
+    assert listed == ours
 
 
 def test_package_from_this_environment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "build" / "lambda"
-    artifact = build(out, target=HERE, make_zip=True, deps="venv", log=print)
+    artifact = build(out, plugins=[bundled()], target=HERE, make_zip=True, deps="venv", log=print)
     assert artifact.bytecode and artifact.zip_path is not None and artifact.zip_path.is_file()
     assert artifact.python == sys.executable and artifact.imports_checked > len(artifact.distributions)
     assert 0 < artifact.zip_size < artifact.size
@@ -132,7 +133,7 @@ def test_package_with_pip_for_the_lambda_runtime_from_another_python(tmp_path: P
     assert python is not None
     out = tmp_path / "lambda"
     try:
-        artifact = build(out, deps="pip", strict=True, log=print)
+        artifact = build(out, plugins=[bundled()], deps="pip", strict=True, log=print)
     except PackagingError as exc:
         unavailable(f"pip could not reach the package index: {exc}")
     assert artifact.python == python and artifact.target == Target(LAMBDA_PYTHON, "manylinux2014_x86_64")
@@ -258,7 +259,7 @@ def test_find_python_runs_each_candidate(tmp_path: Path, monkeypatch: pytest.Mon
 )
 def test_invoke_prints_the_response(event: str, want: dict, tmp_path: Path) -> None:
     proc = subprocess.run(
-        [*DPMSF, "invoke", "--event", str(EVENTS / event), "--plugins", "."],
+        [*DPMSF, "invoke", "--event", str(EVENTS / event), "--plugins", str(bundled())],
         capture_output=True,
         text=True,
         timeout=60,
@@ -291,7 +292,9 @@ print("RESULT " + json.dumps({"value": value, "seconds": time.monotonic() - star
 
 @pytest.mark.slow
 def test_package_ships_the_sandbox_precompiled(tmp_path: Path) -> None:
-    artifact = build(tmp_path / "lambda", target=HERE, deps="venv", sandbox=True, log=lambda _line: None)
+    artifact = build(
+        tmp_path / "lambda", plugins=[bundled()], target=HERE, deps="venv", sandbox=True, log=lambda _line: None
+    )
     folder = artifact.folder
     shipped = list((folder / "dpmsf_core" / "sandbox").glob("python-3.12.0.*.cwasm"))
     assert len(shipped) == 1

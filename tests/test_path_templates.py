@@ -100,12 +100,12 @@ def test_dir_and_openapi_show_the_template(shop: Any) -> None:
     assert listed["/rest/services/shop/items/{item_id}/"]["url"] == "/rest/services/items/{item_id}/"
     assert "path_params" not in listed["/rest/services/shop/legacy/"]
     doc = shop.get("/openapi.json").json()
-    op = doc["paths"]["/rest/services/shop/items/{item_id}/"]["get"]
+    op = doc["paths"]["/rest/services/items/{item_id}/"]["get"]
     assert [p for p in op["parameters"] if p["in"] == "path"] == [
         {"name": "item_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
     ]
     assert [p["name"] for p in op["parameters"] if p["in"] == "query"] == ["verbose"]
-    assert set(doc["paths"]["/rest/services/shop/items/"]) == {"get", "post"}
+    assert set(doc["paths"]["/rest/services/items/"]) == {"get", "post"}
 
 
 def test_parse_path_rules() -> None:

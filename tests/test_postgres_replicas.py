@@ -15,7 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ROOT, free_port
+from conftest import ROOT
+from ports import free_port
 from serverproc import running
 
 from dpmsf_core.tenancy.tokens import generate_key, mint

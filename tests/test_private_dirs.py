@@ -21,6 +21,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from bundled import bundled
 
 from dpmsf_core.private_dir import PrivateDir
 
@@ -170,7 +171,7 @@ def test_planted_java_classes_never_run(
 def test_planted_java_classes_never_run_over_http(tmp_path: Path) -> None:
     """The whole server, as deployed: an anonymous ``hello-java`` with ``$TMPDIR/dpmsf-java`` planted."""
     import httpx
-    from conftest import free_port
+    from ports import free_port
     from serverproc import running
 
     temp = tmp_path / "tmp"
@@ -178,7 +179,12 @@ def test_planted_java_classes_never_run_over_http(tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     _plant_classes(temp / "dpmsf-java", marker)
     port = free_port()
-    env = {**os.environ, "TMPDIR": str(temp), "DPMSF_STATE_DIR": str(tmp_path / "state"), "DPMSF_PLUGINS": "."}
+    env = {
+        **os.environ,
+        "TMPDIR": str(temp),
+        "DPMSF_STATE_DIR": str(tmp_path / "state"),
+        "DPMSF_PLUGINS": str(bundled()),
+    }
     base = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "dpmsf_core", "serve", "--port", str(port)]
     with running(command, ROOT, env, tmp_path / "server.log", base + "/rest/services/__dir__/"):

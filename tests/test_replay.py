@@ -165,16 +165,13 @@ for line in sys.stdin:  # one race per line: "<start time> <id>,<id>,..."
 """
 
 
-@pytest.mark.slow
-def test_firestore_two_worker_processes_race_one_winner(firestore_env: str) -> None:
-    """Two worker processes (4 threads each) claim the same 300 ids at once: each id has exactly one winner.
-
-    On a busy machine one process may be descheduled for the whole race, and then wins nothing (still correct);
-    up to three races are run until both processes won some ids, so the test shows a real race each time."""
+def _race_two_processes(*worker: str) -> list[list[int]]:
+    """Two worker processes (``python -c *worker N``, 4 threads each) claim the same 300 ids at once, up to three
+    times until both won some; each id must have exactly one winner. The wins per process in each race."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", _FIRESTORE_WORKER, "race", str(n)],
+            [sys.executable, "-c", *worker, str(n)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -214,6 +211,16 @@ def test_firestore_two_worker_processes_race_one_winner(firestore_env: str) -> N
             for pipe in (worker.stdin, worker.stdout):
                 if pipe is not None:
                     pipe.close()
+    return rounds
+
+
+@pytest.mark.slow
+def test_firestore_two_worker_processes_race_one_winner(firestore_env: str) -> None:
+    """Two worker processes (4 threads each) claim the same 300 ids at once: each id has exactly one winner.
+
+    On a busy machine one process may be descheduled for the whole race, and then wins nothing (still correct);
+    up to three races are run until both processes won some ids, so the test shows a real race each time."""
+    rounds = _race_two_processes(_FIRESTORE_WORKER, "race")
     assert all(rounds[-1]), f"one process won every id in each race: {rounds}"  # they did race
     print("firestore replay race: 2 processes x 4 threads, 300 ids, wins per process in each race:", rounds)
 
@@ -237,7 +244,7 @@ def test_firestore_token_used_once_across_two_uvicorn_workers(firestore_env: str
     import urllib.error
     import urllib.request
 
-    from motoserver import free_port
+    from ports import free_port
     from serverproc import running
 
     from dpmsf_core.tenancy.tokens import generate_key, mint
@@ -324,7 +331,7 @@ def test_firestore_ids_that_firestore_would_refuse(firestore_env: str) -> None:
 
 def test_firestore_unreachable_raises_quickly(monkeypatch: pytest.MonkeyPatch) -> None:
     from google.api_core.exceptions import GoogleAPIError
-    from motoserver import free_port
+    from ports import free_port
 
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{free_port()}")
     started = time.monotonic()
@@ -488,49 +495,7 @@ for line in sys.stdin:  # one race per line: "<start time> <id>,<id>,..."
 def test_postgres_two_processes_race_one_winner(pg_url: str) -> None:
     """Two processes (two replicas, 4 threads each) claim the same 300 ids at once: each id has exactly one winner;
     up to three races are run until both processes won some ids, so the test shows a real race."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", _PG_WORKER, pg_url, str(n)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for n in range(2)
-    ]
-    rounds: list[list[int]] = []
-    try:
-        for worker in workers:
-            assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
-        for _ in range(3):
-            jtis = [uuid.uuid4().hex for _ in range(300)]
-            line = f"{time.time() + 0.5} {','.join(jtis)}\n"
-            for worker in workers:
-                assert worker.stdin is not None
-                worker.stdin.write(line)
-                worker.stdin.flush()
-            per_worker = []
-            for worker in workers:
-                assert worker.stdout is not None
-                per_worker.append([j for j in worker.stdout.readline().strip().split(",") if j])
-            wins = Counter(j for won in per_worker for j in won)
-            assert wins == Counter(dict.fromkeys(jtis, 1))  # every id claimed, none twice
-            rounds.append([len(won) for won in per_worker])
-            if all(per_worker):
-                break
-        for worker in workers:
-            assert worker.stdin is not None
-            worker.stdin.close()
-            assert worker.wait(timeout=30) == 0
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
-            for pipe in (worker.stdin, worker.stdout):
-                if pipe is not None:
-                    pipe.close()
+    rounds = _race_two_processes(_PG_WORKER, pg_url)
     assert all(rounds[-1]), f"one process won every id in each race: {rounds}"
     print("postgres replay race: 2 processes x 4 threads, 300 ids, wins per process in each race:", rounds)
 
@@ -575,7 +540,7 @@ def test_make_replay_store_postgres(pg_url: str) -> None:
 
 
 def test_postgres_unreachable_raises_quickly_without_the_password() -> None:
-    from motoserver import free_port
+    from ports import free_port
 
     store = PostgresReplayStore(f"postgresql://dpmsf:hunter2-secret@127.0.0.1:{free_port()}/db", timeout=1.0)
     started = time.monotonic()

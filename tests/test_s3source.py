@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 from motoserver import client as moto_client
-from motoserver import free_port, moto_server
+from motoserver import moto_server
+from ports import free_port
 
 from dpmsf_core.errors import ConfigError
-from dpmsf_core.sources.s3 import MANIFEST_NAME, S3PluginSource, SyncResult, parse_s3_url, select_plugin_keys
+from dpmsf_core.sources.s3 import S3PluginSource, SyncResult, parse_s3_url, select_plugin_keys
 
 pytestmark = pytest.mark.slow
 
@@ -96,8 +97,8 @@ def test_sync_mirrors_modules_and_packages(s3: Any, bucket: str, tmp_path: Path)
         "pkg/util.py": "def f(): return 2\n",
     }
     # Only the manifest is left beside the mirror: no staging folders or temp files.
-    assert sorted(p.name for p in cache.iterdir() if p.name.startswith(".")) == [MANIFEST_NAME]
-    manifest = json.loads((cache / MANIFEST_NAME).read_text())
+    assert sorted(p.name for p in cache.iterdir() if p.name.startswith(".")) == [S3PluginSource.manifest_name]
+    manifest = json.loads((cache / S3PluginSource.manifest_name).read_text())
     assert manifest["url"] == f"s3://{bucket}/plugins"
     assert sorted(manifest["objects"]) == ["hello.py", "pkg/__init__.py", "pkg/data/table.json", "pkg/util.py"]
 
@@ -235,7 +236,7 @@ def test_unreachable_endpoint_keeps_last_good_copy(s3: Any, bucket: str, tmp_pat
     put(s3, bucket, "p/a.py", "GOOD = True\n")
     good = S3PluginSource(f"s3://{bucket}/p", tmp_path, client=s3)
     good.sync()
-    manifest_before = (tmp_path / MANIFEST_NAME).read_text()
+    manifest_before = (tmp_path / S3PluginSource.manifest_name).read_text()
 
     closed = moto_client(
         "s3", f"http://127.0.0.1:{free_port()}", config=Config(connect_timeout=1, retries={"max_attempts": 0})
@@ -245,7 +246,7 @@ def test_unreachable_endpoint_keeps_last_good_copy(s3: Any, bucket: str, tmp_pat
 
     assert result.error is not None and bucket in result.error and "EndpointConnectionError" in result.error
     assert (tmp_path / "a.py").read_text() == "GOOD = True\n"
-    assert (tmp_path / MANIFEST_NAME).read_text() == manifest_before
+    assert (tmp_path / S3PluginSource.manifest_name).read_text() == manifest_before
     assert broken.status()["objects"] == 1
 
 
@@ -364,7 +365,9 @@ def test_tampered_manifest_cannot_delete_outside_the_cache(s3: Any, bucket: str,
     victim = tmp_path / "victim.py"
     victim.write_text("precious")
     url = f"s3://{bucket}/p"
-    (cache / MANIFEST_NAME).write_text(json.dumps({"url": url, "objects": {"../victim.py": "x", "/etc/x.py": "y"}}))
+    (cache / S3PluginSource.manifest_name).write_text(
+        json.dumps({"url": url, "objects": {"../victim.py": "x", "/etc/x.py": "y"}})
+    )
     put(s3, bucket, "p/a.py", "")
 
     result = S3PluginSource(url, cache, client=s3).sync()

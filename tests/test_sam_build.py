@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from bundled import bundled
 from childproc import run_for_result
 from eventdata import load_event
 from samcli import ROOT, sam_env, sam_executable, unavailable
@@ -52,7 +53,13 @@ def sam_build(sam: Path, runtime_python: str, tmp_path_factory: pytest.TempPathF
     cmd = [str(sam), "build", "--template-file", str(TEMPLATE), "--build-dir", str(work / "build")]
     cmd += ["--cache-dir", str(work / "cache")]
     proc = subprocess.run(
-        cmd, cwd=work, env=sam_env(PYTHON=sys.executable), capture_output=True, text=True, timeout=600, check=False
+        cmd,
+        cwd=work,
+        env=sam_env(PYTHON=sys.executable, PLUGINS=str(bundled())),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Build Succeeded" in proc.stdout
@@ -108,12 +115,11 @@ def test_only_the_runtime_is_in_the_artefact(built: Path) -> None:
     assert not {p.name for p in built.iterdir()} & {"boto3", "botocore", "s3transfer", "bin"}
     assert not [p for p in built.rglob("*") if p.suffix in (".db", ".key") or p.name == ".env"]
     shipped = sorted(p.name for p in (built / "plugins").iterdir() if p.name != "__pycache__")
-    bundled = sorted(p.name for p in (ROOT / "plugins").iterdir() if not p.name.startswith((".", "_")))
-    assert shipped == sorted([*bundled, ".dpmsf-manifest.json"])  # the manifest sam build wrote (lazy imports)
+    ours = bundled()  # what the build was given: the committed plugins, never a user's additions
+    names = sorted(p.name for p in ours.iterdir() if not p.name.startswith((".", "_")))
+    assert shipped == sorted([*names, ".dpmsf-manifest.json"])  # the manifest sam build wrote (lazy imports)
     described = json.loads((built / "plugins" / ".dpmsf-manifest.json").read_text())["modules"]
-    modules = {
-        p.removesuffix(".py") for p in bundled if p.endswith(".py") or (ROOT / "plugins" / p / "__init__.py").exists()
-    }
+    modules = {p.removesuffix(".py") for p in names if p.endswith(".py") or (ours / p / "__init__.py").exists()}
     assert {m["name"] for m in described} == modules
 
 
@@ -299,7 +305,13 @@ def project_build(sam: Path, runtime_python: str, tmp_path_factory: pytest.TempP
     cmd = [str(sam), "build", "--template-file", "infra/template.yaml", "--build-dir", str(work / "out")]
     cmd += ["--cache-dir", str(work / "cache")]
     proc = subprocess.run(
-        cmd, cwd=project, env=sam_env(PYTHON=sys.executable), capture_output=True, text=True, timeout=600, check=False
+        cmd,
+        cwd=project,
+        env=sam_env(PYTHON=sys.executable, PLUGINS=str(bundled())),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"modules import under Python {LAMBDA_PYTHON}" in proc.stdout + proc.stderr  # dpmsf package --strict ran

@@ -157,8 +157,7 @@ def test_request_info_is_injected_without_credentials(pool: SandboxPool) -> None
 def test_store_is_scoped_to_the_calling_tenant(pool: SandboxPool, tmp_path: Path) -> None:
     from dpmsf_core import store
 
-    store.configure(store.SQLiteStore(tmp_path / "store.db"))
-    try:
+    with store.using(store.SQLiteStore(tmp_path / "store.db")) as backend:
         assert call(pool, "remember", "k", "mine") == {"id": "k", "value": "mine"}
         assert call(pool, "recall", "k") == {"id": "k", "value": "mine"}
         assert call(pool, "recall", "k", tenant=OTHER) is None
@@ -167,8 +166,7 @@ def test_store_is_scoped_to_the_calling_tenant(pool: SandboxPool, tmp_path: Path
         with pytest.raises(HTTPError) as info:
             call(pool, "remember", "", "bad id")
         assert info.value.status == 422
-    finally:
-        store.configure(None)
+    assert backend.get(TENANT, "notes", "k") == {"id": "k", "value": "mine"}  # the bound store, no other
 
 
 # -- the hostile tenant ---------------------------------------------------------------------------------------------
@@ -270,17 +268,14 @@ def test_a_busy_loop_hits_the_cpu_limit_and_the_guest_is_replaced() -> None:
 def test_store_requests_do_not_buy_more_cpu(tmp_path: Path) -> None:
     from dpmsf_core import store
 
-    store.configure(store.SQLiteStore(tmp_path / "store.db"))
     used: list[CallUsage] = []
     limits = SandboxLimits(cpu_seconds=0.5, wall_seconds=20, memory_mb=128)
-    try:
+    with store.using(store.SQLiteStore(tmp_path / "store.db")):
         with SandboxPool(size=1, limits=limits, store=serve_store, on_call=used.append) as own:
             with pytest.raises(GatewayTimeout, match="CPU time limit of 0.5 s"):
                 call(own, "spin_between_store_calls")
             assert used[-1].cpu_seconds < limits.cpu_seconds + 0.25  # never the 6 s of work
             assert call(own, "add", 40, 2) == 42
-    finally:
-        store.configure(None)
 
 
 def test_sleeping_past_the_wall_limit_is_killed(pool: SandboxPool) -> None:

@@ -55,9 +55,8 @@ def iterations_for(pool: SandboxPool, used: list[CallUsage], seconds: float) -> 
 def store_db(tmp_path: Path) -> Iterator[None]:
     from dpmsf_core import store
 
-    store.configure(store.SQLiteStore(tmp_path / "store.db"))
-    yield
-    store.configure(None)
+    with store.using(store.SQLiteStore(tmp_path / "store.db")):
+        yield
 
 
 # -- CPU is CPU ---------------------------------------------------------------------------------------------------

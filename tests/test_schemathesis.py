@@ -1,5 +1,6 @@
 """The OpenAPI document matches what the server answers: ``schemathesis run --checks all`` against a real server
-on 127.0.0.1 serving the bundled plugins (todo included: its stateful create/read/delete is exercised).
+on 127.0.0.1 serving the bundled plugins (todo included: its stateful create/read/delete is exercised) and the
+README's first plugin (``welcome.py``: a catch-all and a path template under one API name).
 
 Bounded for CI: few examples per operation and a fixed seed, so a run is reproducible and takes ~15 s. To look
 deeper by hand, run the same command with ``--max-examples 200`` and another ``--seed``.
@@ -19,7 +20,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from bundled import bundled
+from docsnippets import plugin_file
 
 from dpmsf_core.testing import http_client
 
@@ -30,7 +32,7 @@ MAX_EXAMPLES = 20
 
 CONFIG = """
 [[operations]]
-include-name = "GET /rest/services/todo/tasks/"
+include-name = "GET /rest/services/tasks/"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx", "422"]
 """
 
@@ -59,7 +61,10 @@ def schemathesis() -> list[str]:
 def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
     command = schemathesis()
     (tmp_path / "schemathesis.toml").write_text(CONFIG, encoding="utf-8")
-    with http_client(str(ROOT / "plugins"), DPMSF_STATE_DIR=str(tmp_path / "state")) as client:
+    readme = tmp_path / "readme" / "plugins"  # the README's first plugin, as a reader adds it
+    readme.mkdir(parents=True)
+    (readme / "welcome.py").write_text(plugin_file("welcome.py"), encoding="utf-8")
+    with http_client([bundled(), readme], DPMSF_STATE_DIR=str(tmp_path / "state")) as client:
         spec = client.get("/openapi.json").json()
         excluded = missing_programs()
         operations = sum(len(ops) for path, ops in spec["paths"].items() if path not in excluded)

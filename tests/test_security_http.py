@@ -217,7 +217,7 @@ def test_directory_and_openapi_need_a_token_when_required(env: Env) -> None:
     unauthorized(env.client.get("/rest/services/__dir__/"))
     assert env.client.get("/rest/services/__dir__/", headers=env.auth()).status_code == 200
     spec = env.client.get("/openapi.json", headers=env.auth()).json()
-    assert spec["paths"]["/rest/services/guarded/secret/"]["get"]["security"] == [{"dpmsfToken": []}]
+    assert spec["paths"]["/rest/services/secret/"]["get"]["security"] == [{"dpmsfToken": []}]
 
 
 # -- upload -------------------------------------------------------------------------------------------------------

@@ -166,7 +166,7 @@ def _serve_state(state: Path, tmp_path: Path, admin: str) -> tuple[int, str]:
     import subprocess
     import sys
 
-    from conftest import free_port
+    from ports import free_port
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DPMSF_")}

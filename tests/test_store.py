@@ -12,13 +12,14 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from motoserver import REGION, free_port, moto_server
+from motoserver import REGION, moto_server
 from motoserver import client as moto_client
+from ports import free_port
 
 from dpmsf_core import store
 from dpmsf_core.context import RequestInfo, reset_current, set_current
@@ -89,14 +90,6 @@ def as_tenant() -> Iterator[Any]:
             reset_current(token)
 
     return use
-
-
-@pytest.fixture
-def unconfigured() -> Iterator[None]:
-    """The module-level backend is forgotten before and after, so tests never share one."""
-    store.configure(None)
-    yield
-    store.configure(None)
 
 
 DOC = {"title": "Write docs", "price": 12.75, "tags": ["a", "é"], "nested": {"n": [1, None, True, {"x": -0.5}]}}
@@ -315,17 +308,22 @@ def test_firestore_ids_firestore_would_refuse(firestore_env: str) -> None:
     assert backend.delete("_", "..", "__x__") and backend.get("_", "..", "__x__") is None
 
 
+def every_operation(backend: Any) -> list[Callable[[], Any]]:
+    """One call of each store operation on ``backend``: each must fail alike when it cannot be reached."""
+    return [
+        lambda: backend.put("_", "c", "d", {"a": 1}),
+        lambda: backend.get("_", "c", "d"),
+        lambda: backend.update("_", "c", "d", {"a": 1}),
+        lambda: backend.delete("_", "c", "d"),
+        lambda: backend.list("_", "c"),
+    ]
+
+
 def test_firestore_unreachable_is_503(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{free_port()}")
     down = FirestoreStore("dpmsf", timeout=0.5)
     started = time.monotonic()
-    for call in (
-        lambda: down.put("_", "c", "d", {"a": 1}),
-        lambda: down.get("_", "c", "d"),
-        lambda: down.update("_", "c", "d", {"a": 1}),
-        lambda: down.delete("_", "c", "d"),
-        lambda: down.list("_", "c"),
-    ):
+    for call in every_operation(down):
         with pytest.raises(ServiceUnavailable) as info:
             call()
         assert info.value.status == 503
@@ -353,13 +351,7 @@ def test_sqlite_unreachable_is_503(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     broken = SQLiteStore(blocker / "sub" / "store.db")  # its folder can never exist, even for root
-    for call in (
-        lambda: broken.put("_", "c", "d", {"a": 1}),
-        lambda: broken.get("_", "c", "d"),
-        lambda: broken.update("_", "c", "d", {"a": 1}),
-        lambda: broken.delete("_", "c", "d"),
-        lambda: broken.list("_", "c"),
-    ):
+    for call in every_operation(broken):
         with pytest.raises(ServiceUnavailable) as info:
             call()
         assert info.value.status == 503
@@ -376,13 +368,7 @@ def test_dynamodb_unreachable_is_503(aws_env: None) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
     down = DynamoDBStore("any", endpoint_url=closed, connect_timeout=0.3, read_timeout=0.5, max_attempts=1)
     started = time.monotonic()
-    for call in (
-        lambda: down.put("_", "c", "d", {"a": 1}),
-        lambda: down.get("_", "c", "d"),
-        lambda: down.update("_", "c", "d", {"a": 1}),
-        lambda: down.delete("_", "c", "d"),
-        lambda: down.list("_", "c"),
-    ):
+    for call in every_operation(down):
         with pytest.raises(ServiceUnavailable, match="unavailable"):
             call()
     assert time.monotonic() - started < 10
@@ -478,29 +464,26 @@ def test_settings_accept_firestore_urls_and_name_the_variable_of_a_bad_one() -> 
         Settings.from_env({"DPMSF_STORE": "firestore://a/b"}, dotenv=None)
 
 
-def test_configure_and_lazy_default(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unconfigured: None, as_tenant: Any
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("DPMSF_STORE", raising=False)
+def test_the_store_is_the_one_bound_to_the_context_and_none_outside(tmp_path: Path, as_tenant: Any) -> None:
     notes = store.collection("notes")
-    with as_tenant("t1"):
-        saved = notes.create({"text": "hi"})
-    assert (tmp_path / ".dpmsf" / "store.db").is_file()  # the default, relative to the working directory
-    store.get_backend().close()  # type: ignore[attr-defined]
-
-    store.configure(None)
-    monkeypatch.setenv("DPMSF_STORE", f"sqlite:///{tmp_path}/env.db")
-    assert notes.list() == ([], None)
-    assert (tmp_path / "env.db").is_file()
-    store.get_backend().close()  # type: ignore[attr-defined]
-
-    configured = SQLiteStore(tmp_path / ".dpmsf" / "store.db")
-    store.configure(configured)
-    assert store.get_backend() is configured
-    with as_tenant("t1"):
-        assert notes.get(saved["id"]) == saved
-    configured.close()
+    with pytest.raises(ServiceUnavailable, match=r"outside one .* store\.using"):
+        notes.list()  # no app serving a request and no store.using: no global backend to fall back on
+    first, second = SQLiteStore(tmp_path / "first.db"), SQLiteStore(tmp_path / "second.db")
+    try:
+        with store.using(first), as_tenant("t1"):
+            saved = notes.create({"text": "hi"})
+            with store.using(second):
+                assert notes.list() == ([], None)  # the inner binding wins, and sees none of the outer's data
+                notes.put("only-second", {"text": "there"})
+            assert notes.get(saved["id"]) == saved  # the outer one is back
+            assert notes.get("only-second") is None
+        assert first.get("t1", "notes", saved["id"]) == saved
+        assert second.get("t1", "notes", "only-second") == {"id": "only-second", "text": "there"}
+        with pytest.raises(ServiceUnavailable):
+            notes.get(saved["id"])  # unbound again once the block ends
+    finally:
+        first.close()
+        second.close()
 
 
 def test_sqlite_store_files_are_private(tmp_path: Path) -> None:

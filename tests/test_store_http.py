@@ -17,7 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ROOT, free_port
+from conftest import ROOT
+from ports import free_port
 from serverproc import running
 
 from dpmsf_core.sandbox.loader import sandbox_installed, serve_store
@@ -201,13 +202,18 @@ def test_a_lone_surrogate_id_is_422_with_no_traceback(
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
-def test_a_guests_lone_surrogate_id_is_422() -> None:
+def test_a_guests_lone_surrogate_id_is_422(tmp_path: Path) -> None:
     """What a sandboxed tenant's ``store.collection("c").get("\\ud800")`` reaches on the host."""
+    from dpmsf_core import store
     from dpmsf_core.errors import UnprocessableArguments
 
-    for method, args in [("get", ["\ud800"]), ("put", ["\ud800", {}]), ("put", ["ok", {"t": "\udfff"}])]:
-        with pytest.raises(UnprocessableArguments):
-            serve_store("_", method, "c", args)
+    backend = store.SQLiteStore(tmp_path / "store.db")
+    with store.using(backend):
+        for method, args in [("get", ["\ud800"]), ("put", ["\ud800", {}]), ("put", ["ok", {"t": "\udfff"}])]:
+            with pytest.raises(UnprocessableArguments):
+                serve_store("_", method, "c", args)
+    assert backend.list("_", "c") == ([], None)  # nothing written
+    backend.close()
 
 
 @pytest.mark.slow

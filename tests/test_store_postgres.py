@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import free_port
+from ports import free_port
 
 from dpmsf_core.config import Settings
 from dpmsf_core.errors import ConfigError, ServiceUnavailable, UnprocessableArguments
@@ -111,6 +111,8 @@ def test_unreachable_server_is_503_without_the_password(caplog: pytest.LogCaptur
     calls: list[Any] = [
         lambda: store.get("_", "c", "d"),
         lambda: store.put("_", "c", "d", {"a": 1}),
+        lambda: store.update("_", "c", "d", {"a": 2}),
+        lambda: store.delete("_", "c", "d"),
         lambda: store.list("_", "c"),
         lambda: store.usage("_"),
     ]

@@ -73,7 +73,7 @@ def test_each_tenant_sees_its_own_and_the_admins(env: Any) -> None:
     names_anon = {m["name"] for m in client.get("/rest/services/__dir__/").json()["modules"]}
     assert names_anon == {"shared"}
     paths = client.get("/openapi.json", headers=auth(TENANT_B)).json()["paths"]
-    assert "/rest/services/mod_b/beta/" in paths and "/rest/services/mod_a/alpha/" not in paths
+    assert "/rest/services/beta/" in paths and "/rest/services/alpha/" not in paths
 
 
 def test_tenant_calls_its_function_in_the_sandbox(env: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +49,22 @@ def test_lambda_invoker_sqs_and_schedule(tmp_path: Path) -> None:
         out: dict[str, Any] = invoke.sqs({"n": 1}, {"fail": True})
         assert len(out["batchItemFailures"]) == 1
         assert invoke.schedule()["handled"] == 1
+
+
+def test_lambda_invoker_takes_json_like_the_http_client() -> None:
+    """``json=`` as httpx takes it, on both event kinds; ``json_body=`` still works; both at once is refused."""
+    body = {"item": "tea", "quantity": 3}
+    with http_client(str(plugin_folder())) as client:
+        over_http = client.post("/rest/services/showcase/order/", json=body).json()
+    with lambda_invoker(plugin_folder()) as invoke:
+        for call in (invoke.rest, invoke.http):
+            for given in ({"json": body}, {"json_body": body}):
+                out = call("POST", "/rest/services/showcase/order/", **given)
+                assert out["statusCode"] == 200, out
+                assert json.loads(out["body"]) == over_http, (call.__name__, given)
+        try:
+            invoke.rest("POST", "/rest/services/showcase/order/", json=body, json_body=body)
+        except TypeError as exc:
+            assert "json=" in str(exc)
+        else:
+            raise AssertionError("json= and json_body= together were accepted")

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, free_port
+from bundled import bundled
+from conftest import ROOT
 from eventdata import lambda_context, load_event
+from ports import free_port
 
 BASE = "/rest/services/todo/tasks/"
 
@@ -24,7 +26,7 @@ class Server:
     def __init__(self, state: Path) -> None:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("DPMSF_")}
-        env.update({"DPMSF_STATE_DIR": str(state)})
+        env.update({"DPMSF_STATE_DIR": str(state), "DPMSF_PLUGINS": str(bundled())})
         self.proc = subprocess.Popen(
             [
                 sys.executable,

@@ -17,7 +17,8 @@ import sys
 import time
 from collections.abc import Mapping
 
-_TRUE = {"1", "true", "yes", "on"}
+from ..switches import switched_on
+
 _REQUEST_METRICS = (("Requests", "Count"), ("Latency", "Milliseconds"), ("GBSeconds", "None"))
 # per-tenant usage (metering/): (Counts field, metric, unit), one line per tenant and invocation
 TENANT_METRICS = (
@@ -60,7 +61,7 @@ class EMFWriter:
     def __init__(self, env: Mapping[str, str]) -> None:
         namespace = env.get("POWERTOOLS_METRICS_NAMESPACE") or "DPMSF"
         service = env.get("POWERTOOLS_SERVICE_NAME") or "dpmsf"
-        self.disabled = (env.get("POWERTOOLS_METRICS_DISABLED") or "").strip().lower() in _TRUE
+        self.disabled = switched_on(env.get("POWERTOOLS_METRICS_DISABLED"))
         self._service = json.dumps(service)
         self._function = json.dumps(env.get("AWS_LAMBDA_FUNCTION_NAME") or "")
         dims = ["endpoint", "service"]

@@ -30,10 +30,13 @@ from ..expose import EventSpec
 
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Mapping
+
+    from ..context import LambdaContext
 
 logger = logging.getLogger("dpmsf.events")
 
-Handler = tuple[EventSpec, Callable[..., Any]]
+EventHandler = tuple[EventSpec, Callable[..., Any]]
 
 _RECORD_SOURCES = {"aws:sqs": "sqs", "aws:sns": "sns", "aws:s3": "s3", "aws:dynamodb": "dynamodb"}
 
@@ -73,7 +76,7 @@ def event_source(event: Any) -> str | None:
     return "unknown"
 
 
-def dispatch_event(event: dict[str, Any], context: Any, handlers: list[Handler]) -> dict[str, Any]:
+def dispatch_event(event: dict[str, Any], context: LambdaContext, handlers: list[EventHandler]) -> dict[str, Any]:
     """Call the functions whose ``EventSpec`` takes ``event``; answer what Lambda expects for that source."""
     source = event_source(event)
     if source is None:
@@ -161,7 +164,9 @@ def _record_id(source: str, record: Any) -> str:
     return str(stream.get("SequenceNumber") or "") if isinstance(stream, dict) else ""
 
 
-def _dispatch_batch(event: dict[str, Any], source: str, candidates: list[Handler], caller: _Caller) -> dict[str, Any]:
+def _dispatch_batch(
+    event: dict[str, Any], source: str, candidates: list[EventHandler], caller: _Caller
+) -> dict[str, Any]:
     malformed: list[dict[str, str]] = []
     records = []
     for record in event["Records"]:
@@ -210,7 +215,9 @@ def _dispatch_batch(event: dict[str, Any], source: str, candidates: list[Handler
     return response
 
 
-def _dispatch_records(event: dict[str, Any], source: str, candidates: list[Handler], caller: _Caller) -> dict[str, Any]:
+def _dispatch_records(
+    event: dict[str, Any], source: str, candidates: list[EventHandler], caller: _Caller
+) -> dict[str, Any]:
     handled = 0
     failures: list[tuple[str, BaseException]] = []
     for record in event["Records"]:
@@ -233,7 +240,9 @@ def _dispatch_records(event: dict[str, Any], source: str, candidates: list[Handl
     return {"handled": handled, "source": source, "records": len(event["Records"])}
 
 
-def _dispatch_whole(event: dict[str, Any], source: str, candidates: list[Handler], caller: _Caller) -> dict[str, Any]:
+def _dispatch_whole(
+    event: dict[str, Any], source: str, candidates: list[EventHandler], caller: _Caller
+) -> dict[str, Any]:
     chosen = [(spec, func) for spec, func in candidates if _takes(spec, source, event)]
     if not chosen:
         return _unhandled(event, source)
@@ -248,7 +257,7 @@ def _dispatch_whole(event: dict[str, Any], source: str, candidates: list[Handler
 class _Caller:
     """Calls event functions; runs coroutines on one event loop per dispatch, created only if needed."""
 
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: LambdaContext) -> None:
         self.context = context
         self._runner: asyncio.Runner | None = None
         self._wants_context: dict[Callable[..., Any], bool] = {}
@@ -262,10 +271,11 @@ class _Caller:
 
     def _takes_context(self, func: Callable[..., Any]) -> bool:
         if func not in self._wants_context:
+            params: Mapping[str, inspect.Parameter]
             try:
                 params = inspect.signature(func).parameters
             except (TypeError, ValueError):
-                params = {}  # type: ignore[assignment]  # builtins without a signature get the record only
+                params = {}  # builtins without a signature get the record only
             self._wants_context[func] = "context" in params
         return self._wants_context[func]
 

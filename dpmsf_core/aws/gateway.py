@@ -10,9 +10,18 @@ payload 1.0 on an HTTP API, Lambda@Edge) keep Mangum's handlers (``mangum_handle
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .scope import LazyScope
+
+if TYPE_CHECKING:
+    from collections.abc import MutableMapping
+
+    from mangum.types import LambdaConfig
+
+    from ..context import LambdaContext
+
+_Scope = TypeVar("_Scope", bound="MutableMapping[str, Any]")
 
 # Mangum's DEFAULT_TEXT_MIME_TYPES, and what DPMSF answers as text too
 TEXT_MIME_TYPES = [
@@ -34,7 +43,7 @@ class _Handler:
 
     _scope: Any = None
 
-    def __init__(self, event: dict[str, Any], context: Any, config: Any) -> None:
+    def __init__(self, event: dict[str, Any], context: LambdaContext, config: LambdaConfig) -> None:
         self.event = event
         self.context = context
         self.config = config
@@ -148,11 +157,11 @@ class RestAPI(_Handler):
     bytes built here), and ``multiValueHeaders``, a superset of ``headers``, is read alone when it holds them all.
     """
 
-    def __init__(self, event: dict[str, Any], context: Any, config: Any) -> None:
+    def __init__(self, event: dict[str, Any], context: LambdaContext, config: LambdaConfig) -> None:
         super().__init__(identity_fixed(without_nulls(event, ("headers", "multiValueHeaders"))), context, config)
 
     @classmethod
-    def infer(cls, event: Any, context: Any, config: Any) -> bool:
+    def infer(cls, event: dict[str, Any], context: LambdaContext, config: LambdaConfig) -> bool:
         return "resource" in event and "requestContext" in event and "version" not in event
 
     def __call__(self, response: dict[str, Any]) -> dict[str, Any]:
@@ -182,7 +191,7 @@ class RestAPI(_Handler):
                 "method": event["httpMethod"],
                 "path": strip_api_gateway_path(event["path"], api_gateway_base_path=base),
                 "raw_path": None,
-                "root_path": _root_path(event, base),
+                "root_path": _stage_root(event, base),
                 "scheme": headers.get("x-forwarded-proto", "https"),
                 "server": _server(headers),
                 "client": ((event["requestContext"].get("identity") or {}).get("sourceIp"), 0),
@@ -232,12 +241,12 @@ def _rest_query(event: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 class HTTPAPI(_Handler):
     """HTTP API and Function URL, payload 2.0: null-safe, path decoded once (1.0 on an HTTP API: ``HTTPAPIv1``)."""
 
-    def __init__(self, event: dict[str, Any], context: Any, config: Any) -> None:
+    def __init__(self, event: dict[str, Any], context: LambdaContext, config: LambdaConfig) -> None:
         event = without_nulls(event, ("headers", "multiValueHeaders", "rawQueryString"))
         super().__init__(identity_fixed(event), context, config)
 
     @classmethod
-    def infer(cls, event: Any, context: Any, config: Any) -> bool:
+    def infer(cls, event: dict[str, Any], context: LambdaContext, config: LambdaConfig) -> bool:
         return "version" in event and "requestContext" in event and event["version"] == "2.0"
 
     def _build_scope(self) -> dict[str, Any]:
@@ -291,7 +300,7 @@ class HTTPAPI(_Handler):
         )
 
 
-def http_api_paths(scope: Any, event: dict[str, Any], config: Any) -> dict[str, Any]:
+def http_api_paths(scope: _Scope, event: dict[str, Any], config: LambdaConfig) -> _Scope:
     """An HTTP API's path fixed in ``scope``: decoded once (not twice), its stage and base path in ``root_path``."""
     rc = event["requestContext"]
     if ".lambda-url." not in (rc.get("domainName") or ""):
@@ -299,7 +308,7 @@ def http_api_paths(scope: Any, event: dict[str, Any], config: Any) -> dict[str, 
         raw = rc["http"]["path"] if event["version"] == "2.0" else event["path"]
         base = config["api_gateway_base_path"]
         scope["path"] = _strip_base(raw or "/", base)
-    scope["root_path"] = _root_path(event, config["api_gateway_base_path"])
+    scope["root_path"] = _stage_root(event, config["api_gateway_base_path"])
     stage = rc.get("stage")
     if event.get("version") == "2.0" and isinstance(stage, str) and stage and stage != "$default":
         # a named HTTP API stage is in the path itself: it moves to root_path, where generated URLs find it
@@ -316,11 +325,26 @@ def _strip_base(path: str, base: str) -> str:
     return path
 
 
-def _root_path(event: dict[str, Any], base: str) -> str:
+def _stage_root(event: dict[str, Any], base: str) -> str:
     """What sits in front of the scope path in the URL the client used: REST stage, and/or the stripped base."""
     prefix = base if base and base != "/" else ""
     rc = event.get("requestContext") or {}
     full, path = rc.get("path"), event.get("path")
     if full and path and full != path and full.endswith(path):
         prefix = full[: len(full) - len(path)] + prefix  # execute-api host: "/Prod" + "/rest/..."
+    elif _stage_only_in_route(event, rc) and not f"{prefix}/".startswith(f"/{rc['stage']}/"):
+        prefix = f"/{rc['stage']}" + prefix  # (a base path configured as the stage, the old workaround, stays one)
     return prefix
+
+
+def _stage_only_in_route(event: dict[str, Any], rc: dict[str, Any]) -> bool:
+    """serverless-offline (REST, stage in the URL, as by default): ``path`` and ``requestContext.path`` both lack
+    the stage the client's URL had (``/dev/docs``); only its route, ``resourcePath`` (``/dev/{proxy*}``), keeps it,
+    while ``resource`` drops it. API Gateway's ``resourcePath`` is the ``resource``, without any stage."""
+    stage, route, resource = rc.get("stage"), rc.get("resourcePath"), event.get("resource")
+    if not (isinstance(stage, str) and stage and isinstance(route, str) and isinstance(resource, str)):
+        return False
+    staged = f"/{stage}"
+    return (route == staged or route.startswith(staged + "/")) and not (
+        resource == staged or resource.startswith(staged + "/")
+    )

@@ -22,6 +22,8 @@ import traceback
 from collections.abc import Mapping
 from typing import IO, Any
 
+from ..switches import switched_off
+
 RESERVED_LOG_ATTRS = frozenset(
     (
         "name",
@@ -65,12 +67,11 @@ _POWERTOOLS_ONLY = (
     "POWERTOOLS_DEV",
     "DPMSF_POWERTOOLS_LOGGER",
 )
-_FALSE = {"", "0", "false", "no", "off"}
 
 
 def wants_powertools(env: Mapping[str, str]) -> bool:
     """A setting only Powertools' Logger honours is set: use it, whatever it costs."""
-    return any((env.get(name) or "").strip().lower() not in _FALSE for name in _POWERTOOLS_ONLY)
+    return any(not switched_off(env.get(name)) for name in _POWERTOOLS_ONLY)
 
 
 def log_level(env: Mapping[str, str]) -> str:
@@ -119,6 +120,7 @@ class PowertoolsShapedFormatter(logging.Formatter):
         exc_info = record.exc_info
         if isinstance(exc_info, tuple) and hasattr(exc_info[0], "__name__"):
             line.setdefault("exception", self.formatException(exc_info))
+            # hasattr above does not narrow exc_info[0] from None for mypy
             line.setdefault("exception_name", exc_info[0].__name__)  # type: ignore[union-attr]
             line.setdefault("exception_notes", getattr(exc_info[1], "__notes__", None))
             line["stack_trace"] = _stack_trace(exc_info)

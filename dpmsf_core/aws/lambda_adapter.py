@@ -23,19 +23,23 @@ not import Mangum and so not ``asyncio``; ALB, payload 1.0 on an HTTP API and La
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ..lazyloop import LazyLoop
-from .cycle import BufferedCycle
+from .cycle import App, BufferedCycle
 from .events import dispatch_event, event_source
 from .gateway import HTTPAPI, TEXT_MIME_TYPES, RestAPI
 from .observability import Observer, observer
 
 if TYPE_CHECKING:
+    from collections.abc import MutableMapping
+
+    from mangum.types import LambdaConfig
+
     from ..app import DPMSFApp
+    from ..context import LambdaContext
 
 
 class LambdaHandler(Protocol):
@@ -43,14 +47,24 @@ class LambdaHandler(Protocol):
 
     app: DPMSFApp
 
-    def __call__(self, event: dict[str, Any], context: Any) -> dict[str, Any]: ...
+    def __call__(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
 
 
+class HttpEventReader(Protocol):
+    """One HTTP event kind's reader (``gateway``'s or Mangum's): the event's ASGI scope and body, and the app's
+    answer in that kind's shape."""
+
+    @property
+    def scope(self) -> MutableMapping[str, Any]: ...
+    @property
+    def body(self) -> bytes: ...
+    def __call__(self, response: Response) -> dict[str, Any]: ...
+
+
 RESPONSE_LIMIT = 6 * 1024 * 1024  # Lambda's buffered response payload
 Response = dict[str, Any]
-Scope = dict[str, Any]
 
 log = logging.getLogger("dpmsf.lambda")
 
@@ -60,9 +74,9 @@ class LambdaAdapter:
     REST and payload 2.0 events are read by ``gateway``, the rarer kinds by Mangum's handlers (``mangum_handlers``,
     imported when the first such event arrives)."""
 
-    def __init__(self, app: Any, *, base_path: str = "", watcher: Observer | None = None) -> None:
+    def __init__(self, app: App, *, base_path: str = "", watcher: Observer | None = None) -> None:
         self.app = app
-        self.config = {
+        self.config: LambdaConfig = {
             "api_gateway_base_path": base_path or "/",
             "text_mime_types": TEXT_MIME_TYPES,
             "exclude_headers": [],
@@ -72,7 +86,7 @@ class LambdaAdapter:
         # asyncio.timeout needs a task: with a function timeout set, every request runs as one
         self.eager = not getattr(getattr(app, "settings", None), "function_timeout", 0)
 
-    def infer(self, event: dict[str, Any], context: Any) -> Any:
+    def infer(self, event: dict[str, Any], context: LambdaContext) -> HttpEventReader:
         """The handler for this event's kind, tried in Mangum's order (ALB, HTTP API, REST API, Lambda@Edge)."""
         if not ("requestContext" in event and "elb" in event["requestContext"]):
             for fast in (HTTPAPI, RestAPI):
@@ -82,7 +96,8 @@ class LambdaAdapter:
 
         for handler_cls in HANDLERS_IN_ORDER:
             if handler_cls.infer(event, context, self.config):
-                return handler_cls(event, context, self.config)
+                reader: HttpEventReader = handler_cls(event, context, self.config)
+                return reader
         raise RuntimeError("The event is not one of the HTTP kinds Lambda delivers (API Gateway, ALB, Lambda@Edge).")
 
     def close(self) -> None:
@@ -92,7 +107,7 @@ class LambdaAdapter:
         if close is not None:
             close()
 
-    def __call__(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+    def __call__(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         start = time.perf_counter()
         try:
             handler = self.infer(event, context)
@@ -117,14 +132,14 @@ class LambdaAdapter:
         return out
 
 
-def malformed_answer(event: Any, exc: BaseException, context: Any = None) -> dict[str, Any]:
+def malformed_answer(event: Any, exc: BaseException, context: LambdaContext | None = None) -> dict[str, Any]:
     """A 400 problem+json for an HTTP event Mangum cannot read, in the answer shape its source expects; logged."""
     from ..errors import PROBLEM_CONTENT_TYPE, BadRequest
 
     reason = f"{type(exc).__name__}: {exc}"
     log.warning("Answered 400 to a malformed HTTP event (%s)", reason)
     err = BadRequest(f"The Lambda event could not be read as an HTTP request ({reason[:200]}).", title="Bad Event")
-    body = json.dumps(err.problem(getattr(context, "aws_request_id", None)))
+    body = err.problem_json(getattr(context, "aws_request_id", None)).decode()
     records = event.get("Records") if isinstance(event, dict) else None
     if isinstance(records, list) and records and isinstance(records[0], dict) and "cf" in records[0]:
         header = [{"key": "Content-Type", "value": PROBLEM_CONTENT_TYPE}]  # Lambda@Edge's answer shape
@@ -147,14 +162,14 @@ def _compressed(headers: list[Any]) -> bool:
     return False
 
 
-def _too_large(size: int, limit: int, scope: Scope) -> Response:
+def _too_large(size: int, limit: int, scope: MutableMapping[str, Any]) -> Response:
     from ..errors import PROBLEM_CONTENT_TYPE, FunctionFailed
 
     err = FunctionFailed(
         f"The response of {size} bytes is over Lambda's limit of {limit} bytes.", title="Response Too Large"
     )
     ctx = scope.get("aws.context")
-    body = json.dumps(err.problem(getattr(ctx, "aws_request_id", None), scope.get("path"))).encode()
+    body = err.problem_json(getattr(ctx, "aws_request_id", None), scope.get("path"))
     log.error("%s %s: response of %d bytes is over the limit of %d", scope["method"], scope["path"], size, limit)
     return {"status": 500, "headers": [[b"content-type", PROBLEM_CONTENT_TYPE.encode()]], "body": body}
 
@@ -170,14 +185,15 @@ def build_handler(app: DPMSFApp | None = None) -> LambdaHandler:
     logging.getLogger("mangum.http").setLevel(logging.WARNING)  # our access log already has a line per request
     registry = app.registry
 
-    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         source = event_source(event)
         if source is None:
             return adapter(event, context)
         if not isinstance(event, dict):  # events.py's fallback expects a dict (see the report on events.py:127)
             log.warning("Ignored a %s event: no function takes it", type(event).__name__)
             return {"handled": 0, "source": "unknown", "records": 0}
-        result = dispatch_event(event, context, registry.refresh().events())
+        with app.serving():  # event functions store in the app's store, as its HTTP requests do
+            result = dispatch_event(event, context, registry.refresh().events())
         if watcher is not None:
             watcher.event(source, result)
         return result

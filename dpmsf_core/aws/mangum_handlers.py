@@ -6,18 +6,21 @@ API, and Lambda@Edge (Mangum's own). Imported when such an event first arrives: 
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mangum.adapter import HANDLERS
 from mangum.handlers import ALB, HTTPGateway
 
 from .gateway import http_api_paths, identity_fixed, without_nulls
 
+if TYPE_CHECKING:
+    from mangum.types import LambdaConfig, LambdaContext
+
 
 class HTTPAPIv1(HTTPGateway):
     """Payload 1.0 on an HTTP API: Mangum's scope and answer, null-safe, the path decoded once."""
 
-    def __init__(self, event: dict[str, Any], context: Any, config: Any) -> None:
+    def __init__(self, event: dict[str, Any], context: LambdaContext, config: LambdaConfig) -> None:
         event = without_nulls(event, ("headers", "multiValueHeaders", "rawQueryString"))
         super().__init__(identity_fixed(event), context, config)
 
@@ -31,7 +34,7 @@ class LoadBalancer(ALB):
 
     response_limit = 1024 * 1024
 
-    def __init__(self, event: dict[str, Any], context: Any, config: Any) -> None:
+    def __init__(self, event: dict[str, Any], context: LambdaContext, config: LambdaConfig) -> None:
         super().__init__(without_nulls(event, ("headers", "multiValueHeaders")), context, config)
 
     @cached_property

@@ -25,14 +25,17 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import on_lambda
 from ..metrics import gb_seconds, memory_mb
+from ..switches import switched_on
 
-Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..context import LambdaContext
 
-_TRUE = {"1", "true", "yes", "on"}
+Handler = Callable[[dict[str, Any], "LambdaContext"], dict[str, Any]]  # a string: LambdaContext is for mypy only
 
 
 class Observer(Protocol):
@@ -42,11 +45,11 @@ class Observer(Protocol):
 
     def request(self, scope: Mapping[str, Any], status: int, seconds: float) -> None: ...
 
-    def event(self, source: str, result: Any) -> None: ...
+    def event(self, source: str, result: object) -> None: ...
 
 
 def observer(
-    settings: Any = None, env: Mapping[str, str] | None = None, meter: Callable[[], Any] | None = None
+    settings: Settings | None = None, env: Mapping[str, str] | None = None, meter: Callable[[], Any] | None = None
 ) -> Observer | None:
     """Powertools on Lambda; ``None`` elsewhere, so local runs pay nothing. ``meter`` returns the app's usage meter
     once it exists (else None): its per-tenant figures become EMF lines at the end of each invocation."""
@@ -104,12 +107,16 @@ def correlation_id(event: Any) -> str | None:
     return str(values[0]) if values else None
 
 
-def _uses_aws(settings: Any) -> bool:
+def _uses_aws(settings: Settings | None) -> bool:
     """Patch botocore for X-Ray only when the app talks to AWS anyway (else it would import it for nothing)."""
     if settings is None:
         return False
-    urls = [settings.replay_store, settings.tenants, settings.store, *settings.plugins]
-    return any(str(u).startswith(("dynamodb://", "s3://")) for u in urls)
+    from ..sources import platform_of  # the one table of plugin URL schemes
+
+    backends = [settings.replay_store, settings.tenants, settings.store]
+    return any(str(u).startswith("dynamodb://") for u in backends) or any(
+        platform_of(str(entry)) == "aws" for entry in settings.plugins
+    )
 
 
 class PowertoolsObserver:
@@ -124,14 +131,14 @@ class PowertoolsObserver:
 
         service = env.get("POWERTOOLS_SERVICE_NAME") or "dpmsf"
         self.logger = _logger(service, env)
-        if (env.get("DPMSF_ACCESS_LOG") or "").strip().lower() not in _TRUE:
+        if not switched_on(env.get("DPMSF_ACCESS_LOG")):
             # A JSON access line per request costs ~25 µs; Lambda's REPORT line, the metrics and API Gateway's
             # access logs already cover it. DPMSF_ACCESS_LOG=1 brings it back.
             logging.getLogger("dpmsf.access").setLevel(logging.WARNING)
         self.metrics = EMFWriter(env)
         self.memory_mb = memory_mb(env)  # set by Lambda; the template's default elsewhere (serverless-offline)
         self.tracer: Any = None
-        disabled = (env.get("POWERTOOLS_TRACE_DISABLED") or "").strip().lower() in _TRUE
+        disabled = switched_on(env.get("POWERTOOLS_TRACE_DISABLED"))
         if env.get("AWS_XRAY_DAEMON_ADDRESS") and not disabled:
             from aws_lambda_powertools import Tracer
 
@@ -146,7 +153,7 @@ class PowertoolsObserver:
         cold = [True]
 
         @functools.wraps(handler)
-        def correlated(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        def correlated(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             # The keys Logger.inject_lambda_context adds, in one call: the decorator builds a model of the context,
             # checks for durable contexts, sampling and log buffers on every invoke (~45k instructions)
             logger.append_keys(
@@ -186,6 +193,6 @@ class PowertoolsObserver:
             for tenant, counts in meter.drain_invocation().items():
                 self.metrics.tenant(tenant, counts.as_dict())
 
-    def event(self, source: str, result: Any) -> None:
+    def event(self, source: str, result: object) -> None:
         failures = len(result.get("batchItemFailures") or ()) if isinstance(result, dict) else 0
         self.metrics.event(source, failures)

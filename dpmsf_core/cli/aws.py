@@ -7,7 +7,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from ..testing import LambdaContext
 
@@ -68,7 +67,7 @@ def cmd_package(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("invoke", help="run the Lambda handler on one event JSON file and print the response")
     p.add_argument("--event", required=True, help="event JSON file ('-' = stdin), e.g. tests/events/apigw_v1.json")
     p.add_argument("--plugins", help="plugin folders, ':'-separated; unset: DPMSF_PLUGINS, else the project's plugins/")

@@ -128,7 +128,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     defaults = argparse.ArgumentDefaultsHelpFormatter
     p = sub.add_parser("cost", help="per-endpoint cost from a log of the Lambda handler's EMF metrics",
                        formatter_class=defaults)  # fmt: skip

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .project import Project
@@ -68,7 +68,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("deploy", help="sam build + sam deploy (guided the first time) of infra/template.yaml")
     p.add_argument("--template", help="SAM template (default: the project's infra/template.yaml)")
     p.add_argument("--sam", help="the sam executable (default: sam on PATH)")

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..tenancy.model import Tenant
 
 
 def _security() -> Any:
@@ -76,7 +79,7 @@ _QUOTA_OPTIONS = {
 }
 
 
-def _show(tenant: Any, with_key: bool, settings: Settings | None = None) -> dict[str, Any]:
+def _show(tenant: Tenant, with_key: bool, settings: Settings | None = None) -> dict[str, Any]:
     """A tenant as one JSON line: ``quotas`` are its overrides; with ``settings``, ``effective`` is what holds."""
     out = {"id": tenant.id, "name": tenant.name, "enabled": tenant.enabled, "admin": tenant.admin}
     out["quotas"] = dict(tenant.quotas)
@@ -150,7 +153,7 @@ def cmd_tenant(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("token", help="mint a single-use token (default: the admin's)")
     p.add_argument("--tenant", help="tenant UUID (default: ADMIN_ID)")
     p.add_argument(

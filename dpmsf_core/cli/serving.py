@@ -9,9 +9,14 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from uvicorn.supervisors import Multiprocess
 
 
 def banner_lines(host: str, port: int, endpoints: int | None, folders: list[str]) -> list[str]:
@@ -60,7 +65,7 @@ def run(app: Any, options: dict[str, Any], workers: int, banner: Callable[[], li
     if workers > 1:
         from uvicorn.supervisors import Multiprocess
 
-        _Supervisor = _draining_supervisor(Multiprocess)
+        _Supervisor = _draining_supervisor()
 
         config = _config(app, options, workers=workers, factory=True)
         sock = config.bind_socket()  # the supervisor binds once; every worker serves that socket
@@ -110,11 +115,12 @@ def _leave_stuck_threads(wait: float = 1.0) -> None:
         os._exit(0)
 
 
-def _draining_supervisor(base: type[Any]) -> type[Any]:
+def _draining_supervisor() -> type[Multiprocess]:
     """uvicorn's supervisor, closing its copy of the listening socket on SIGTERM: while the workers drain, a new
     connection is refused at once (and sent elsewhere by a load balancer) instead of waiting in the backlog."""
+    from uvicorn.supervisors import Multiprocess
 
-    class Supervisor(base):
+    class Supervisor(Multiprocess):
         def handle_term(self) -> None:
             for sock in self.sockets:
                 sock.close()
@@ -123,14 +129,14 @@ def _draining_supervisor(base: type[Any]) -> type[Any]:
     return Supervisor
 
 
-def _drained(signum: int, frame: Any) -> None:
+def _drained(signum: int, frame: FrameType | None) -> None:
     """SIGTERM outside uvicorn's own handling: the server has stopped and drained already; nothing left to do."""
 
 
 class _BannerServer(uvicorn.Server):
     """A uvicorn server that announces itself after ``startup`` bound the port (and not if it could not)."""
 
-    def __init__(self, config: Any, show: Callable[[], None]) -> None:
+    def __init__(self, config: uvicorn.Config, show: Callable[[], None]) -> None:
         super().__init__(config)
         self._show = show
 

@@ -370,6 +370,6 @@ def command_function(
     command.__name__ = command.__qualname__ = api.replace("-", "_").replace(".", "_").replace("~", "_")
     command.__module__ = module_name
     command.__doc__ = doc or f"Runs {_display(argv)}"
-    # read by openapi.py and __dir__: what the endpoint runs
+    # read by openapi.py and __dir__: what the endpoint runs (an attribute of the function: no type declares it)
     command.__dpmsf_command__ = {"argv": argv, "timeout": timeout, "cwd": workdir, "shell": shell}  # type: ignore[attr-defined]
     return command

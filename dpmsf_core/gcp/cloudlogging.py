@@ -15,9 +15,12 @@ import logging
 import os
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..context import RequestLog, current_request, elapsed_ms
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 TRACE_KEY = "logging.googleapis.com/trace"
 _CLOUD_TRACE = re.compile(r"^([0-9a-fA-F]{32})(?:/([0-9]{1,20}))?(?:;o=([01]))?")
@@ -25,11 +28,11 @@ _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]
 _SEVERITY = {"WARN": "WARNING", "FATAL": "CRITICAL"}
 
 
-def project_id(env: Any = None) -> str:
+def project_id(env: Mapping[str, str] | None = None) -> str:
     """``GOOGLE_CLOUD_PROJECT`` (set on App Engine and by gcprunner.sh), else the id inside ``GAE_APPLICATION``,
     else, on Cloud Run (``K_SERVICE``, which sets no project variable), the metadata server's answer."""
     env = os.environ if env is None else env
-    found = env.get("GOOGLE_CLOUD_PROJECT") or env.get("GAE_APPLICATION", "").partition("~")[2]
+    found: str | None = env.get("GOOGLE_CLOUD_PROJECT") or env.get("GAE_APPLICATION", "").partition("~")[2]
     if not found and env.get("K_SERVICE"):
         found = _metadata_project(env.get("GCE_METADATA_HOST") or "metadata.google.internal")
     return str(found or "-")

@@ -61,9 +61,7 @@ class UntrustedLoader(Protocol):
 class PluginSource(Protocol):
     """A source that mirrors plugins into a local folder (S3); ``sync`` is cheap until its refresh is due."""
 
-    cache_dir: Any
-
-    def sync(self, force: bool = False) -> Any: ...
+    def sync(self, force: bool = False) -> object: ...  # the registry reads its ``changed`` if it has one
 
     def status(self) -> dict[str, Any]: ...
 

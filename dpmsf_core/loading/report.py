@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Protocol
 
-from .discovery import Candidate, change_reason
+from .discovery import Candidate, Metadata, change_reason
 from .snapshot import ModuleEntry, ModuleReport
 
 log = logging.getLogger("dpmsf.registry")
 
 
+class LoadRecord(Protocol):
+    """A module as the registry last read it (``registry._Record``): what its report and its log line say."""
+
+    @property
+    def candidate(self) -> Candidate: ...
+    @property
+    def meta(self) -> Metadata: ...
+    @property
+    def entry(self) -> ModuleEntry | None: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def stale(self) -> bool: ...
+
+
 def module_report(
-    public: str, record: Any, trusted: bool, status: str, error: str | None, entry: ModuleEntry | None
+    public: str, record: LoadRecord, trusted: bool, status: str, error: str | None, entry: ModuleEntry | None
 ) -> ModuleReport:
     cand = record.candidate
     return ModuleReport(
@@ -30,7 +45,7 @@ def module_report(
     )
 
 
-def log_reload(cand: Candidate, previous: Any, record: Any) -> None:
+def log_reload(cand: Candidate, previous: LoadRecord | None, record: LoadRecord) -> None:
     """One line per module a reload touched: what happened to its file, and what serves now."""
     why = change_reason(previous.candidate if previous else None, cand)
     if record.error is None:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..expose import EndpointSpec, EventSpec
+from ..expose import EndpointSpec, EventSpec, allowed_methods
 from ..params import CallPlan
 
 
@@ -74,12 +74,7 @@ class Endpoint:
         self.trusted = trusted
 
     def allow(self) -> list[str]:
-        allowed = list(self.methods)
-        if "GET" in allowed and "HEAD" not in allowed:
-            allowed.append("HEAD")
-        if "OPTIONS" not in allowed:
-            allowed.append("OPTIONS")
-        return allowed
+        return allowed_methods(self.methods)
 
     def match(self, segments: list[str]) -> dict[str, str] | None:
         """The template's values for the URL segments after the API name, or None when they do not fit it.

@@ -21,7 +21,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 INDEX_NAME = ".dpmsf-tenant-index.json"
 FORMAT = 1
@@ -44,6 +44,15 @@ class Indexed(NamedTuple):
     description: dict[str, Any]
 
 
+@runtime_checkable
+class RemoteIndex(Protocol):
+    """An object store's copy of the index, beside the modules (the S3 and Cloud Storage upload stores)."""
+
+    def get_index(self) -> bytes | None: ...
+
+    def put_index(self, data: bytes) -> None: ...
+
+
 class TenantIndex:
     """The index file of one folder, re-read when it changes on disk (another server process wrote it)."""
 
@@ -56,7 +65,7 @@ class TenantIndex:
         self._seen: tuple[int, int, int] | None = None
         # an object store holding the modules (S3): its copy of the index is fetched when there is no local one
         # (a fresh Lambda's mirror) and written with every change; ``get_index()`` and ``put_index(bytes)``
-        self.remote: Any = None
+        self.remote: RemoteIndex | None = None
         self._fetched = False
 
     def entries(self) -> dict[str, dict[str, Any]]:
@@ -64,7 +73,7 @@ class TenantIndex:
         try:
             st = os.stat(self.path)
         except OSError:
-            if self.remote is not None and not self._fetched and self._fetch():
+            if self.remote is not None and not self._fetched and self._fetch(self.remote):
                 return self.entries()
             self._entries, self._seen = {}, None
             return self._entries
@@ -74,11 +83,11 @@ class TenantIndex:
             self._seen = seen
         return self._entries
 
-    def _fetch(self) -> bool:
+    def _fetch(self, remote: RemoteIndex) -> bool:
         """Copy the object store's index here, once; False if there is none or it cannot be read."""
         self._fetched = True
         try:
-            data = self.remote.get_index()
+            data = remote.get_index()
             if data is None or len(data) > MAX_BYTES:
                 return False
             self._write(data)
@@ -246,7 +255,7 @@ def _encode(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def _size(entry: Any) -> int:
+def _size(entry: dict[str, Any]) -> int:
     """What an entry takes in the file (about: its encoding plus its name)."""
     return len(_encode(entry)) + 64
 

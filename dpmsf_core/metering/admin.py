@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import Forbidden, MethodNotAllowed, ServiceUnavailable, UnprocessableArguments
 from ..exchange import Responder, Scope
@@ -18,10 +18,22 @@ from ..params import parse_query
 from ..security import bearer, require
 from .report import parse_since, report
 
+if TYPE_CHECKING:
+    from ..security import LazySecurity
+    from .meter import UsageMeter
+
 log = logging.getLogger("dpmsf.metering")
 
 
-async def usage_report(app: Any, scope: Scope, responder: Responder, headers: dict[str, str]) -> None:
+class UsageApp(Protocol):
+    """What the report needs of the app: ``app.DPMSFApp``, named by shape (the app imports this module)."""
+
+    security: LazySecurity
+
+    def get_meter(self) -> UsageMeter: ...
+
+
+async def usage_report(app: UsageApp, scope: Scope, responder: Responder, headers: dict[str, str]) -> None:
     security = app.security()
     token = bearer(headers)
     caller = require(security.verify(token) if token else None)

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .counts import FIELDS, HOUR, Counts
@@ -122,7 +123,7 @@ class UsageMeter:
     def totals(self) -> dict[str, Counts]:
         """Every tenant's usage since this process started (``/metrics``), copied."""
         with self._lock:
-            return {tenant: Counts(**c.as_dict()) for tenant, c in self._totals.items()}  # type: ignore[arg-type]
+            return {tenant: replace(c) for tenant, c in self._totals.items()}
 
     def drain_invocation(self) -> dict[str, Counts]:
         """What was counted since the last drain (one Lambda invocation), emptied."""

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import sqlite3
 
     from ..config import Settings
+    from ..store import StoreBackend
 
 NAMESPACE = "dpmsf.usage"  # the store's tenant slot for usage documents: tenants are UUIDs, so never theirs
 COLLECTION = "hours"
@@ -112,7 +113,7 @@ class SQLiteUsageSink:
 class StoreUsageSink:
     """Hourly documents in the document store, one per tenant, hour and writing process (see the module's doc)."""
 
-    def __init__(self, backend: Any, *, instance: str | None = None) -> None:
+    def __init__(self, backend: StoreBackend, *, instance: str | None = None) -> None:
         self.backend = backend
         self.instance = instance or os.urandom(6).hex()
         self._written: dict[tuple[str, int], Counts] = {}  # this process's running totals of recent hours

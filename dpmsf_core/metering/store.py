@@ -9,7 +9,7 @@ figure a DynamoDB bill is made of.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Protocol
 
 _COUNTED = frozenset({"get", "put", "update", "delete", "list"})
 _SIZE_OPTIONS: dict[str, Any] = {"separators": (",", ":"), "ensure_ascii": False, "default": str}
@@ -22,6 +22,13 @@ def json_bytes(value: Any) -> int:
     return len(json.dumps(value, **_SIZE_OPTIONS).encode())
 
 
+class Counter(Protocol):
+    """What is counted into: ``metering.UsageMeter``, named here by shape (``context`` imports this module, and
+    the meter's module leads back to ``context``)."""
+
+    def count(self, tenant: str, **counts: float) -> None: ...
+
+
 class MeteredStore:
     """A StoreBackend that counts each operation of ``tenant`` in ``meter`` (even one that fails: it was asked).
 
@@ -29,7 +36,7 @@ class MeteredStore:
     is metered the same without a change here.
     """
 
-    def __init__(self, backend: Any, tenant: str, meter: Any) -> None:
+    def __init__(self, backend: object, tenant: str, meter: Counter) -> None:
         self._backend = backend
         self._tenant = tenant
         self._meter = meter

@@ -1,7 +1,8 @@
 """OpenAPI 3.1 for dynamic endpoints, built from signatures and docstrings; pydantic loads only for typed ones.
 
-One operation per endpoint and method, at its qualified URL (``/rest/services/<module>/<api>/``, with the path
-template's ``{placeholders}`` as path parameters); the unqualified URL is noted in the description. Each module
+One operation per endpoint and method, at the URL its author declared (``/rest/services/<api>/``, with the path
+template's ``{placeholders}`` as path parameters), or at its qualified URL (``/rest/services/<module>/<api>/``)
+when several modules define the API; the other URL is noted in the description. Each module
 is a tag, described by its docstring. ``requests.py`` says what a call may carry, ``answers.py`` what it may get
 back, ``swagger.py`` serves ``/docs``; ``tests/test_schemathesis.py`` checks the document against the server.
 """
@@ -89,17 +90,22 @@ def build_openapi(
         if not visible(ep.tenant):
             continue
         unique = len([e for e in snapshot.by_api.get(ep.api, ()) if visible(e.tenant)]) == 1
+        # The URL the author declared (``path="notes"`` is /rest/services/notes/, as ``__dir__``'s url), unless
+        # several modules define the API (then only the qualified URL answers).
+        declared = unique
+        beside_templates = any(e.template is not None for e in snapshot.modules[ep.module].routes.get(ep.api, ()))
         tags.setdefault(ep.module, _tag(ep, snapshot))
-        ops = paths.setdefault(f"{SERVICES_PREFIX}/{ep.module}/{ep.route()}/", {})
+        ops = paths.setdefault(_url(ep, qualified=not declared), {})
         for method in ep.methods:
-            ops[method.lower()] = _operation(ep, method, unique, settings, components)
+            ops[method.lower()] = _operation(ep, method, declared, beside_templates, settings, components)
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "DPMSF services",
             "version": str(snapshot.version),
             "description": "Every plugin function exposed by this DPMSF server, one operation per endpoint and "
-            "method at its qualified URL. Errors are RFC 9457 `application/problem+json`.",
+            "method at its URL (qualified by module where an API name is shared). Errors are RFC 9457 "
+            "`application/problem+json`.",
         },
         "servers": [{"url": root_path or "/"}],
         "tags": list(tags.values()),
@@ -125,20 +131,31 @@ def _literal(text: str) -> str:
     return f"{fence}text\n{text}\n{fence}"
 
 
-def _operation(ep: Endpoint, method: str, unique: bool, settings: Settings, components: Components) -> dict[str, Any]:
+def _url(ep: Endpoint, *, qualified: bool) -> str:
+    """``/rest/services/[<module>/]<api>[/<template>]/``."""
+    return f"{SERVICES_PREFIX}/{ep.module}/{ep.route()}/" if qualified else f"{SERVICES_PREFIX}/{ep.route()}/"
+
+
+def _operation(
+    ep: Endpoint, method: str, declared: bool, beside_templates: bool, settings: Settings, components: Components
+) -> dict[str, Any]:
+    """``declared``: documented at its unqualified URL; ``beside_templates``: its API also has path templates, so
+    an endpoint without one takes no URL segments."""
     shape = request_shape(ep, method, components)
     doc = ep.doc or ""
     if doc and not ep.trusted:
         doc = _literal(doc)
+    elif doc:
+        doc = _hard_breaks(doc)
     notes = []
-    if unique:
-        notes.append(f"Also served unqualified: `{method} {SERVICES_PREFIX}/{ep.route()}/`.")
-    if ep.template is None and ep.plan.var_kw:
+    if declared:
+        notes.append(f"Also served qualified by its module: `{method} {_url(ep, qualified=True)}`.")
+    if ep.template is None and ep.plan.var_kw and not beside_templates:
         names = ", ".join(settings.url_parm_names[:3])
         notes.append(f"URL segments after the API name arrive as {names}, ... (at most {settings.num_url_parms}).")
-    elif ep.template is None and ep.plan.positional and not ep.plan.free:
+    elif ep.template is None and ep.plan.positional and not ep.plan.free and not beside_templates:
         fill = "/".join("{" + name + "}" for name in ep.plan.positional)
-        notes.append(f"URL segments fill the parameters in order: `{SERVICES_PREFIX}/{ep.module}/{ep.api}/{fill}/`.")
+        notes.append(f"URL segments fill the parameters in order: `{_url(ep, qualified=not declared)}{fill}/`.")
     op: dict[str, Any] = {
         "operationId": ".".join((ep.module, *ep.route().replace("{", "").replace("}", "").split("/"), method.lower())),
         "summary": _summary(ep),
@@ -175,4 +192,14 @@ def _module_doc(ep: Endpoint) -> str | None:
     module = sys.modules.get(getattr(ep.func, "__module__", "") or "")
     if module is None or module.__name__.startswith("dpmsf_core"):
         return None
-    return inspect.cleandoc(module.__doc__) if module.__doc__ else None
+    return _hard_breaks(inspect.cleandoc(module.__doc__)) if module.__doc__ else None
+
+
+def _hard_breaks(text: str) -> str:
+    """A trusted docstring as its author wrapped it: Swagger UI renders descriptions as Markdown, which joins the
+    lines of a paragraph, so each line break inside one becomes a Markdown hard break (two trailing spaces)."""
+    lines = text.splitlines()
+    return "\n".join(
+        line + "  " if line.strip() and i + 1 < len(lines) and lines[i + 1].strip() else line
+        for i, line in enumerate(lines)
+    )

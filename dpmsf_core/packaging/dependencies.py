@@ -76,7 +76,7 @@ def project_requirements(path: Path, own: str = "dpmsf") -> list[str]:
     try:
         from packaging.requirements import InvalidRequirement, Requirement
     except ImportError:  # pip always carries a copy
-        from pip._vendor.packaging.requirements import (  # type: ignore[assignment]  # the same classes
+        from pip._vendor.packaging.requirements import (  # type: ignore[assignment]  # pip's copy: same API, other module
             InvalidRequirement,
             Requirement,
         )
@@ -105,7 +105,7 @@ def closure(requirements: Iterable[str], find: Callable[[str], md.Distribution |
     try:
         from packaging.requirements import Requirement
     except ImportError:  # pip always carries a copy
-        from pip._vendor.packaging.requirements import Requirement  # type: ignore[assignment]  # the same class
+        from pip._vendor.packaging.requirements import Requirement  # type: ignore[assignment]  # pip's copy: same API
 
     found: dict[str, md.Distribution] = {}
     todo = [norm(Requirement(r).name) for r in requirements]
@@ -158,7 +158,8 @@ def prune(folder: Path, requirements: list[str]) -> dict[str, md.Distribution]:
             path = (folder / str(entry)).resolve()
             if path.is_relative_to(folder) and path.is_file():
                 path.unlink()
-        shutil.rmtree(Path(str(dist._path)), ignore_errors=True)  # type: ignore[attr-defined]  # PathDistribution
+        # md.distributions(path=...) yields PathDistributions: their folder is _path, undeclared on Distribution
+        shutil.rmtree(Path(str(dist._path)), ignore_errors=True)  # type: ignore[attr-defined]
     for leftover in ("bin", *PROVIDED_BY_LAMBDA):
         shutil.rmtree(folder / leftover, ignore_errors=True)
     for cache in list(folder.rglob("__pycache__")):

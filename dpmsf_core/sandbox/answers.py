@@ -26,6 +26,10 @@ from .process import WorkerDied, WorkerProcess, WorkerTimedOut
 
 log = logging.getLogger("dpmsf.sandbox")
 
+# Every ``kind`` of failed answer a guest sends (guest_main.py), each mapped by ``outcome`` (the last three to a 500
+# with the guest's words); tests/test_rules_once.py checks that the guest sends no other.
+ANSWER_KINDS = frozenset({"violation", "memory", "too_large", "http", "error", "result", "load", "missing"})
+
 
 def breach(worker: WorkerProcess, function: str, wall: float, exc: Exception, limits: SandboxLimits) -> DPMSFError:
     """The error for a guest that died, timed out or broke the protocol; the guest is gone either way."""

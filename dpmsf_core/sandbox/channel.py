@@ -11,7 +11,10 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import wasmtime
 
 TICK = 0.01  # seconds between two looks of the watchdog at a running call's CPU time
 SPIN = 0.0002  # seconds a guest's host spins for the next request before it sleeps
@@ -39,7 +42,7 @@ class Watchdog:
     end of the previous call while the guest was waiting for this one.
     """
 
-    def __init__(self, engine: Any, store: Any, call_budget: float, start_budget: float) -> None:
+    def __init__(self, engine: wasmtime.Engine, store: wasmtime.Store, call_budget: float, start_budget: float) -> None:
         self.engine, self.store, self.call_budget = engine, store, call_budget
         self.cond = threading.Condition()
         self.start, self.budget = 0.0, start_budget  # start-up counts from the process's start

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ast
 import inspect
-from typing import Any
+from typing import Any, NoReturn
 
 from ..expose import EndpointSpec
 from .reader import ParamInfo, Unparsed, UntrustedEndpoint, UntrustedModule
@@ -147,5 +147,5 @@ def _list(item: Any, key: str) -> list[Any]:
     return value
 
 
-def _bad(key: str) -> Any:
+def _bad(key: str) -> NoReturn:
     raise ValueError(f"{key!r} has the wrong type")

@@ -16,6 +16,7 @@ from ..tenancy.quotas import QuotaBook
 from .logbudget import LogBudget
 
 if TYPE_CHECKING:
+    from .pool import SandboxPool
     from .reader import UntrustedEndpoint, UntrustedModule
 
 log = logging.getLogger("dpmsf.sandbox")
@@ -72,15 +73,16 @@ class SandboxedLoader:
     def __init__(self, settings: Settings, quotas: QuotaBook | None = None) -> None:
         self.settings = settings
         self.quotas = quotas  # each tenant's rate and concurrency quotas (the app's); None: the settings' defaults
-        self._pool: Any = None
+        self._pool: SandboxPool | None = None
         self._lock = threading.Lock()
         self.log_budget = LogBudget()  # what each tenant's errors may cost the operator's logs
 
-    def pool(self) -> Any:
+    def pool(self) -> SandboxPool:
         if self._pool is None:
             with self._lock:
                 if self._pool is None:
-                    from .pool import SandboxLimits, SandboxPool
+                    from .pool import SandboxPool
+                    from .process import SandboxLimits
 
                     limits = SandboxLimits(
                         cpu_seconds=self.settings.sandbox_cpu,

@@ -32,6 +32,10 @@ import os
 import sys
 import threading
 
+TYPE_CHECKING = False  # for mypy only: the worker imports no more than it must before its hardening
+if TYPE_CHECKING:
+    from typing import Any
+
 ERRNO_BADF = 8  # WASI errno values
 ERRNO_IO = 29
 ERRNO_FAULT = 21
@@ -56,7 +60,7 @@ def _harden() -> None:
         pass
 
 
-def _limit(config: dict) -> None:
+def _limit(config: dict[str, Any]) -> None:
     """Lifetime CPU, no core or files, few fds, and the data segment: the worker's memory as a whole, not only the
     guest's (RLIMIT_AS would count the address space wasmtime reserves around a linear memory; RLIMIT_DATA counts
     what becomes writable)."""

@@ -25,6 +25,7 @@ __all__ = [
     "Scheme",
     "is_remote",
     "open_plugin_path",
+    "platform_of",
     "split_plugin_path",
     "upload_store",
 ]
@@ -38,17 +39,23 @@ class Scheme:
     upload_store: str  # a VersionedStore writing into the same prefix: (url)
     cache_kind: str  # <state dir>/<cache_kind>/<url>: its local mirror
     refresh_setting: str  # the Settings field with its refresh period in seconds
+    platform: str = ""  # whose cloud serves it ("aws", "gcp"): what the platform's runtime may patch for it
 
 
 SCHEMES: dict[str, Scheme] = {
     "s3": Scheme(
-        "dpmsf_core.sources.s3:S3PluginSource", "dpmsf_core.upload.s3_store:S3PluginStore", "s3-cache", "s3_refresh"
+        "dpmsf_core.sources.s3:S3PluginSource",
+        "dpmsf_core.upload.s3_store:S3PluginStore",
+        "s3-cache",
+        "s3_refresh",
+        "aws",
     ),
     "gs": Scheme(
         "dpmsf_core.sources.gcs:GCSPluginSource",
         "dpmsf_core.upload.gcs_store:GCSPluginStore",
         "gcs-cache",
         "gcs_refresh",
+        "gcp",
     ),
 }
 
@@ -71,6 +78,12 @@ def _scheme_of(entry: str) -> Scheme | None:
 def is_remote(entry: str) -> bool:
     """Whether a plugin path entry names an object store (``s3://bucket/prefix``) rather than a folder."""
     return _scheme_of(entry) is not None
+
+
+def platform_of(entry: str) -> str | None:
+    """The cloud (``"aws"``, ``"gcp"``) whose object store a plugin path entry names; None for a folder."""
+    scheme = _scheme_of(entry)
+    return scheme.platform if scheme is not None else None
 
 
 def split_plugin_path(raw: str) -> list[str]:

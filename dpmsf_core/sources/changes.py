@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from .._backends import redact
@@ -56,6 +57,27 @@ def notify_url(settings: NotifySettings) -> str | None:
         if url.startswith(("postgresql://", "postgres://")):
             return url
     return None
+
+
+def listen(
+    settings: NotifySettings, load: Callable[[], Any], serving: Callable[[], AbstractContextManager[Any]], upload: Any
+) -> PluginChanges | None:
+    """This process's listener, started (None without a server): it runs ``load`` (the registry's: re-list the
+    sources, reload) inside ``serving()`` (the app's store for modules imported again); ``upload`` (the admin
+    endpoint, if any) announces through it."""
+    url = notify_url(settings)
+    if url is None:
+        return None
+
+    def reload() -> None:
+        with serving():
+            load()
+
+    changes = PluginChanges(url, reload)
+    if upload is not None:
+        upload.changes = changes
+    changes.ensure_started()
+    return changes
 
 
 class PluginChanges:
@@ -168,7 +190,7 @@ class PluginChanges:
             origin = json.loads(payload).get("origin")
         except (ValueError, AttributeError):
             return True  # not ours to read: re-listing costs one listing
-        return origin != self.origin
+        return bool(origin != self.origin)
 
     def _changed(self) -> None:
         try:

@@ -19,7 +19,6 @@ from typing import Any
 from ..errors import ConfigError
 from .mirror import MirroredSource, parse_bucket_url
 
-MANIFEST_NAME = ".gcs-manifest.json"
 GCS_TIMEOUT = 10.0  # seconds per Cloud Storage call: a refresh on the request path must not hang on an outage
 
 
@@ -57,7 +56,7 @@ def _describe_error(exc: BaseException) -> str:
 class GCSPluginSource(MirroredSource):
     """One ``gs://bucket/prefix`` entry of the plugin path, mirrored into ``cache_dir`` and refreshed by generation."""
 
-    manifest_name = MANIFEST_NAME
+    manifest_name = ".gcs-manifest.json"  # what the mirror fetched (loading/manifest.py is the routing one)
     staging_name = ".gcs-staging"
     kind = "Cloud Storage"
 

@@ -16,9 +16,8 @@ from typing import Any
 from .._backends import aws_client, aws_error
 from .mirror import MirroredSource, SyncResult, parse_bucket_url, select_plugin_keys
 
-__all__ = ["MANIFEST_NAME", "S3PluginSource", "SyncResult", "parse_s3_url", "select_plugin_keys"]
+__all__ = ["S3PluginSource", "SyncResult", "parse_s3_url", "select_plugin_keys"]
 
-MANIFEST_NAME = ".s3-manifest.json"
 _STAGING_NAME = ".s3-staging"
 
 
@@ -30,7 +29,7 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 class S3PluginSource(MirroredSource):
     """One ``s3://bucket/prefix`` entry of the plugin path, mirrored into ``cache_dir`` and refreshed by ETag."""
 
-    manifest_name = MANIFEST_NAME
+    manifest_name = ".s3-manifest.json"  # what the mirror fetched (loading/manifest.py is the routing one)
     staging_name = _STAGING_NAME
     kind = "S3"
 

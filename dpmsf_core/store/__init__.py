@@ -19,7 +19,8 @@ nothing; a backend that cannot be reached raises ServiceUnavailable (503) and wr
 holds at most ``limit`` documents and ``MAX_PAGE_BYTES`` of them (always at least one), so a listing never makes
 the server hold more than about a page: pass the cursor back for the rest.
 
-Backends, chosen with ``make_store(url)`` and installed by the app with ``configure(backend)``:
+Backends, chosen with ``make_store(url)``; the app opens its own (``DPMSF_STORE``) and hands it to plugin code
+through the request's context, so two apps in one process never share one:
 
 - ``sqlite:///path.db``      one machine, several worker processes (WAL; ``sqlite:////abs/path.db`` is absolute),
 - ``dynamodb://table-name``  the single DPMSF table: ``pk="store#<tenant>#<collection>"``, ``sk=<id>``, the
@@ -31,24 +32,23 @@ Backends, chosen with ``make_store(url)`` and installed by the app with ``config
                              ``dpmsf_store`` and ``dpmsf_store_usage``, made on first use
                              (``pip install 'dpmsf[postgres]'``).
 
-Without ``configure()``, the first use reads ``DPMSF_STORE`` (default ``sqlite:///.dpmsf/store.db``, relative to
-the working directory).
+The app's default is ``sqlite:///.dpmsf/store.db`` (its state folder). Outside a request of an app (a script, a
+test calling a function directly) there is no store, unless the code runs in ``with store.using(backend):``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .._backends import parse_backend_url
-from ..context import current_tenant, metered_store
-from ..errors import UnprocessableArguments
+from ..context import current_store, current_tenant, metered_store, reset_store, set_store
+from ..errors import ServiceUnavailable, UnprocessableArguments
 from .validation import (
     ANONYMOUS_TENANT,
-    DEFAULT_URL,
     MAX_DOC_BYTES,
     MAX_ID_LENGTH,
     MAX_LIMIT,
@@ -84,9 +84,9 @@ __all__ = [
     "SQLiteStore",
     "StoreBackend",
     "collection",
-    "configure",
     "get_backend",
     "make_store",
+    "using",
 ]
 
 log = logging.getLogger("dpmsf.store")
@@ -155,37 +155,28 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-_backend: StoreBackend | None = None
-_configured_url: str | None = None
-_configured_quotas: QuotaLookup | None = None
-_backend_lock = threading.Lock()
-
-
-def configure(backend: StoreBackend | str | None, quotas: QuotaLookup | None = None) -> None:
-    """Install the backend plugins use (the app calls this at start-up); a URL is passed to ``make_store`` with
-    ``quotas`` (the app's ``QuotaBook.for_tenant``: each tenant's quotas, with its stored overrides).
-
-    ``None`` forgets it, so the next use reads ``DPMSF_STORE`` again.
+@contextmanager
+def using(backend: StoreBackend) -> Iterator[StoreBackend]:
+    """Plugin code run in this block (and the threads and tasks it starts with its context) stores in ``backend``:
+    for tests, benchmarks and scripts that call plugin functions without an app; an app binds its own per request.
     """
-    global _backend, _configured_url, _configured_quotas
-    with _backend_lock:
-        if isinstance(backend, str):  # opened on first use: an app that never stores anything pays nothing
-            _backend, _configured_url, _configured_quotas = None, backend, quotas
-        else:
-            _backend, _configured_url, _configured_quotas = backend, None, None
+    token = set_store(lambda: backend)
+    try:
+        yield backend
+    finally:
+        reset_store(token)
 
 
 def get_backend() -> StoreBackend:
-    """The configured backend, else one made from ``DPMSF_STORE`` (default ``sqlite:///.dpmsf/store.db``)."""
-    global _backend
-    backend = _backend
+    """The store of the app serving this request (``DPMSF_STORE``, opened on first use), or of ``using``."""
+    backend = current_store()
     if backend is None:
-        with _backend_lock:
-            if _backend is None:
-                url = _configured_url or os.environ.get("DPMSF_STORE") or DEFAULT_URL
-                _backend = make_store(url, _configured_quotas)
-            backend = _backend
-    return backend
+        raise ServiceUnavailable(
+            "The document store is reached through the app serving a request: store.collection() was used outside "
+            "one (in a thread that did not copy the request's context, or in a script). Call the function through "
+            "the app (dpmsf_core.testing), or wrap the call in `with store.using(store.make_store(url)):`."
+        )
+    return cast(StoreBackend, backend)
 
 
 @dataclass(frozen=True)
@@ -193,7 +184,7 @@ class Collection:
     """A named set of documents of the calling tenant (``"_"`` outside a tenant's request)."""
 
     name: str
-    backend: StoreBackend | None = None  # None: the configured one, looked up on each call
+    backend: StoreBackend | None = None  # None: the serving app's (``get_backend``), looked up on each call
     tenant: str | None = None  # None: the tenant of the request being served (the sandbox passes its call's)
 
     def __post_init__(self) -> None:

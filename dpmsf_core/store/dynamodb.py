@@ -116,7 +116,8 @@ class DynamoDBStore:
                 ProjectionExpression=fields,
                 ExpressionAttributeNames={"#size": "size"},  # a reserved word
             )
-        return answer.get("Item")
+        item: dict[str, Any] | None = answer.get("Item")  # boto3's answers are untyped here
+        return item
 
     @staticmethod
     def _usage_key(tenant: str) -> dict[str, Any]:
@@ -195,7 +196,8 @@ class DynamoDBStore:
             if attempt:
                 time.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
             if self._write(tenant, collection, doc_id, text, self._read(tenant, collection, doc_id, "ver, #size")):
-                return json.loads(text)
+                stored: dict[str, Any] = json.loads(text)
+                return stored
         raise ServiceUnavailable(f"Document '{doc_id}' kept changing under {self._UPDATE_ATTEMPTS} writes; retry.")
 
     def update(self, tenant: str, collection: str, doc_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
@@ -210,7 +212,8 @@ class DynamoDBStore:
                 return None
             text = encode_doc({**json.loads(item["doc"]["S"]), **changes}, max_bytes=max_doc)
             if self._write(tenant, collection, doc_id, text, item):  # nobody wrote in between, or read again
-                return json.loads(text)
+                stored: dict[str, Any] = json.loads(text)
+                return stored
         raise ServiceUnavailable(f"Document '{doc_id}' kept changing under {self._UPDATE_ATTEMPTS} updates; retry.")
 
     def delete(self, tenant: str, collection: str, doc_id: str) -> bool:

@@ -188,7 +188,8 @@ class FirestoreStore:
             ref = self._doc_ref(tenant, collection, doc_id)
             snapshot, used = self._read(ref, tenant, ["size"])
             if self._write(ref, snapshot, item, tenant, used):
-                return json.loads(text)
+                stored: dict[str, Any] = json.loads(text)
+                return stored
         raise ServiceUnavailable(f"Document '{doc_id}' kept changing under {self._UPDATE_ATTEMPTS} writes; retry.")
 
     def update(self, tenant: str, collection: str, doc_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
@@ -204,7 +205,8 @@ class FirestoreStore:
                 return None
             text = encode_doc({**json.loads(snapshot.get("doc")), **changes}, max_bytes=max_doc)
             if self._write(ref, snapshot, self._item(tenant, collection, doc_id, text), tenant, used):
-                return json.loads(text)  # else somebody wrote in between: read again and merge into the newer one
+                stored: dict[str, Any] = json.loads(text)
+                return stored  # else somebody wrote in between: read again and merge into the newer one
         raise ServiceUnavailable(f"Document '{doc_id}' kept changing under {self._UPDATE_ATTEMPTS} updates; retry.")
 
     def delete(self, tenant: str, collection: str, doc_id: str) -> bool:

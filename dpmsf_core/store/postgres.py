@@ -169,7 +169,8 @@ class PostgresStore:
         with self._conn() as conn, conn.transaction():
             old_size = self._upsert(conn, _key(tenant, collection, doc_id), text)
             self._count(conn, tenant, stored_size(text) - old_size)
-        return json.loads(text)
+        stored: dict[str, Any] = json.loads(text)
+        return stored
 
     def update(self, tenant: str, collection: str, doc_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
         check_key(tenant, collection, doc_id)
@@ -183,7 +184,8 @@ class PostgresStore:
             text = encode_doc({**json.loads(row[0]), **changes}, max_bytes=max_doc)
             conn.execute(f"UPDATE dpmsf_store SET doc = %s, updated_at = %s WHERE {_KEY}", (text, time.time(), *key))
             self._count(conn, tenant, stored_size(text) - int(row[1]))
-        return json.loads(text)
+        merged: dict[str, Any] = json.loads(text)
+        return merged
 
     def delete(self, tenant: str, collection: str, doc_id: str) -> bool:
         check_key(tenant, collection, doc_id)

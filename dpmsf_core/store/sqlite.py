@@ -146,7 +146,8 @@ class SQLiteStore:
         text = encode_doc(doc, max_bytes=self._quotas(tenant).max_doc)
         with self._transaction() as conn:
             self._write(conn, (tenant, collection, doc_id), text, self._size(conn, tenant, collection, doc_id))
-        return json.loads(text)
+        stored: dict[str, Any] = json.loads(text)
+        return stored
 
     def update(self, tenant: str, collection: str, doc_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
         check_key(tenant, collection, doc_id)
@@ -161,7 +162,8 @@ class SQLiteStore:
                 return None
             text = encode_doc({**json.loads(row[0]), **changes}, max_bytes=max_doc)
             self._write(conn, (tenant, collection, doc_id), text, int(row[1]))
-        return json.loads(text)
+        stored: dict[str, Any] = json.loads(text)
+        return stored
 
     def delete(self, tenant: str, collection: str, doc_id: str) -> bool:
         check_key(tenant, collection, doc_id)

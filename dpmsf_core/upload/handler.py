@@ -5,18 +5,23 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
 from ..context import metered
 from ..errors import Conflict, MethodNotAllowed, NotFound
 from ..exchange import Receive, Responder, Scope, read_body
 from ..loading.registry import Registry
-from ..loading.tenant_index import TenantIndex
+from ..loading.tenant_index import RemoteIndex, TenantIndex
 from ..security import LazySecurity, bearer, require
 from .ledger import UploadLedger
 from .reading import UploadBudget, UploadReader
 from .stores import PluginStore
+
+if TYPE_CHECKING:
+    from ..loading.snapshot import Snapshot
+    from ..sources.mirror import MirroredSource
+    from .reading import ReadUpload
 
 
 @dataclass(frozen=True)
@@ -26,7 +31,7 @@ class UploadTarget:
 
     store: PluginStore
     folder: str
-    source: Any = None
+    source: MirroredSource | None = None
 
 
 class PluginUpload:
@@ -40,7 +45,7 @@ class PluginUpload:
         self.registry = registry
         self.security = security
         index = registry.indexes.for_folder(self.folder) or TenantIndex(self.folder)
-        if hasattr(self.store, "put_index"):  # an object store: the index travels with the modules
+        if isinstance(self.store, RemoteIndex):  # an object store: the index travels with the modules
             index.remote = self.store
         self.ledger = UploadLedger(self.store, index)
         budget = UploadBudget(cpu_seconds=settings.upload_cpu, wall_seconds=4 * settings.upload_cpu + 2)
@@ -110,12 +115,14 @@ class PluginUpload:
         else:
             raise MethodNotAllowed(f"Plugin '{name}' answers GET, PUT and DELETE.", ["GET", "HEAD", "PUT", "DELETE"])
 
-    def _stored(self, name: str) -> tuple[tuple[str, Any] | None, str | None]:
+    def _stored(self, name: str) -> tuple[tuple[str, str] | None, str | None]:
         """Module ``name`` as stored (source, version) and its owner. Blocks: runs in a thread."""
         stored = self.store.get_versioned(name)
         return stored, self.ledger.owner(name, stored[0] if stored else None)
 
-    def _commit(self, name: str, tenant: str, admin: bool, read: Any, stored: Any) -> dict[str, Any]:
+    def _commit(
+        self, name: str, tenant: str, admin: bool, read: ReadUpload, stored: tuple[str, str] | None
+    ) -> dict[str, Any]:
         """Check, index, store and load an upload that was read: in a thread (the index rewrite and the registry
         rebuild once stalled every request), one upload at a time (the quota check and the store agree). The
         module is live when this returns, as the answer says."""
@@ -172,7 +179,7 @@ class PluginUpload:
         return {"status": report.status, "error": report.error, "endpoints": report.endpoints}
 
 
-def _check_names_free(snapshot: Any, names: set[str], tenant: str) -> None:
+def _check_names_free(snapshot: Snapshot, names: set[str], tenant: str) -> None:
     """A tenant may not take a public name (module name or alias) that another owner serves or has stored, nor
     the name of a trusted API: in ``/rest/services/<name>/...`` a module name would capture the API's calls."""
     trusted_apis = {api for api, endpoints in snapshot.by_api.items() if any(ep.trusted for ep in endpoints)}
@@ -190,7 +197,7 @@ def _check_names_free(snapshot: Any, names: set[str], tenant: str) -> None:
             )
 
 
-def _check_trusted_name_free(snapshot: Any, public: str, folder: str, name: str) -> None:
+def _check_trusted_name_free(snapshot: Snapshot, public: str, folder: str, name: str) -> None:
     """409 when another trusted module (a bundled one, say) serves ``public``: this upload would never load."""
     holder = snapshot.modules.get(public)
     if holder is None or not holder.trusted:
@@ -204,7 +211,7 @@ def _check_trusted_name_free(snapshot: Any, public: str, folder: str, name: str)
     )
 
 
-def plan_upload(settings: Settings, folders: list[str], sources: list[Any]) -> UploadTarget | None:
+def plan_upload(settings: Settings, folders: list[str], sources: list[MirroredSource]) -> UploadTarget | None:
     """Where uploads go: ``DPMSF_UPLOAD_DIR``, else the first S3 or Cloud Storage source, else ``<state dir>/uploads``.
 
     A new folder is added to ``folders`` (the plugin path) so that uploads are live on the next request.

@@ -7,6 +7,7 @@ import ast
 import bisect
 import keyword
 import re
+from typing import TypeGuard
 
 from ..errors import BadRequest, PayloadTooLarge, UnprocessableArguments
 
@@ -90,7 +91,7 @@ def _parse(text: str, name: str) -> ast.Module:
 # -- tenant stamping -----------------------------------------------------------------------------------------
 
 
-def _is_tenant_name(node: ast.AST) -> bool:
+def _is_tenant_name(node: ast.AST) -> TypeGuard[ast.Name]:
     return isinstance(node, ast.Name) and node.id == TENANT_NAME
 
 
@@ -153,8 +154,8 @@ def _tenant_bindings(tree: ast.Module, source: str) -> tuple[list[ast.stmt], lis
             kind = _forbidden_binding(node)
             if kind:
                 refused.append((getattr(node, "lineno", stmt.lineno), kind))
-            elif _is_tenant_name(node) and isinstance(node.ctx, ast.Store):  # type: ignore[attr-defined]
-                renames.append(node)  # type: ignore[arg-type]
+            elif _is_tenant_name(node) and isinstance(node.ctx, ast.Store):
+                renames.append(node)
     return simple, renames, refused
 
 
@@ -180,8 +181,12 @@ def _insertion_line(tree: ast.Module) -> int:
     """1-based line before which the stamp goes: after the docstring and ``from __future__`` imports."""
     anchor: ast.stmt | None = None
     for i, stmt in enumerate(tree.body):
-        is_doc = i == 0 and isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
-        is_doc = is_doc and isinstance(stmt.value.value, str)  # type: ignore[attr-defined]
+        is_doc = (
+            i == 0
+            and isinstance(stmt, ast.Expr)
+            and isinstance(stmt.value, ast.Constant)
+            and isinstance(stmt.value.value, str)
+        )
         if is_doc or (isinstance(stmt, ast.ImportFrom) and stmt.module == "__future__"):
             anchor = stmt
             continue
@@ -190,7 +195,7 @@ def _insertion_line(tree: ast.Module) -> int:
         return (anchor.end_lineno or anchor.lineno) + 1
     if tree.body:
         first = tree.body[0]
-        decorators = getattr(first, "decorator_list", [])
+        decorators: list[ast.expr] = getattr(first, "decorator_list", [])
         return min([first.lineno, *(d.lineno for d in decorators)])
     return 0  # empty module: append
 
@@ -243,7 +248,12 @@ def _check_stamped(source: str, tenant_id: str) -> None:
     simple, renames, refused = _tenant_bindings(tree, source)
     ok = bool(simple) and not renames and not refused
     for stmt in simple:
-        ok = ok and isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
-        ok = ok and isinstance(stmt.value, ast.Constant) and stmt.value.value == tenant_id  # type: ignore[attr-defined]
+        ok = (
+            ok
+            and isinstance(stmt, ast.Assign)
+            and len(stmt.targets) == 1
+            and isinstance(stmt.value, ast.Constant)
+            and stmt.value.value == tenant_id
+        )
     if not ok:
         raise UnprocessableArguments(f"The module's '{TENANT_NAME}' could not be stamped. Remove any '{TENANT_NAME}'.")

@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ports import free_port
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 SERVICE = REPO / "build" / "sls"
@@ -75,12 +77,6 @@ def install(service: Path = SERVICE) -> Path:
     return service
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _wait_ready(proc: subprocess.Popen[bytes], log: Path, port: int, deadline: float) -> None:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -113,7 +109,7 @@ class _Started:
 
 
 def _start(service: Path, config: str, env: Mapping[str, str], extra: list[str]) -> _Started:
-    http_port, lambda_port = _free_port(), _free_port()
+    http_port, lambda_port = free_port(), free_port()
     log = service / f"{Path(config).stem}.log"
     cli = service / "node_modules" / "serverless" / "bin" / "serverless.js"
     argv = [shutil.which("node") or "node", str(cli), "offline", "start", "--config", config]
@@ -143,7 +139,7 @@ def serverless_offline(env: Mapping[str, str], state: Path) -> Iterator[dict[str
     }
     started: dict[str, _Started] = {}
     try:  # both start at once, then both are waited for
-        started["staged"] = _start(service, CONFIGS[0], {**environ, "CONFORMANCE_REST_BASE": "/dev"}, [])
+        started["staged"] = _start(service, CONFIGS[0], environ, [])
         started["flat"] = _start(service, CONFIGS[1], environ, ["--noPrependStageInUrl"])
         deadline = time.monotonic() + 90
         for one in started.values():

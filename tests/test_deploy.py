@@ -16,6 +16,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -319,7 +320,7 @@ def test_the_cluster_image_command_serves_drains_and_logs_json_to_stdout(tmp_pat
     env = _env(final)
     cmd = json.loads(next(i.args for i in final if i.op == "CMD"))
     port = free_port()
-    venv_bin = str(Path(shutil.which("dpmsf", path=str(Path(os.sys.executable).parent)) or "").parent)
+    venv_bin = str(Path(shutil.which("dpmsf", path=str(Path(sys.executable).parent)) or "").parent)
     env.update(
         PORT=str(port), DPMSF_STATE_DIR=str(tmp_path / "state"), PATH=f"{venv_bin}:/usr/bin:/bin", HOME=str(tmp_path)
     )

@@ -181,25 +181,35 @@ class DPMSFApp:
     async def _route(
         self, scope: Scope, receive: Receive, responder: Responder, headers: dict[str, str], rid: str
     ) -> None:
-        path: str = scope["path"]
-        base = self.settings.base_path
-        if base and path.startswith(base):
-            path = path[len(base) :] or "/"
-        if not path.startswith(("/rest/", _DOCS_ASSETS)) and path not in ("/", "/docs", "/docs/", "/openapi.json"):
-            path = _strip_unknown_prefix(path)
+        """The route table: probes and services first (every plugin call passes here), then the admin's routes and
+        the server's own pages, each its own step."""
+        path = _app_path(scope["path"], self.settings.base_path)
         if path in _PROBES and scope["method"] in ("GET", "HEAD"):  # the orchestrator's questions (health.py)
             await responder.json(200, {"status": "ok"} if path == "/healthz" else await self._ready())
         elif path.startswith(SERVICES_PREFIX + "/") or path == SERVICES_PREFIX:
             await self.services.serve(scope, receive, responder, headers, rid, path[len(SERVICES_PREFIX) :])
-        elif path in (_USAGE_PATH, _USAGE_PATH + "/") and self.settings.admin_id:
+        elif path.startswith(_ADMIN_PREFIX + "/"):
+            await self._serve_admin(scope, receive, responder, headers, path)
+        else:
+            await self._serve_page(scope, responder, headers, path)
+
+    async def _serve_admin(
+        self, scope: Scope, receive: Receive, responder: Responder, headers: dict[str, str], path: str
+    ) -> None:
+        """``/rest/admin/...``: the usage report (with an ADMIN_ID), else plugin uploads, which may be off."""
+        if path in (_USAGE_PATH, _USAGE_PATH + "/") and self.settings.admin_id:
             from .metering.admin import usage_report
 
             await usage_report(self, scope, responder, headers)
-        elif path.startswith(_ADMIN_PREFIX + "/"):
-            if self.admin is None:
-                raise NotFound("Plugin upload is not enabled on this server (set ADMIN_ID).")
-            await self.admin.handle(scope, receive, responder, headers, path[len(_ADMIN_PREFIX) :])
-        elif path == "/openapi.json":
+            return
+        if self.admin is None:
+            raise NotFound("Plugin upload is not enabled on this server (set ADMIN_ID).")
+        await self.admin.handle(scope, receive, responder, headers, path[len(_ADMIN_PREFIX) :])
+
+    async def _serve_page(self, scope: Scope, responder: Responder, headers: dict[str, str], path: str) -> None:
+        """The server's own pages (OpenAPI, metrics, Swagger UI, the index): off the services path, so what they
+        import and compute costs a plugin call nothing."""
+        if path == "/openapi.json":
             tenant = self.security.tenant_for_read(headers)
             await responder.json(200, self.openapi(tenant, _root_path(scope, self.settings)))
         elif path == "/metrics" and self.usage is not None and scope["method"] in ("GET", "HEAD"):
@@ -249,6 +259,16 @@ class DPMSFApp:
     def get_security(self) -> Security:
         """Tokens and tenants, set up on first need."""
         return self.security()
+
+
+def _app_path(path: str, base: str) -> str:
+    """The path our routes see: without ``DPMSF_BASE_PATH`` and without a stage or mapping prefix in front of them,
+    so the one route table serves behind API Gateway, a custom domain's mapping and ``uvicorn`` alike."""
+    if base and path.startswith(base):
+        path = path[len(base) :] or "/"
+    if not path.startswith(("/rest/", _DOCS_ASSETS)) and path not in ("/", "/docs", "/docs/", "/openapi.json"):
+        path = _strip_unknown_prefix(path)
+    return path
 
 
 def _strip_unknown_prefix(path: str) -> str:

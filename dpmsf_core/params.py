@@ -185,15 +185,7 @@ class CallPlan:
             return args, kwargs
         if self.nothing:
             return [], {}  # a function without parameters ignores what the request carries
-        call_kwargs = kwargs if self.var_kw else {k: v for k, v in kwargs.items() if k in self.names}
-        unnamed = [value for name, value in url_params if name not in self.names]
-        if unnamed and not self.var_kw:
-            free = [name for name in self.positional if name not in call_kwargs][len(args) :]
-            call_kwargs.update(zip(free, unnamed, strict=False))
-        if self.model_param and self.model_param not in call_kwargs and body is not None:
-            call_kwargs[self.model_param] = {k: v for k, v in body.items() if k not in RESERVED_BODY_KEYS}
-        if self.inject:
-            call_kwargs = {**call_kwargs, self.inject: request}
+        call_kwargs = self._keywords(args, kwargs, request, body, url_params)
         assert self.signature is not None
         try:
             bound = self.signature.bind(*args, **call_kwargs)
@@ -204,28 +196,54 @@ class CallPlan:
                 errors=[{"loc": ["arguments", missing] if missing else ["arguments"], "msg": str(exc)}],
             ) from None
         if self._adapters:
-            errors: list[dict[str, Any]] = []
-            sent: dict[str, Any] = {}  # a JSON body's values are checked as JSON; the rest is text to convert
-            if body is not None and request is not None and _is_json(request.header("content-type")):
-                sent = body
-            for name, value in list(bound.arguments.items()):
-                if name not in self._adapters:
-                    continue
-                from_json = bool(sent) and (
-                    (name in sent and sent[name] is value) or (name == self.model_param and name not in sent)
-                )
-                try:
-                    bound.arguments[name] = self._validate(name, value, from_json=from_json)
-                except _Invalid as exc:
-                    errors.extend(
-                        {"loc": ["arguments", name, *loc], "msg": msg, "input": _short(bad)}
-                        for loc, msg, bad in exc.found
-                    )
-            if errors:
-                names = ", ".join(f"'{'.'.join(str(p) for p in e['loc'][1:])}'" for e in errors)
-                first = errors[0]["msg"]
-                raise UnprocessableArguments(f"Invalid value for {names}: {first}", errors=errors)
+            self._validate_bound(bound, request, body)
         return list(bound.args), dict(bound.kwargs)
+
+    def _keywords(
+        self,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        request: RequestInfo | None,
+        body: dict[str, Any] | None,
+        url_params: Sequence[tuple[str, str]],
+    ) -> dict[str, Any]:
+        """The keyword arguments the function is called with: the names it declares (all with ``**kwargs``), URL
+        segments on its parameters not given otherwise, the body for its one model parameter, the request."""
+        call_kwargs = kwargs if self.var_kw else {k: v for k, v in kwargs.items() if k in self.names}
+        unnamed = [value for name, value in url_params if name not in self.names]
+        if unnamed and not self.var_kw:
+            free = [name for name in self.positional if name not in call_kwargs][len(args) :]
+            call_kwargs.update(zip(free, unnamed, strict=False))
+        if self.model_param and self.model_param not in call_kwargs and body is not None:
+            call_kwargs[self.model_param] = {k: v for k, v in body.items() if k not in RESERVED_BODY_KEYS}
+        if self.inject:
+            call_kwargs = {**call_kwargs, self.inject: request}
+        return call_kwargs
+
+    def _validate_bound(
+        self, bound: inspect.BoundArguments, request: RequestInfo | None, body: dict[str, Any] | None
+    ) -> None:
+        """Every annotated argument converted and checked in place; all that fail are one 422 naming each."""
+        errors: list[dict[str, Any]] = []
+        sent: dict[str, Any] = {}  # a JSON body's values are checked as JSON; the rest is text to convert
+        if body is not None and request is not None and _is_json(request.header("content-type")):
+            sent = body
+        for name, value in list(bound.arguments.items()):
+            if name not in self._adapters:
+                continue
+            from_json = bool(sent) and (
+                (name in sent and sent[name] is value) or (name == self.model_param and name not in sent)
+            )
+            try:
+                bound.arguments[name] = self._validate(name, value, from_json=from_json)
+            except _Invalid as exc:
+                errors.extend(
+                    {"loc": ["arguments", name, *loc], "msg": msg, "input": _short(bad)} for loc, msg, bad in exc.found
+                )
+        if errors:
+            names = ", ".join(f"'{'.'.join(str(p) for p in e['loc'][1:])}'" for e in errors)
+            first = errors[0]["msg"]
+            raise UnprocessableArguments(f"Invalid value for {names}: {first}", errors=errors)
 
     def _validate(self, name: str, value: Any, *, from_json: bool = False) -> Any:
         """Query, URL and form values are text, converted by the annotation ("3" is an int); a JSON body's values

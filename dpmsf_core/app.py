@@ -183,7 +183,9 @@ class DPMSFApp:
     ) -> None:
         """The route table: probes and services first (every plugin call passes here), then the admin's routes and
         the server's own pages, each its own step."""
-        path = _app_path(scope["path"], self.settings.base_path)
+        path: str = scope["path"]
+        if self.settings.base_path or not path.startswith("/rest/"):  # else nothing to take off: no call
+            path = _app_path(path, self.settings.base_path)
         if path in _PROBES and scope["method"] in ("GET", "HEAD"):  # the orchestrator's questions (health.py)
             await responder.json(200, {"status": "ok"} if path == "/healthz" else await self._ready())
         elif path.startswith(SERVICES_PREFIX + "/") or path == SERVICES_PREFIX:

@@ -101,15 +101,16 @@ class ServiceDispatcher:
     async def serve(
         self, scope: Scope, receive: Receive, responder: Responder, headers: dict[str, str], rid: str, rest: str
     ) -> None:
-        """Authorize -> bind -> answer: every plugin call passes here, so the steps are plain calls (no coroutine
-        or object more than one call needs)."""
+        """Authorize (``_route_for``, ``_authorize``) -> bind (``plan.bind``) -> answer (``_answer``): every plugin
+        call passes here, so the steps are plain calls, and no coroutine or object more than before."""
         method: str = scope["method"]
         segments = [s for s in rest.split("/") if s]
         snapshot = self.registry.refresh_routing()  # modules from the packaged manifest import when first called
         if segments and segments[0] == "__dir__" and len(segments) == 1:
             await self._serve_directory(scope, responder, headers, method)
             return
-        tenant = self._caller(headers)
+        token = bearer(headers)
+        tenant = self.security().verify(token) if token is not None else None  # a token is spent once verified
         route = self._route_for(snapshot, segments, tenant, method, responder)
         endpoint, url_params = route.endpoint, route.params
         scope["dpmsf.endpoint"] = f"{endpoint.module}.{endpoint.api}"  # the per-endpoint metrics dimension
@@ -163,11 +164,6 @@ class ServiceDispatcher:
             await responder.send(200, json.dumps(listing, indent=2, default=str).encode() + b"\n", JSON)
         else:
             await responder.json(200, listing)
-
-    def _caller(self, headers: dict[str, str]) -> str | None:
-        """The tenant a bearer token names (verified, and spent: tokens are single-use), None without one."""
-        token = bearer(headers)
-        return self.security().verify(token) if token is not None else None
 
     def _route_for(
         self, snapshot: Any, segments: list[str], tenant: str | None, method: str, responder: Responder

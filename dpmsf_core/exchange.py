@@ -102,11 +102,19 @@ class Responder:
 
         async def bounded(message: dict[str, Any]) -> None:
             nonlocal sent
-            sent = self._sent_within(message, sent, limit, api, streaming=held is None)
+            kind = message["type"]
+            if kind == "http.response.start":
+                declared = _declared_length(message.get("headers") or ())
+                if declared is not None and declared > limit:
+                    raise too_large(api, declared, limit)  # nothing sent yet: the caller gets the problem
+            elif kind == "http.response.body":
+                sent += len(message.get("body") or b"")
+                if sent > limit:
+                    raise self._cut_off(api, sent, limit, streaming=held is None)
             if held is not None:
                 held.append(message)
                 return
-            if message["type"] == "http.response.start":
+            if kind == "http.response.start":
                 self.status = message["status"]
             await self._send(message)
 
@@ -123,26 +131,17 @@ class Responder:
             if name not in present:
                 response.raw_headers.append((name, value))
 
-    def _sent_within(self, message: dict[str, Any], sent: int, limit: int, api: str, *, streaming: bool) -> int:
-        """The body bytes sent once ``message`` is, or the refusal: a start that declares more than ``limit``, or a
-        body that passes it. A stream cut off is logged too: its caller only sees the connection end."""
-        kind = message["type"]
-        if kind == "http.response.start":
-            declared = _declared_length(message.get("headers") or ())
-            if declared is not None and declared > limit:
-                raise too_large(api, declared, limit)  # nothing sent yet: the caller gets the problem
-        elif kind == "http.response.body":
-            sent += len(message.get("body") or b"")
-            if sent > limit:
-                if streaming:
-                    log.error(
-                        "API '%s' streamed more than %d bytes (DPMSF_MAX_RESPONSE): answer cut off, request %s",
-                        api,
-                        limit,
-                        self.rid.decode("latin-1"),
-                    )
-                raise too_large(api, sent, limit, at_least=True)
-        return sent
+    def _cut_off(self, api: str, sent: int, limit: int, *, streaming: bool) -> DPMSFError:
+        """The refusal of a body that passed ``limit``; a stream cut off is logged too, since its caller only sees
+        the connection end."""
+        if streaming:
+            log.error(
+                "API '%s' streamed more than %d bytes (DPMSF_MAX_RESPONSE): answer cut off, request %s",
+                api,
+                limit,
+                self.rid.decode("latin-1"),
+            )
+        return too_large(api, sent, limit, at_least=True)
 
 
 def _refuse_built_over(response: Any, limit: int, api: str) -> None:

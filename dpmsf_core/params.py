@@ -185,7 +185,15 @@ class CallPlan:
             return args, kwargs
         if self.nothing:
             return [], {}  # a function without parameters ignores what the request carries
-        call_kwargs = self._keywords(args, kwargs, request, body, url_params)
+        call_kwargs = kwargs if self.var_kw else {k: v for k, v in kwargs.items() if k in self.names}
+        unnamed = [value for name, value in url_params if name not in self.names]
+        if unnamed and not self.var_kw:
+            free = [name for name in self.positional if name not in call_kwargs][len(args) :]
+            call_kwargs.update(zip(free, unnamed, strict=False))
+        if self.model_param and self.model_param not in call_kwargs and body is not None:
+            call_kwargs[self.model_param] = {k: v for k, v in body.items() if k not in RESERVED_BODY_KEYS}
+        if self.inject:
+            call_kwargs = {**call_kwargs, self.inject: request}
         assert self.signature is not None
         try:
             bound = self.signature.bind(*args, **call_kwargs)
@@ -198,27 +206,6 @@ class CallPlan:
         if self._adapters:
             self._validate_bound(bound, request, body)
         return list(bound.args), dict(bound.kwargs)
-
-    def _keywords(
-        self,
-        args: list[Any],
-        kwargs: dict[str, Any],
-        request: RequestInfo | None,
-        body: dict[str, Any] | None,
-        url_params: Sequence[tuple[str, str]],
-    ) -> dict[str, Any]:
-        """The keyword arguments the function is called with: the names it declares (all with ``**kwargs``), URL
-        segments on its parameters not given otherwise, the body for its one model parameter, the request."""
-        call_kwargs = kwargs if self.var_kw else {k: v for k, v in kwargs.items() if k in self.names}
-        unnamed = [value for name, value in url_params if name not in self.names]
-        if unnamed and not self.var_kw:
-            free = [name for name in self.positional if name not in call_kwargs][len(args) :]
-            call_kwargs.update(zip(free, unnamed, strict=False))
-        if self.model_param and self.model_param not in call_kwargs and body is not None:
-            call_kwargs[self.model_param] = {k: v for k, v in body.items() if k not in RESERVED_BODY_KEYS}
-        if self.inject:
-            call_kwargs = {**call_kwargs, self.inject: request}
-        return call_kwargs
 
     def _validate_bound(
         self, bound: inspect.BoundArguments, request: RequestInfo | None, body: dict[str, Any] | None

@@ -263,7 +263,25 @@ def run(tmp: Path, opts: argparse.Namespace) -> None:
     print(f"(a) SQLiteStore, {opts.docs} documents in the collection, {opts.calls} calls each, one thread")
     for name, (p50, p99) in store_latency(tmp, opts.docs, opts.calls).items():
         print(f"    {name:<28} p50 {p50:7.1f} us   p99 {p99:7.1f} us", flush=True)
+    servers, script = _todo_servers(tmp)
+    try:
+        results = _todo_over_http(servers, script, opts)
+    finally:
+        for server in servers.values():
+            server.close()
+    _print_todo(results)
 
+
+# name: (server, list path, create path)
+_TODO_TARGETS = {
+    "dpmsf": ("dpmsf", "/rest/services/todo/tasks/", "/rest/services/todo/tasks/"),
+    "fastapi": ("fastapi", "/tasks/", "/tasks/"),
+    "fastapi raw": ("fastapi", "/raw/tasks/", "/raw/tasks/"),
+}
+
+
+def _todo_servers(tmp: Path) -> tuple[dict[str, Server], Path]:
+    """The todo plugin under dpmsf and its FastAPI twin, each on its own seeded SQLite file, and wrk's POST script."""
     plugins = tmp / "plugins"
     plugins.mkdir()
     shutil.copy(ROOT / "plugins" / "todo.py", plugins / "todo.py")
@@ -285,39 +303,44 @@ def run(tmp: Path, opts: argparse.Namespace) -> None:
         "dpmsf": Server("dpmsf_core.asgi:create", dpmsf_env, factory=True),
         "fastapi": Server("bench.baseline_todo_fastapi:app", {"TODO_DB": str(fastapi_db)}),
     }
-    targets = {  # name: (server, list path, create path)
-        "dpmsf": ("dpmsf", "/rest/services/todo/tasks/", "/rest/services/todo/tasks/"),
-        "fastapi": ("fastapi", "/tasks/", "/tasks/"),
-        "fastapi raw": ("fastapi", "/raw/tasks/", "/raw/tasks/"),
-    }
+    return servers, script
+
+
+def _todo_over_http(
+    servers: dict[str, Server], script: Path, opts: argparse.Namespace
+) -> dict[tuple[str, str], list[tuple[float, float]]]:
+    """wrk figures per (target, operation), rounds interleaved and their order alternated, so a drift of the
+    machine falls on every target alike."""
+    targets = _TODO_TARGETS
+    check(servers["dpmsf"], targets["dpmsf"][1] + "?limit=20", targets["dpmsf"][2])
+    check(servers["fastapi"], targets["fastapi"][1] + "?limit=20", targets["fastapi"][2])
+    check(servers["fastapi"], targets["fastapi raw"][1] + "?limit=20", targets["fastapi raw"][2])
+    print(
+        f"\n(b) todo over HTTP: wrk -t1 -c{opts.connections}, {opts.seconds} s per run after warm-up, "
+        f"{opts.rounds} rounds interleaved (median shown)"
+    )
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    try:
-        check(servers["dpmsf"], targets["dpmsf"][1] + "?limit=20", targets["dpmsf"][2])
-        check(servers["fastapi"], targets["fastapi"][1] + "?limit=20", targets["fastapi"][2])
-        check(servers["fastapi"], targets["fastapi raw"][1] + "?limit=20", targets["fastapi raw"][2])
-        print(
-            f"\n(b) todo over HTTP: wrk -t1 -c{opts.connections}, {opts.seconds} s per run after warm-up, "
-            f"{opts.rounds} rounds interleaved (median shown)"
-        )
-        order = list(targets)
-        for r in range(opts.rounds):
-            for op in ("list", "create"):
-                for name in order if r % 2 == 0 else order[::-1]:
-                    server, list_path, create_path = targets[name]
-                    if op == "list":
-                        figure = wrk(servers[server].url(list_path + "?limit=20"), opts.seconds, opts.connections)
-                    else:
-                        figure = wrk(servers[server].url(create_path), opts.seconds, opts.connections, script)
-                    results.setdefault((name, op), []).append(figure)
-    finally:
-        for server in servers.values():
-            server.close()
+    order = list(targets)
+    for r in range(opts.rounds):
+        for op in ("list", "create"):
+            for name in order if r % 2 == 0 else order[::-1]:
+                server, list_path, create_path = targets[name]
+                if op == "list":
+                    figure = wrk(servers[server].url(list_path + "?limit=20"), opts.seconds, opts.connections)
+                else:
+                    figure = wrk(servers[server].url(create_path), opts.seconds, opts.connections, script)
+                results.setdefault((name, op), []).append(figure)
+    return results
+
+
+def _print_todo(results: dict[tuple[str, str], list[tuple[float, float]]]) -> None:
+    """Medians per target and the ratios the issue's targets are stated in."""
 
     def med(name: str, op: str, i: int) -> float:
         return statistics.median(f[i] for f in results[(name, op)])
 
     for op in ("list", "create"):
-        for name in targets:
+        for name in _TODO_TARGETS:
             runs = " ".join(f"{f[0]:.0f}" for f in results[(name, op)])
             print(
                 f"    {op:<7}{name:<13} {med(name, op, 0):8.0f} req/s   p99 {med(name, op, 1):6.2f} ms   (runs: {runs})"

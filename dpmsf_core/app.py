@@ -29,6 +29,7 @@ from .exchange import Receive, Responder, Scope, Send, request_headers, scope_ge
 from .loading.discovery import resolve_folder
 from .loading.registry import Registry
 from .metrics import EndpointUsage, memory_mb
+from .mounting import DOCS_ASSETS, mount_root, route_path
 from .resolve import SERVICES_PREFIX
 from .security import LazySecurity
 from .sources import open_plugin_path
@@ -51,7 +52,6 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _ADMIN_PREFIX = "/rest/admin"
 _USAGE_PATH = "/rest/admin/usage"
 _PROBES = ("/healthz", "/readyz")
-_DOCS_ASSETS = "/docs/"  # Swagger UI's script and style, served by us: /docs works without internet
 
 
 class DPMSFApp:
@@ -185,7 +185,7 @@ class DPMSFApp:
             await self._route(scope, receive, responder, headers, rid)
         except DPMSFError as exc:
             if isinstance(exc.extra.get("candidates"), list):  # a 409's qualified URLs resolve where the client is
-                root = _root_path(scope, self.settings)
+                root = mount_root(scope, self.settings.base_path)
                 exc.extra["candidates"] = [root + c for c in exc.extra["candidates"]]
             await responder.problem(exc, scope.get("root_path", "") + scope.get("path", ""))
         except Exception as exc:  # never a traceback to the caller unless debug
@@ -224,27 +224,39 @@ class DPMSFApp:
     async def _route(
         self, scope: Scope, receive: Receive, responder: Responder, headers: dict[str, str], rid: str
     ) -> None:
+        """The route table: probes and services first (every plugin call passes here), then the admin's routes and
+        the server's own pages, each its own step."""
         path: str = scope["path"]
-        base = self.settings.base_path
-        if base and path.startswith(base):
-            path = path[len(base) :] or "/"
-        if not path.startswith(("/rest/", _DOCS_ASSETS)) and path not in ("/", "/docs", "/docs/", "/openapi.json"):
-            path = _strip_unknown_prefix(path)
+        if self.settings.base_path or not path.startswith("/rest/"):  # else nothing to take off: no call
+            path = route_path(path, self.settings.base_path)
         if path in _PROBES and scope["method"] in ("GET", "HEAD"):  # the orchestrator's questions (health.py)
             await responder.json(200, {"status": "ok"} if path == "/healthz" else await self._ready())
         elif path.startswith(SERVICES_PREFIX + "/") or path == SERVICES_PREFIX:
             await self.services.serve(scope, receive, responder, headers, rid, path[len(SERVICES_PREFIX) :])
-        elif path in (_USAGE_PATH, _USAGE_PATH + "/") and self.settings.admin_id:
+        elif path.startswith(_ADMIN_PREFIX + "/"):
+            await self._serve_admin(scope, receive, responder, headers, path)
+        else:
+            await self._serve_page(scope, responder, headers, path)
+
+    async def _serve_admin(
+        self, scope: Scope, receive: Receive, responder: Responder, headers: dict[str, str], path: str
+    ) -> None:
+        """``/rest/admin/...``: the usage report (with an ADMIN_ID), else plugin uploads, which may be off."""
+        if path in (_USAGE_PATH, _USAGE_PATH + "/") and self.settings.admin_id:
             from .metering.admin import usage_report
 
             await usage_report(self, scope, responder, headers)
-        elif path.startswith(_ADMIN_PREFIX + "/"):
-            if self.admin is None:
-                raise NotFound("Plugin upload is not enabled on this server (set ADMIN_ID).")
-            await self.admin.handle(scope, receive, responder, headers, path[len(_ADMIN_PREFIX) :])
-        elif path == "/openapi.json":
+            return
+        if self.admin is None:
+            raise NotFound("Plugin upload is not enabled on this server (set ADMIN_ID).")
+        await self.admin.handle(scope, receive, responder, headers, path[len(_ADMIN_PREFIX) :])
+
+    async def _serve_page(self, scope: Scope, responder: Responder, headers: dict[str, str], path: str) -> None:
+        """The server's own pages (OpenAPI, metrics, Swagger UI, the index): off the services path, so what they
+        import and compute costs a plugin call nothing."""
+        if path == "/openapi.json":
             tenant = self.security.tenant_for_read(headers)
-            await responder.json(200, self.openapi(tenant, _root_path(scope, self.settings)))
+            await responder.json(200, self.openapi(tenant, mount_root(scope, self.settings.base_path)))
         elif path == "/metrics" and self.usage is not None and scope["method"] in ("GET", "HEAD"):
             from .metrics import CONTENT_TYPE, metrics_page
 
@@ -255,19 +267,19 @@ class DPMSFApp:
         elif path in ("/docs", "/docs/"):
             from .openapi import swagger_html
 
-            root = _root_path(scope, self.settings)
+            root = mount_root(scope, self.settings.base_path)
             page = swagger_html(root + "/openapi.json", root + "/docs")
             await responder.send(200, page, b"text/html; charset=utf-8")
-        elif path.startswith(_DOCS_ASSETS) and path.count("/") == 2:
+        elif path.startswith(DOCS_ASSETS) and path.count("/") == 2:
             from .openapi import swagger_asset
 
-            found = swagger_asset(path[len(_DOCS_ASSETS) :])
+            found = swagger_asset(path[len(DOCS_ASSETS) :])
             if found is None:
                 raise NotFound(f"No route for '{scope['path']}'.")
             cache = [(b"cache-control", b"public, max-age=86400")]
             await responder.send(200, found[0], found[1].encode(), cache)
         elif path == "/" and scope["method"] in ("GET", "HEAD"):
-            root = _root_path(scope, self.settings)  # links that resolve on the host the client used
+            root = mount_root(scope, self.settings.base_path)  # links that resolve on the host the client used
             await responder.json(
                 200,
                 {
@@ -292,33 +304,6 @@ class DPMSFApp:
     def get_security(self) -> Security:
         """Tokens and tenants, set up on first need."""
         return self.security()
-
-
-def _strip_unknown_prefix(path: str) -> str:
-    """A stage (``/Prod``) or base-path mapping in front of our routes is dropped, whatever it is called."""
-    idx = path.find("/rest/")
-    if idx > 0:
-        return path[idx:]
-    for suffix in ("/openapi.json", "/docs", "/docs/"):
-        if path.endswith(suffix):
-            return suffix
-    idx = path.find(_DOCS_ASSETS)
-    return path[idx:] if idx > 0 else path
-
-
-_SAFE_ROOT = re.compile(r"^(/[A-Za-z0-9._~-]+)*$")
-
-
-def _root_path(scope: Scope, settings: Settings) -> str:
-    """Where the app is mounted, from configuration only: ``DPMSF_BASE_PATH``, or the ASGI ``root_path`` that the
-    Lambda adapter sets from API Gateway's stage (or ``uvicorn --root-path``). Never from the request's own path,
-    which a caller controls and which would otherwise be reflected into ``/docs``.
-    """
-    root = (scope.get("root_path") or "").rstrip("/")
-    base = settings.base_path
-    if base and not root.endswith(base):  # behind uvicorn the base is stripped by us; on Lambda by the adapter
-        root += base
-    return root if _SAFE_ROOT.match(root) else ""
 
 
 class _SandboxOnDemand:

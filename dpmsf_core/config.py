@@ -166,56 +166,24 @@ def _master_key(env: Mapping[str, str], name: str = "DPMSF_MASTER_KEY") -> str |
 
 
 def _parse(env: Mapping[str, str]) -> Settings:
+    """Every setting read and checked in one pass, in the order a bad one is reported; each rule its own step."""
     lam = on_lambda(env)
     num = _int(env, "NUM_URL_PARMS", 10)
-    names: list[str] = []
-    for i in range(1, num + 1):
-        raw = env.get(f"URL_PARM{i}")
-        name = raw.strip() if raw and raw.strip() else f"parm_{i}"
-        if not _IDENT.match(name):
-            raise ConfigError(
-                f"Config 'URL_PARM{i}' has value '{raw}'. Not a valid parameter name: use letters, digits and '_' "
-                "(no dashes)."
-            )
-        names.append(name)
-    if len(set(names)) != len(names):
-        raise ConfigError(f"Config 'URL_PARM1..{num}' name the same parameter twice: {names}")
-
-    plugins_raw = env.get("DPMSF_PLUGINS") or env.get("plugins") or "."
-    plugins = tuple(split_plugin_path(plugins_raw))
-    if not plugins:
-        raise ConfigError(
-            f"Config 'DPMSF_PLUGINS' has value '{plugins_raw}'. Name at least one folder ('.' = bundled)."
-        )
-
-    admin_id = (env.get("ADMIN_ID") or "").strip() or None
-    if admin_id:
-        try:
-            import uuid  # only with ADMIN_ID set (it imports platform)
-
-            admin_id = str(uuid.UUID(admin_id))
-        except ValueError:
-            raise ConfigError(f"Config 'ADMIN_ID' has value '{admin_id}'. Not a valid UUID.") from None
-
+    names = _url_parm_names(env, num)
+    plugins = _plugin_folders(env)
+    admin_id = _admin_id(env)
     state_default = "/tmp/dpmsf" if lam else ".dpmsf"
     table = (env.get("DPMSF_TABLE") or "").strip()
     replay_default = f"dynamodb://{table}" if (lam and table) else "memory"
     dyn_default = f"dynamodb://{table}" if (lam and table) else ""
-    base_path = (env.get("DPMSF_BASE_PATH") or "").strip().rstrip("/")
-    if base_path and not base_path.startswith("/"):
-        raise ConfigError(f"Config 'DPMSF_BASE_PATH' has value '{base_path}'. Must start with '/'.")
+    base_path = _base_path(env)
     cors_raw = env.get("DPMSF_CORS_ORIGINS")
     cors = tuple(o.strip() for o in (cors_raw if cors_raw is not None else "*").split(",") if o.strip())
     token_max_ttl = _int(env, "DPMSF_TOKEN_MAX_TTL", 300, minimum=1)
-    token_ttl = _float(env, "DPMSF_TOKEN_TTL", 60.0, minimum=1.0)
-    if token_ttl > token_max_ttl:  # the server would refuse the next tokens it hands out
-        raise ConfigError(
-            f"Config 'DPMSF_TOKEN_TTL' has value '{env.get('DPMSF_TOKEN_TTL')}'. Must be at most"
-            f" DPMSF_TOKEN_MAX_TTL ({token_max_ttl})."
-        )
+    token_ttl = _token_ttl(env, token_max_ttl)
     return Settings(
         num_url_parms=num,
-        url_parm_names=tuple(names),
+        url_parm_names=names,
         plugins=plugins,
         admin_id=admin_id,
         admin_key=_master_key(env, "DPMSF_ADMIN_KEY"),
@@ -266,6 +234,67 @@ def _notify(env: Mapping[str, str]) -> str:
     except ConfigError as exc:
         raise ConfigError(f"{exc}|off") from None
     return raw
+
+
+def _url_parm_names(env: Mapping[str, str], num: int) -> tuple[str, ...]:
+    """The names URL segments bind to (``URL_PARM1``.. else ``parm_1``..): each a valid parameter name, none twice,
+    since a function receives them as keyword arguments."""
+    names: list[str] = []
+    for i in range(1, num + 1):
+        raw = env.get(f"URL_PARM{i}")
+        name = raw.strip() if raw and raw.strip() else f"parm_{i}"
+        if not _IDENT.match(name):
+            raise ConfigError(
+                f"Config 'URL_PARM{i}' has value '{raw}'. Not a valid parameter name: use letters, digits and '_' "
+                "(no dashes)."
+            )
+        names.append(name)
+    if len(set(names)) != len(names):
+        raise ConfigError(f"Config 'URL_PARM1..{num}' name the same parameter twice: {names}")
+    return tuple(names)
+
+
+def _plugin_folders(env: Mapping[str, str]) -> tuple[str, ...]:
+    """``DPMSF_PLUGINS`` as folders and sources; at least one, or nothing would ever be served."""
+    plugins_raw = env.get("DPMSF_PLUGINS") or env.get("plugins") or "."
+    plugins = tuple(split_plugin_path(plugins_raw))
+    if not plugins:
+        raise ConfigError(
+            f"Config 'DPMSF_PLUGINS' has value '{plugins_raw}'. Name at least one folder ('.' = bundled)."
+        )
+    return plugins
+
+
+def _admin_id(env: Mapping[str, str]) -> str | None:
+    """``ADMIN_ID`` in the canonical UUID form, so one admin is not two spellings of the same id."""
+    admin_id = (env.get("ADMIN_ID") or "").strip() or None
+    if admin_id:
+        try:
+            import uuid  # only with ADMIN_ID set (it imports platform)
+
+            admin_id = str(uuid.UUID(admin_id))
+        except ValueError:
+            raise ConfigError(f"Config 'ADMIN_ID' has value '{admin_id}'. Not a valid UUID.") from None
+    return admin_id
+
+
+def _base_path(env: Mapping[str, str]) -> str:
+    """``DPMSF_BASE_PATH`` without its trailing slash; it must start with one, as the paths it prefixes do."""
+    base_path = (env.get("DPMSF_BASE_PATH") or "").strip().rstrip("/")
+    if base_path and not base_path.startswith("/"):
+        raise ConfigError(f"Config 'DPMSF_BASE_PATH' has value '{base_path}'. Must start with '/'.")
+    return base_path
+
+
+def _token_ttl(env: Mapping[str, str], token_max_ttl: int) -> float:
+    """``DPMSF_TOKEN_TTL``, at most ``DPMSF_TOKEN_MAX_TTL``: the server would refuse the next tokens it hands out."""
+    token_ttl = _float(env, "DPMSF_TOKEN_TTL", 60.0, minimum=1.0)
+    if token_ttl > token_max_ttl:
+        raise ConfigError(
+            f"Config 'DPMSF_TOKEN_TTL' has value '{env.get('DPMSF_TOKEN_TTL')}'. Must be at most"
+            f" DPMSF_TOKEN_MAX_TTL ({token_max_ttl})."
+        )
+    return token_ttl
 
 
 def _quotas(env: Mapping[str, str]) -> Quotas:

@@ -7,7 +7,7 @@ import functools
 import logging
 import os
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .config import Settings
@@ -27,7 +27,7 @@ from .expose import allowed_methods, runs_for
 from .lazyloop import ensure_running_loop
 from .loading.registry import Endpoint, Registry
 from .params import assemble, parse_body, parse_query
-from .resolve import resolve_route, visible_to
+from .resolve import Route, resolve_route, visible_to
 from .responses import encode_results, is_framework_response
 from .security import LazySecurity, bearer
 
@@ -104,59 +104,28 @@ class ServiceDispatcher:
     async def serve(
         self, scope: Scope, receive: Receive, responder: Responder, headers: dict[str, str], rid: str, rest: str
     ) -> None:
+        """Authorize (``_route_for``, ``_authorize``) -> bind (``plan.bind``) -> answer (``_answer``): every plugin
+        call passes here, so the steps are plain calls, and no coroutine or object more than before."""
         method: str = scope["method"]
         segments = [s for s in rest.split("/") if s]
         snapshot = self.registry.refresh_routing()  # modules from the packaged manifest import when first called
         if segments and segments[0] == "__dir__" and len(segments) == 1:
-            scope["dpmsf.endpoint"] = "__dir__"
-            if method != "OPTIONS" and not runs_for(("GET",), method):
-                raise MethodNotAllowed("__dir__ answers GET only.", allowed_methods(("GET",)))
-            tenant = self.security.tenant_for_read(headers)
-            listing = self.directory(tenant, scope.get("root_path") or "")
-            if parse_query(scope["query_string"]).get("pretty", "0") not in ("", "0", "false", "no"):
-                import json  # ?pretty=1: indented, for reading in a terminal or a browser tab
-
-                await responder.send(200, json.dumps(listing, indent=2, default=str).encode() + b"\n", JSON)
-            else:
-                await responder.json(200, listing)
+            await self._serve_directory(scope, responder, headers, method)
             return
-
         token = bearer(headers)
-        tenant = self.security().verify(token) if token is not None else None
-        visible = self._visible_anon if tenant is None else visible_to(tenant, self.settings.admin_id)
-        try:
-            route = resolve_route(
-                snapshot, segments, max_url_params=self.settings.num_url_parms, visible=visible, method=method
-            )
-            turns = 0
-            while route.endpoint.deferred:  # its module imports now: what it really serves (or its error) decides
-                turns += 1
-                snapshot = self.registry.materialize(route.endpoint.module) if turns < 4 else self.registry.refresh()
-                route = resolve_route(
-                    snapshot, segments, max_url_params=self.settings.num_url_parms, visible=visible, method=method
-                )
-        except NotFound:
-            self._refuse_failed_module(snapshot, segments, tenant, visible)
-            raise
+        tenant = self.security().verify(token) if token is not None else None  # a token is spent once verified
+        route = self._route_for(snapshot, segments, tenant, method, responder)
         endpoint, url_params = route.endpoint, route.params
         scope["dpmsf.endpoint"] = f"{endpoint.module}.{endpoint.api}"  # the per-endpoint metrics dimension
         scope["dpmsf.tenant"] = endpoint.tenant or tenant  # metering: billed to the module's owner, else the caller
-        self._mark_stale(snapshot, endpoint, responder)
         serving = snapshot.modules.get(endpoint.module)
         if serving is not None and serving.version:  # a rollout is observed answer by answer
             responder.add_header("DPMSF-Plugin-Version", serving.version)
         if method == "OPTIONS" and "OPTIONS" not in endpoint.methods:
             await responder.preflight(list(route.allow), headers)
             return
-        if not runs_for(endpoint.methods, method):
-            allow = list(route.allow)
-            raise MethodNotAllowed(f"API '{endpoint.api}' answers {', '.join(allow)}; not {method}.", allow)
-        if tenant is not None:
-            next_token = self.security().next_token(tenant)
-            if next_token:
-                responder.add_header("X-DPMSF-Next-Token", next_token)
-        elif endpoint.auth or (endpoint.auth is None and self.settings.require_tokens):
-            raise Unauthorized("missing bearer token")
+        self._authorize(route, method, tenant, responder)
+
         body = await read_body(scope, receive, headers, self.settings.max_body, self.body_budget)
         plan = endpoint.plan
         body_obj = parse_body(body, headers.get("content-type"), raw_ok=plan.accepts_raw_body)
@@ -186,11 +155,66 @@ class ServiceDispatcher:
             result = await self._invoke(endpoint, args, kwargs)
         finally:
             reset_current(bound)
+        await self._answer(result, scope, receive, responder, endpoint.api)
+
+    async def _serve_directory(self, scope: Scope, responder: Responder, headers: dict[str, str], method: str) -> None:
+        """``__dir__``: what this caller may call, GET only; ``?pretty=1`` indents it for a terminal or a tab."""
+        scope["dpmsf.endpoint"] = "__dir__"
+        if method != "OPTIONS" and not runs_for(("GET",), method):
+            raise MethodNotAllowed("__dir__ answers GET only.", allowed_methods(("GET",)))
+        tenant = self.security.tenant_for_read(headers)
+        listing = self.directory(tenant, scope.get("root_path") or "")
+        if parse_query(scope["query_string"]).get("pretty", "0") not in ("", "0", "false", "no"):
+            import json  # ?pretty=1: indented, for reading in a terminal or a browser tab
+
+            await responder.send(200, json.dumps(listing, indent=2, default=str).encode() + b"\n", JSON)
+        else:
+            await responder.json(200, listing)
+
+    def _route_for(
+        self, snapshot: Any, segments: list[str], tenant: str | None, method: str, responder: Responder
+    ) -> Route:
+        """Which endpoint this caller reaches at this URL: a module still deferred imports first, since what it
+        really serves decides; a 404 for a module that failed to load is a 503 saying so; a stale one is marked."""
+        visible = self._visible_anon if tenant is None else visible_to(tenant, self.settings.admin_id)
+        try:
+            route = resolve_route(
+                snapshot, segments, max_url_params=self.settings.num_url_parms, visible=visible, method=method
+            )
+            turns = 0
+            while route.endpoint.deferred:  # its module imports now: what it really serves (or its error) decides
+                turns += 1
+                snapshot = self.registry.materialize(route.endpoint.module) if turns < 4 else self.registry.refresh()
+                route = resolve_route(
+                    snapshot, segments, max_url_params=self.settings.num_url_parms, visible=visible, method=method
+                )
+        except NotFound:
+            self._refuse_failed_module(snapshot, segments, tenant, visible)
+            raise
+        self._mark_stale(snapshot, route.endpoint, responder)
+        return route
+
+    def _authorize(self, route: Route, method: str, tenant: str | None, responder: Responder) -> None:
+        """Whether the call may go on: 405 (with ``Allow``) for a method the endpoint does not answer, 401 without
+        a token where one is required; a caller with a token gets the next one on the answer."""
+        endpoint = route.endpoint
+        if not runs_for(endpoint.methods, method):
+            allow = list(route.allow)
+            raise MethodNotAllowed(f"API '{endpoint.api}' answers {', '.join(allow)}; not {method}.", allow)
+        if tenant is not None:
+            next_token = self.security().next_token(tenant)
+            if next_token:
+                responder.add_header("X-DPMSF-Next-Token", next_token)
+        elif endpoint.auth or (endpoint.auth is None and self.settings.require_tokens):
+            raise Unauthorized("missing bearer token")
+
+    def _answer(self, result: Any, scope: Scope, receive: Receive, responder: Responder, api: str) -> Awaitable[None]:
+        """A response the function built goes out as built (bounded); any other result as our JSON. It returns the
+        send for ``serve`` to await: a coroutine of its own would cost every call one more object."""
         if is_framework_response(result):
             ensure_running_loop()  # a streaming response runs in a task group
-            await responder.passthrough(result, scope, receive, self.settings.max_response, endpoint.api)
-        else:
-            await responder.send(200, encode_results(result, endpoint.api, self.settings.max_response), JSON)
+            return responder.passthrough(result, scope, receive, self.settings.max_response, api)
+        return responder.send(200, encode_results(result, api, self.settings.max_response), JSON)
 
     async def _invoke(self, endpoint: Endpoint, args: list[Any], kwargs: dict[str, Any]) -> Any:
         timeout = self.settings.function_timeout or None

@@ -93,15 +93,8 @@ class Responder:
         """A Response the function built goes out as built, plus our request id (and CORS/next-token headers), within
         ``limit`` bytes (DPMSF_MAX_RESPONSE): a built body or a declared length over it answers 500 instead; a
         streamed body is cut off where it passes it (its iterator is not read further, the connection is aborted)."""
-        built = getattr(response, "body", None)
-        if isinstance(built, bytes | bytearray | memoryview) and len(built) > limit:
-            size = len(built)
-            response.body = built = b""  # refused: freed now, whoever still holds the response (the call's future)
-            raise too_large(api, size, limit)
-        present = {k for k, _ in response.raw_headers}
-        for name, value in self._common():
-            if name not in present:
-                response.raw_headers.append((name, value))
+        _refuse_built_over(response, limit, api)
+        self._add_missing_headers(response)
         sent = 0
         # On Lambda the whole answer is one payload anyway: held back until complete, so one over the limit is the
         # problem instead of a cut-off 200. A server streams it, and can only abort the connection.
@@ -117,14 +110,7 @@ class Responder:
             elif kind == "http.response.body":
                 sent += len(message.get("body") or b"")
                 if sent > limit:
-                    if held is None:
-                        log.error(
-                            "API '%s' streamed more than %d bytes (DPMSF_MAX_RESPONSE): answer cut off, request %s",
-                            api,
-                            limit,
-                            self.rid.decode("latin-1"),
-                        )
-                    raise too_large(api, sent, limit, at_least=True)
+                    raise self._cut_off(api, sent, limit, streaming=held is None)
             if held is not None:
                 held.append(message)
                 return
@@ -137,6 +123,35 @@ class Responder:
             if message["type"] == "http.response.start":
                 self.status = message["status"]
             await self._send(message)
+
+    def _add_missing_headers(self, response: Any) -> None:
+        """Our request id, CORS and next-token headers on a response the function built, unless it set them."""
+        present = {k for k, _ in response.raw_headers}
+        for name, value in self._common():
+            if name not in present:
+                response.raw_headers.append((name, value))
+
+    def _cut_off(self, api: str, sent: int, limit: int, *, streaming: bool) -> DPMSFError:
+        """The refusal of a body that passed ``limit``; a stream cut off is logged too, since its caller only sees
+        the connection end."""
+        if streaming:
+            log.error(
+                "API '%s' streamed more than %d bytes (DPMSF_MAX_RESPONSE): answer cut off, request %s",
+                api,
+                limit,
+                self.rid.decode("latin-1"),
+            )
+        return too_large(api, sent, limit, at_least=True)
+
+
+def _refuse_built_over(response: Any, limit: int, api: str) -> None:
+    """A body built whole and over ``limit`` answers 500 instead, and is dropped at once: whoever still holds the
+    response (the call's future, this traceback) must not keep megabytes alive."""
+    built = getattr(response, "body", None)
+    if isinstance(built, bytes | bytearray | memoryview) and len(built) > limit:
+        size = len(built)
+        response.body = built = b""  # refused: freed now, whoever still holds the response (the call's future)
+        raise too_large(api, size, limit)
 
 
 def _declared_length(headers: Any) -> int | None:

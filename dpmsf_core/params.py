@@ -204,28 +204,33 @@ class CallPlan:
                 errors=[{"loc": ["arguments", missing] if missing else ["arguments"], "msg": str(exc)}],
             ) from None
         if self._adapters:
-            errors: list[dict[str, Any]] = []
-            sent: dict[str, Any] = {}  # a JSON body's values are checked as JSON; the rest is text to convert
-            if body is not None and request is not None and _is_json(request.header("content-type")):
-                sent = body
-            for name, value in list(bound.arguments.items()):
-                if name not in self._adapters:
-                    continue
-                from_json = bool(sent) and (
-                    (name in sent and sent[name] is value) or (name == self.model_param and name not in sent)
-                )
-                try:
-                    bound.arguments[name] = self._validate(name, value, from_json=from_json)
-                except _Invalid as exc:
-                    errors.extend(
-                        {"loc": ["arguments", name, *loc], "msg": msg, "input": _short(bad)}
-                        for loc, msg, bad in exc.found
-                    )
-            if errors:
-                names = ", ".join(f"'{'.'.join(str(p) for p in e['loc'][1:])}'" for e in errors)
-                first = errors[0]["msg"]
-                raise UnprocessableArguments(f"Invalid value for {names}: {first}", errors=errors)
+            self._validate_bound(bound, request, body)
         return list(bound.args), dict(bound.kwargs)
+
+    def _validate_bound(
+        self, bound: inspect.BoundArguments, request: RequestInfo | None, body: dict[str, Any] | None
+    ) -> None:
+        """Every annotated argument converted and checked in place; all that fail are one 422 naming each."""
+        errors: list[dict[str, Any]] = []
+        sent: dict[str, Any] = {}  # a JSON body's values are checked as JSON; the rest is text to convert
+        if body is not None and request is not None and _is_json(request.header("content-type")):
+            sent = body
+        for name, value in list(bound.arguments.items()):
+            if name not in self._adapters:
+                continue
+            from_json = bool(sent) and (
+                (name in sent and sent[name] is value) or (name == self.model_param and name not in sent)
+            )
+            try:
+                bound.arguments[name] = self._validate(name, value, from_json=from_json)
+            except _Invalid as exc:
+                errors.extend(
+                    {"loc": ["arguments", name, *loc], "msg": msg, "input": _short(bad)} for loc, msg, bad in exc.found
+                )
+        if errors:
+            names = ", ".join(f"'{'.'.join(str(p) for p in e['loc'][1:])}'" for e in errors)
+            first = errors[0]["msg"]
+            raise UnprocessableArguments(f"Invalid value for {names}: {first}", errors=errors)
 
     def _validate(self, name: str, value: Any, *, from_json: bool = False) -> Any:
         """Query, URL and form values are text, converted by the annotation ("3" is an int); a JSON body's values

@@ -147,35 +147,48 @@ def test_hadolint_like_rules(name: str) -> None:
     instructions = parse(ROOT / name)
     problems: list[str] = []
     for ins in instructions:
-        where = f"{name}:{ins.line}"
-        if ins.op == "FROM":
-            image = ins.args.split()[0]
-            if ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest"):
-                problems.append(f"{where} DL3006/DL3007: pin the base image's tag ({image})")
-        if ins.op == "WORKDIR" and not ins.args.startswith(("/", "$")):
-            problems.append(f"{where} DL3000: WORKDIR must be absolute")
-        if ins.op == "ADD":
-            problems.append(f"{where} DL3020: COPY, not ADD, for files and folders")
-        if ins.op == "MAINTAINER":
-            problems.append(f"{where} DL4000: MAINTAINER is deprecated")
-        if ins.op == "RUN":
-            if re.search(r"(^|&&|;)\s*cd\s", ins.args):
-                problems.append(f"{where} DL3003: use WORKDIR, not cd")
-            if re.search(r"\bsudo\b", ins.args):
-                problems.append(f"{where} DL3004: no sudo")
-            if re.search(r"\bpip3? install\b", ins.args) and "--no-cache-dir" not in ins.args:
-                problems.append(f"{where} DL3042: pip install --no-cache-dir")
-            if re.search(r"\bapt-get install\b", ins.args) and "--no-install-recommends" not in ins.args:
-                problems.append(f"{where} DL3015: apt-get install --no-install-recommends")
-        if ins.op in ("CMD", "ENTRYPOINT"):
-            try:
-                json.loads(ins.args)
-            except ValueError:
-                problems.append(f"{where} DL3025: {ins.op} in JSON form (signals reach the process)")
+        problems.extend(_hadolint_problems(ins, f"{name}:{ins.line}"))
     for group in stages(instructions):
         if sum(1 for i in group if i.op == "CMD") > 1:
             problems.append(f"{name} DL4003: more than one CMD in a stage")
     assert problems == []
+
+
+def _hadolint_problems(ins: Instruction, where: str) -> list[str]:
+    """What hadolint would say of one instruction (the rules this repository's Dockerfiles can break)."""
+    problems: list[str] = []
+    if ins.op == "FROM":
+        image = ins.args.split()[0]
+        if ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest"):
+            problems.append(f"{where} DL3006/DL3007: pin the base image's tag ({image})")
+    if ins.op == "WORKDIR" and not ins.args.startswith(("/", "$")):
+        problems.append(f"{where} DL3000: WORKDIR must be absolute")
+    if ins.op == "ADD":
+        problems.append(f"{where} DL3020: COPY, not ADD, for files and folders")
+    if ins.op == "MAINTAINER":
+        problems.append(f"{where} DL4000: MAINTAINER is deprecated")
+    if ins.op == "RUN":
+        problems.extend(_run_problems(ins.args, where))
+    if ins.op in ("CMD", "ENTRYPOINT"):
+        try:
+            json.loads(ins.args)
+        except ValueError:
+            problems.append(f"{where} DL3025: {ins.op} in JSON form (signals reach the process)")
+    return problems
+
+
+def _run_problems(command: str, where: str) -> list[str]:
+    """hadolint's rules for a RUN line: no cd, no sudo, no pip or apt caches and recommends in the image."""
+    problems: list[str] = []
+    if re.search(r"(^|&&|;)\s*cd\s", command):
+        problems.append(f"{where} DL3003: use WORKDIR, not cd")
+    if re.search(r"\bsudo\b", command):
+        problems.append(f"{where} DL3004: no sudo")
+    if re.search(r"\bpip3? install\b", command) and "--no-cache-dir" not in command:
+        problems.append(f"{where} DL3042: pip install --no-cache-dir")
+    if re.search(r"\bapt-get install\b", command) and "--no-install-recommends" not in command:
+        problems.append(f"{where} DL3015: apt-get install --no-install-recommends")
+    return problems
 
 
 def _cmd(name: str) -> list[str]:

@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bundled import bundled
 from eventdata import lambda_context, load_event
 
 from dpmsf_core.app import create_app
 from dpmsf_core.aws.lambda_adapter import build_handler
 from dpmsf_core.config import Settings
+from dpmsf_core.loading.manifest import content_version
 
 RID = lambda_context().aws_request_id
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(16))
@@ -106,6 +108,11 @@ def extra_handler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield h
 
 
+def served_by(filename: str) -> dict[str, str]:
+    """The header of every plugin's answer: the version of the bundled module that served it."""
+    return {"dpmsf-plugin-version": content_version(str(bundled() / filename), False)}
+
+
 def invoke(handler: Any, event: dict[str, Any]) -> dict[str, Any]:
     return handler(event, lambda_context())
 
@@ -164,7 +171,9 @@ def test_get_with_repeated_and_comma_query(handler: Any, kind: str) -> None:
     # ALB single-value mode keeps only the last value of a repeated key: that is what AWS sends.
     tags = "b" if kind == "alb" else ["a", "b"]
     kwargs = {"name": "Ada", "tag": tags, "csv": "x,y", "parm_1": "a%20b"}  # escapes decoded once
-    want = expected(kind, 200, results_body({"hello": "Ada", "args": [], "kwargs": kwargs}))
+    want = expected(
+        kind, 200, results_body({"hello": "Ada", "args": [], "kwargs": kwargs}), headers=served_by("hello.py")
+    )
     assert parsed(out) == parsed(want)
     assert out["headers" if kind != "alb_multi" else "multiValueHeaders"]  # non-empty
     assert int(
@@ -187,20 +196,22 @@ def test_post_readme_map_example(handler: Any, kind: str, b64: bool) -> None:
     )
     out = invoke(handler, event)
     kwargs = {"a": "1", "b": "2", "p1": "10", "p2": "20", "parm_3": "30", "name1": "one"}
-    assert parsed(out) == parsed(expected(kind, 200, results_body({"args": [1, 2], "kwargs": kwargs})))
+    want = expected(kind, 200, results_body({"args": [1, 2], "kwargs": kwargs}), headers=served_by("sample_v1.py"))
+    assert parsed(out) == parsed(want)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_binary_response_goes_out_base64(handler: Any, kind: str) -> None:
     out = invoke(handler, load_event(kind, path="/rest/services/png/", query={}))
-    assert out == expected(kind, 200, base64.b64encode(PNG).decode(), "image/png", b64=True)
+    png = base64.b64encode(PNG).decode()
+    assert out == expected(kind, 200, png, "image/png", b64=True, headers=served_by("showcase.py"))
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_head_has_headers_and_no_body(handler: Any, kind: str) -> None:
     out = invoke(handler, load_event(kind, method="HEAD", path="/rest/services/hello-world/", query={}))
     full = results_body({"hello": "world", "args": [], "kwargs": {}})
-    assert out == expected(kind, 200, "", length=len(full))
+    assert out == expected(kind, 200, "", length=len(full), headers=served_by("hello.py"))
 
 
 @pytest.mark.parametrize("kind", KINDS)

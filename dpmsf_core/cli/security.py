@@ -112,45 +112,56 @@ def cmd_tenant(args: argparse.Namespace) -> int:
         from .usage import cmd_usage
 
         return cmd_usage(args)
-    changes: dict[str, Any] = {}
     try:
-        changes = _quota_changes(args)
+        changes = _checked_tenant_args(args)
     except ValueError as exc:
         print(f"dpmsf: {exc}", file=sys.stderr)
         return 2
-    if changes and args.action != "quota":
-        print(f"dpmsf: quota options belong to 'dpmsf tenant quota ID', not to 'tenant {args.action}'", file=sys.stderr)
-        return 2
-    if args.action in ("show", "disable", "enable", "rotate-key", "quota") and not args.id:
-        print(f"dpmsf: tenant {args.action} needs a tenant id", file=sys.stderr)
-        return 2
     security = _security()
-    registry = security.tenants
     try:
-        if args.action == "add":
-            tenant = registry.add(name=args.name or "", tenant_id=args.id)
-            print(json.dumps(_show(tenant, True)))
-        elif args.action == "list":
-            for tenant in registry.list():
-                print(json.dumps(_show(tenant, False)))
-        elif args.action == "show":
-            found = registry.get(args.id)
-            if found is None:
-                raise TenantNotFound(args.id)
-            print(json.dumps(_show(found, False, security.settings)))
-        elif args.action == "quota":  # no option: show them
-            tenant = registry.set_quotas(args.id, changes) if changes else registry.get(args.id)
-            if tenant is None:
-                raise TenantNotFound(args.id)
-            print(json.dumps(_show(tenant, False, security.settings)))
-        else:
-            method = {"disable": registry.disable, "enable": registry.enable, "rotate-key": registry.rotate_key}
-            tenant = method[args.action](args.id)
-            print(json.dumps(_show(tenant, args.action == "rotate-key")))
+        _run_tenant_action(args, security, changes)
     except (TenantNotFound, ValueError) as exc:
         print(f"dpmsf: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _checked_tenant_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The quota changes asked for, once the command line is known to make sense (a usage error, exit 2, before
+    any tenant registry is opened): quota options only with ``quota``, an id where the action needs one."""
+    changes = _quota_changes(args)
+    if changes and args.action != "quota":
+        raise ValueError(f"quota options belong to 'dpmsf tenant quota ID', not to 'tenant {args.action}'")
+    if args.action in ("show", "disable", "enable", "rotate-key", "quota") and not args.id:
+        raise ValueError(f"tenant {args.action} needs a tenant id")
+    return changes
+
+
+def _run_tenant_action(args: argparse.Namespace, security: Any, changes: dict[str, Any]) -> None:
+    """One tenant action, its result printed as JSON lines; the key is shown only where it was just made."""
+    from ..tenancy.tenants import TenantNotFound
+
+    registry = security.tenants
+    if args.action == "add":
+        tenant = registry.add(name=args.name or "", tenant_id=args.id)
+        print(json.dumps(_show(tenant, True)))
+    elif args.action == "list":
+        for tenant in registry.list():
+            print(json.dumps(_show(tenant, False)))
+    elif args.action == "show":
+        found = registry.get(args.id)
+        if found is None:
+            raise TenantNotFound(args.id)
+        print(json.dumps(_show(found, False, security.settings)))
+    elif args.action == "quota":  # no option: show them
+        tenant = registry.set_quotas(args.id, changes) if changes else registry.get(args.id)
+        if tenant is None:
+            raise TenantNotFound(args.id)
+        print(json.dumps(_show(tenant, False, security.settings)))
+    else:
+        method = {"disable": registry.disable, "enable": registry.enable, "rotate-key": registry.rotate_key}
+        tenant = method[args.action](args.id)
+        print(json.dumps(_show(tenant, args.action == "rotate-key")))
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,7 +1,9 @@
 """The Registry owns every loaded plugin and swaps whole immutable snapshots, so a request never sees half a reload.
 
-A few lines over 400 lines: the version each answer names (``DPMSF-Plugin-Version``) is read where a module loads,
-in the one place that imports it."""
+It is over 400 lines because a rebuild is one transaction under the registry's lock: its steps (scan, decide per
+module, admit, publish) read and replace the same records, and stay beside them; the version each answer names
+(``DPMSF-Plugin-Version``) is read there too, where a module loads.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from .discovery import (
 from .manifest import content_version
 from .report import log_reload, module_report
 from .reserved import reserved_names, withhold
-from .snapshot import EMPTY, Endpoint, ModuleEntry, ModuleReport, Snapshot
+from .snapshot import EMPTY, Endpoint, ModuleEntry, ModuleReport, Snapshot, endpoints_by_api
 from .tenant_index import PENDING, ReadStored, TenantIndexes
 from .watch import FolderWatch
 
@@ -74,6 +76,17 @@ class _Record:
     error: str | None
     stale: bool = False
     duplicates: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Rebuild:
+    """What one rebuild collects, module by module, before it publishes (or, if nothing changed, does not)."""
+
+    records: dict[str, _Record] = field(default_factory=dict)
+    modules: dict[str, ModuleEntry] = field(default_factory=dict)
+    reports: list[ModuleReport] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    changed: bool = False
 
 
 class Registry:
@@ -181,65 +194,93 @@ class Registry:
         return meta.tenant is None or (self.admin_id is not None and meta.tenant == self.admin_id)
 
     def _rebuild(self, materialize: Callable[[str], bool] | None = None) -> Snapshot:
-        """Scan, import what changed (and the deferred modules ``materialize`` names), publish if anything did."""
+        """Scan, import what changed (and the deferred modules ``materialize`` names), publish if anything did:
+        scan -> decide per module -> publish, so each step can be read (and changed) alone."""
         self._watch.seen()
         candidates: list[Candidate] = []
         for index, folder in enumerate(self.folders):
             candidates.extend(scan_folder(folder, index))
-
-        records: dict[str, _Record] = {}
-        modules: dict[str, ModuleEntry] = {}
-        reports: list[ModuleReport] = []
-        problems: list[str] = []
-        changed = False
         metas = {cand.path: self._metadata(cand) for cand in candidates}
+        rebuild = _Rebuild()
         for cand in self._by_claim(candidates, metas):
-            previous = self._records.get(cand.path)
-            if _unchanged(previous, cand):
-                record = previous
-                if materialize is not None and _is_deferred(record) and materialize(record.meta.alias or cand.name):
-                    record = self._materialized(record)
-                    changed = True
-            else:
-                if _is_deferred(previous):
-                    previous = None  # edited before its first call: imported as new, nothing to keep serving
-                meta, meta_error = metas[cand.path]
-                public = meta.alias or cand.name
-                if public in modules:
-                    record = _Record(cand, meta, None, None)  # conflict: reported below, never imported
-                elif meta_error is not None:
-                    log.error("plugin %s failed to load: %s", cand.path, meta_error)
-                    keep = previous.entry if previous else None
-                    record = _Record(cand, meta, keep, meta_error, stale=keep is not None)
-                else:
-                    deferred = self._deferrals.entry(cand, meta) if previous is None else None
-                    if deferred is not None:
-                        record = _Record(cand, Metadata(meta.alias, None), deferred, None)
-                    else:
-                        record = self._load(cand, previous, meta)
-                changed = True
-                if self.snapshot is not EMPTY and public not in modules:  # start-up has its own summary line
-                    log_reload(cand, previous, record)
-            public = record.meta.alias or cand.name
-            trusted = self._is_trusted(record.meta)
-            owner = modules.get(public)
-            if owner is not None:
-                msg = f"module name {public!r} of {cand.path} is already taken by {owner.path}; this one is not loaded"
-                problems.append(msg)
-                log.warning("conflict: %s", msg)
-                reports.append(module_report(public, record, trusted, "conflict", msg, None))
-                if record.entry is not None:
-                    self._forget_module(cand)
-                changed = True  # not kept: re-evaluated on the next rebuild, when the owner may be gone
-                continue
-            records[cand.path] = record
-            problems.extend(f"{cand.path}: {dup}" for dup in record.duplicates)
-            status = "loaded" if record.error is None else ("stale" if record.entry is not None else "error")
-            entry = record.entry
-            error = "; ".join([*filter(None, [record.error]), *record.duplicates]) or None
-            reports.append(module_report(public, record, trusted, status, error, entry))
-            if entry is not None:
-                modules[public] = entry
+            record = self._decide(cand, metas[cand.path], rebuild, materialize)
+            self._admit(cand, record, rebuild)
+        if self._forget_gone(rebuild.records):
+            rebuild.changed = True
+        self._records = rebuild.records
+        if not rebuild.changed and self.snapshot is not EMPTY:
+            return self.snapshot
+        return self._publish(rebuild, materialize)
+
+    def _decide(
+        self,
+        cand: Candidate,
+        read: tuple[Metadata, str | None],
+        rebuild: _Rebuild,
+        materialize: Callable[[str], bool] | None,
+    ) -> _Record:
+        """What this file serves now: its record as it was (imported now if it was deferred and is asked for),
+        or, for a new or changed file, what reading and importing it gives."""
+        previous = self._records.get(cand.path)
+        if _unchanged(previous, cand):
+            if materialize is not None and _is_deferred(previous) and materialize(previous.meta.alias or cand.name):
+                rebuild.changed = True
+                return self._materialized(previous)
+            return previous
+        if _is_deferred(previous):
+            previous = None  # edited before its first call: imported as new, nothing to keep serving
+        meta, meta_error = read
+        public = meta.alias or cand.name
+        record = self._fresh(cand, previous, meta, meta_error, taken=public in rebuild.modules)
+        rebuild.changed = True
+        if self.snapshot is not EMPTY and public not in rebuild.modules:  # start-up has its own summary line
+            log_reload(cand, previous, record)
+        return record
+
+    def _fresh(
+        self, cand: Candidate, previous: _Record | None, meta: Metadata, meta_error: str | None, *, taken: bool
+    ) -> _Record:
+        """A new or changed file's record: never imported if its name is taken (the conflict is reported when it
+        is admitted), its previous version kept serving if it cannot be read, deferred to its first call if the
+        packaged manifest describes it, else imported now."""
+        if taken:
+            return _Record(cand, meta, None, None)
+        if meta_error is not None:
+            log.error("plugin %s failed to load: %s", cand.path, meta_error)
+            keep = previous.entry if previous else None
+            return _Record(cand, meta, keep, meta_error, stale=keep is not None)
+        deferred = self._deferrals.entry(cand, meta) if previous is None else None
+        if deferred is not None:
+            return _Record(cand, Metadata(meta.alias, None), deferred, None)
+        return self._load(cand, previous, meta)
+
+    def _admit(self, cand: Candidate, record: _Record, rebuild: _Rebuild) -> None:
+        """Whether the record serves under its public name: the first claimant (``_by_claim`` orders them) does,
+        a later one is a reported conflict, not kept, so the next rebuild looks at it again."""
+        public = record.meta.alias or cand.name
+        trusted = self._is_trusted(record.meta)
+        owner = rebuild.modules.get(public)
+        if owner is not None:
+            msg = f"module name {public!r} of {cand.path} is already taken by {owner.path}; this one is not loaded"
+            rebuild.problems.append(msg)
+            log.warning("conflict: %s", msg)
+            rebuild.reports.append(module_report(public, record, trusted, "conflict", msg, None))
+            if record.entry is not None:
+                self._forget_module(cand)
+            rebuild.changed = True  # not kept: re-evaluated on the next rebuild, when the owner may be gone
+            return
+        rebuild.records[cand.path] = record
+        rebuild.problems.extend(f"{cand.path}: {dup}" for dup in record.duplicates)
+        status = "loaded" if record.error is None else ("stale" if record.entry is not None else "error")
+        entry = record.entry
+        error = "; ".join([*filter(None, [record.error]), *record.duplicates]) or None
+        rebuild.reports.append(module_report(public, record, trusted, status, error, entry))
+        if entry is not None:
+            rebuild.modules[public] = entry
+
+    def _forget_gone(self, records: dict[str, _Record]) -> bool:
+        """Unload the modules whose files this scan no longer kept (deleted, or lost their name); whether any was."""
+        changed = False
         for path, old in self._records.items():
             if path not in records:
                 changed = True
@@ -247,23 +288,21 @@ class Registry:
                 if not os.path.exists(path):
                     served = ", ".join(sorted(old.entry.endpoints)) if old.entry else ""
                     log.info("reload: %s removed%s", path, f"; no longer served: {served}" if served else "")
-        self._records = records
-        if not changed and self.snapshot is not EMPTY:
-            return self.snapshot
-        reserved = reserved_names(reports, self.owned_folders)  # the admin's, while its module fails to load
-        reports = withhold(modules, reports, reserved) if reserved else reports
+        return changed
+
+    def _publish(self, rebuild: _Rebuild, materialize: Callable[[str], bool] | None) -> Snapshot:
+        """One new immutable Snapshot from what the rebuild kept, swapped in whole: a request sees the old one or
+        this one, never half of each."""
+        modules = rebuild.modules
+        reserved = reserved_names(rebuild.reports, self.owned_folders)  # the admin's, while its module fails to load
+        reports = withhold(modules, rebuild.reports, reserved) if reserved else rebuild.reports
         imported_later = frozenset(name for name, entry in modules.items() if entry.deferred)
-        by_api: dict[str, list[Endpoint]] = {}
-        for entry in modules.values():
-            for ep in entry.endpoints.values():
-                if entry.trusted or ep.api not in reserved:
-                    by_api.setdefault(ep.api, []).append(ep)
         self.snapshot = Snapshot(
             modules=modules,
-            by_api={k: tuple(v) for k, v in by_api.items()},
+            by_api=endpoints_by_api(modules, reserved),
             reports=tuple(reports),
             version=self.snapshot.version + 1,
-            problems=tuple(problems),
+            problems=tuple(rebuild.problems),
             stale={r.name: r.error or "" for r in reports if r.status == "stale"},
             deferred=imported_later,
         )

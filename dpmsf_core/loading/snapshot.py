@@ -185,3 +185,14 @@ class Snapshot:
 
 
 EMPTY = Snapshot(modules={}, by_api={}, reports=(), version=0)
+
+
+def endpoints_by_api(modules: dict[str, ModuleEntry], reserved: set[str]) -> dict[str, tuple[Endpoint, ...]]:
+    """Endpoints by API name, for resolving an unqualified URL; a tenant's endpoint under a name reserved for the
+    admin is left out."""
+    by_api: dict[str, list[Endpoint]] = {}
+    for entry in modules.values():
+        for ep in entry.endpoints.values():
+            if entry.trusted or ep.api not in reserved:
+                by_api.setdefault(ep.api, []).append(ep)
+    return {k: tuple(v) for k, v in by_api.items()}

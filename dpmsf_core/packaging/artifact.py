@@ -25,10 +25,14 @@ import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import dependencies
 from .manifest import write_manifest
 from .target import PackagingError, Target, check_imports, check_native_code, find_python, top_level_modules
+
+if TYPE_CHECKING:
+    from importlib import metadata as md
 
 CORE_DIR = Path(__file__).resolve().parent.parent
 HANDLER_DIR = CORE_DIR.parent / "handler"
@@ -92,6 +96,36 @@ def build(
     compiled here for the target CPU so that no cold start compiles it (about 27 MB).
     """
     target = target or Target()
+    python = _target_python(target, deps, target_python, strict)
+    if sandbox:
+        requirements = [*requirements, *_sandbox_requirements(target)]
+    folder = Path(out).resolve()
+    _prepare(folder)
+    try:
+        kept = _bundle(folder, plugins, list(requirements), deps, target, log)
+        if sandbox:
+            _bundle_sandbox(folder, python or sys.executable, target, log)
+        artifact = Artifact(folder=folder, target=target, python=python)
+        artifact.distributions = sorted(f"{d.metadata['Name']}=={d.version}" for d in kept.values())
+        _compile_and_check(artifact, kept, log)
+        artifact.manifest_modules = write_manifest(folder / "plugins", python or sys.executable, [folder], log)
+        _write_marker(artifact, plugins)
+        _measure(artifact)
+        if make_zip:
+            artifact.zip_path = folder.with_suffix(".zip")
+            zip_folder(folder, artifact.zip_path)
+            artifact.zip_size = artifact.zip_path.stat().st_size
+    except BaseException:  # a failed or interrupted build leaves nothing behind, so the next run may start over
+        shutil.rmtree(folder, ignore_errors=True)
+        if make_zip:
+            folder.with_suffix(".zip").unlink(missing_ok=True)
+        raise
+    return artifact
+
+
+def _target_python(target: Target, deps: str, target_python: str | None, strict: bool) -> str | None:
+    """The target's interpreter, checked before anything is written: a wrong ``deps`` or a venv that cannot be
+    copied for this target stops the build, and so does a missing interpreter when ``strict``."""
     if deps not in ("pip", "venv", "none"):
         raise PackagingError(f"deps={deps!r}. Choices are: pip|venv|none")
     if deps == "venv":
@@ -105,67 +139,86 @@ def build(
             f"bytecode and checks that every dependency imports. Install it (pyenv install {target.python}, or "
             f"your package manager's python{target.python}), or point --target-python at it."
         )
-    if sandbox:
-        from ..sandbox import runtime as sandbox_runtime
+    return python
 
-        if target.arch != sandbox_runtime.arch():
-            raise PackagingError(
-                f"--sandbox for {target.arch}: the interpreter can only be precompiled on a {target.arch} machine"
-            )
-        requirements = [*requirements, *dependencies.SANDBOX_REQUIREMENTS]
-    folder = Path(out).resolve()
-    _prepare(folder)
-    try:
-        _copy_tree(CORE_DIR, folder / "dpmsf_core", skip=_CORE_BUILD_TIME)
-        _copy_tree(HANDLER_DIR, folder / "handler")
-        (folder / "plugins").mkdir()
-        for source in plugins:
-            _copy_plugins(Path(source), folder / "plugins", log)
-        requirements = list(requirements)
-        if deps == "pip":
-            dependencies.pip_install(folder, requirements, target, log)
-        elif deps == "venv":
-            dependencies.copy_from_environment(folder, requirements)
-        kept = dependencies.prune(folder, requirements) if deps != "none" else {}
-        check_native_code(folder, target)
-        if sandbox:
-            log("dpmsf package: precompiling the sandbox interpreter (a few seconds)")
-            _precompile_with_artifact(folder, python or sys.executable, target.arch or "")
-            for wasm in folder.rglob(sandbox_runtime.WASM_FILE):
-                wasm.unlink()
-        artifact = Artifact(folder=folder, target=target, python=python)
-        artifact.distributions = sorted(f"{d.metadata['Name']}=={d.version}" for d in kept.values())
-        if python is not None:
-            _compile(folder, python, log)
-            artifact.bytecode = True
-            modules = {m for d in kept.values() for m in top_level_modules(folder, map(str, d.files or []))}
-            with tempfile.TemporaryDirectory(prefix="dpmsf-check-") as scratch:
-                artifact.imports_checked = check_imports(folder, python, {*modules, *_OWN_MODULES}, Path(scratch))
-        else:
-            log(f"dpmsf package: no bytecode and no import check: Python {target.python} was not found here")
-        artifact.manifest_modules = write_manifest(folder / "plugins", python or sys.executable, [folder], log)
-        manifest = {
-            "python": target.python,
-            "platform": target.platform,
-            "distributions": artifact.distributions,
-            "plugins": [str(p) for p in plugins],
-            "checked_with": python,
-        }
-        (folder / MARKER).write_text(json.dumps(manifest, indent=2) + "\n")
-        for path in folder.rglob("*"):
-            if path.is_file():
-                artifact.files += 1
-                artifact.size += path.stat().st_size
-        if make_zip:
-            artifact.zip_path = folder.with_suffix(".zip")
-            zip_folder(folder, artifact.zip_path)
-            artifact.zip_size = artifact.zip_path.stat().st_size
-    except BaseException:  # a failed or interrupted build leaves nothing behind, so the next run may start over
-        shutil.rmtree(folder, ignore_errors=True)
-        if make_zip:
-            folder.with_suffix(".zip").unlink(missing_ok=True)
-        raise
-    return artifact
+
+def _sandbox_requirements(target: Target) -> list[str]:
+    """What ``--sandbox`` adds, if it can: the interpreter is precompiled here, so only for this machine's CPU."""
+    from ..sandbox import runtime as sandbox_runtime
+
+    if target.arch != sandbox_runtime.arch():
+        raise PackagingError(
+            f"--sandbox for {target.arch}: the interpreter can only be precompiled on a {target.arch} machine"
+        )
+    return list(dependencies.SANDBOX_REQUIREMENTS)
+
+
+def _bundle(
+    folder: Path,
+    plugins: Sequence[str | Path],
+    requirements: list[str],
+    deps: str,
+    target: Target,
+    log: Callable[[str], object],
+) -> dict[str, md.Distribution]:
+    """Core, handler, plugins and the dependencies ``deps`` says, pruned and checked for the target's CPU; the
+    distributions kept, by name."""
+    _copy_tree(CORE_DIR, folder / "dpmsf_core", skip=_CORE_BUILD_TIME)
+    _copy_tree(HANDLER_DIR, folder / "handler")
+    (folder / "plugins").mkdir()
+    for source in plugins:
+        _copy_plugins(Path(source), folder / "plugins", log)
+    if deps == "pip":
+        dependencies.pip_install(folder, requirements, target, log)
+    elif deps == "venv":
+        dependencies.copy_from_environment(folder, requirements)
+    kept = dependencies.prune(folder, requirements) if deps != "none" else {}
+    check_native_code(folder, target)
+    return kept
+
+
+def _bundle_sandbox(folder: Path, python: str, target: Target, log: Callable[[str], object]) -> None:
+    """The sandbox interpreter precompiled for the target, its ``.wasm`` dropped: no cold start compiles it."""
+    from ..sandbox import runtime as sandbox_runtime
+
+    log("dpmsf package: precompiling the sandbox interpreter (a few seconds)")
+    _precompile_with_artifact(folder, python, target.arch or "")
+    for wasm in folder.rglob(sandbox_runtime.WASM_FILE):
+        wasm.unlink()
+
+
+def _compile_and_check(artifact: Artifact, kept: dict[str, md.Distribution], log: Callable[[str], object]) -> None:
+    """Bytecode and the import check, both by the target's interpreter; without one, neither (and it says so)."""
+    python = artifact.python
+    if python is None:
+        log(f"dpmsf package: no bytecode and no import check: Python {artifact.target.python} was not found here")
+        return
+    folder = artifact.folder
+    _compile(folder, python, log)
+    artifact.bytecode = True
+    modules = {m for d in kept.values() for m in top_level_modules(folder, map(str, d.files or []))}
+    with tempfile.TemporaryDirectory(prefix="dpmsf-check-") as scratch:
+        artifact.imports_checked = check_imports(folder, python, {*modules, *_OWN_MODULES}, Path(scratch))
+
+
+def _write_marker(artifact: Artifact, plugins: Sequence[str | Path]) -> None:
+    """The record that makes the folder ours (a later build may replace it) and says what it was built for."""
+    manifest = {
+        "python": artifact.target.python,
+        "platform": artifact.target.platform,
+        "distributions": artifact.distributions,
+        "plugins": [str(p) for p in plugins],
+        "checked_with": artifact.python,
+    }
+    (artifact.folder / MARKER).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _measure(artifact: Artifact) -> None:
+    """Files and unpacked bytes: what Lambda's 250 MB limit counts."""
+    for path in artifact.folder.rglob("*"):
+        if path.is_file():
+            artifact.files += 1
+            artifact.size += path.stat().st_size
 
 
 def _compile(folder: Path, python: str, log: Callable[[str], object]) -> None:

@@ -13,7 +13,7 @@ from ..errors import Conflict, MethodNotAllowed, NotFound
 from ..exchange import Receive, Responder, Scope, read_body
 from ..loading.registry import Registry
 from ..loading.tenant_index import RemoteIndex, TenantIndex
-from ..security import LazySecurity, bearer, require
+from ..security import LazySecurity, Security, bearer, require
 from .ledger import UploadLedger
 from .reading import UploadBudget, UploadReader
 from .stores import PluginStore
@@ -56,33 +56,57 @@ class PluginUpload:
     async def handle(
         self, scope: Scope, receive: Receive, responder: Responder, headers: dict[str, str], rest: str
     ) -> None:
+        """Who uploads (a token is required), then the list or one module: each its own step."""
         security = self.security()
+        tenant = self._uploader(security, headers, responder)
+        admin = security.is_admin(tenant)
+        parts = [p for p in rest.split("/") if p]
+        if not parts or parts[0] != "plugins" or len(parts) > 2:
+            raise NotFound("Admin routes: /rest/admin/plugins/ and /rest/admin/plugins/<name>.")
+        if len(parts) == 1:
+            await self._serve_list(scope["method"], responder, tenant, admin)
+            return
+        await self._serve_module(scope, receive, responder, headers, parts[1], tenant, admin)
+
+    def _uploader(self, security: Security, headers: dict[str, str], responder: Responder) -> str:
+        """The caller's tenant id, from a token it must have (401 without), and the next token on the answer."""
         token = bearer(headers)
         tenant = require(security.verify(token) if token else None)
         next_token = security.next_token(tenant)
         if next_token:
             responder.add_header("X-DPMSF-Next-Token", next_token)
-        admin = security.is_admin(tenant)
-        parts = [p for p in rest.split("/") if p]
-        method = scope["method"]
-        if not parts or parts[0] != "plugins" or len(parts) > 2:
-            raise NotFound("Admin routes: /rest/admin/plugins/ and /rest/admin/plugins/<name>.")
-        if len(parts) == 1:
-            if method not in ("GET", "HEAD"):
-                raise MethodNotAllowed("The plugin list answers GET.", ["GET", "HEAD"])
-            import asyncio
+        return tenant
 
-            await responder.json(200, {"results": await asyncio.to_thread(self._list, tenant, admin)})
-            return
+    async def _serve_list(self, method: str, responder: Responder, tenant: str, admin: bool) -> None:
+        """``/rest/admin/plugins/``: the modules this caller may see (the admin: all), GET only."""
+        if method not in ("GET", "HEAD"):
+            raise MethodNotAllowed("The plugin list answers GET.", ["GET", "HEAD"])
+        import asyncio
+
+        await responder.json(200, {"results": await asyncio.to_thread(self._list, tenant, admin)})
+
+    async def _serve_module(
+        self,
+        scope: Scope,
+        receive: Receive,
+        responder: Responder,
+        headers: dict[str, str],
+        raw_name: str,
+        tenant: str,
+        admin: bool,
+    ) -> None:
+        """``/rest/admin/plugins/<name>``: read, replace or delete one module; one another owner holds is not
+        there for this caller (404), and its name cannot be taken (409)."""
         from .validation import check_module_name
 
-        name = check_module_name(parts[1])
+        name = check_module_name(raw_name)
         import asyncio  # here: a cold start without uploads does not pay for it
 
         # the store (a network call for S3) and the index (a file read) are asked in a thread, never on the loop
         stored, owner = await asyncio.to_thread(self._stored, name)
         existing = stored[0] if stored else None
         mine = admin or (existing is not None and owner == tenant)
+        method = scope["method"]
         if method in ("GET", "HEAD"):
             if existing is None or not mine:
                 raise NotFound(f"No uploaded plugin '{name}'.")
@@ -90,23 +114,7 @@ class PluginUpload:
         elif method == "PUT":
             if existing is not None and not mine:
                 raise Conflict(f"The module name '{name}' is taken by another owner; choose another name.")
-            body = await read_body(scope, receive, headers, self.settings.upload_max)
-            try:
-                read = await self.reader.read(name, body, tenant, admin)  # a child process, within its budget
-            finally:  # metering: every upload read costs its bytes, refused (422, 429) or accepted
-                metered(tenant, upload_bytes=len(body))
-            status = await asyncio.to_thread(self._commit, name, tenant, admin, read, stored)
-            await responder.json(
-                201 if existing is None else 200,
-                {
-                    "results": {
-                        "name": name,
-                        "tenant": None if admin else tenant,
-                        "url": f"/rest/services/{read.alias or name}/",
-                        **status,
-                    }
-                },
-            )
+            await self._put(scope, receive, responder, headers, name, tenant, admin, stored)
         elif method == "DELETE":
             if existing is None or not mine:
                 raise NotFound(f"No uploaded plugin '{name}'.")
@@ -114,6 +122,40 @@ class PluginUpload:
             await responder.send(204, b"", b"text/plain")
         else:
             raise MethodNotAllowed(f"Plugin '{name}' answers GET, PUT and DELETE.", ["GET", "HEAD", "PUT", "DELETE"])
+
+    async def _put(
+        self,
+        scope: Scope,
+        receive: Receive,
+        responder: Responder,
+        headers: dict[str, str],
+        name: str,
+        tenant: str,
+        admin: bool,
+        stored: Any,
+    ) -> None:
+        """An upload: read in a child process within its budget (metered whatever the outcome), then committed;
+        201 for a new module, 200 for a replaced one."""
+        import asyncio
+
+        body = await read_body(scope, receive, headers, self.settings.upload_max)
+        try:
+            read = await self.reader.read(name, body, tenant, admin)  # a child process, within its budget
+        finally:  # metering: every upload read costs its bytes, refused (422, 429) or accepted
+            metered(tenant, upload_bytes=len(body))
+        status = await asyncio.to_thread(self._commit, name, tenant, admin, read, stored)
+        existing = stored[0] if stored else None
+        await responder.json(
+            201 if existing is None else 200,
+            {
+                "results": {
+                    "name": name,
+                    "tenant": None if admin else tenant,
+                    "url": f"/rest/services/{read.alias or name}/",
+                    **status,
+                }
+            },
+        )
 
     def _stored(self, name: str) -> tuple[tuple[str, str] | None, str | None]:
         """Module ``name`` as stored (source, version) and its owner. Blocks: runs in a thread."""

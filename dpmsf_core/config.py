@@ -212,6 +212,14 @@ def _parse(env: Mapping[str, str]) -> Settings:
             f"Config 'DPMSF_TOKEN_TTL' has value '{env.get('DPMSF_TOKEN_TTL')}'. Must be at most"
             f" DPMSF_TOKEN_MAX_TTL ({token_max_ttl})."
         )
+    replay_store = _backend_url(env, "DPMSF_REPLAY_STORE", replay_default, ("memory", "sqlite", *_SHARED, "postgresql"))
+    tenants = _backend_url(env, "DPMSF_TENANTS", dyn_default, ("sqlite", *_SHARED, "postgresql"))
+    store = _backend_url(env, "DPMSF_STORE", dyn_default, ("sqlite", *_SHARED))
+    backends = (("DPMSF_STORE", store), ("DPMSF_TENANTS", tenants), ("DPMSF_REPLAY_STORE", replay_store))
+    if any(url.startswith("firestore://") for _, url in backends):  # else nothing more is read or imported
+        from .gcp.credentials import check_firestore
+
+        check_firestore(env, backends)  # no emulator, no credentials: refused now, not a 503 on every request
     return Settings(
         num_url_parms=num,
         url_parm_names=tuple(names),
@@ -232,11 +240,9 @@ def _parse(env: Mapping[str, str]) -> Settings:
         gcs_refresh=_float(env, "DPMSF_GCS_REFRESH", 30.0),
         reload=_bool(env, "DPMSF_RELOAD", True),
         state_dir=(env.get("DPMSF_STATE_DIR") or "").strip() or state_default,
-        replay_store=_backend_url(
-            env, "DPMSF_REPLAY_STORE", replay_default, ("memory", "sqlite", *_SHARED, "postgresql")
-        ),
-        tenants=_backend_url(env, "DPMSF_TENANTS", dyn_default, ("sqlite", *_SHARED, "postgresql")),
-        store=_backend_url(env, "DPMSF_STORE", dyn_default, ("sqlite", *_SHARED)),
+        replay_store=replay_store,
+        tenants=tenants,
+        store=store,
         upload_dir=(env.get("DPMSF_UPLOAD_DIR") or "").strip(),
         upload_max=_int(env, "DPMSF_UPLOAD_MAX", 256_000, minimum=1),
         upload_cpu=_float(env, "DPMSF_UPLOAD_CPU", 2.0, minimum=0.5),

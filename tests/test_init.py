@@ -293,6 +293,9 @@ def test_a_new_project_runs_as_on_app_engine_with_the_emulator(
     assert _run([str(venv / "bin" / "dpmsf"), "init", "shop"], tmp_path).returncode == 0
     shop = tmp_path / "shop"
     assert "dpmsf gcp-run" in (shop / "README.md").read_text()  # the README names the one command
+    bare = _run([str(venv / "bin" / "dpmsf"), "gcp-run"], shop)  # DPMSF without its extras: says what to install
+    assert bare.returncode == 2 and "cannot import gunicorn, uvicorn_worker, google.cloud.firestore" in bare.stderr
+    assert bare.stderr.strip().endswith(f"{venv / 'bin' / 'pip'} install -r requirements.txt"), bare.stderr
     started = time.monotonic()
     assert _run([sys.executable, "-m", "venv", ".venv"], shop).returncode == 0
     pip = [".venv/bin/pip", "install", "-q", "--disable-pip-version-check", "-r", "requirements.txt"]

@@ -142,6 +142,8 @@ def _serve(command: str, cwd: Path, env: dict[str, str]) -> int:
 def cmd_gcp_run(args: argparse.Namespace) -> int:
     from ..config import Settings
 
+    # SIGTERM before the server runs (while the emulator starts): exit through the finally blocks that stop it
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     where = project.find(Path.cwd())
     root = where.root if where is not None else Path.cwd()
     app_yaml = root / "app.yaml"

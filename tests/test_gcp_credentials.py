@@ -146,3 +146,28 @@ def test_gcp_run_keeps_google_auth_off_the_metadata_server(tmp_path: Path, metad
     assert metadata.count >= 1  # the listener does see google-auth's probe when nothing stops it
     # google-auth obeys only the exact word "true": gcp-run sets it whatever the caller's variable says
     assert environment(base | {"NO_GCE_CHECK": "True"}, {}, 8080)["NO_GCE_CHECK"] == "true"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "gunicorn -c dpmsf_core/gunicorn_conf.py -k dpmsf_core.gunicorn_worker.UvicornWorker -w 2 handler.gae:app",
+        "uvicorn handler.gae:app",
+    ],
+)
+def test_app_engines_entry_refuses_it_in_one_line_too(command: str, tmp_path: Path, metadata: Knocks) -> None:
+    """app.yaml's command line (and the container's plain uvicorn) run where Google's runtime is not: one line,
+    gunicorn stops instead of respawning workers, nothing knocks on the metadata address."""
+    tool = Path(sys.executable).parent / command.split()[0]
+    if not tool.exists():
+        pytest.skip(f"{tool.name} is not installed (pip install -e '.[gae]')")
+    port = free_port()
+    env = _bare_env(tmp_path, DPMSF_STORE="firestore://dpmsf-store", GCE_METADATA_IP=metadata.address)
+    env["DPMSF_PLUGINS"] = "my_plugins"
+    argv = [str(tool), *command.split()[1:], "-b" if "gunicorn" in command else "--port", f"127.0.0.1:{port}"]
+    argv[-1] = argv[-1] if "gunicorn" in command else str(port)
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    refused = [line for line in done.stderr.splitlines() if "Firestore is configured" in line]
+    assert len(refused) == 1 and refused[0].startswith("dpmsf: ") and "dpmsf gcp-run" in refused[0], done.stderr
+    assert "Traceback" not in done.stderr and metadata.count == 0

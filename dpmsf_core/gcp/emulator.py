@@ -76,7 +76,9 @@ def started(gcloud: str, *, timeout: float = 90.0) -> Iterator[tuple[str, Path]]
     if found is None:
         raise EmulatorError(f"'{gcloud}' is not on PATH: {INSTALL}")
     host = f"127.0.0.1:{_free_port()}"
-    log = Path(tempfile.mkstemp(prefix="dpmsf-firestore-emulator-", suffix=".log")[1])
+    fd, name = tempfile.mkstemp(prefix="dpmsf-firestore-emulator-", suffix=".log")  # kept: its path is printed
+    os.close(fd)
+    log = Path(name)
     env = {**os.environ, "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"}
     env.pop("FIRESTORE_EMULATOR_HOST", None)
     with log.open("wb") as out:

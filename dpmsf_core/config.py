@@ -181,6 +181,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
     cors = tuple(o.strip() for o in (cors_raw if cors_raw is not None else "*").split(",") if o.strip())
     token_max_ttl = _int(env, "DPMSF_TOKEN_MAX_TTL", 300, minimum=1)
     token_ttl = _token_ttl(env, token_max_ttl)
+    replay_store, tenants, store = _state_urls(env, replay_default, dyn_default)
     return Settings(
         num_url_parms=num,
         url_parm_names=names,
@@ -202,11 +203,9 @@ def _parse(env: Mapping[str, str]) -> Settings:
         notify=_notify(env),
         reload=_bool(env, "DPMSF_RELOAD", True),
         state_dir=(env.get("DPMSF_STATE_DIR") or "").strip() or state_default,
-        replay_store=_backend_url(
-            env, "DPMSF_REPLAY_STORE", replay_default, ("memory", "sqlite", *_SHARED, "postgresql")
-        ),
-        tenants=_backend_url(env, "DPMSF_TENANTS", dyn_default, ("sqlite", *_SHARED, "postgresql")),
-        store=_backend_url(env, "DPMSF_STORE", dyn_default, ("sqlite", *_SHARED, "postgresql")),
+        replay_store=replay_store,
+        tenants=tenants,
+        store=store,
         upload_dir=(env.get("DPMSF_UPLOAD_DIR") or "").strip(),
         upload_max=_int(env, "DPMSF_UPLOAD_MAX", 256_000, minimum=1),
         upload_cpu=_float(env, "DPMSF_UPLOAD_CPU", 2.0, minimum=0.5),
@@ -222,6 +221,20 @@ def _parse(env: Mapping[str, str]) -> Settings:
         grace_seconds=_float(env, "DPMSF_GRACE_SECONDS", 20.0),
         quotas=_quotas(env),
     )
+
+
+def _state_urls(env: Mapping[str, str], replay_default: str, dyn_default: str) -> tuple[str, str, str]:
+    """``DPMSF_REPLAY_STORE``, ``DPMSF_TENANTS`` and ``DPMSF_STORE``; a Firestore one with neither its emulator nor
+    credentials is refused now, not answered 503 on every request (and nothing of Google is read otherwise)."""
+    replay_store = _backend_url(env, "DPMSF_REPLAY_STORE", replay_default, ("memory", "sqlite", *_SHARED, "postgresql"))
+    tenants = _backend_url(env, "DPMSF_TENANTS", dyn_default, ("sqlite", *_SHARED, "postgresql"))
+    store = _backend_url(env, "DPMSF_STORE", dyn_default, ("sqlite", *_SHARED, "postgresql"))
+    backends = (("DPMSF_STORE", store), ("DPMSF_TENANTS", tenants), ("DPMSF_REPLAY_STORE", replay_store))
+    if any(url.startswith("firestore://") for _, url in backends):
+        from .gcp.credentials import check_firestore
+
+        check_firestore(env, backends)
+    return replay_store, tenants, store
 
 
 def _notify(env: Mapping[str, str]) -> str:

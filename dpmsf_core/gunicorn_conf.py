@@ -21,9 +21,14 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from dpmsf_core.config import Settings  # noqa: E402  (needs the path above)
+from dpmsf_core.errors import ConfigError  # noqa: E402  (needs the path above)
 from dpmsf_core.logconfig import dict_config  # noqa: E402  (needs the path above)
 
 loglevel = (os.environ.get("DPMSF_LOG_LEVEL") or "info").lower()
 logconfig_dict = dict_config(loglevel)
-# whole seconds for gunicorn; a bad value stops start-up with one line, as everywhere
-graceful_timeout = math.ceil(Settings.from_env().grace_seconds)
+try:
+    _settings = Settings.from_env()
+except ConfigError as exc:  # a bad value stops start-up with one line, as everywhere (gunicorn would add a traceback)
+    print(f"dpmsf: {exc}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
+graceful_timeout = math.ceil(_settings.grace_seconds)  # whole seconds for gunicorn

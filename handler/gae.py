@@ -6,8 +6,15 @@ Logging is configured before the plugins load, so that their errors are Cloud Lo
 gunicorn already applied ``dpmsf_core.gunicorn_conf``).
 """
 
+import sys
+
 from dpmsf_core import create_app
+from dpmsf_core.errors import ConfigError
 from dpmsf_core.logconfig import ensure_configured
 
 ensure_configured()
-app = create_app()
+try:
+    app = create_app()
+except ConfigError as exc:  # a bad setting: one line, and gunicorn's "failed to boot" (3) stops it, no respawning
+    print(f"dpmsf: {exc}", file=sys.stderr, flush=True)
+    raise SystemExit(3) from None

@@ -84,9 +84,8 @@ def test_a_token_is_single_use_across_both_workers(gae_server: str) -> None:
 
 
 def test_gcprunner_applies_app_yaml_and_binds_loopback() -> None:
-    script = (ROOT / "gcprunner.sh").read_text()
     out = subprocess.run(
-        ["bash", "-c", script.replace('exec bash -c "exec $entrypoint"', 'env | sort; echo "$entrypoint"; exit 0')],
+        ["./gcprunner.sh", "--show"],  # dpmsf gcp-run --show: the environment and command line, nothing started
         cwd=ROOT,
         env={"PATH": os.environ["PATH"], "DPMSF_REQUIRE_TOKENS": "1", "FIRESTORE_EMULATOR_HOST": "127.0.0.1:1"},
         capture_output=True,
@@ -106,7 +105,7 @@ def test_gcprunner_applies_app_yaml_and_binds_loopback() -> None:
 
 def test_gcprunner_without_an_emulator_or_gcloud_says_what_to_run(tmp_path: Path) -> None:
     """app.yaml keeps data in Firestore: with no emulator and no way to start one, nothing starts half-working."""
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "GCPRUNNER_GCLOUD": str(tmp_path / "no-gcloud")}
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "DPMSF_GCLOUD": str(tmp_path / "no-gcloud")}
     done = subprocess.run(
         ["./gcprunner.sh", "--port", str(free_port())], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )

@@ -167,7 +167,7 @@ def test_app_engine_lines_are_cloud_logging_json(plugins: Path, tmp_path: Path) 
         trace = {"x-cloud-trace-context": f"{TRACE_ID}/123;o=1"}
         for i in range(6):
             httpx.get(f"{base}/rest/services/chatty/", headers={"x-request-id": f"gae-{i}", **trace}, timeout=10)
-    lines = [line for line in log.read_text().splitlines() if not line.startswith("gcprunner.sh: ")]
+    lines = [line for line in log.read_text().splitlines() if not line.startswith("dpmsf gcp-run: ")]  # its own lines
     entries = []
     for line in lines:
         entry = json.loads(line)  # every line is one JSON object

@@ -458,7 +458,7 @@ def test_settings_accept_firestore_urls_and_name_the_variable_of_a_bad_one() -> 
         "DPMSF_REPLAY_STORE": "firestore://dpmsf-replay?database=prod-db",
         "DPMSF_STORE": "firestore://dpmsf-store",
     }
-    settings = Settings.from_env(urls, dotenv=None)
+    settings = Settings.from_env(urls | {"FIRESTORE_EMULATOR_HOST": "127.0.0.1:8086"}, dotenv=None)
     assert (settings.tenants_url, settings.replay_store, settings.store_url) == tuple(urls.values())
     with pytest.raises(ConfigError, match=r"Config 'DPMSF_STORE' has value 'firestore://a/b'\. Choices are: sqlite"):
         Settings.from_env({"DPMSF_STORE": "firestore://a/b"}, dotenv=None)

@@ -199,7 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Any]:
     """Commands that live beside the features they drive (tokens, tenants, Lambda tools)."""
     out = []
-    for module in ("dpmsf_core.cli.init", "dpmsf_core.cli.security", "dpmsf_core.cli.aws", "dpmsf_core.cli.cost"):
+    for module in (
+        "dpmsf_core.cli.init",
+        "dpmsf_core.cli.security",
+        "dpmsf_core.cli.aws",
+        "dpmsf_core.cli.cost",
+        "dpmsf_core.cli.gcprun",
+    ):
         try:
             mod = __import__(module, fromlist=["register"])
         except ImportError:

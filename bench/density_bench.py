@@ -9,9 +9,10 @@ same source, which runs in the server's process (the in-process reference).
 (1) first call: each of ``--first`` fresh tenants calls once, one after the other: a new guest every time (after the
     pool is full, another tenant's idle guest is recycled for it). p50 and p99, minus the in-process p50.
 (2) warm overhead: one tenant's warm guest against the admin's in-process call, interleaved, one client: p50 each.
-(3) PSS per idle guest: after ``--idle`` tenants each called once, the Pss line of /proc/<pid>/smaps_rollup of every
-    sandbox process (the template too, when there is one), summed and divided by the number of guests. PSS counts a
-    page shared by k processes as 1/k in each, so copy-on-write pages are never counted twice.
+(0) cold: the very first tenant call on the fresh server, which starts the pool (and its template, if any).
+(3) PSS per idle guest: after ``--idle`` tenants (20) each called once, the Pss line of /proc/<pid>/smaps_rollup
+    of every sandbox process (the template too, when there is one), summed and divided by the number of guests. PSS
+    counts a page shared by k processes as 1/k in each, so copy-on-write pages are never counted twice.
 (4) round robin: for each ``--tenants`` count N, 8 clients call N tenants in turn (client c calls tenant c, c+8, ...)
     for ``--seconds``: req/s, p50, p99 and the non-200 answers; then the in-process reference the same way.
 (5) memory: the server's RSS and the sandbox processes' PSS sum after each round robin.
@@ -159,12 +160,17 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], metavar="K=V", help="a setting for the server")
     opts = parser.parse_args()
     opts.tenant_counts = sorted(int(n) for n in opts.tenants.split(",") if n.strip())
-    opts.idle = opts.idle or 4
+    opts.idle = opts.idle or 20
     tmp = Path(tempfile.mkdtemp(prefix="dpmsf-density-"))
     host, tenants = setup(opts, tmp)
     bench = Bench(host, tenants)
     rows: list[tuple[str, str, str]] = []
     try:
+        cold = Sample()
+        with host.client() as client:
+            bench.call(client, cold, 0)  # the pool (and its template, if any) starts for this call
+        print(f"\n(0) cold: a tenant's first call on a fresh server (the pool starts) {cold.line()}", flush=True)
+        rows.append(("cold first call", f"{cold.pct(0.5):.1f} ms", ""))
         ours, ref = bench.warm(opts.warm_calls)
         overhead = ours.pct(0.5) - ref.pct(0.5)
         print(f"\n(2) warm call      sandboxed {ours.line()}\n    in-process             {ref.line()}")

@@ -54,6 +54,8 @@ class Template:
         os.set_blocking(self.wake_w, False)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the poll below (through the wakeup fd)
         signal.set_wakeup_fd(self.wake_w)
+        from dpmsf_core.sandbox import seccomp  # noqa: F401 - imported once here, not in every guest
+
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # a few fds per guest being forked
         self.frozen = False

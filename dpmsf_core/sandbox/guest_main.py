@@ -431,7 +431,6 @@ def main():
     sys.modules.pop("__main__", None)  # tenant code finds no path to this program's globals through sys.modules
     import gc
 
-    gc.collect()
     gc.freeze()  # what start-up built is never scanned again: forked guests keep sharing its pages
     _send({"op": "ready"})
     guest.serve()

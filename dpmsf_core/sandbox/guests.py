@@ -189,8 +189,8 @@ class Guests:
                     worker.owner = owner
                     self._bound[worker.pid] = time.monotonic()
                 return worker
-        if victim is not None:
-            self._end(victim)
+        if victim is not None:  # ended meanwhile: a process's exit (its address space torn down) takes ms
+            threading.Thread(target=self._end, args=(victim,), name="dpmsf-sandbox-end", daemon=True).start()
         started = time.monotonic()
         try:
             worker = self._started(self.start())

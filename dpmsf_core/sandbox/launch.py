@@ -114,3 +114,27 @@ def unprivileged_python(python: str, uid: int, compiled: str) -> tuple[str, int 
         _warned.add(reason)
         log.warning("sandbox: workers keep the server's uid (%s); the WebAssembly boundary still holds", reason)
     return python, None
+
+
+FDS_PER_GUEST = 4  # its three pipes and, when forked from a template, its pidfd
+
+
+def guests_within_fds(size: int) -> int:
+    """``size``, or fewer if this process may not open the fds that many guests need (its soft limit is raised to
+    the hard one first: 1024 is a common default, and 256 guests take about as many)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = FDS_PER_GUEST * size + 256  # the server's own: listeners, connections, files, the store
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return size
+    fitting = max(1, (soft - 256) // FDS_PER_GUEST)
+    log.warning("sandbox: %d open files allowed: at most %d guests, not %d", soft, fitting, size)
+    return fitting

@@ -33,6 +33,7 @@ from .admission import FairGate, TenantGate
 from .answers import breach, outcome
 from .guests import Guests, NoGuestInTime
 from .hostshare import HostShare
+from .launch import guests_within_fds
 from .memory import MemoryBudget
 from .process import (
     UNPRIVILEGED,
@@ -104,6 +105,7 @@ class SandboxPool:
     ) -> None:
         if size < 1:
             raise ValueError(f"SandboxPool size={size!r}: need at least one worker")
+        size = guests_within_fds(size)
         self.size = size
         self.limits = limits or SandboxLimits()
         self.python = python

@@ -205,7 +205,9 @@ class ForkedProc:
         """Whether the process has ended, waiting up to ``timeout`` seconds (its pidfd becomes readable)."""
         if self.pidfd is None:
             return True
-        return bool(select.select([self.pidfd], [], [], timeout)[0])
+        poller = select.poll()  # not select(): a server with hundreds of guests has fds past 1024
+        poller.register(self.pidfd, select.POLLIN)
+        return bool(poller.poll(timeout * 1000))
 
     def poll(self) -> int | None:
         if self.returncode is None and self._exited(0):

@@ -54,7 +54,12 @@ class Template:
         os.set_blocking(self.wake_w, False)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the poll below (through the wakeup fd)
         signal.set_wakeup_fd(self.wake_w)
+        import warnings
+
         from dpmsf_core.sandbox import seccomp  # noqa: F401 - imported once here, not in every guest
+
+        # wasmtime's runtime threads make Python 3.12+ warn at each fork, on a stderr nobody reads while it runs
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
 
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # a few fds per guest being forked

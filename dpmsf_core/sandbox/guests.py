@@ -191,6 +191,10 @@ class Guests:
                 return worker
         if victim is not None:  # ended meanwhile: a process's exit (its address space torn down) takes ms
             threading.Thread(target=self._end, args=(victim,), name="dpmsf-sandbox-end", daemon=True).start()
+        return self._start_for(owner)
+
+    def _start_for(self, owner: str) -> WorkerProcess:
+        """A fresh guest for ``owner``, whose place is counted already: given back if the start fails."""
         started = time.monotonic()
         try:
             worker = self._started(self.start())

@@ -37,8 +37,10 @@ class MemoryBudget:
         total_mb: float,
         others: Callable[[], Iterable[int]] = tuple,
         measure: Callable[[int], float | None] = pss_mb,
+        stale: float = STALE,
     ) -> None:
         self.total_mb = total_mb
+        self.stale = stale
         self.others = others  # pids counted but not guests: the template
         self.measure = measure
         self._lock = threading.Lock()
@@ -84,7 +86,7 @@ class MemoryBudget:
         now = time.monotonic()
         with self._lock:
             self._others_mb = others
-            due = sorted((when, pid) for pid, when in self._when.items() if now - when >= STALE or not when)
+            due = sorted((when, pid) for pid, when in self._when.items() if now - when >= self.stale or not when)
         for _, pid in due[:limit]:
             mb = self.measure(pid)
             with self._lock:

@@ -20,6 +20,7 @@ class FakeWorker:
         self.pid = next(self.pids)
         self.owner: str | None = None
         self.idle_since = 0.0
+        self.calls = 0
         self.killed = False
         self.proc = self
 

@@ -59,9 +59,11 @@ class Guests:
         start: Callable[[], WorkerProcess],
         on_spare: Callable[[WorkerProcess, WorkerProcess], None] | None = None,
         memory: MemoryBudget | None = None,
+        spares: int = 0,
     ) -> None:
         self.size = size
         self.memory = memory
+        self.spares = spares  # unbound guests kept started while there is room: a newcomer's call takes one
         self.start = start
         self.on_spare = on_spare  # (the guest that ended, its replacement): who pays for the start
         self._cond = threading.Condition()
@@ -185,13 +187,29 @@ class Guests:
             self._granted(owner)
             self._busy[owner] = self._busy.get(owner, 0) + 1
             if worker is not None:
+                spare = worker.owner is None
                 if worker.owner != owner:
                     worker.owner = owner
                     self._bound[worker.pid] = time.monotonic()
-                return worker
+        if worker is not None:
+            if spare:
+                self._top_up()
+            return worker
         if victim is not None:  # ended meanwhile: a process's exit (its address space torn down) takes ms
             threading.Thread(target=self._end, args=(victim,), name="dpmsf-sandbox-end", daemon=True).start()
-        return self._start_for(owner)
+        worker = self._start_for(owner)
+        self._top_up()
+        return worker
+
+    def _top_up(self) -> None:
+        """Start a spare in the background while fewer than ``spares`` are ready and one more guest fits."""
+        if not self.spares:
+            return
+        with self._cond:
+            ready = sum(1 for w in self._idle if w.owner is None) + self._starting
+            if self._closed or ready >= self.spares or not self._room():
+                return
+        threading.Thread(target=self._spare, name="dpmsf-sandbox-spare", daemon=True).start()
 
     def _start_for(self, owner: str) -> WorkerProcess:
         """A fresh guest for ``owner``, whose place is counted already: given back if the start fails."""
@@ -301,6 +319,8 @@ class Guests:
 
     def release(self, worker: WorkerProcess, keep: bool) -> None:
         if keep and worker.proc.poll() is None:
+            if self.memory is not None and worker.calls == 1:
+                self.memory.refresh(worker.pid)
             with self._cond:
                 self._unbusy(worker.owner)
                 parked = self._park(worker)

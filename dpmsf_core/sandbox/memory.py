@@ -1,10 +1,12 @@
 """The memory all guests of a pool take together, held within a budget (``DPMSF_SANDBOX_MEMORY_MB_TOTAL``).
 
-What a guest costs is its proportional set size (``Pss`` in ``/proc/<pid>/smaps_rollup``): a page shared by k
-processes counts 1/k in each, so the copy-on-write pages that guests forked from one template share are counted
-once over all of them, and the sum over the template and its guests is the memory they really take. Reading it
-costs about a millisecond per process, so it is measured in the background (``sample``), each guest soon after
-it starts and then every ``STALE`` seconds; a guest not measured yet counts as the average of those that were.
+Measured from ``/proc/<pid>/smaps_rollup``. Guests forked from a template share its pages until they write them,
+so the memory they all take is the template's resident set (``Rss``) plus each guest's private pages
+(``Private_Clean`` + ``Private_Dirty``): every page counted once, and a figure that does not move when a sibling
+ends (a proportional set size would, as shared pages are split among fewer processes). Guests started from nothing
+count their proportional set size (``Pss``). Reading one costs about a millisecond, so it is done in the
+background (``sample``): each guest soon after it starts, again after its first call, then every ``STALE``
+seconds; a guest not measured yet counts as the average of those that were.
 """
 
 from __future__ import annotations
@@ -17,16 +19,28 @@ STALE = 10.0  # seconds after which a guest's measurement is taken again
 FIRST_GUESS_MB = 8.0  # what a guest counts before any guest of the pool was measured
 
 
-def pss_mb(pid: int) -> float | None:
-    """The process's proportional set size in MB; None once it is gone (or on a system without smaps_rollup)."""
+def smaps_mb(pid: int, fields: tuple[bytes, ...]) -> float | None:
+    """The sum of ``fields`` of ``/proc/<pid>/smaps_rollup`` in MB; None once the process is gone."""
     try:
         with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
-            for line in fh:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1]) / 1024
+            return sum(int(line.split()[1]) for line in fh if line.startswith(fields)) / 1024
     except (OSError, ValueError, IndexError):
         return None
-    return None
+
+
+def pss_mb(pid: int) -> float | None:
+    """The process's proportional set size in MB (what the kernel counts it for, shared pages split)."""
+    return smaps_mb(pid, (b"Pss:",))
+
+
+def private_mb(pid: int) -> float | None:
+    """The pages only this process maps: what a guest forked from a template adds to the template's."""
+    return smaps_mb(pid, (b"Private_Clean:", b"Private_Dirty:"))
+
+
+def rss_mb(pid: int) -> float | None:
+    """Every page the process maps: a template's, which its guests share until they write them."""
+    return smaps_mb(pid, (b"Rss:",))
 
 
 class MemoryBudget:
@@ -38,26 +52,38 @@ class MemoryBudget:
         others: Callable[[], Iterable[int]] = tuple,
         measure: Callable[[int], float | None] = pss_mb,
         stale: float = STALE,
+        measure_others: Callable[[int], float | None] | None = None,
     ) -> None:
         self.total_mb = total_mb
         self.stale = stale
         self.others = others  # pids counted but not guests: the template
         self.measure = measure
+        self.measure_others = measure_others or measure
         self._lock = threading.Lock()
         self._mb: dict[int, float | None] = {}  # guest pid -> MB (None: not measured yet)
         self._when: dict[int, float] = {}
         self._others_mb = 0.0
+        self._others_seen: tuple[int, ...] = ()  # the pids _others_mb was measured for
         self._guess = FIRST_GUESS_MB
+        self._served: set[int] = set()  # guests measured after a call: what a guest grows to, for the average
 
     def add(self, pid: int) -> None:
         with self._lock:
             self._mb[pid] = None
             self._when[pid] = 0.0
 
+    def refresh(self, pid: int) -> None:
+        """Measure ``pid`` again at the next sample (it served its first call: most of what it writes, it has)."""
+        with self._lock:
+            if pid in self._when:
+                self._when[pid] = 0.0
+                self._served.add(pid)
+
     def remove(self, pid: int) -> None:
         with self._lock:
             self._mb.pop(pid, None)
             self._when.pop(pid, None)
+            self._served.discard(pid)
 
     def used_mb(self) -> float:
         """The guests' memory (each guest not measured yet counted as the average) and the template's."""
@@ -65,8 +91,16 @@ class MemoryBudget:
             return self._others_mb + sum(self._guess if mb is None else mb for mb in self._mb.values())
 
     def room(self) -> bool:
-        """Whether one more guest fits within the budget."""
+        """Whether one more guest fits within the budget (a template that just started is measured first)."""
+        if tuple(self.others()) != self._others_seen:
+            self._measure_others()
         return self.used_mb() + self._guess <= self.total_mb
+
+    def _measure_others(self) -> None:
+        pids = tuple(self.others())
+        others = sum(mb for mb in map(self.measure_others, pids) if mb is not None)
+        with self._lock:
+            self._others_mb, self._others_seen = others, pids
 
     def over(self) -> bool:
         return self.used_mb() > self.total_mb
@@ -82,10 +116,9 @@ class MemoryBudget:
 
     def sample(self, limit: int = 64) -> None:
         """Measure the template and up to ``limit`` guests whose measurement is missing or ``STALE``, oldest first."""
-        others = sum(mb for mb in map(self.measure, self.others()) if mb is not None)
+        self._measure_others()
         now = time.monotonic()
         with self._lock:
-            self._others_mb = others
             due = sorted((when, pid) for pid, when in self._when.items() if now - when >= self.stale or not when)
         for _, pid in due[:limit]:
             mb = self.measure(pid)
@@ -96,6 +129,7 @@ class MemoryBudget:
                 if mb is not None:
                     self._mb[pid] = mb
         with self._lock:
-            measured = [v for v in self._mb.values() if v is not None]
+            served = [mb for pid, mb in self._mb.items() if mb is not None and pid in self._served]
+            measured = served or [mb for mb in self._mb.values() if mb is not None]  # a fresh guest is smaller
             if measured:
                 self._guess = sum(measured) / len(measured)

@@ -34,7 +34,7 @@ from .answers import breach, outcome
 from .guests import Guests, NoGuestInTime
 from .hostshare import HostShare
 from .launch import guests_within_fds
-from .memory import MemoryBudget
+from .memory import MemoryBudget, private_mb, pss_mb, rss_mb
 from .process import (
     UNPRIVILEGED,
     BadFrame,
@@ -118,8 +118,13 @@ class SandboxPool:
             self.python, self.run_as = unprivileged_python(python, run_as or UNPRIVILEGED, self.compiled)
         self.templates = Templates(self.python, self.run_as) if template else None  # guests forked, not started
         # all guests together (and their template) within memory_mb_total, measured (memory.py); None: by count only
-        self.memory = MemoryBudget(memory_mb_total, self._template_pids) if memory_mb_total else None
-        self.guests = Guests(size, self._start_worker, self._bill_spare, self.memory)
+        self.memory = None
+        if memory_mb_total:
+            guest, template_mb = (private_mb, rss_mb) if self.templates is not None else (pss_mb, pss_mb)
+            self.memory = MemoryBudget(memory_mb_total, self._template_pids, guest, measure_others=template_mb)
+        # a large pool keeps one guest forked ahead (while one more fits): a newcomer's call does not wait for it
+        spares = 1 if size >= 8 and self.templates is not None else 0
+        self.guests = Guests(size, self._start_worker, self._bill_spare, self.memory, spares)
         self.restarts = Restarts(free_restarts)  # a tenant whose guests keep ending waits (restarts.py)
         self.host_share = HostShare(self.limits.host_cpu_share, self.limits.host_cpu_burst)
         # Each tenant's rate and concurrency quotas (admission.py) bound what its flood can take: it waits in its

@@ -63,6 +63,8 @@ class Settings:
     sandbox_timeout: float = 5.0
     sandbox_memory_mb: int = 256
     sandbox_cpu: float = 2.0
+    sandbox_memory_total_mb: int = 1024  # all guests together, measured (DPMSF_SANDBOX_MEMORY_MB_TOTAL)
+    sandbox_template: bool = True  # guests forked from a started template (DPMSF_SANDBOX_TEMPLATE), not started afresh
     cors_origins: tuple[str, ...] = ("*",)
     base_path: str = ""
     sync_inline: bool = False
@@ -209,11 +211,16 @@ def _parse(env: Mapping[str, str]) -> Settings:
         upload_dir=(env.get("DPMSF_UPLOAD_DIR") or "").strip(),
         upload_max=_int(env, "DPMSF_UPLOAD_MAX", 256_000, minimum=1),
         upload_cpu=_float(env, "DPMSF_UPLOAD_CPU", 2.0, minimum=0.5),
-        # warm guests (~50 MB each); one tenant holds at most all but one: off Lambda it takes 2 tenants to fill 4
-        sandbox_workers=_int(env, "DPMSF_SANDBOX_WORKERS", 2 if lam else 4, minimum=1),
+        # at most this many guests, and as many as fit in DPMSF_SANDBOX_MEMORY_MB_TOTAL (a guest forked from the
+        # template takes ~4-7 MB, one started from nothing ~25 MB); one tenant holds at most all but one
+        sandbox_workers=_int(env, "DPMSF_SANDBOX_WORKERS", 16 if lam else 256, minimum=1),
+        sandbox_memory_total_mb=_int(
+            env, "DPMSF_SANDBOX_MEMORY_MB_TOTAL", _guests_memory_default(env, lam), minimum=16
+        ),
         sandbox_timeout=_float(env, "DPMSF_SANDBOX_TIMEOUT", 5.0, minimum=0.1),
         sandbox_memory_mb=_int(env, "DPMSF_SANDBOX_MEMORY_MB", 256, minimum=32),
         sandbox_cpu=_float(env, "DPMSF_SANDBOX_CPU", 2.0, minimum=0.5),
+        sandbox_template=_bool(env, "DPMSF_SANDBOX_TEMPLATE", True),
         cors_origins=cors,
         base_path=base_path,
         sync_inline=_bool(env, "DPMSF_SYNC_INLINE", lam),
@@ -308,6 +315,16 @@ def _token_ttl(env: Mapping[str, str], token_max_ttl: int) -> float:
             f" DPMSF_TOKEN_MAX_TTL ({token_max_ttl})."
         )
     return token_ttl
+
+
+def _guests_memory_default(env: Mapping[str, str], lam: bool) -> int:
+    """1 GB off Lambda (half a 2 GB machine: ~150 warm guests); on Lambda, a third of the function's memory."""
+    if not lam:
+        return 1024
+    try:
+        return max(64, int(env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")) // 3)
+    except ValueError:
+        return 170
 
 
 def _quotas(env: Mapping[str, str]) -> Quotas:

@@ -21,7 +21,8 @@ def test_defaults() -> None:
     assert s.max_body == 6 * 1024 * 1024
     assert (s.require_tokens, s.debug, s.sync_inline) == (False, False, False)
     assert s.replay_store == "memory"
-    assert s.sandbox_workers == 4  # one tenant holds at most 3 guests: sleeping calls of one never starve others
+    # guests counted by memory (1 GB: ~150 forked from the template), at most 256; one tenant holds all but one
+    assert (s.sandbox_workers, s.sandbox_memory_total_mb, s.sandbox_template) == (256, 1024, True)
     assert os.path.basename(BUNDLED_PLUGINS) == "plugins" and os.path.isdir(BUNDLED_PLUGINS)
 
 
@@ -40,7 +41,8 @@ def test_lambda_defaults() -> None:
     s = Settings.from_env({"AWS_LAMBDA_FUNCTION_NAME": "f", "DPMSF_TABLE": "t"}, dotenv=None)
     assert s.state_dir == "/tmp/dpmsf" and s.sync_inline and s.function_timeout == 0
     assert (s.replay_store, s.tenants_url, s.store_url) == ("dynamodb://t",) * 3
-    assert s.sandbox_workers == 2  # one request at a time per instance: fewer warm guests
+    assert s.sandbox_workers == 16  # one request at a time per instance: fewer warm guests, kept for many tenants
+    assert s.sandbox_memory_total_mb == 170  # a third of the function's memory (512 MB unless it says)
 
 
 def test_dotenv_file_is_read_and_environment_wins(tmp_path: Path) -> None:

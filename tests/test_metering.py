@@ -291,6 +291,28 @@ def worker_pids() -> list[int]:
             continue
         if ppid == me and b"sandbox/worker.py" in cmdline:
             found.append(int(entry))
+    guests = [p for p in _children_of(found) if _comm(p) == "dpmsf-guest"]  # forked from the template (issue 20)
+    return guests or found
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+def _children_of(parents: list[int]) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as fh:
+                    if int(fh.read().rsplit(b")", 1)[1].split()[1]) in parents:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
     return found
 
 

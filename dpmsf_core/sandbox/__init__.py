@@ -16,6 +16,9 @@ Guaranteed, against a tenant who uploads any Python source it likes:
   other guests are untouched.
 - A guest is bound to one tenant for its whole life and never serves another: module state, monkeypatching and
   leftovers cannot cross tenants. Store requests are served for the tenant of the call, chosen by the server.
+- Guests are forked (``template``, ``forking``) from a template worker whose guest has started but never taken a
+  call; they share its pages copy-on-write, so what a call writes is its guest's own copy. A template handed a
+  call is never forked again. Random numbers and clocks come from the worker, not from state copied at the fork.
 - The interpreter is the pinned file whose SHA-256 is checked on every read; its compiled form is checked
   against its own recorded hash before every load, and never loaded from a file or folder others can write.
 - Defence in depth, where the platform allows it: each worker process is non-dumpable, has ``no_new_privs``,

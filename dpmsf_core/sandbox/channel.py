@@ -48,6 +48,10 @@ class Watchdog:
         self.start, self.budget = 0.0, start_budget  # start-up counts from the process's start
         self.tripped = self.idle = False
 
+    def restart(self) -> None:
+        """In a guest forked from a template: the start-up budget again, counted in this process's own CPU time."""
+        self.start, self.tripped, self.idle = cpu_time(), False, False
+
     def begin_call(self) -> None:
         with self.cond:
             self.start, self.budget, self.tripped = cpu_time(), self.call_budget, False
@@ -86,6 +90,17 @@ class Inbox:
         self.ready = select.poll()
         self.ready.register(0, select.POLLIN)
 
+    def reset(self) -> None:
+        """A new channel on fd 0 (a guest forked from a template): nothing of a frame is pending."""
+        self.left, self.pending = 0, b""
+
+    def take_header(self, word: int) -> None:
+        """A frame header read by someone else (a template's order loop): the frame goes on as if read here."""
+        if word & CALL_FLAG:
+            self.on_call()
+        self.left = word & SIZE_MASK
+        self.pending = self.left.to_bytes(4, "big")
+
     def read(self, n: int) -> bytes:
         if n <= 0:
             return b""
@@ -93,11 +108,7 @@ class Inbox:
             head = self._head()
             if len(head) < 4:
                 return b""  # the server closed the channel
-            word = int.from_bytes(head, "big")
-            if word & CALL_FLAG:
-                self.on_call()
-            self.left = word & SIZE_MASK
-            self.pending = self.left.to_bytes(4, "big")
+            self.take_header(int.from_bytes(head, "big"))
         if self.pending:
             out, self.pending = self.pending[:n], self.pending[n:]
             if n > len(out) and self.left and self.ready.poll(0):
@@ -155,6 +166,11 @@ class Outbox:
 
     def begin_call(self) -> None:
         self.frames = self.sent = 0
+
+    def say(self, payload: bytes) -> None:
+        """A last frame of this process's own (a forked guest's ready frame), stamped like the guest's."""
+        head = (len(payload) | ANSWER_FLAG).to_bytes(4, "big") + round(cpu_time() * 1e6).to_bytes(STAMP_BYTES, "big")
+        _write_all(head + payload)
 
     def write(self, view: memoryview) -> None:
         while view:

@@ -294,25 +294,30 @@ class Guest:
 
     def serve(self):
         sys.stdout = sys.stderr = self.capture
+        request = _receive()  # a guest forked from a template starts here, a copy of every other: it reseeds
+        sys.modules["random"].seed()
         while True:
+            self.reply(request)
             request = _receive()
-            nonce = _state["nonce"] = str(request.get("nonce", ""))
-            answer = self.handle(request)
-            if not answer.get("ok") and (request.get("path"), request.get("sha")) in self.modules:
-                answer["loaded"] = True  # the host need not send this module's source again
-            printed = self.capture.take() if self.capture.size else ""
-            data = answer.pop("_encoded", None)
-            if data is not None and not printed:
-                head = '{"op":"answer","nonce":"' + nonce + '","ok":true,"result":'
-                _send_bytes(head.encode("ascii") + data.encode("utf-8") + b"}")
-                continue
-            answer["op"] = "answer"
-            answer["nonce"] = nonce
-            answer["stdout"] = printed
-            head = json.dumps(answer, separators=(",", ":"))
-            if data is not None:
-                head = head[:-1] + ',"result":' + data + "}"
-            _send_bytes(head.encode("utf-8"))
+
+    def reply(self, request):
+        nonce = _state["nonce"] = str(request.get("nonce", ""))
+        answer = self.handle(request)
+        if not answer.get("ok") and (request.get("path"), request.get("sha")) in self.modules:
+            answer["loaded"] = True  # the host need not send this module's source again
+        printed = self.capture.take() if self.capture.size else ""
+        data = answer.pop("_encoded", None)
+        if data is not None and not printed:
+            head = '{"op":"answer","nonce":"' + nonce + '","ok":true,"result":'
+            _send_bytes(head.encode("ascii") + data.encode("utf-8") + b"}")
+            return
+        answer["op"] = "answer"
+        answer["nonce"] = nonce
+        answer["stdout"] = printed
+        head = json.dumps(answer, separators=(",", ":"))
+        if data is not None:
+            head = head[:-1] + ',"result":' + data + "}"
+        _send_bytes(head.encode("utf-8"))
 
     def handle(self, req):
         _state["info"] = req.get("request")
@@ -424,6 +429,9 @@ def main():
 
     guest = Guest(int(config["max_output_bytes"]))
     sys.modules.pop("__main__", None)  # tenant code finds no path to this program's globals through sys.modules
+    import gc
+
+    gc.freeze()  # what start-up built is never scanned again: forked guests keep sharing its pages
     _send({"op": "ready"})
     guest.serve()
 

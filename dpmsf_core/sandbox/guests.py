@@ -17,6 +17,11 @@ Who gets the next guest, in order:
   hold a guest without using CPU (a ``time.sleep``) cannot take every guest, so another tenant's call finds one
   free or waits only for one that another tenant holds.
 
+How many guests there are: at most ``size``, and, with a ``MemoryBudget`` (``memory.py``), as many as fit in it:
+a new guest starts only while one more fits, else an idle one is recycled as above; ``cap`` counts what fits.
+Should the guests grow past the budget (each one's memory is measured in the background), idle guests are ended,
+least recently used first.
+
 A guest that ended is replaced in the background, so the next call finds a warm one.
 """
 
@@ -31,12 +36,14 @@ import time
 from collections.abc import Callable
 
 from ..errors import DPMSFError, ServiceUnavailable
+from .memory import MemoryBudget
 from .process import WorkerProcess
 
 log = logging.getLogger("dpmsf.sandbox")
 
 _AFFINITY_WAIT = 0.5  # how long a guest whose owner is not waiting must sit idle before a backlog may recycle it
 _MIN_QUANTUM = 0.25  # the least time a guest serves its owner's backlog before round robin may pass it on
+_MEMORY_TICK = 0.5  # seconds between two looks at the guests' memory
 
 
 class NoGuestInTime(ServiceUnavailable):
@@ -51,9 +58,12 @@ class Guests:
         size: int,
         start: Callable[[], WorkerProcess],
         on_spare: Callable[[WorkerProcess, WorkerProcess], None] | None = None,
+        memory: MemoryBudget | None = None,
+        spares: int = 0,
     ) -> None:
         self.size = size
-        self.cap = size - 1 if size > 1 else 1  # guests one owner may hold at once
+        self.memory = memory
+        self.spares = spares  # unbound guests kept started while there is room: a newcomer's call takes one
         self.start = start
         self.on_spare = on_spare  # (the guest that ended, its replacement): who pays for the start
         self._cond = threading.Condition()
@@ -69,6 +79,50 @@ class Guests:
         self._bound: dict[int, float] = {}  # worker pid -> when it was bound to its current owner
         self._start_cost = _MIN_QUANTUM  # seconds a guest takes to start, averaged: the quantum
         self.replaced = 0  # guests ended after a breach, a timeout, a crash or memory exhaustion
+        self.evicted = 0  # idle guests ended because the guests together went past their memory budget
+        if memory is not None:
+            threading.Thread(target=self._watch_memory, name="dpmsf-sandbox-memory", daemon=True).start()
+
+    @property
+    def cap(self) -> int:
+        """Guests one owner may hold at once: all but one of what the pool holds (its size, or what fits)."""
+        held = self.size if self.memory is None else min(self.size, self.memory.capacity())
+        return held - 1 if held > 1 else 1
+
+    def _room(self) -> bool:
+        """Under the lock: whether another guest may start (the count, and the memory budget)."""
+        return self._count < self.size and (self.memory is None or self.memory.room())
+
+    def _started(self, worker: WorkerProcess) -> WorkerProcess:
+        if self.memory is not None:
+            self.memory.add(worker.pid)
+        return worker
+
+    def _end(self, worker: WorkerProcess) -> None:
+        """Kill ``worker`` and forget its memory."""
+        worker.kill()
+        if self.memory is not None:
+            self.memory.remove(worker.pid)
+
+    def _watch_memory(self) -> None:
+        """Measure the guests now and then; past the budget, end idle guests, least recently used first."""
+        assert self.memory is not None
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+            self.memory.sample()
+            while self.memory.over():
+                with self._cond:
+                    if self._closed or not self._idle:
+                        break
+                    victim = self._idle.pop(0)
+                    self._bound.pop(victim.pid, None)
+                    self._count -= 1
+                    self.evicted += 1
+                    self._cond.notify_all()
+                self._end(victim)
+            time.sleep(_MEMORY_TICK)
 
     def close(self) -> None:
         """Kill idle workers now; busy ones are killed when their call ends."""
@@ -79,7 +133,7 @@ class Guests:
             self._count -= len(idle)
             self._cond.notify_all()
         for worker in idle:
-            worker.kill()
+            self._end(worker)
 
     def workers(self) -> list[int]:
         """Pids of the idle workers."""
@@ -112,7 +166,7 @@ class Guests:
                         if worker is not None:
                             break
                     if turn:
-                        if self._count < self.size:
+                        if self._room():
                             self._count += 1
                             break
                         if self._idle and not self._starting:  # a spare on its way beats evicting a warm guest
@@ -133,15 +187,35 @@ class Guests:
             self._granted(owner)
             self._busy[owner] = self._busy.get(owner, 0) + 1
             if worker is not None:
+                spare = worker.owner is None
                 if worker.owner != owner:
                     worker.owner = owner
                     self._bound[worker.pid] = time.monotonic()
-                return worker
-        if victim is not None:
-            victim.kill()
+        if worker is not None:
+            if spare:
+                self._top_up()
+            return worker
+        if victim is not None:  # ended meanwhile: a process's exit (its address space torn down) takes ms
+            threading.Thread(target=self._end, args=(victim,), name="dpmsf-sandbox-end", daemon=True).start()
+        worker = self._start_for(owner)
+        self._top_up()
+        return worker
+
+    def _top_up(self) -> None:
+        """Start a spare in the background while fewer than ``spares`` are ready and one more guest fits."""
+        if not self.spares:
+            return
+        with self._cond:
+            ready = sum(1 for w in self._idle if w.owner is None) + self._starting
+            if self._closed or ready >= self.spares or not self._room():
+                return
+        threading.Thread(target=self._spare, name="dpmsf-sandbox-spare", daemon=True).start()
+
+    def _start_for(self, owner: str) -> WorkerProcess:
+        """A fresh guest for ``owner``, whose place is counted already: given back if the start fails."""
         started = time.monotonic()
         try:
-            worker = self.start()
+            worker = self._started(self.start())
         except BaseException:
             with self._cond:
                 self._count -= 1
@@ -245,13 +319,15 @@ class Guests:
 
     def release(self, worker: WorkerProcess, keep: bool) -> None:
         if keep and worker.proc.poll() is None:
+            if self.memory is not None and worker.calls == 1:
+                self.memory.refresh(worker.pid)
             with self._cond:
                 self._unbusy(worker.owner)
                 parked = self._park(worker)
             if not parked:
-                worker.kill()
+                self._end(worker)
             return
-        worker.kill()
+        self._end(worker)
         with self._cond:
             self._bound.pop(worker.pid, None)
             self._unbusy(worker.owner)
@@ -266,12 +342,12 @@ class Guests:
     def _spare(self, ended: WorkerProcess | None = None) -> None:
         """Start a replacement in the background so the next call finds a warm worker."""
         with self._cond:
-            if self._closed or self._count >= self.size:
+            if self._closed or not self._room():
                 return
             self._count += 1
             self._starting += 1
         try:
-            worker = self.start()
+            worker = self._started(self.start())
         except DPMSFError as exc:
             log.warning("sandbox spare worker failed to start: %s", exc)
             with self._cond:
@@ -288,7 +364,7 @@ class Guests:
             self._starting -= 1
             parked = self._park(worker)
         if not parked:
-            worker.kill()
+            self._end(worker)
 
     def _park(self, worker: WorkerProcess) -> bool:
         """Under the lock: ``worker`` becomes idle (False, and it no longer counts, once the pool is closed)."""

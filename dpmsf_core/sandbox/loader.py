@@ -98,6 +98,8 @@ class SandboxedLoader:
                         store=serve_store,
                         quotas=quotas,
                         on_call=metered_call,
+                        template=self.settings.sandbox_template,
+                        memory_mb_total=self.settings.sandbox_memory_total_mb,
                     )
         return self._pool
 

@@ -33,6 +33,8 @@ from .admission import FairGate, TenantGate
 from .answers import breach, outcome
 from .guests import Guests, NoGuestInTime
 from .hostshare import HostShare
+from .launch import guests_within_fds
+from .memory import MemoryBudget, private_mb, pss_mb, rss_mb
 from .process import (
     UNPRIVILEGED,
     BadFrame,
@@ -46,6 +48,7 @@ from .process import (
     unprivileged_python,
 )
 from .restarts import Restarts
+from .template import TemplateFailed, Templates
 from .usage import CallUsage
 
 log = logging.getLogger("dpmsf.sandbox")
@@ -97,9 +100,12 @@ class SandboxPool:
         on_call: Callable[[CallUsage], None] | None = None,
         quotas: QuotaBook | None = None,
         free_restarts: int = 10,
+        template: bool = True,
+        memory_mb_total: float | None = None,
     ) -> None:
         if size < 1:
             raise ValueError(f"SandboxPool size={size!r}: need at least one worker")
+        size = guests_within_fds(size)
         self.size = size
         self.limits = limits or SandboxLimits()
         self.python = python
@@ -110,7 +116,15 @@ class SandboxPool:
         self.run_as: int | None = None
         if run_as is not None or os.geteuid() == 0:
             self.python, self.run_as = unprivileged_python(python, run_as or UNPRIVILEGED, self.compiled)
-        self.guests = Guests(size, self._start_worker, self._bill_spare)
+        self.templates = Templates(self.python, self.run_as) if template else None  # guests forked, not started
+        # all guests together (and their template) within memory_mb_total, measured (memory.py); None: by count only
+        self.memory = None
+        if memory_mb_total:
+            guest, template_mb = (private_mb, rss_mb) if self.templates is not None else (pss_mb, pss_mb)
+            self.memory = MemoryBudget(memory_mb_total, self._template_pids, guest, measure_others=template_mb)
+        # a large pool keeps one guest forked ahead (while one more fits): a newcomer's call does not wait for it
+        spares = 1 if size >= 8 and self.templates is not None else 0
+        self.guests = Guests(size, self._start_worker, self._bill_spare, self.memory, spares)
         self.restarts = Restarts(free_restarts)  # a tenant whose guests keep ending waits (restarts.py)
         self.host_share = HostShare(self.limits.host_cpu_share, self.limits.host_cpu_burst)
         # Each tenant's rate and concurrency quotas (admission.py) bound what its flood can take: it waits in its
@@ -118,19 +132,37 @@ class SandboxPool:
         # small default one), entered round robin across tenants.
         self.quotas = quotas or QuotaBook(Quotas())
         self._tenants = TenantGate()
-        threads = 4 * size + 8
+        threads = 4 * min(size, 32) + 8  # calls waiting for a guest beyond these wait for a thread too
         self._threads = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="dpmsf-sandbox")
         self._gate = FairGate(threads)
 
+    def _template_pids(self) -> list[int]:
+        pid = self.templates.pid if self.templates is not None else None
+        return [] if pid is None else [pid]
+
     def _start_worker(self) -> WorkerProcess:
-        """A fresh worker. Should its start run out of its own CPU budget (no tenant code has run yet), it gets one
-        more try."""
+        """A fresh worker: forked from the pool's template when there is one, else started from nothing. Should its
+        start run out of its own CPU budget (no tenant code has run yet), it gets one more try."""
         self.compiled = runtime.compiled_module(self.cache_dir).path  # its folder and file checked at every use
         try:
-            return WorkerProcess(self.python, self.limits, self.compiled, self.run_as)
+            return self._new_worker()
         except StartOutOfTime as exc:
             log.warning("sandbox worker start ran out of time, starting another: %s", str(exc)[:200])
-            return WorkerProcess(self.python, self.limits, self.compiled, self.run_as)
+            return self._new_worker()
+
+    def _new_worker(self) -> WorkerProcess:
+        """Forked from the template (a fresh one if it failed), else started from nothing."""
+        for _ in range(2):
+            template = self.templates.get(self.limits, self.compiled) if self.templates is not None else None
+            if template is None:
+                break
+            try:
+                return WorkerProcess(self.python, self.limits, self.compiled, self.run_as, template)
+            except TemplateFailed as exc:
+                assert self.templates is not None
+                log.warning("sandbox: %s; starting another template", str(exc)[:300])
+                self.templates.drop(template)
+        return WorkerProcess(self.python, self.limits, self.compiled, self.run_as)
 
     def _bill_spare(self, ended: WorkerProcess, spare: WorkerProcess) -> None:
         """A guest ended during a call of ``ended.tenant``, and ``spare`` replaced it: that tenant pays the start."""
@@ -163,6 +195,9 @@ class SandboxPool:
         """
         plan = self._plan(**kwargs)
         self.restarts.check(plan.owner)
+        pause = self._pause(plan)
+        if pause:
+            await asyncio.sleep(pause)
         quotas = self.quotas.for_tenant(plan.tenant)
         self._tenants.charge(plan.owner, quotas.rate)
         crowd = sum(self._tenants.load(plan.owner))  # its calls already in flight: is it flooding?
@@ -219,8 +254,20 @@ class SandboxPool:
         """
         plan = self._plan(**kwargs)
         self.restarts.check(plan.owner)
+        time.sleep(self._pause(plan))
         self._tenants.charge(plan.owner, self.quotas.for_tenant(plan.tenant).rate)
         return self._call_planned(plan)
+
+    def _pause(self, plan: _Call) -> float:
+        """How long the call waits because its tenant's guests died lately (``restarts.py``); 429 if past its wait."""
+        pause = self.restarts.pause(plan.owner)
+        if pause and pause >= plan.deadline - time.monotonic():
+            raise QuotaExceeded(
+                "guest_restarts",
+                f"This tenant's sandbox guests ended often lately; its next call may run in {pause:.1f} s.",
+                retry_after=pause,
+            )
+        return pause
 
     def _plan(
         self,
@@ -283,6 +330,8 @@ class SandboxPool:
     def close(self) -> None:
         """Kill idle guests now; busy ones are killed when their call ends."""
         self.guests.close()
+        if self.templates is not None:
+            self.templates.close()
         self._threads.shutdown(wait=False)
 
     def __enter__(self) -> SandboxPool:

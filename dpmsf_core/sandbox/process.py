@@ -17,22 +17,34 @@ import select
 import subprocess
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DPMSFError
-from . import channel, runtime
+from . import channel
 from .budget import BadFrame, CallOutput, CpuOverBudget, SandboxLimits
+from .launch import GUEST_FILE, WORKER_FILE, spawn, unprivileged_python, usable_by_others, worker_config
 
-__all__ = ["BadFrame", "CallOutput", "CpuOverBudget", "SandboxLimits", "WorkerProcess"]  # what the pool takes here
+if TYPE_CHECKING:
+    from .template import ForkedProc, Template
+
+__all__ = [
+    "GUEST_FILE",
+    "WORKER_FILE",
+    "BadFrame",
+    "CallOutput",
+    "CpuOverBudget",
+    "SandboxLimits",
+    "WorkerProcess",
+    "spawn",
+    "unprivileged_python",
+    "usable_by_others",
+    "worker_config",
+]  # what the pool takes here
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 log = logging.getLogger("dpmsf.sandbox")
 
-_HERE = os.path.dirname(os.path.realpath(__file__))
-WORKER_FILE = os.path.join(_HERE, "worker.py")
-GUEST_FILE = os.path.join(_HERE, "guest_main.py")
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(_HERE))  # the folder that holds dpmsf_core
 _START_TIMEOUT = 15.0
 _SPIN = 0.0002  # seconds a waiting call spins before it sleeps (not on the event loop: it must stay free)
 UNPRIVILEGED = 65534  # nobody/nogroup: the uid a root server's workers run as
@@ -87,18 +99,12 @@ def _timed_parse(data: bytes, last: bool) -> tuple[dict[str, Any] | None, float]
     return frame, time.thread_time() - began
 
 
-def _worker_sys_path() -> list[str]:
-    """Where the worker finds wasmtime and dpmsf_core (it runs with -I -S: no site-packages of its own)."""
-    import wasmtime
-
-    paths = [_PACKAGE_ROOT, os.path.dirname(os.path.dirname(os.path.realpath(wasmtime.__file__)))]
-    return list(dict.fromkeys(paths))
-
-
 class WorkerProcess:
     """One worker process hosting one guest, and what the server knows about it."""
 
-    def __init__(self, python: str, limits: SandboxLimits, compiled: str, run_as: int | None) -> None:
+    def __init__(
+        self, python: str, limits: SandboxLimits, compiled: str, run_as: int | None, template: Template | None = None
+    ) -> None:
         self.limits = limits
         self.owner: str | None = None
         self.known: dict[tuple[str, str], None] = {}  # (path, sha256) of modules the guest holds, oldest first
@@ -111,39 +117,12 @@ class WorkerProcess:
         self.start_wall = 0.0
         self.start_billed = False
         self.tenant: str | None = None  # the tenant of its owner's latest call (who pays for its replacement)
-        config = {
-            "compiled": compiled,
-            "guest_file": GUEST_FILE,
-            "sys_path": _worker_sys_path(),
-            "cpu_seconds": limits.cpu_seconds,
-            "start_cpu_seconds": limits.start_cpu_seconds,
-            "memory_mb": limits.memory_mb,
-            "data_limit_mb": limits.memory_mb + limits.worker_overhead_mb if limits.worker_overhead_mb else 0,
-            "max_output_bytes": limits.max_output_bytes,
-            "max_answer_bytes": limits.max_answer_bytes,
-            "max_store_frame_bytes": limits.max_store_frame_bytes,
-            "max_call_frames": limits.max_call_frames,
-            "max_call_bytes": limits.max_call_bytes,
-            "lifetime_cpu_seconds": int(limits.worker_cpu_seconds),
-        }
-        extra: dict[str, Any] = {}
-        if run_as is not None:
-            extra = {"user": run_as, "group": run_as, "extra_groups": []}
-        try:
-            self.proc = subprocess.Popen(
-                [python, "-I", "-S", "-B", WORKER_FILE, json.dumps(config)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env={},
-                cwd="/",
-                close_fds=True,
-                start_new_session=True,  # a Ctrl-C aimed at the server does not hit workers mid-call
-                bufsize=0,
-                **extra,
-            )
-        except OSError as exc:
-            raise DPMSFError(f"sandbox worker could not start: {exc}") from None
+        self.memory_mb = 0.0  # its proportional set size when last measured (``Guests`` bounds their sum)
+        self.proc: subprocess.Popen[bytes] | ForkedProc
+        if template is not None:
+            self.proc = template.fork()  # a copy of a started guest: its own limits, applied by the child
+        else:
+            self.proc = spawn(python, worker_config(limits, compiled), run_as)
         assert self.proc.stdin is not None and self.proc.stdout is not None and self.proc.stderr is not None
         self.in_fd = self.proc.stdin.fileno()
         self.out_fd = self.proc.stdout.fileno()
@@ -182,7 +161,17 @@ class WorkerProcess:
                 fields = fh.read().rsplit(b")", 1)[1].split()
             return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
         except (OSError, ValueError, IndexError):
+            return self._final_cpu()
+
+    def _final_cpu(self) -> float | None:
+        """A guest forked from a template is reaped by the template, which tells its CPU time with its status."""
+        if not hasattr(self.proc, "final_cpu"):
             return None
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            return None
+        return getattr(self.proc, "final_cpu", None)
 
     def send(self, obj: dict[str, Any], deadline: float) -> None:
         self.send_bytes(marshal.dumps(obj), deadline)
@@ -346,47 +335,3 @@ class WorkerProcess:
             return self.proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
             return None
-
-
-def usable_by_others(path: str, *, execute: bool = False) -> bool:
-    """Whether a uid that is neither owner nor group can read (or run) ``path``: every folder above needs o+x."""
-    real = os.path.realpath(path)
-    try:
-        mode = os.stat(real).st_mode
-        folder = os.path.dirname(real)
-        while True:
-            if not os.stat(folder).st_mode & 0o001:
-                return False
-            parent = os.path.dirname(folder)
-            if parent == folder:
-                break
-            folder = parent
-    except OSError:
-        return False
-    return bool(mode & 0o004) and (not execute or bool(mode & 0o001))
-
-
-_warned: set[str] = set()
-
-
-def unprivileged_python(python: str, uid: int, compiled: str) -> tuple[str, int | None]:
-    """An interpreter, and the uid to run workers as, such that the unprivileged uid can run everything needed.
-
-    A root server's workers run as ``uid`` (nobody) when the interpreter, wasmtime, dpmsf_core and the compiled
-    module are all readable by others; the configured interpreter is tried first, then the system's python3.
-    Otherwise they keep the server's uid, with one warning: the WebAssembly boundary holds either way.
-    """
-    import shutil
-
-    import wasmtime
-
-    needed = [compiled, wasmtime.__file__, GUEST_FILE, WORKER_FILE, runtime.__file__]
-    if all(usable_by_others(p) for p in needed):
-        for candidate in (python, shutil.which("python3") or "", "/usr/bin/python3"):
-            if candidate and usable_by_others(candidate, execute=True):
-                return candidate, uid
-    reason = "no interpreter, wasmtime or dpmsf_core that an unprivileged uid can read"
-    if reason not in _warned:
-        _warned.add(reason)
-        log.warning("sandbox: workers keep the server's uid (%s); the WebAssembly boundary still holds", reason)
-    return python, None

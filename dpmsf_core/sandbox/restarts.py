@@ -15,17 +15,23 @@ from ..tenancy.quotas import QuotaExceeded
 
 WINDOW = 60.0  # seconds over which deaths are counted
 MAX_BACKOFF = 60.0  # seconds a tenant waits at most after its latest death
+# seconds a tenant's next call waits after each death of its guests (they add up): what a start from nothing took.
+# A guest forked from a template starts in a few ms, so a tenant that ends its guest on purpose (a frame flood)
+# would otherwise get a fresh one at once, call after call; an honest tenant's guests do not die.
+PACE = 0.5
 _FORGET_AFTER = 4096  # owners remembered; those with no death in the window are pruned beyond this
 
 
 class Restarts:
     """Guest deaths per owner within ``WINDOW``; ``check`` refuses an owner within its back-off. Thread-safe."""
 
-    def __init__(self, free: int = 10, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, free: int = 10, clock: Callable[[], float] = time.monotonic, pace: float = PACE) -> None:
         self.free = free
+        self.pace = pace
         self._clock = clock
         self._lock = threading.Lock()
         self._deaths: dict[str, deque[float]] = {}
+        self._paced: dict[str, float] = {}  # owner -> when its next call may take a guest, after its guests' deaths
 
     def died(self, owner: str) -> None:
         """A guest of ``owner`` ended during one of its calls."""
@@ -34,8 +40,15 @@ class Restarts:
             deaths = self._deaths.setdefault(owner, deque())
             deaths.append(now)
             self._prune(deaths, now)
+            self._paced[owner] = max(now, self._paced.get(owner, now)) + self.pace
             if len(self._deaths) > _FORGET_AFTER:
                 self._deaths = {o: d for o, d in self._deaths.items() if d and d[-1] > now - WINDOW}
+                self._paced = {o: t for o, t in self._paced.items() if t > now}
+
+    def pause(self, owner: str) -> float:
+        """Seconds ``owner``'s next call waits before it takes a guest (0: none): ``pace`` for each recent death."""
+        with self._lock:
+            return max(0.0, self._paced.get(owner, 0.0) - self._clock())
 
     @staticmethod
     def _prune(deaths: deque[float], now: float) -> None:

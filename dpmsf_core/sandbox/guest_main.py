@@ -327,39 +327,59 @@ class Guest:
             _state["request"] = _state["info"] = None
 
     def run(self, req):
-        try:
-            module = self.module(req["path"], req["sha"], req.get("source"))
-        except MemoryError:
-            return {"ok": False, "kind": "memory", "detail": "the module ran out of memory while loading"}
-        except SandboxRefused as exc:
-            return {"ok": False, "kind": "violation", "detail": _text(exc)}
-        except _LoadError as exc:
-            return {"ok": False, "kind": "load", "detail": str(exc)}
+        """One call: load its module, find its function, call it, encode the result; any failure is the answer."""
+        module, failed = self._load(req)
+        if failed is not None:
+            return failed
         name = req["function"]
         func = getattr(module, name, None) if not name.startswith("__") else None
         if not callable(func):
             return {"ok": False, "kind": "missing", "detail": f"module has no function {name!r}"}
-        args, kwargs = list(req.get("args") or ()), dict(req.get("kwargs") or {})
-        for param in req.get("inject") or ():  # a parameter's name, or the position of a positional argument
-            if isinstance(param, int) and 0 <= param < len(args):
-                args[param] = _current()
-            elif isinstance(param, str):
-                kwargs[param] = _current()
+        result, failed = self._call(func, req)
+        if failed is not None:
+            return failed
+        return self._encoded(result)
+
+    def _load(self, req):
+        """The module a call names, or the answer saying why it could not be loaded."""
+        try:
+            return self.module(req["path"], req["sha"], req.get("source")), None
+        except MemoryError:
+            return None, {"ok": False, "kind": "memory", "detail": "the module ran out of memory while loading"}
+        except SandboxRefused as exc:
+            return None, {"ok": False, "kind": "violation", "detail": _text(exc)}
+        except _LoadError as exc:
+            return None, {"ok": False, "kind": "load", "detail": str(exc)}
+
+    def _call(self, func, req):
+        """The function's result (an ``async def`` driven to its end), or the answer saying how it failed."""
+        args, kwargs = _arguments(req)
         try:
             result = func(*args, **kwargs)
             if isinstance(result, self.coroutine):
                 result = _drive(result)
         except MemoryError:
-            return {"ok": False, "kind": "memory", "detail": "the function ran out of memory"}
+            return None, {"ok": False, "kind": "memory", "detail": "the function ran out of memory"}
         except SandboxRefused as exc:
-            return {"ok": False, "kind": "violation", "detail": _text(exc)}
+            return None, {"ok": False, "kind": "violation", "detail": _text(exc)}
         except HTTPError as exc:
             headers = {str(k): str(v) for k, v in exc.headers.items()}
-            return {"ok": False, "kind": "http", "status": exc.status, "detail": _text(exc.detail), "headers": headers}
+            failed = {
+                "ok": False,
+                "kind": "http",
+                "status": exc.status,
+                "detail": _text(exc.detail),
+                "headers": headers,
+            }
+            return None, failed
         except RecursionError:
-            return {"ok": False, "kind": "error", "type": "RecursionError", "detail": "maximum recursion depth"}
+            return None, {"ok": False, "kind": "error", "type": "RecursionError", "detail": "maximum recursion depth"}
         except BaseException as exc:  # noqa: B036 - the tenant's SystemExit is its failure too
-            return {"ok": False, "kind": "error", "type": type(exc).__name__, "detail": _text(exc)}
+            return None, {"ok": False, "kind": "error", "type": type(exc).__name__, "detail": _text(exc)}
+        return result, None
+
+    def _encoded(self, result):
+        """The result as JSON within the output limit, or the answer saying why it cannot be sent."""
         try:
             encoded = self.encoder.encode(result)
         except MemoryError:
@@ -391,6 +411,18 @@ class Guest:
             self.modules.pop(next(iter(self.modules)))
         self.modules[key] = module
         return module
+
+
+def _arguments(req):
+    """The call's arguments, with the request's ``RequestInfo`` put where the function asked for it: a parameter's
+    name, or the position of a positional argument."""
+    args, kwargs = list(req.get("args") or ()), dict(req.get("kwargs") or {})
+    for param in req.get("inject") or ():
+        if isinstance(param, int) and 0 <= param < len(args):
+            args[param] = _current()
+        elif isinstance(param, str):
+            kwargs[param] = _current()
+    return args, kwargs
 
 
 def _drive(coro):

@@ -1,4 +1,5 @@
 """The guests of a pool: handed out one call at a time, bound to one owner (tenant) each, replaced when they end.
+It is over 400 lines because every rule below reads and changes the same state under one lock.
 
 Who gets the next guest, in order:
 
@@ -31,6 +32,7 @@ import contextvars
 import functools
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -146,8 +148,6 @@ class Guests:
         ``backlog``: the call waited behind the owner's own calls before it came here (so it is no newcomer).
         Whose turn it is and which guest may be recycled: see the module's docstring.
         """
-        victim: WorkerProcess | None = None
-        worker: WorkerProcess | None = None
         with self._cond:
             fresh = not backlog and owner not in self._busy and all(o != owner for _, o in self._queue)
             if fresh:
@@ -155,32 +155,7 @@ class Guests:
             ticket = (next(self._tickets), owner)
             self._queue.append(ticket)
             try:
-                while True:
-                    if self._closed:
-                        raise ServiceUnavailable("the sandbox pool is closed")
-                    now = time.monotonic()
-                    wake = deadline
-                    turn = self._my_turn(ticket)
-                    if turn or self._keeps_own(ticket, now):
-                        worker = _pick(self._idle, owner, unbound=turn)
-                        if worker is not None:
-                            break
-                    if turn:
-                        if self._room():
-                            self._count += 1
-                            break
-                        if self._idle and not self._starting:  # a spare on its way beats evicting a warm guest
-                            victim, until = self._victim(now, fresh)
-                            if victim is not None:
-                                self._idle.remove(victim)
-                                self._bound.pop(victim.pid, None)
-                                break
-                            wake = min(deadline, until)
-                    elif self._idle:  # our quantum may end, or an idle guest become fair game
-                        wake = min(deadline, now + _MIN_QUANTUM)
-                    if now >= deadline:
-                        raise NoGuestInTime(f"all {self.size} sandbox workers stayed busy; try again")
-                    self._cond.wait(wake - now)
+                worker, victim = self._wait_turn(ticket, owner, deadline, fresh)
             finally:
                 self._queue.remove(ticket)
                 self._cond.notify_all()  # the next in the queue may take its turn now
@@ -200,6 +175,47 @@ class Guests:
         worker = self._start_for(owner)
         self._top_up()
         return worker
+
+    def _wait_turn(
+        self, ticket: tuple[int, str], owner: str, deadline: float, fresh: bool
+    ) -> tuple[WorkerProcess | None, WorkerProcess | None]:
+        """Under the lock, until this call may have a guest: (an idle one, None); (None, None) for a fresh start,
+        its place counted; (None, a victim) for another owner's idle guest to end in its place. 503 once the pool
+        is closed; ``NoGuestInTime`` at the deadline."""
+        while True:
+            if self._closed:
+                raise ServiceUnavailable("the sandbox pool is closed")
+            now = time.monotonic()
+            wake = deadline
+            turn = self._my_turn(ticket)
+            if turn or self._keeps_own(ticket, now):
+                worker = _pick(self._idle, owner, unbound=turn)
+                if worker is not None:
+                    return worker, None
+            if turn:
+                if self._room():
+                    self._count += 1
+                    return None, None
+                victim, until = self._recycled(now, fresh)
+                if victim is not None:
+                    return None, victim
+                wake = min(deadline, until)
+            elif self._idle:  # our quantum may end, or an idle guest become fair game
+                wake = min(deadline, now + _MIN_QUANTUM)
+            if now >= deadline:
+                raise NoGuestInTime(f"all {self.size} sandbox workers stayed busy; try again")
+            self._cond.wait(wake - now)
+
+    def _recycled(self, now: float, fresh: bool) -> tuple[WorkerProcess | None, float]:
+        """Another owner's idle guest taken out to be ended for this call, or when to look again. A spare on its way
+        beats evicting a warm guest."""
+        if not self._idle or self._starting:
+            return None, math.inf
+        victim, until = self._victim(now, fresh)
+        if victim is not None:
+            self._idle.remove(victim)
+            self._bound.pop(victim.pid, None)
+        return victim, until
 
     def _top_up(self) -> None:
         """Start a spare in the background while fewer than ``spares`` are ready and one more guest fits."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import pytest
 from ports import free_port
+
+from dpmsf_core.gcp.emulator import stop_group
 
 PROJECT = "demo-dpmsf-test"  # "demo-" projects never reach Google even if the emulator variable were lost
 
@@ -41,18 +42,6 @@ def _answers(host: str) -> bool:
             return r.status == 200
     except (urllib.error.URLError, OSError):
         return False
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """gcloud runs a shell script that runs java: the whole process group goes (it was started in its own)."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 @contextlib.contextmanager
@@ -86,7 +75,7 @@ def firestore_emulator_process(timeout: float = 90.0) -> Iterator[str]:
             time.sleep(0.1)
         yield host
     finally:
-        _stop(proc)
+        stop_group(proc)
         log.close()
         Path(log.name).unlink(missing_ok=True)
 

@@ -57,7 +57,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """gcloud runs a shell script that runs java: the whole process group goes (it was started in its own)."""
     for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
@@ -104,4 +105,4 @@ def started(gcloud: str, *, timeout: float = 90.0) -> Iterator[tuple[str, Path]]
             time.sleep(0.2)
         yield host, log
     finally:
-        _stop(proc)
+        stop_group(proc)

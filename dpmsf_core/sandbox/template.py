@@ -43,7 +43,7 @@ class Template:
     """The server's end of a template worker: ``fork()`` a guest, learn how each one ended."""
 
     def __init__(self, python: str, config: dict[str, Any], run_as: int | None) -> None:
-        from .process import spawn
+        from .launch import spawn
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -257,7 +257,7 @@ class Templates:
 
     def get(self, limits: Any, compiled: str) -> Template | None:
         """The current template, started if there is none (None when none can be had now)."""
-        from .process import worker_config
+        from .launch import worker_config
 
         with self._lock:
             current = self._current

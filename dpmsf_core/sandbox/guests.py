@@ -28,6 +28,7 @@ A guest that ended is replaced in the background, so the next call finds a warm 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import itertools
@@ -82,6 +83,8 @@ class Guests:
         self._start_cost = _MIN_QUANTUM  # seconds a guest takes to start, averaged: the quantum
         self.replaced = 0  # guests ended after a breach, a timeout, a crash or memory exhaustion
         self.evicted = 0  # idle guests ended because the guests together went past their memory budget
+        self.oom_ended = 0  # busy guests ended because, grown during their calls, they held the budget
+        self._live: dict[int, WorkerProcess] = {}  # every guest the memory budget counts, by pid
         if memory is not None:
             threading.Thread(target=self._watch_memory, name="dpmsf-sandbox-memory", daemon=True).start()
 
@@ -91,13 +94,20 @@ class Guests:
         held = self.size if self.memory is None else min(self.size, self.memory.capacity())
         return held - 1 if held > 1 else 1
 
-    def _room(self) -> bool:
-        """Under the lock: whether another guest may start (the count, and the memory budget)."""
-        return self._count < self.size and (self.memory is None or self.memory.room())
+    def _room(self, owner: str | None = None) -> bool:
+        """Under the lock: whether another guest (of ``owner``) may start (the count, and the memory budget)."""
+        return self._count < self.size and (self.memory is None or self.memory.room(owner))
 
     def _started(self, worker: WorkerProcess) -> WorkerProcess:
         if self.memory is not None:
             self.memory.add(worker.pid)
+            self._live[worker.pid] = worker
+        return worker
+
+    def _calling(self, worker: WorkerProcess) -> WorkerProcess:
+        """``worker`` is handed a call: its memory is watched while it runs."""
+        if self.memory is not None:
+            self.memory.busy(worker.pid, worker.owner)
         return worker
 
     def _end(self, worker: WorkerProcess) -> None:
@@ -105,6 +115,7 @@ class Guests:
         worker.kill()
         if self.memory is not None:
             self.memory.remove(worker.pid)
+            self._live.pop(worker.pid, None)
 
     def _watch_memory(self) -> None:
         """Measure the guests now and then; past the budget, end idle guests, least recently used first."""
@@ -116,15 +127,34 @@ class Guests:
             self.memory.sample()
             while self.memory.over():
                 with self._cond:
-                    if self._closed or not self._idle:
+                    if self._closed:
                         break
-                    victim = self._idle.pop(0)
-                    self._bound.pop(victim.pid, None)
-                    self._count -= 1
-                    self.evicted += 1
-                    self._cond.notify_all()
-                self._end(victim)
+                    victim = self._idle.pop(0) if self._idle else None
+                    if victim is not None:
+                        self._bound.pop(victim.pid, None)
+                        self._count -= 1
+                        self.evicted += 1
+                        self._cond.notify_all()
+                if victim is not None:
+                    self._end(victim)
+                elif not self._end_largest_busy():
+                    break
             time.sleep(_MEMORY_TICK)
+
+    def _end_largest_busy(self) -> bool:
+        """Past the budget with no idle guest left: the busy guest that grew the most is killed (its call answers
+        as a guest that died, and its tenant backs off), so that the others and newcomers are not starved."""
+        assert self.memory is not None
+        pid = self.memory.largest_busy()
+        worker = self._live.get(pid) if pid is not None else None
+        if worker is None or pid is None:
+            return False
+        log.warning("sandbox: guest %d of %s ended: the guests went past their memory budget", pid, worker.owner)
+        with contextlib.suppress(OSError):
+            worker.proc.kill()  # the signal only: the calling thread reads its pipes, and reaps it (``release``)
+        self.memory.remove(pid)  # counted no more: the next largest is looked at if still over
+        self.oom_ended += 1
+        return True
 
     def close(self) -> None:
         """Kill idle workers now; busy ones are killed when their call ends."""
@@ -169,12 +199,12 @@ class Guests:
         if worker is not None:
             if spare:
                 self._top_up()
-            return worker
+            return self._calling(worker)
         if victim is not None:  # ended meanwhile: a process's exit (its address space torn down) takes ms
             threading.Thread(target=self._end, args=(victim,), name="dpmsf-sandbox-end", daemon=True).start()
         worker = self._start_for(owner)
         self._top_up()
-        return worker
+        return self._calling(worker)
 
     def _wait_turn(
         self, ticket: tuple[int, str], owner: str, deadline: float, fresh: bool
@@ -193,7 +223,7 @@ class Guests:
                 if worker is not None:
                     return worker, None
             if turn:
-                if self._room():
+                if self._room(owner):
                     self._count += 1
                     return None, None
                 victim, until = self._recycled(now, fresh)
@@ -324,7 +354,7 @@ class Guests:
                     self._idle.remove(worker)
                     self._granted(owner)
                     self._busy[owner] = self._busy.get(owner, 0) + 1
-                    return worker
+                    return self._calling(worker)
         return None
 
     def _unbusy(self, owner: str | None) -> None:
@@ -335,7 +365,7 @@ class Guests:
 
     def release(self, worker: WorkerProcess, keep: bool) -> None:
         if keep and worker.proc.poll() is None:
-            if self.memory is not None and worker.calls == 1:
+            if self.memory is not None:
                 self.memory.refresh(worker.pid)
             with self._cond:
                 self._unbusy(worker.owner)

@@ -120,12 +120,13 @@ FDS_PER_GUEST = 4  # its three pipes and, when forked from a template, its pidfd
 
 
 def guests_within_fds(size: int) -> int:
-    """``size``, or fewer if this process may not open the fds that many guests need (its soft limit is raised to
-    the hard one first: 1024 is a common default, and 256 guests take about as many)."""
+    """``size``, or fewer if this process may not open the fds that many guests need beside the server's own (its
+    soft limit is raised to the hard one first: 1024 is a common default, and 256 guests take about as many)."""
     import resource
 
+    reserve = server_fds()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = FDS_PER_GUEST * size + 256  # the server's own: listeners, connections, files, the store
+    wanted = FDS_PER_GUEST * size + reserve
     if soft != resource.RLIM_INFINITY and soft < wanted:
         target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
         try:
@@ -135,6 +136,17 @@ def guests_within_fds(size: int) -> int:
             pass
     if soft == resource.RLIM_INFINITY or soft >= wanted:
         return size
-    fitting = max(1, (soft - 256) // FDS_PER_GUEST)
+    fitting = max(1, (soft - reserve) // FDS_PER_GUEST)
     log.warning("sandbox: %d open files allowed: at most %d guests, not %d", soft, fitting, size)
     return fitting
+
+
+def server_fds() -> int:
+    """The fds the server keeps for itself: one for every connection it may accept (``DPMSF_MAX_CONNECTIONS``, 500;
+    ``slow_clients.py``), and 256 for listeners, files and stores. Guests get what is left, so that connections
+    let in never find the server out of files."""
+    try:
+        connections = int(os.environ.get("DPMSF_MAX_CONNECTIONS") or 500)
+    except ValueError:
+        connections = 500
+    return max(connections, 0) + 256

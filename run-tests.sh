@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up .venv with the dev extras on first use, check style and types, run the whole test suite (args go to pytest).
 # Style is checked on the framework's own code only: your plugins in plugins/ are yours to format as you like
-# (CI checks the bundled ones, in .ci/run).
+# (the committed ones are checked by tests/test_bundled_plugins.py).
 set -euo pipefail
 cd "$(dirname "$0")"
 DPMSF_VENV_EXTRAS=dev source scripts/venv.sh

@@ -94,7 +94,7 @@ def firestore_emulator() -> Iterator[str]:
         with firestore_emulator_process() as host:
             yield host
     except EmulatorMissing as exc:
-        if os.environ.get("DPMSF_REQUIRE_FIRESTORE") == "1":  # .ci/run, where the emulator is installed
+        if os.environ.get("DPMSF_REQUIRE_FIRESTORE") == "1":
             pytest.fail(f"{exc} (DPMSF_REQUIRE_FIRESTORE=1: this test must run)")
         pytest.skip(str(exc))
 

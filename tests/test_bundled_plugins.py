@@ -111,3 +111,13 @@ def test_a_plugin_added_to_a_clone_breaks_no_test_and_is_never_imported(tmp_path
         [sys.executable, "-c", control % str(clone / "plugins")], env=env, capture_output=True, text=True, timeout=60
     )
     assert served.stdout.strip() == "409" and mark.exists(), served.stdout + served.stderr
+
+
+def test_the_bundled_plugins_keep_the_projects_style() -> None:
+    """The committed plugins are ours, so ruff checks them (the run's copy: a user's additions to plugins/ are theirs
+    to format as they like, and the test command leaves them alone)."""
+    ruff = Path(sys.executable).parent / "ruff"
+    config = ["--config", str(ROOT / "pyproject.toml")]
+    for args in (["check", *config, str(bundled())], ["format", "--check", *config, str(bundled())]):
+        done = subprocess.run([str(ruff), *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr

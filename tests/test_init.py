@@ -269,7 +269,7 @@ def test_a_new_project_builds_with_sam_from_a_wheel_install(fresh_venv: tuple[Pa
 
 
 def _emulator_unavailable(reason: str) -> None:
-    """Skip locally, fail where the Firestore emulator is meant to be (.ci/run sets DPMSF_REQUIRE_FIRESTORE=1)."""
+    """Skip locally, fail where the Firestore emulator is meant to be (DPMSF_REQUIRE_FIRESTORE=1)."""
     if os.environ.get("DPMSF_REQUIRE_FIRESTORE") == "1":
         pytest.fail(f"{reason} (DPMSF_REQUIRE_FIRESTORE=1: this test must run)")
     pytest.skip(reason)

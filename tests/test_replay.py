@@ -141,11 +141,11 @@ def test_sqlite_processes_race_one_winner(tmp_path: Path) -> None:
     assert sum(1 for out in outputs if out) >= 1
 
 
-_FIRESTORE_WORKER = """
+_RACE_WORKER = """
 import sys, threading, time
-from dpmsf_core.tenancy.replay import FirestoreReplayStore
-store = FirestoreReplayStore(sys.argv[1])
-store.claim("warm-up-" + sys.argv[2], 4e9)  # the gRPC channel is open before any race starts
+from dpmsf_core.tenancy.replay import make_replay_store
+store = make_replay_store(sys.argv[1])
+store.claim("warm-up-" + sys.argv[2], 4e9)  # the connection is open (and a table made) before any race starts
 print("ready", flush=True)
 for line in sys.stdin:  # one race per line: "<start time> <id>,<id>,..."
     start_at, jtis = float(line.split()[0]), line.split()[1].split(",")
@@ -220,7 +220,7 @@ def test_firestore_two_worker_processes_race_one_winner(firestore_env: str) -> N
 
     On a busy machine one process may be descheduled for the whole race, and then wins nothing (still correct);
     up to three races are run until both processes won some ids, so the test shows a real race each time."""
-    rounds = _race_two_processes(_FIRESTORE_WORKER, "race")
+    rounds = _race_two_processes(_RACE_WORKER, "firestore://race")
     assert all(rounds[-1]), f"one process won every id in each race: {rounds}"  # they did race
     print("firestore replay race: 2 processes x 4 threads, 300 ids, wins per process in each race:", rounds)
 
@@ -468,34 +468,10 @@ def test_postgres_threads_race_one_winner(pg_url: str) -> None:
     store.close()
 
 
-_PG_WORKER = """
-import sys, threading, time
-from dpmsf_core.tenancy.replay import make_replay_store
-store = make_replay_store(sys.argv[1])
-store.claim("warm-up-" + sys.argv[2], 4e9)  # the pool is open and the table made before any race starts
-print("ready", flush=True)
-for line in sys.stdin:  # one race per line: "<start time> <id>,<id>,..."
-    start_at, jtis = float(line.split()[0]), line.split()[1].split(",")
-    won, lock = [], threading.Lock()
-    def work(offset):
-        time.sleep(max(0.0, start_at - time.time()))  # both processes start at the same wall-clock time
-        for jti in jtis[offset:] + jtis[:offset]:  # each thread starts elsewhere: every id is contended
-            if store.claim(jti, 4e9):
-                with lock:
-                    won.append(jti)
-    threads = [threading.Thread(target=work, args=(n * len(jtis) // 4,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    print(",".join(won), flush=True)
-"""
-
-
 def test_postgres_two_processes_race_one_winner(pg_url: str) -> None:
     """Two processes (two replicas, 4 threads each) claim the same 300 ids at once: each id has exactly one winner;
     up to three races are run until both processes won some ids, so the test shows a real race."""
-    rounds = _race_two_processes(_PG_WORKER, pg_url)
+    rounds = _race_two_processes(_RACE_WORKER, pg_url)
     assert all(rounds[-1]), f"one process won every id in each race: {rounds}"
     print("postgres replay race: 2 processes x 4 threads, 300 ids, wins per process in each race:", rounds)
 
